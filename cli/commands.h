@@ -1,0 +1,17 @@
+// Subcommands of the `otgpu` command. Each registers itself on the app and runs
+// from its callback; errors propagate as otgpu::Error to main(), which prints one
+// line on stderr and exits non-zero.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace otgpu::cli {
+
+void add_sinkhorn_command(CLI::App& app);  // cmd_sinkhorn.cpp
+void add_bench_command(CLI::App& app);     // cmd_bench.cpp
+void add_sliced_command(CLI::App& app);    // cmd_sliced.cpp
+void add_gaussian_command(CLI::App& app);  // cmd_gaussian.cpp
+
+}  // namespace otgpu::cli

@@ -1,0 +1,21 @@
+# Warnings for our own targets (never for dependencies), errors with OTGPU_WERROR.
+function(otgpu_set_warnings target)
+  set(_cxx -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align
+           -Wunused -Woverloaded-virtual -Wnull-dereference -Wformat=2)
+  if(OTGPU_WERROR)
+    list(APPEND _cxx -Werror)
+  endif()
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${_cxx}>)
+  if(OTGPU_HAS_CUDA)
+    set(_cu -Xcompiler=-Wall,-Wextra --expt-relaxed-constexpr -lineinfo)
+    if(OTGPU_WERROR)
+      list(APPEND _cu -Werror=all-warnings)
+    endif()
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${_cu}>)
+  endif()
+  if(OTGPU_SANITIZE)
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined>)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+endfunction()

@@ -1,0 +1,7 @@
+// Umbrella header: everything a libotgpu user needs.
+#pragma once
+
+#include "otgpu/config.h"
+#include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
+#include "otgpu/types.h"

@@ -1,0 +1,129 @@
+// Entropic optimal transport by log-domain Sinkhorn, batched, on the CPU or GPU.
+//
+// Conventions (one everywhere, see DESIGN.md):
+//   mu = sum_i a_i delta_{x_i}, nu = sum_j b_j delta_{y_j}, C_ij = c(x_i, y_j)
+//   P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
+//   f_i <- -lambda_a eps LSE_j(log b_j + (g_j - C_ij)/eps),  lambda_a = rho_a/(rho_a+eps)
+//   g_j <- -lambda_b eps LSE_i(log a_i + (f_i - C_ij)/eps),  lambda_b = rho_b/(rho_b+eps)
+//   (rho = +infinity, the default, is the balanced problem: lambda = 1)
+// One iteration is an f-update followed by a g-update, so after an iteration the
+// column marginal P^T 1 = b is exact (balanced) and the row marginal is measured.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "otgpu/types.h"
+
+namespace otgpu {
+
+enum class CostKind : std::uint8_t {
+  sqeuclidean,  ///< |x - y|^2 (default)
+  euclidean,    ///< |x - y|
+  matrix,       ///< a user-given dense [B, n, m] cost matrix
+};
+CostKind parse_cost_kind(std::string_view text, std::string_view arg_name = "cost");
+std::string_view to_string(CostKind c) noexcept;
+
+/// A batch of B independent problems. Either point clouds x [B,n,d] / y [B,m,d]
+/// (rank 2 [n,d] means B = 1) with cost_kind sqeuclidean/euclidean, or a cost
+/// matrix [B,n,m] (rank 2 [n,m] means B = 1) with cost_kind = matrix.
+/// Weights a [n] or [B,n], b [m] or [B,m]; a rank-1 weight vector is shared by all
+/// problems; absent weights are uniform (1/n, 1/m). Weights must be finite,
+/// non-negative, with positive mass; balanced problems need equal masses (relative
+/// 1e-5) and b is rescaled to the mass of a. Views may be host or device memory
+/// (device memory only with the CUDA backend).
+struct SinkhornProblem {
+  TensorView x;
+  TensorView y;
+  TensorView cost;
+  TensorView a;
+  TensorView b;
+  CostKind cost_kind = CostKind::sqeuclidean;
+};
+
+struct SinkhornOptions {
+  /// Entropic regularization, in cost units (or times mean(C) when eps_relative).
+  double eps = 0.01;
+  /// eps (and eps_init) are multiplied by the mean of C_ij over i, j, per problem
+  /// (as OTT-JAX does); the eps actually used is reported per problem.
+  bool eps_relative = false;
+  /// Iteration cap; hitting it is reported (converged = false), never thrown.
+  int max_iter = 1000;
+  /// Convergence when the L1 row-marginal error ||P 1 - a||_1 <= tol (balanced) or
+  /// when the fixed-point residual sum_i a_i |exp((f_i - f_i^new)/eps) - 1| <= tol
+  /// (unbalanced, where the marginals are not matched exactly).
+  double tol = 1e-6;
+  /// Convergence is measured every check_every iterations (it is free: the check
+  /// reuses the next f-update). 0 disables checks: exactly max_iter iterations run.
+  int check_every = 10;
+  /// Epsilon scaling: iteration t runs with eps_t = max(eps, eps_init * eps_decay^t).
+  /// eps_init <= 0 turns scaling off. Convergence is only declared at eps_t = eps.
+  double eps_init = 0.0;
+  double eps_decay = 0.5;
+  /// KL marginal penalties; +infinity (default) = hard marginal constraint.
+  double rho_a = std::numeric_limits<double>::infinity();
+  double rho_b = std::numeric_limits<double>::infinity();
+  /// Warm start: when non-empty, initial potentials f [B*n] and g [B*m].
+  std::vector<double> f_init;
+  std::vector<double> g_init;
+  Backend backend = Backend::automatic;
+  int device = 0;       ///< CUDA device ordinal
+  int cpu_threads = 0;  ///< CPU worker threads; 0 = hardware concurrency
+};
+
+/// Per-problem outcome.
+struct SinkhornReport {
+  double eps = 0;             ///< absolute eps used (after eps_relative)
+  double ot_eps = 0;          ///< entropic value: dual objective at (f, g) (== primal at optimum)
+  double transport_cost = 0;  ///< <P, C>
+  double marginal_error = 0;  ///< ||P 1 - a||_1 at the returned potentials
+  double residual = 0;        ///< the quantity compared with tol (== marginal_error if balanced)
+  int iterations = 0;
+  bool converged = false;
+};
+
+struct SinkhornResult {
+  Backend backend = Backend::cpu;  ///< the backend that actually ran
+  int device = -1;                 ///< CUDA device ordinal when backend == cuda
+  std::int64_t batch = 0, n = 0, m = 0, d = 0;
+  std::vector<double> f;  ///< [B, n] row-major
+  std::vector<double> g;  ///< [B, m]
+  std::vector<SinkhornReport> problems;
+  double time_ms = 0;
+};
+
+/// Solves the batch. Throws InvalidArgument/ShapeError/DTypeError/NonFiniteInput on
+/// bad input and DeviceUnavailable when `backend = cuda` cannot run. Backend::automatic
+/// uses CUDA when a device is present (and the build has CUDA), else the CPU.
+SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options = {});
+
+// ---- Derived outputs, from the potentials of `result` (P is never formed) ----
+// They run on result.backend. Point-cloud problems only where y is needed.
+
+/// Barycentric map T(x_i) = sum_j P_ij y_j / sum_j P_ij, [B, n, d] row-major.
+std::vector<double> barycentric_map(const SinkhornProblem& problem,
+                                    const SinkhornResult& result);
+
+/// Gradient of OT_eps w.r.t. x_i: sum_j P_ij grad_x c(x_i, y_j), [B, n, d]. For the
+/// squared Euclidean cost, 2 (r_i x_i - sum_j P_ij y_j) with r_i = sum_j P_ij.
+std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result);
+
+/// One partner j per row i drawn from P_i. / sum_j P_ij by Gumbel-max over
+/// log b_j + (g_j - C_ij)/eps with Philox keyed by (seed, problem, i, j): the same
+/// seed gives the same partners whatever the tiling, thread count or backend
+/// (up to floating-point near-ties). [B, n].
+std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
+                                          const SinkhornResult& result, std::uint64_t seed);
+
+/// Debiased Sinkhorn divergence S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2
+/// per problem (point clouds only). With eps_relative, eps is fixed from the mean
+/// cost of the (a, b) problem and the same absolute eps is used for all three terms.
+std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
+                                        const SinkhornOptions& options = {});
+
+/// True when the library was built with CUDA and at least one device is usable.
+bool cuda_available() noexcept;
+
+}  // namespace otgpu

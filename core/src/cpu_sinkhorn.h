@@ -1,0 +1,24 @@
+// The CPU reference Sinkhorn solver: log-domain, fp64 accumulation, OpenMP over
+// problems and rows. The oracle for every GPU kernel. Internal (not installed).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "otgpu/sinkhorn.h"
+#include "validate.h"
+
+namespace otgpu::cpu {
+
+SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options,
+                        const detail::SinkhornShape& shape);
+
+std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result,
+                                    const detail::SinkhornShape& shape);
+std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result,
+                               const detail::SinkhornShape& shape);
+std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
+                                          const SinkhornResult& result,
+                                          const detail::SinkhornShape& shape, std::uint64_t seed);
+
+}  // namespace otgpu::cpu

@@ -1,0 +1,28 @@
+// Input validation shared by every backend. Internal (not installed).
+#pragma once
+
+#include <cstdint>
+
+#include "otgpu/sinkhorn.h"
+
+namespace otgpu::detail {
+
+/// Sizes of a validated Sinkhorn batch.
+struct SinkhornShape {
+  std::int64_t batch = 0;
+  std::int64_t n = 0;
+  std::int64_t m = 0;
+  std::int64_t d = 0;          ///< 0 for CostKind::matrix
+  bool a_batched = false;      ///< a is [B, n] (else shared [n] or uniform)
+  bool b_batched = false;
+  MemorySpace space = MemorySpace::host;  ///< where all present views live
+};
+
+/// Checks shapes, ranks, dtypes, sizes > 0, memory spaces (all views in one space),
+/// options (eps > 0 finite, max_iter >= 1, tol >= 0, check_every >= 0, eps_init /
+/// eps_decay, rho > 0, warm-start sizes), finiteness of host inputs, non-negative
+/// weights with positive mass and equal masses when balanced. Throws the typed
+/// errors of otgpu/error.h with messages naming the argument and the value.
+SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options);
+
+}  // namespace otgpu::detail

@@ -1,0 +1,160 @@
+// Public Sinkhorn entry points: validate, pick the backend, dispatch.
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "cpu_sinkhorn.h"
+#include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
+#include "otgpu_host/cuda_backend.h"
+#include "validate.h"
+
+namespace otgpu {
+
+namespace {
+
+/// The backend that will run: cuda when asked (error if unusable), cpu when asked,
+/// and for automatic the GPU when one is usable, else the CPU. Device-memory views
+/// force the GPU.
+Backend resolve_backend(Backend requested, int device, MemorySpace space) {
+  if (requested == Backend::cpu) {
+    if (space == MemorySpace::device) {
+      throw InvalidArgument(
+          "backend cpu: the problem's tensors are in device memory; use backend cuda or auto");
+    }
+    return Backend::cpu;
+  }
+  if (requested == Backend::cuda || space == MemorySpace::device) {
+    cuda_backend::require_device(device);
+    return Backend::cuda;
+  }
+  return cuda_backend::device_count() > device && device >= 0 ? Backend::cuda : Backend::cpu;
+}
+
+}  // namespace
+
+bool cuda_available() noexcept { return cuda_backend::device_count() > 0; }
+
+SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options) {
+  const auto shape = detail::validate_sinkhorn(problem, options);
+  const Backend backend = resolve_backend(options.backend, options.device, shape.space);
+  const auto t0 = std::chrono::steady_clock::now();
+  SinkhornResult r = backend == Backend::cuda ? cuda_backend::sinkhorn(problem, options, shape)
+                                              : cpu::sinkhorn(problem, options, shape);
+  r.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                  .count();
+  return r;
+}
+
+namespace {
+
+detail::SinkhornShape validate_derived(const SinkhornProblem& problem,
+                                       const SinkhornResult& result, bool needs_points,
+                                       const char* what) {
+  SinkhornOptions probe;  // shape checks only; options do not matter here
+  const auto shape = detail::validate_sinkhorn(problem, probe);
+  if (needs_points && problem.cost_kind == CostKind::matrix) {
+    throw InvalidArgument(fmt::format(
+        "{}: needs point clouds x and y; the problem has cost_kind matrix", what));
+  }
+  if (result.batch != shape.batch || result.n != shape.n || result.m != shape.m ||
+      result.f.size() != static_cast<std::size_t>(shape.batch * shape.n) ||
+      result.g.size() != static_cast<std::size_t>(shape.batch * shape.m) ||
+      result.problems.size() != static_cast<std::size_t>(shape.batch)) {
+    throw ShapeError(fmt::format(
+        "{}: result (B={}, n={}, m={}, f size {}, g size {}) does not belong to the problem "
+        "(B={}, n={}, m={})",
+        what, result.batch, result.n, result.m, result.f.size(), result.g.size(), shape.batch,
+        shape.n, shape.m));
+  }
+  return shape;
+}
+
+}  // namespace
+
+std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result) {
+  const auto shape = validate_derived(problem, result, true, "barycentric_map");
+  if (result.backend == Backend::cuda) {
+    return cuda_backend::barycentric_map(problem, result, shape, result.device);
+  }
+  return cpu::barycentric_map(problem, result, shape);
+}
+
+std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result) {
+  const auto shape = validate_derived(problem, result, true, "gradient_x");
+  if (result.backend == Backend::cuda) {
+    return cuda_backend::gradient_x(problem, result, shape, result.device);
+  }
+  return cpu::gradient_x(problem, result, shape);
+}
+
+std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
+                                          const SinkhornResult& result, std::uint64_t seed) {
+  const auto shape = validate_derived(problem, result, false, "sample_partners");
+  if (result.backend == Backend::cuda) {
+    return cuda_backend::sample_partners(problem, result, shape, seed, result.device);
+  }
+  return cpu::sample_partners(problem, result, shape, seed);
+}
+
+std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
+                                        const SinkhornOptions& options) {
+  if (problem.cost_kind == CostKind::matrix) {
+    throw InvalidArgument(
+        "sinkhorn_divergence: needs point clouds x and y (cost_kind matrix has no C(x, x))");
+  }
+  const SinkhornResult xy = sinkhorn(problem, options);
+  // The self terms use the absolute eps of the (x, y) problem, per problem; when the
+  // batch's eps differ, each problem is solved on its own.
+  SinkhornOptions self = options;
+  self.eps_relative = false;
+  self.eps_init = options.eps_relative && options.eps_init > 0
+                      ? 0.0  // rescaled per problem below
+                      : options.eps_init;
+  self.f_init.clear();
+  self.g_init.clear();
+  const auto B = static_cast<std::size_t>(xy.batch);
+  std::vector<double> out(B);
+  auto self_term = [&](const TensorView& pts, const TensorView& w, std::size_t b) {
+    SinkhornProblem p;
+    p.cost_kind = problem.cost_kind;
+    // Slice problem b out of a batched view (rank 3) without copying.
+    auto slice = [b, &pts](TensorView v) {
+      if (v.present() && v.rank == 3) {
+        v.data = static_cast<const char*>(v.data) +
+                 static_cast<std::int64_t>(b) * v.strides[0] *
+                     static_cast<std::int64_t>(dtype_size(v.dtype));
+        v.rank = 2;
+        v.shape = {v.shape[1], v.shape[2], 0};
+        v.strides = {v.strides[1], v.strides[2], 0};
+      } else if (v.present() && v.rank == 2 && pts.rank == 3) {
+        // batched weights [B, n] -> [n]
+        v.data = static_cast<const char*>(v.data) +
+                 static_cast<std::int64_t>(b) * v.strides[0] *
+                     static_cast<std::int64_t>(dtype_size(v.dtype));
+        v.rank = 1;
+        v.shape = {v.shape[1], 0, 0};
+        v.strides = {v.strides[1], 0, 0};
+      }
+      return v;
+    };
+    p.x = slice(pts);
+    p.y = p.x;
+    p.a = slice(w);
+    p.b = p.a;
+    SinkhornOptions o = self;
+    o.eps = xy.problems[b].eps;
+    if (options.eps_relative && options.eps_init > 0) {
+      o.eps_init = options.eps_init * (xy.problems[b].eps / options.eps);
+    }
+    return sinkhorn(p, o).problems[0].ot_eps;
+  };
+  for (std::size_t b = 0; b < B; ++b) {
+    const double xx = self_term(problem.x, problem.a, b);
+    const double yy = self_term(problem.y, problem.b, b);
+    out[b] = xy.problems[b].ot_eps - 0.5 * (xx + yy);
+  }
+  return out;
+}
+
+}  // namespace otgpu
