@@ -11,12 +11,18 @@
 namespace otgpu::bench {
 
 /// Measured machine limits (W5) and run settings, shared by all workloads.
+/// GPU rows compare against the GPU fields, CPU rows against the cpu_* fields.
 struct Context {
   bool has_gpu = false;
-  std::string device_name;     ///< GPU name or CPU model
-  double exp_per_s = 0;        ///< measured fp32 exp throughput (MUFU), 0 if unknown
-  double fma_flop_per_s = 0;   ///< measured fp32 FMA FLOP/s
-  double copy_bytes_per_s = 0; ///< measured device copy bandwidth (read + write bytes)
+  std::string device_name;     ///< GPU name ("" without a GPU)
+  std::string cpu_name;        ///< CPU model and thread count
+  double exp_per_s = 0;        ///< GPU: measured fp32 exp2 throughput (MUFU), 0 if no GPU
+  double fma_flop_per_s = 0;   ///< GPU: measured fp32 FMA FLOP/s
+  double copy_bytes_per_s = 0; ///< GPU: measured device copy bandwidth (read + write bytes)
+  double cpu_exp_per_s = 0;    ///< CPU: measured fp64 std::exp throughput, all threads
+  double cpu_fma_flop_per_s = 0;   ///< CPU: measured fp64 FMA FLOP/s, all threads
+  double cpu_copy_bytes_per_s = 0; ///< CPU: measured memcpy bandwidth (read + write bytes)
+  nlohmann::json build;        ///< commit, compiler, CUDA version, architectures, clocks
   int repeats = 3;             ///< timed runs per row (median reported)
   int warmup = 1;
   std::string suite = "quick"; ///< quick | full

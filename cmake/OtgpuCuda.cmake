@@ -6,7 +6,9 @@ if(NOT _otgpu_cuda STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 20)
+    # CUDA sources are C++17 (CMake < 3.26 cannot ask nvcc for C++20); the public
+    # headers they include stay C++17-clean.
+    set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
     set(OTGPU_HAS_CUDA ON)

@@ -1,0 +1,160 @@
+// W5 on the GPU: microbenchmarks of the three bounds the Sinkhorn and sliced kernels
+// are measured against. Each kernel is built so that only the unit under test limits
+// it: many independent dependency chains per thread (ILP) and enough resident warps
+// to hide latency, no memory traffic for the compute tests.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "otgpu/error.h"
+#include "roofline.h"
+
+namespace otgpu::bench {
+
+namespace {
+
+#define ROOF_CHECK(expr)                                                                   \
+  do {                                                                                     \
+    cudaError_t _e = (expr);                                                               \
+    if (_e != cudaSuccess) {                                                               \
+      throw otgpu::CudaError(fmt::format("{} failed: {} ({}:{})", #expr,                   \
+                                         cudaGetErrorString(_e), __FILE__, __LINE__),      \
+                             static_cast<int>(_e));                                        \
+    }                                                                                      \
+  } while (0)
+
+constexpr int kChains = 8;
+constexpr int kSteps = 1024;
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// v <- 2^(-v) keeps every chain in (0, 1]; the negation is a free operand modifier,
+// so each step is exactly one MUFU.EX2.
+__global__ void exp_throughput_kernel(float* sink, float seed) {
+  float v[kChains];
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) v[c] = seed + 0.01f * static_cast<float>(c + threadIdx.x % 7);
+  for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+    for (int c = 0; c < kChains; ++c) v[c] = ex2_approx(-v[c]);
+  }
+  float acc = 0.f;
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) acc += v[c];
+  if (acc == -1.f) sink[threadIdx.x] = acc;  // never true; keeps the chains alive
+}
+
+__global__ void fma_throughput_kernel(float* sink, float a, float b) {
+  float v[kChains];
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) v[c] = static_cast<float>(threadIdx.x + c);
+  for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+    for (int c = 0; c < kChains; ++c) v[c] = fmaf(v[c], a, b);
+  }
+  float acc = 0.f;
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) acc += v[c];
+  if (acc == -1.f) sink[threadIdx.x] = acc;
+}
+
+__global__ void copy_kernel(const float4* __restrict__ src, float4* __restrict__ dst,
+                            std::size_t n4) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t k = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n4;
+       k += stride) {
+    dst[k] = src[k];
+  }
+}
+
+template <class Launch>
+double median_kernel_ms(Launch&& launch, int repeats) {
+  cudaEvent_t t0, t1;
+  ROOF_CHECK(cudaEventCreate(&t0));
+  ROOF_CHECK(cudaEventCreate(&t1));
+  launch();  // warm-up
+  ROOF_CHECK(cudaGetLastError());
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    ROOF_CHECK(cudaEventRecord(t0));
+    launch();
+    ROOF_CHECK(cudaEventRecord(t1));
+    ROOF_CHECK(cudaEventSynchronize(t1));
+    ROOF_CHECK(cudaGetLastError());
+    float e = 0;
+    ROOF_CHECK(cudaEventElapsedTime(&e, t0, t1));
+    ms.push_back(e);
+  }
+  ROOF_CHECK(cudaEventDestroy(t0));
+  ROOF_CHECK(cudaEventDestroy(t1));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+bool query_gpu(int device, GpuInfo& info) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device >= count || device < 0) {
+    cudaGetLastError();  // clear the sticky "no device" status
+    return false;
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return false;
+  info.name = prop.name;
+  info.sm_count = prop.multiProcessorCount;
+  info.cc_major = prop.major;
+  info.cc_minor = prop.minor;
+  info.global_mem_gib = static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0);
+  int khz = 0;
+  if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) == cudaSuccess) {
+    info.sm_clock_mhz = khz / 1000;
+  }
+  if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, device) == cudaSuccess) {
+    info.mem_clock_mhz = khz / 1000;
+  }
+  cudaRuntimeGetVersion(&info.runtime_version);
+  cudaDriverGetVersion(&info.driver_version);
+  return true;
+}
+
+Limits measure_gpu_limits(int device) {
+  ROOF_CHECK(cudaSetDevice(device));
+  int sms = 0;
+  ROOF_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  float* sink = nullptr;
+  ROOF_CHECK(cudaMalloc(&sink, kThreads * sizeof(float)));
+  Limits lim;
+  const int blocks = sms * 16;  // 16 x 256 threads: enough warps to cover MUFU/FMA latency
+  const double per_launch =
+      static_cast<double>(blocks) * kThreads * kChains * static_cast<double>(kSteps);
+  const double exp_ms = median_kernel_ms(
+      [&] { exp_throughput_kernel<<<blocks, kThreads>>>(sink, 0.5f); }, 5);
+  lim.exp_per_s = per_launch / (exp_ms * 1e-3);
+  const double fma_ms = median_kernel_ms(
+      [&] { fma_throughput_kernel<<<blocks, kThreads>>>(sink, 0.999f, 0.001f); }, 5);
+  lim.fma_flop_per_s = 2.0 * per_launch / (fma_ms * 1e-3);
+
+  const std::size_t bytes = std::size_t{1} << 30;  // 1 GiB each way: far past the 50 MB L2
+  float4 *src = nullptr, *dst = nullptr;
+  ROOF_CHECK(cudaMalloc(&src, bytes));
+  ROOF_CHECK(cudaMalloc(&dst, bytes));
+  ROOF_CHECK(cudaMemset(src, 0, bytes));
+  const std::size_t n4 = bytes / sizeof(float4);
+  const double copy_ms =
+      median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
+  lim.copy_bytes_per_s = 2.0 * static_cast<double>(bytes) / (copy_ms * 1e-3);
+  ROOF_CHECK(cudaFree(src));
+  ROOF_CHECK(cudaFree(dst));
+  ROOF_CHECK(cudaFree(sink));
+  return lim;
+}
+
+}  // namespace otgpu::bench
