@@ -77,7 +77,8 @@ Limits measure_cpu_limits() {
       double v[8];
       for (int c = 0; c < 8; ++c) v[c] = 1.0 + c;
       for (long s = 0; s < kFmaSteps; ++s) {
-        for (int c = 0; c < 8; ++c) v[c] = v[c] * 0.999999 + 1e-7;  // mul+add (fused where the ISA allows)
+        for (int c = 0; c < 8; ++c)
+          v[c] = v[c] * 0.999999 + 1e-7;  // mul+add (fused where the ISA allows)
       }
       double acc = 0;
       for (double x : v) acc += x;
@@ -107,8 +108,10 @@ Limits measure_cpu_limits() {
 
 void add_roofline_workloads(std::vector<Workload>& out) {
   out.push_back(Workload{
-      "W5", "the machine's own limits: exp throughput, FMA throughput, copy bandwidth",
-      {"quick", "full"}, [](const Context& ctx, std::vector<Row>& rows) {
+      "W5",
+      "the machine's own limits: exp throughput, FMA throughput, copy bandwidth",
+      {"quick", "full"},
+      [](const Context& ctx, std::vector<Row>& rows) {
         auto add = [&rows](std::string backend, std::string what, double value, std::string unit,
                            std::string note) {
           Row r;
@@ -129,7 +132,8 @@ void add_roofline_workloads(std::vector<Workload>& out) {
           add("cuda", "copy", ctx.copy_bytes_per_s, "B/s", "float4 copy kernel, 1 GiB, read+write");
         }
         add("cpu", "exp", ctx.cpu_exp_per_s, "exp/s", "fp64 std::exp, all threads");
-        add("cpu", "fma", ctx.cpu_fma_flop_per_s, "FLOP/s", "fp64 multiply-add chains, all threads");
+        add("cpu", "fma", ctx.cpu_fma_flop_per_s, "FLOP/s",
+            "fp64 multiply-add chains, all threads");
         add("cpu", "copy", ctx.cpu_copy_bytes_per_s, "B/s", "memcpy 256 MiB, read+write");
       }});
 }

@@ -19,7 +19,7 @@ struct GpuInfo {
   std::string name;
   int sm_count = 0;
   int cc_major = 0, cc_minor = 0;
-  int sm_clock_mhz = 0;   ///< clock of the run (current SM clock where readable, else max)
+  int sm_clock_mhz = 0;  ///< clock of the run (current SM clock where readable, else max)
   int mem_clock_mhz = 0;
   int runtime_version = 0, driver_version = 0;
   double global_mem_gib = 0;

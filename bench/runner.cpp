@@ -65,7 +65,8 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
   GpuInfo gpu;
   ctx.has_gpu = !ctx.cpu_only && otgpu::cuda_available() && query_gpu(0, gpu);
   if (ctx.gpu_only && !ctx.has_gpu) {
-    throw DeviceUnavailable("bench --backend cuda: no usable CUDA device 0 (or built without CUDA)");
+    throw DeviceUnavailable(
+        "bench --backend cuda: no usable CUDA device 0 (or built without CUDA)");
   }
   ctx.cpu_name = cpu_model_name();
   const Limits cpu = measure_cpu_limits();
@@ -89,9 +90,8 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
   }
   std::vector<Row> rows;
   for (const auto& w : workloads) {
-    const bool selected = only.empty()
-                              ? in_suite(w, ctx.suite)
-                              : std::find(only.begin(), only.end(), w.name) != only.end();
+    const bool selected = only.empty() ? in_suite(w, ctx.suite)
+                                       : std::find(only.begin(), only.end(), w.name) != only.end();
     if (!selected) continue;
     std::fprintf(stderr, "bench: running %s (%s)\n", w.name.c_str(), w.description.c_str());
     std::vector<Row> produced;
@@ -123,7 +123,8 @@ std::string params_text(const nlohmann::json& p) {
   if (!p.is_object()) return s;
   for (auto it = p.begin(); it != p.end(); ++it) {
     if (!s.empty()) s += " ";
-    s += it.key() + "=" + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+    s += it.key() + "=" +
+         (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
   }
   return s;
 }
@@ -132,9 +133,10 @@ std::string params_text(const nlohmann::json& p) {
 
 std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
   std::string out;
-  out += fmt::format("otgpu bench — suite {} — commit {} ({}), CUDA {} [{}]\n", ctx.suite,
-                     ctx.build.value("commit", "?"), ctx.build.value("build_type", "?"),
-                     ctx.build.value("cuda_toolkit", "?"), ctx.build.value("cuda_architectures", "?"));
+  out +=
+      fmt::format("otgpu bench — suite {} — commit {} ({}), CUDA {} [{}]\n", ctx.suite,
+                  ctx.build.value("commit", "?"), ctx.build.value("build_type", "?"),
+                  ctx.build.value("cuda_toolkit", "?"), ctx.build.value("cuda_architectures", "?"));
   if (ctx.has_gpu) {
     out += fmt::format("GPU: {} ({} SMs, {} MHz SM clock, {} MHz memory clock)\n", ctx.device_name,
                        ctx.build.value("sm_count", 0), ctx.build.value("sm_clock_mhz", 0),
@@ -143,8 +145,8 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
     out += "GPU: none (CPU rows only)\n";
   }
   out += fmt::format("CPU: {}\n\n", ctx.cpu_name);
-  const std::vector<std::string> head = {"workload", "solver", "backend", "params", "time",
-                                         "figure", "roofline", "ratio", "note"};
+  const std::vector<std::string> head = {"workload", "solver",   "backend", "params", "time",
+                                         "figure",   "roofline", "ratio",   "note"};
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows) {
     cells.push_back({r.workload, r.solver, r.backend, params_text(r.params),

@@ -1,7 +1,7 @@
 // `otgpu bench`: runs the standard workloads (shared/BENCHMARKS.md) and prints each
 // figure next to the roofline that bounds it; --json FILE writes every row.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cerrno>
 #include <cstdio>
@@ -49,7 +49,8 @@ void run_bench(const BenchArgs& args) {
   if (!args.json_path.empty()) {
     json_out = std::make_unique<std::ofstream>(args.json_path);
     if (!*json_out) {
-      throw IoError(fmt::format("--json: cannot write '{}': {}", args.json_path, std::strerror(errno)));
+      throw IoError(
+          fmt::format("--json: cannot write '{}': {}", args.json_path, std::strerror(errno)));
     }
   }
   const auto rows = bench::run(ctx, args.workloads);

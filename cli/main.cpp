@@ -1,6 +1,6 @@
 // `otgpu`: solve, benchmark and inspect optimal transport problems from .npy files.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>

@@ -15,14 +15,14 @@ namespace otgpu::bench {
 
 namespace {
 
-#define ROOF_CHECK(expr)                                                                   \
-  do {                                                                                     \
-    cudaError_t _e = (expr);                                                               \
-    if (_e != cudaSuccess) {                                                               \
-      throw otgpu::CudaError(fmt::format("{} failed: {} ({}:{})", #expr,                   \
-                                         cudaGetErrorString(_e), __FILE__, __LINE__),      \
-                             static_cast<int>(_e));                                        \
-    }                                                                                      \
+#define ROOF_CHECK(expr)                                                                           \
+  do {                                                                                             \
+    cudaError_t _e = (expr);                                                                       \
+    if (_e != cudaSuccess) {                                                                       \
+      throw otgpu::CudaError(                                                                      \
+          fmt::format("{} failed: {} ({}:{})", #expr, cudaGetErrorString(_e), __FILE__, __LINE__), \
+          static_cast<int>(_e));                                                                   \
+    }                                                                                              \
   } while (0)
 
 constexpr int kChains = 8;
@@ -135,8 +135,8 @@ Limits measure_gpu_limits(int device) {
   const int blocks = sms * 16;  // 16 x 256 threads: enough warps to cover MUFU/FMA latency
   const double per_launch =
       static_cast<double>(blocks) * kThreads * kChains * static_cast<double>(kSteps);
-  const double exp_ms = median_kernel_ms(
-      [&] { exp_throughput_kernel<<<blocks, kThreads>>>(sink, 0.5f); }, 5);
+  const double exp_ms =
+      median_kernel_ms([&] { exp_throughput_kernel<<<blocks, kThreads>>>(sink, 0.5f); }, 5);
   lim.exp_per_s = per_launch / (exp_ms * 1e-3);
   const double fma_ms = median_kernel_ms(
       [&] { fma_throughput_kernel<<<blocks, kThreads>>>(sink, 0.999f, 0.001f); }, 5);
@@ -148,8 +148,7 @@ Limits measure_gpu_limits(int device) {
   ROOF_CHECK(cudaMalloc(&dst, bytes));
   ROOF_CHECK(cudaMemset(src, 0, bytes));
   const std::size_t n4 = bytes / sizeof(float4);
-  const double copy_ms =
-      median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
+  const double copy_ms = median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
   lim.copy_bytes_per_s = 2.0 * static_cast<double>(bytes) / (copy_ms * 1e-3);
   ROOF_CHECK(cudaFree(src));
   ROOF_CHECK(cudaFree(dst));

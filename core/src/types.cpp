@@ -13,15 +13,18 @@ Backend parse_backend(std::string_view text, std::string_view arg_name) {
   if (text == "auto") return Backend::automatic;
   if (text == "cpu") return Backend::cpu;
   if (text == "cuda") return Backend::cuda;
-  throw InvalidArgument(fmt::format("{}: unknown backend '{}' (expected auto, cpu or cuda)",
-                                    arg_name, text));
+  throw InvalidArgument(
+      fmt::format("{}: unknown backend '{}' (expected auto, cpu or cuda)", arg_name, text));
 }
 
 std::string_view to_string(Backend b) noexcept {
   switch (b) {
-    case Backend::automatic: return "auto";
-    case Backend::cpu: return "cpu";
-    case Backend::cuda: return "cuda";
+    case Backend::automatic:
+      return "auto";
+    case Backend::cpu:
+      return "cpu";
+    case Backend::cuda:
+      return "cuda";
   }
   return "?";
 }
@@ -38,9 +41,12 @@ CostKind parse_cost_kind(std::string_view text, std::string_view arg_name) {
 
 std::string_view to_string(CostKind c) noexcept {
   switch (c) {
-    case CostKind::sqeuclidean: return "sqeuclidean";
-    case CostKind::euclidean: return "euclidean";
-    case CostKind::matrix: return "matrix";
+    case CostKind::sqeuclidean:
+      return "sqeuclidean";
+    case CostKind::euclidean:
+      return "euclidean";
+    case CostKind::matrix:
+      return "matrix";
   }
   return "?";
 }
@@ -71,8 +77,8 @@ std::string TensorView::describe() const {
 TensorView TensorView::contiguous(const void* data, DType dtype, MemorySpace space,
                                   std::initializer_list<std::int64_t> shape) {
   if (shape.size() < 1 || shape.size() > static_cast<std::size_t>(kMaxRank)) {
-    throw ShapeError(fmt::format("TensorView: rank {} not supported (1 to {})", shape.size(),
-                                 kMaxRank));
+    throw ShapeError(
+        fmt::format("TensorView: rank {} not supported (1 to {})", shape.size(), kMaxRank));
   }
   TensorView v;
   v.data = data;

@@ -11,10 +11,10 @@ namespace otgpu::cuda_backend {
 
 namespace {
 [[noreturn]] void unavailable(int device) {
-  throw DeviceUnavailable(fmt::format(
-      "backend cuda: CUDA device {} unavailable: this libotgpu was built without CUDA "
-      "(configure with OTGPU_CUDA=ON and a CUDA toolkit)",
-      device));
+  throw DeviceUnavailable(
+      fmt::format("backend cuda: CUDA device {} unavailable: this libotgpu was built without CUDA "
+                  "(configure with OTGPU_CUDA=ON and a CUDA toolkit)",
+                  device));
 }
 }  // namespace
 
@@ -33,8 +33,7 @@ std::vector<double> gradient_x(const SinkhornProblem&, const SinkhornResult&,
   unavailable(device);
 }
 std::vector<std::int64_t> sample_partners(const SinkhornProblem&, const SinkhornResult&,
-                                          const detail::SinkhornShape&, std::uint64_t,
-                                          int device) {
+                                          const detail::SinkhornShape&, std::uint64_t, int device) {
   unavailable(device);
 }
 

@@ -41,21 +41,20 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   const auto t0 = std::chrono::steady_clock::now();
   SinkhornResult r = backend == Backend::cuda ? cuda_backend::sinkhorn(problem, options, shape)
                                               : cpu::sinkhorn(problem, options, shape);
-  r.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                  .count();
+  r.time_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
 
 namespace {
 
-detail::SinkhornShape validate_derived(const SinkhornProblem& problem,
-                                       const SinkhornResult& result, bool needs_points,
-                                       const char* what) {
+detail::SinkhornShape validate_derived(const SinkhornProblem& problem, const SinkhornResult& result,
+                                       bool needs_points, const char* what) {
   SinkhornOptions probe;  // shape checks only; options do not matter here
   const auto shape = detail::validate_sinkhorn(problem, probe);
   if (needs_points && problem.cost_kind == CostKind::matrix) {
-    throw InvalidArgument(fmt::format(
-        "{}: needs point clouds x and y; the problem has cost_kind matrix", what));
+    throw InvalidArgument(
+        fmt::format("{}: needs point clouds x and y; the problem has cost_kind matrix", what));
   }
   if (result.batch != shape.batch || result.n != shape.n || result.m != shape.m ||
       result.f.size() != static_cast<std::size_t>(shape.batch * shape.n) ||
@@ -108,9 +107,8 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
   // batch's eps differ, each problem is solved on its own.
   SinkhornOptions self = options;
   self.eps_relative = false;
-  self.eps_init = options.eps_relative && options.eps_init > 0
-                      ? 0.0  // rescaled per problem below
-                      : options.eps_init;
+  self.eps_init = options.eps_relative && options.eps_init > 0 ? 0.0  // rescaled per problem below
+                                                               : options.eps_init;
   self.f_init.clear();
   self.g_init.clear();
   const auto B = static_cast<std::size_t>(xy.batch);
@@ -121,17 +119,17 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
     // Slice problem b out of a batched view (rank 3) without copying.
     auto slice = [b, &pts](TensorView v) {
       if (v.present() && v.rank == 3) {
-        v.data = static_cast<const char*>(v.data) +
-                 static_cast<std::int64_t>(b) * v.strides[0] *
-                     static_cast<std::int64_t>(dtype_size(v.dtype));
+        v.data =
+            static_cast<const char*>(v.data) + static_cast<std::int64_t>(b) * v.strides[0] *
+                                                   static_cast<std::int64_t>(dtype_size(v.dtype));
         v.rank = 2;
         v.shape = {v.shape[1], v.shape[2], 0};
         v.strides = {v.strides[1], v.strides[2], 0};
       } else if (v.present() && v.rank == 2 && pts.rank == 3) {
         // batched weights [B, n] -> [n]
-        v.data = static_cast<const char*>(v.data) +
-                 static_cast<std::int64_t>(b) * v.strides[0] *
-                     static_cast<std::int64_t>(dtype_size(v.dtype));
+        v.data =
+            static_cast<const char*>(v.data) + static_cast<std::int64_t>(b) * v.strides[0] *
+                                                   static_cast<std::int64_t>(dtype_size(v.dtype));
         v.rank = 1;
         v.shape = {v.shape[1], 0, 0};
         v.strides = {v.strides[1], 0, 0};

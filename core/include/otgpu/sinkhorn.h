@@ -103,8 +103,7 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
 // They run on result.backend. Point-cloud problems only where y is needed.
 
 /// Barycentric map T(x_i) = sum_j P_ij y_j / sum_j P_ij, [B, n, d] row-major.
-std::vector<double> barycentric_map(const SinkhornProblem& problem,
-                                    const SinkhornResult& result);
+std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result);
 
 /// Gradient of OT_eps w.r.t. x_i: sum_j P_ij grad_x c(x_i, y_j), [B, n, d]. For the
 /// squared Euclidean cost, 2 (r_i x_i - sum_j P_ij y_j) with r_i = sum_j P_ij.

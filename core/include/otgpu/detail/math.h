@@ -55,7 +55,7 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE T lse_value(LseAcc<T> acc) {
 /// cancellation, unlike |x|^2 + |y|^2 - 2<x,y>).
 template <class T, class U, class V>
 OTGPU_HOST_DEVICE OTGPU_FORCEINLINE T sqdist(const U* x, const V* y, std::int64_t d,
-                                            std::int64_t sx = 1, std::int64_t sy = 1) {
+                                             std::int64_t sx = 1, std::int64_t sy = 1) {
   T acc = T(0);
   for (std::int64_t k = 0; k < d; ++k) {
     T diff = T(x[k * sx]) - T(y[k * sy]);
@@ -83,7 +83,7 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE void mulhilo32(std::uint32_t a, std::uint32_
 }
 
 OTGPU_HOST_DEVICE OTGPU_FORCEINLINE Philox4 philox4x32_10(Philox4 ctr, std::uint32_t k0,
-                                                         std::uint32_t k1) {
+                                                          std::uint32_t k1) {
   constexpr std::uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr std::uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int r = 0; r < 10; ++r) {
@@ -104,9 +104,9 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE double gumbel(std::uint64_t seed, std::uint6
   Philox4 ctr{{static_cast<std::uint32_t>(j), static_cast<std::uint32_t>(j >> 32),
                static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(problem)}};
   // i above 2^32 is folded into the key so the full index range stays distinct.
-  Philox4 r = philox4x32_10(ctr, static_cast<std::uint32_t>(seed),
-                            static_cast<std::uint32_t>(seed >> 32) ^
-                                static_cast<std::uint32_t>(i >> 32));
+  Philox4 r =
+      philox4x32_10(ctr, static_cast<std::uint32_t>(seed),
+                    static_cast<std::uint32_t>(seed >> 32) ^ static_cast<std::uint32_t>(i >> 32));
   double u = (static_cast<double>(r.v[0]) + 0.5) * (1.0 / 4294967296.0);
   return -log(-log(u));
 }
