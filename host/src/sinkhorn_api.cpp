@@ -50,7 +50,10 @@ namespace {
 
 detail::SinkhornShape validate_derived(const SinkhornProblem& problem, const SinkhornResult& result,
                                        bool needs_points, const char* what) {
-  SinkhornOptions probe;  // shape checks only; options do not matter here
+  // Shape and data checks only. A finite rho skips the equal-mass check: the result
+  // may come from an unbalanced solve, and derived outputs need no matched masses.
+  SinkhornOptions probe;
+  probe.rho_a = probe.rho_b = 1.0;
   const auto shape = detail::validate_sinkhorn(problem, probe);
   if (needs_points && problem.cost_kind == CostKind::matrix) {
     throw InvalidArgument(
