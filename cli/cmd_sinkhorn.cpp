@@ -1,14 +1,328 @@
-// PLACEHOLDER — the 'sinkhorn' subcommand.
+// `otgpu sinkhorn`: entropic OT between point clouds (or from a cost matrix) stored
+// as .npy files; prints the per-problem report (table or one JSON object) and
+// writes the potentials, barycentric map, gradient and sampled partners on request.
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "commands.h"
+#include "common.h"
 #include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
 
 namespace otgpu::cli {
 
+namespace {
+
+struct SinkhornArgs {
+  std::string x, y, a, b, cost_matrix;
+  std::string cost = "sqeuclidean";
+  double eps = 0;
+  bool eps_relative = false;
+  int max_iter = 1000;
+  double tol = 1e-6;
+  int check_every = 10;
+  double eps_init = 0;
+  double eps_decay = 0.5;
+  double rho_a = std::numeric_limits<double>::infinity();
+  double rho_b = std::numeric_limits<double>::infinity();
+  BackendFlags backend;
+  std::string f_out, g_out, map_out, grad_out, sample_out;
+  std::string seed = "0";
+  bool divergence = false;
+  bool json = false;
+
+  // Set when the flag was given (CLI11 fills these in after parsing).
+  CLI::Option* cost_opt = nullptr;
+  CLI::Option* eps_init_opt = nullptr;
+  CLI::Option* eps_decay_opt = nullptr;
+  CLI::Option* seed_opt = nullptr;
+};
+
+/// The inputs, loaded and checked against each other; owns the arrays the
+/// problem's views point into.
+struct LoadedProblem {
+  NpyInput x, y, cost, a, b;
+  SinkhornProblem problem;
+  bool batched = false;  ///< inputs are [B, ...] (outputs get the leading B axis)
+  std::int64_t batch = 1, n = 0, m = 0, d = 0;
+};
+
+void check_flag_combinations(const SinkhornArgs& args) {
+  const bool points = !args.x.empty() || !args.y.empty();
+  if (!args.cost_matrix.empty() && points) {
+    throw InvalidArgument(
+        "--cost-matrix replaces --x/--y: give either --cost-matrix or --x and --y, not both");
+  }
+  if (args.cost_matrix.empty()) {
+    if (!points) throw InvalidArgument("give --x and --y (point clouds) or --cost-matrix");
+    if (args.x.empty()) throw InvalidArgument("--x is required with --y");
+    if (args.y.empty()) throw InvalidArgument("--y is required with --x");
+  } else {
+    if (args.cost_opt->count() > 0) {
+      throw InvalidArgument("--cost does not apply with --cost-matrix (the matrix is the cost)");
+    }
+    const char* needs_points = !args.map_out.empty()    ? "--map-out"
+                               : !args.grad_out.empty() ? "--grad-out"
+                               : args.divergence        ? "--divergence"
+                                                        : nullptr;
+    if (needs_points != nullptr) {
+      throw InvalidArgument(fmt::format(
+          "{} needs point clouds --x and --y; it is not available with --cost-matrix",
+          needs_points));
+    }
+  }
+  if (args.eps_decay_opt->count() > 0 && args.eps_init_opt->count() == 0) {
+    throw InvalidArgument("--eps-decay needs --eps-init (epsilon scaling starts from it)");
+  }
+  if (args.seed_opt->count() > 0 && args.sample_out.empty()) {
+    throw InvalidArgument("--seed is only used with --sample-out");
+  }
+
+  require_positive_finite("--eps", args.eps);
+  require_at_least("--max-iter", args.max_iter, 1);
+  require_nonnegative_finite("--tol", args.tol);
+  require_at_least("--check-every", args.check_every, 0);
+  if (args.eps_init_opt->count() > 0) {
+    require_positive_finite("--eps-init", args.eps_init);
+    if (!(args.eps_decay > 0 && args.eps_decay < 1)) {
+      throw InvalidArgument(
+          fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
+    }
+  }
+  require_positive("--rho-a", args.rho_a);
+  require_positive("--rho-b", args.rho_b);
+
+  check_output_path("--f-out", args.f_out);
+  check_output_path("--g-out", args.g_out);
+  check_output_path("--map-out", args.map_out);
+  check_output_path("--grad-out", args.grad_out);
+  check_output_path("--sample-out", args.sample_out);
+}
+
+/// A weight file must be [n] (shared by the batch) or [B, n].
+void check_weights(const NpyInput& w, std::int64_t batch, std::int64_t len, const char* len_name,
+                   const std::string& from) {
+  const bool ok = (w.rank() == 1 && w.dim(0) == len) ||
+                  (w.rank() == 2 && w.dim(0) == batch && w.dim(1) == len);
+  if (!ok) {
+    throw ShapeError(fmt::format("{} but ({},) or (B, {}) = ({}, {}) is expected ({} from {})",
+                                 w.describe(), len, len_name, batch, len, len_name, from));
+  }
+}
+
+LoadedProblem load_problem(const SinkhornArgs& args) {
+  LoadedProblem lp;
+  SinkhornProblem& p = lp.problem;
+  std::string n_from, m_from;
+  if (args.cost_matrix.empty()) {
+    lp.x = load_points("--x", args.x);
+    lp.y = load_points("--y", args.y);
+    if (lp.x.rank() != lp.y.rank()) {
+      throw ShapeError(fmt::format("{} and {}: both must be [n, d] or both [B, n, d]",
+                                   lp.x.describe(), lp.y.describe()));
+    }
+    lp.batched = lp.x.rank() == 3;
+    const int r = lp.x.rank();
+    if (lp.x.dim(r - 1) != lp.y.dim(r - 1)) {
+      throw ShapeError(fmt::format("{} and {}: the point dimensions d differ ({} vs {})",
+                                   lp.x.describe(), lp.y.describe(), lp.x.dim(r - 1),
+                                   lp.y.dim(r - 1)));
+    }
+    if (lp.batched && lp.x.dim(0) != lp.y.dim(0)) {
+      throw ShapeError(fmt::format("{} and {}: the batch sizes B differ ({} vs {})",
+                                   lp.x.describe(), lp.y.describe(), lp.x.dim(0), lp.y.dim(0)));
+    }
+    lp.batch = lp.batched ? lp.x.dim(0) : 1;
+    lp.n = lp.x.dim(r - 2);
+    lp.m = lp.y.dim(r - 2);
+    lp.d = lp.x.dim(r - 1);
+    p.x = lp.x.view();
+    p.y = lp.y.view();
+    p.cost_kind = parse_point_cost("--cost", args.cost);
+    n_from = "--x";
+    m_from = "--y";
+  } else {
+    lp.cost = load_cost_matrix("--cost-matrix", args.cost_matrix);
+    const int r = lp.cost.rank();
+    lp.batched = r == 3;
+    lp.batch = lp.batched ? lp.cost.dim(0) : 1;
+    lp.n = lp.cost.dim(r - 2);
+    lp.m = lp.cost.dim(r - 1);
+    p.cost = lp.cost.view();
+    p.cost_kind = CostKind::matrix;
+    n_from = m_from = "--cost-matrix";
+  }
+  if (!args.a.empty()) {
+    lp.a = load_weights("--a", args.a);
+    check_weights(lp.a, lp.batch, lp.n, "n", n_from);
+    p.a = lp.a.view();
+  }
+  if (!args.b.empty()) {
+    lp.b = load_weights("--b", args.b);
+    check_weights(lp.b, lp.batch, lp.m, "m", m_from);
+    p.b = lp.b.view();
+  }
+  return lp;
+}
+
+/// CLI11 would wrap "-1" into 2^64 - 1 for an unsigned option; a seed is parsed
+/// here so that anything but a plain unsigned 64-bit integer is an error.
+std::uint64_t parse_seed(const std::string& text) {
+  std::uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end) {
+    throw InvalidArgument(
+        fmt::format("--seed: expected an integer in [0, 2^64), got '{}'", text));
+  }
+  return v;
+}
+
+SinkhornOptions make_options(const SinkhornArgs& args) {
+  SinkhornOptions o;
+  o.eps = args.eps;
+  o.eps_relative = args.eps_relative;
+  o.max_iter = args.max_iter;
+  o.tol = args.tol;
+  o.check_every = args.check_every;
+  if (args.eps_init_opt->count() > 0) {
+    o.eps_init = args.eps_init;
+    o.eps_decay = args.eps_decay;
+  }
+  o.rho_a = args.rho_a;
+  o.rho_b = args.rho_b;
+  o.backend = resolve_backend_flag(args.backend);
+  o.device = args.backend.device;
+  o.cpu_threads = args.backend.threads;
+  return o;
+}
+
+void run_sinkhorn(const SinkhornArgs& args) {
+  check_flag_combinations(args);
+  const SinkhornOptions options = make_options(args);
+  const std::uint64_t seed = parse_seed(args.seed);
+  const LoadedProblem lp = load_problem(args);
+  const SinkhornProblem& problem = lp.problem;
+
+  const SinkhornResult result = sinkhorn(problem, options);
+  const auto B = result.batch;
+  std::vector<double> divergence;
+  if (args.divergence) divergence = sinkhorn_divergence(problem, options);
+
+  if (!args.f_out.empty()) {
+    write_output("--f-out", args.f_out, result.f, batched_shape(lp.batched, B, {result.n}));
+  }
+  if (!args.g_out.empty()) {
+    write_output("--g-out", args.g_out, result.g, batched_shape(lp.batched, B, {result.m}));
+  }
+  if (!args.map_out.empty()) {
+    write_output("--map-out", args.map_out, barycentric_map(problem, result),
+                 batched_shape(lp.batched, B, {result.n, lp.d}));
+  }
+  if (!args.grad_out.empty()) {
+    write_output("--grad-out", args.grad_out, gradient_x(problem, result),
+                 batched_shape(lp.batched, B, {result.n, lp.d}));
+  }
+  if (!args.sample_out.empty()) {
+    write_output("--sample-out", args.sample_out, sample_partners(problem, result, seed),
+                 batched_shape(lp.batched, B, {result.n}));
+  }
+
+  if (args.json) {
+    nlohmann::json out;
+    out["backend"] = std::string(to_string(result.backend));
+    out["time_ms"] = result.time_ms;
+    auto problems = nlohmann::json::array();
+    for (std::size_t k = 0; k < result.problems.size(); ++k) {
+      const SinkhornReport& r = result.problems[k];
+      nlohmann::json pj;
+      pj["ot_eps"] = r.ot_eps;
+      pj["transport_cost"] = r.transport_cost;
+      pj["marginal_error"] = r.marginal_error;
+      pj["residual"] = r.residual;
+      pj["iterations"] = r.iterations;
+      pj["converged"] = r.converged;
+      pj["eps"] = r.eps;
+      if (args.divergence) pj["sinkhorn_divergence"] = divergence[k];
+      problems.push_back(std::move(pj));
+    }
+    out["problems"] = std::move(problems);
+    print_json(out);
+    return;
+  }
+
+  std::vector<std::string> headers = {"problem",    "ot_eps",    "transport_cost",
+                                      "marginal_error", "iterations", "converged", "eps"};
+  if (args.divergence) headers.emplace_back("sinkhorn_divergence");
+  Table table(headers);
+  for (std::size_t k = 0; k < result.problems.size(); ++k) {
+    const SinkhornReport& r = result.problems[k];
+    std::vector<std::string> row = {std::to_string(k),
+                                    format_number(r.ot_eps),
+                                    format_number(r.transport_cost),
+                                    format_number(r.marginal_error),
+                                    std::to_string(r.iterations),
+                                    r.converged ? "yes" : "no",
+                                    format_number(r.eps)};
+    if (args.divergence) row.push_back(format_number(divergence[k]));
+    table.add_row(std::move(row));
+  }
+  std::fputs(table.render().c_str(), stdout);
+  std::string where(to_string(result.backend));
+  if (result.backend == Backend::cuda) where += fmt::format(" (device {})", result.device);
+  std::string sizes = fmt::format("B={} n={} m={}", B, result.n, result.m);
+  if (lp.d > 0) sizes += fmt::format(" d={}", lp.d);
+  std::fputs(fmt::format("backend: {}  time: {:.3f} ms  {}\n", where, result.time_ms, sizes).c_str(),
+             stdout);
+}
+
+}  // namespace
+
 void add_sinkhorn_command(CLI::App& app) {
-  auto* sub = app.add_subcommand("sinkhorn", "(not implemented yet)");
-  sub->callback([] { throw Error("sinkhorn: not implemented yet"); });
+  auto args = std::make_shared<SinkhornArgs>();
+  auto* sub = app.add_subcommand(
+      "sinkhorn", "Entropic OT (log-domain Sinkhorn) between point clouds or from a cost matrix");
+  sub->add_option("--x", args->x, "source points X.npy: [n, d] or [B, n, d], float32/float64");
+  sub->add_option("--y", args->y, "target points Y.npy: [m, d] or [B, m, d]");
+  sub->add_option("--a", args->a, "source weights A.npy: [n] or [B, n] (default uniform)");
+  sub->add_option("--b", args->b, "target weights B.npy: [m] or [B, m] (default uniform)");
+  args->cost_opt =
+      sub->add_option("--cost", args->cost, "point cost: sqeuclidean (default) or euclidean");
+  sub->add_option("--cost-matrix", args->cost_matrix,
+                  "cost matrix C.npy: [n, m] or [B, n, m], instead of --x/--y");
+  sub->add_option("--eps", args->eps, "entropic regularization (> 0, in cost units)")->required();
+  sub->add_flag("--eps-relative", args->eps_relative, "eps is relative to the mean cost");
+  sub->add_option("--max-iter", args->max_iter, "iteration cap (default 1000)");
+  sub->add_option("--tol", args->tol, "tolerance on the L1 marginal error (default 1e-6)");
+  sub->add_option("--check-every", args->check_every,
+                  "check convergence every K iterations (default 10; 0 = never)");
+  args->eps_init_opt = sub->add_option("--eps-init", args->eps_init,
+                                       "epsilon scaling: start from this eps (same units as --eps)");
+  args->eps_decay_opt = sub->add_option("--eps-decay", args->eps_decay,
+                                        "epsilon scaling factor per iteration, in (0, 1) (default 0.5)");
+  sub->add_option("--rho-a", args->rho_a, "KL penalty on the source marginal (default inf)");
+  sub->add_option("--rho-b", args->rho_b, "KL penalty on the target marginal (default inf)");
+  add_backend_flags(*sub, args->backend);
+  sub->add_option("--f-out", args->f_out, "write potentials f ([n] or [B, n], float64)");
+  sub->add_option("--g-out", args->g_out, "write potentials g ([m] or [B, m], float64)");
+  sub->add_option("--map-out", args->map_out, "write the barycentric map ([n, d] or [B, n, d])");
+  sub->add_option("--grad-out", args->grad_out,
+                  "write the gradient of OT_eps w.r.t. x ([n, d] or [B, n, d])");
+  sub->add_option("--sample-out", args->sample_out,
+                  "write one sampled partner index per source point ([n] or [B, n], int64)");
+  args->seed_opt = sub->add_option("--seed", args->seed, "seed for --sample-out (default 0)");
+  sub->add_flag("--divergence", args->divergence, "also report the debiased Sinkhorn divergence");
+  sub->add_flag("--json", args->json, "print one JSON object instead of a table");
+  sub->callback([args] { run_sinkhorn(*args); });
 }
 
 }  // namespace otgpu::cli
