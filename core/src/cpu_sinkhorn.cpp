@@ -1,25 +1,439 @@
-// PLACEHOLDER — replaced by the CPU reference solver.
+// The CPU reference Sinkhorn solver and its derived outputs.
+//
+// Determinism: every per-row quantity is computed by one thread with a fixed loop
+// order, and every sum over rows is taken serially afterwards, so the result is the
+// same bit for bit for any thread count and whether the batch is split over
+// problems or over rows.
 #include "cpu_sinkhorn.h"
 
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <utility>
+
+#include "cpu_numeric.h"
+#include "cpu_problem.h"
+#include "otgpu/detail/math.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cpu {
 
-SinkhornResult sinkhorn(const SinkhornProblem&, const SinkhornOptions&,
-                        const detail::SinkhornShape&) {
-  throw Error("cpu::sinkhorn: not implemented yet");
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+bool all_finite(const std::vector<double>& v) noexcept {
+  for (double x : v) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
 }
-std::vector<double> barycentric_map(const SinkhornProblem&, const SinkhornResult&,
-                                    const detail::SinkhornShape&) {
-  throw Error("not implemented yet");
+
+/// Per-thread scratch rows for the cost (when computed on the fly) and the scores.
+class Scratch {
+ public:
+  Scratch(int threads, std::int64_t len)
+      : len_(len), data_(static_cast<std::size_t>(threads) * 2 * static_cast<std::size_t>(len)) {}
+  double* cost() noexcept { return base(); }
+  double* scores() noexcept { return base() + len_; }
+
+ private:
+  double* base() noexcept {
+    return data_.data() +
+           static_cast<std::size_t>(omp_get_thread_num()) * 2 * static_cast<std::size_t>(len_);
+  }
+  std::int64_t len_;
+  std::vector<double> data_;
+};
+
+/// The final per-row pass: ftilde (balanced f-update at eps from g), the row
+/// marginal r_i and the row's share of <P, C>.
+struct RowReport {
+  std::vector<double> ftilde, row_mass, row_cost;
+};
+
+class ProblemSolver {
+ public:
+  ProblemSolver(const ProblemData& p, const SinkhornOptions& o, double eps, double eps_init,
+                int threads)
+      : p_(p),
+        o_(o),
+        eps_(eps),
+        eps_init_(eps_init),
+        threads_(threads_for_work(threads, p.n * p.m)),
+        scratch_(threads_, std::max(p.n, p.m)) {}
+
+  /// Runs the iterations from the potentials in f, g (overwritten with the final ones).
+  SinkhornReport solve(std::vector<double>& f, std::vector<double>& g) {
+    const std::int64_t n = p_.n, m = p_.m;
+    std::vector<double> f_new(static_cast<std::size_t>(n)), g_new(static_cast<std::size_t>(m));
+    std::vector<double> ftilde(static_cast<std::size_t>(n));
+    const double lam_a = detail::unbalanced_lambda(o_.rho_a, eps_);
+    bool have_ftilde = false, aborted = false, converged = false;
+    int iterations = 0;
+    for (int t = 0; t < o_.max_iter; ++t) {
+      const double eps_t =
+          eps_init_ > 0 ? std::max(eps_, eps_init_ * std::pow(o_.eps_decay, t)) : eps_;
+      const double lam_a_t = detail::unbalanced_lambda(o_.rho_a, eps_t);
+      const double lam_b_t = detail::unbalanced_lambda(o_.rho_b, eps_t);
+      if (have_ftilde) {
+        // The last check ran the f-update at eps (== eps_t from then on) already.
+        for (std::int64_t i = 0; i < n; ++i) {
+          f_new[static_cast<std::size_t>(i)] = lam_a_t * ftilde[static_cast<std::size_t>(i)];
+        }
+      } else {
+        f_update(g, eps_t, lam_a_t, f_new);
+      }
+      if (!all_finite(f_new)) {
+        aborted = true;
+        break;
+      }
+      std::swap(f, f_new);
+      g_update(f, eps_t, lam_b_t, g_new);
+      if (!all_finite(g_new)) {
+        aborted = true;
+        break;
+      }
+      std::swap(g, g_new);
+      iterations = t + 1;
+      have_ftilde = false;
+      if (o_.check_every > 0 && (t + 1) % o_.check_every == 0 && eps_t == eps_) {
+        f_update(g, eps_, 1.0, ftilde);
+        have_ftilde = true;
+        if (residual(f, ftilde, lam_a) <= o_.tol) {
+          converged = true;
+          break;
+        }
+      }
+    }
+
+    const RowReport rows = report_rows(f, g);
+    SinkhornReport rep;
+    rep.eps = eps_;
+    rep.iterations = iterations;
+    rep.residual = residual(f, rows.ftilde, lam_a);
+    rep.marginal_error = residual(f, rows.ftilde, 1.0);
+    CompensatedSum mass_p, cost_p;
+    for (std::int64_t i = 0; i < n; ++i) {
+      mass_p.add(rows.row_mass[static_cast<std::size_t>(i)]);
+      cost_p.add(rows.row_cost[static_cast<std::size_t>(i)]);
+    }
+    rep.transport_cost = cost_p.value();
+    rep.ot_eps = dual_term(p_.a, f, o_.rho_a) + dual_term(p_.b, g, o_.rho_b) -
+                 eps_ * (mass_p.value() - p_.mass_a * p_.mass_b);
+    // Without checks, or when the cap was hit between checks, the final residual
+    // decides; non-finite values never count as converged.
+    if (!converged && !aborted) converged = rep.residual <= o_.tol;
+    rep.converged = converged && std::isfinite(rep.ot_eps) && std::isfinite(rep.residual);
+    return rep;
+  }
+
+ private:
+  /// out_i = lam * (-eps_t LSE_j(log b_j + (g_j - C_ij) / eps_t)).
+  void f_update(const std::vector<double>& g, double eps_t, double lam, std::vector<double>& out) {
+    const double inv = 1.0 / eps_t;
+    const std::int64_t n = p_.n, m = p_.m;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double* c = p_.cost_row(i, scratch_.cost());
+      const RowLse r = row_lse(c, p_.log_b.data(), g.data(), m, inv, scratch_.scores(), false);
+      out[static_cast<std::size_t>(i)] = lam * (-eps_t * (r.max + std::log(r.sum)));
+    }
+  }
+
+  /// out_j = lam * (-eps_t LSE_i(log a_i + (f_i - C_ij) / eps_t)).
+  void g_update(const std::vector<double>& f, double eps_t, double lam, std::vector<double>& out) {
+    const double inv = 1.0 / eps_t;
+    const std::int64_t n = p_.n, m = p_.m;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
+    for (std::int64_t j = 0; j < m; ++j) {
+      const double* c = p_.cost_col(j, scratch_.cost());
+      const RowLse r = row_lse(c, p_.log_a.data(), f.data(), n, inv, scratch_.scores(), false);
+      out[static_cast<std::size_t>(j)] = lam * (-eps_t * (r.max + std::log(r.sum)));
+    }
+  }
+
+  /// sum_i a_i |exp((f_i - lam ftilde_i) / eps) - 1|; lam = 1 gives ||P 1 - a||_1.
+  double residual(const std::vector<double>& f, const std::vector<double>& ftilde,
+                  double lam) const {
+    const double inv = 1.0 / eps_;
+    CompensatedSum sum;
+    for (std::int64_t i = 0; i < p_.n; ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      if (p_.a[k] > 0) sum.add(p_.a[k] * std::fabs(std::expm1((f[k] - lam * ftilde[k]) * inv)));
+    }
+    return sum.value();
+  }
+
+  RowReport report_rows(const std::vector<double>& f, const std::vector<double>& g) {
+    const std::int64_t n = p_.n, m = p_.m;
+    const double inv = 1.0 / eps_;
+    RowReport out;
+    out.ftilde.resize(static_cast<std::size_t>(n));
+    out.row_mass.resize(static_cast<std::size_t>(n));
+    out.row_cost.resize(static_cast<std::size_t>(n));
+#pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      const double* c = p_.cost_row(i, scratch_.cost());
+      const RowLse r = row_lse(c, p_.log_b.data(), g.data(), m, inv, scratch_.scores(), true);
+      out.ftilde[k] = -eps_ * (r.max + std::log(r.sum));
+      // r_i = a_i exp((f_i - ftilde_i)/eps) = sum_j P_ij; P_ij = r_i w_ij / sum_j w_ij.
+      const double mass = p_.a[k] > 0 ? p_.a[k] * std::exp((f[k] - out.ftilde[k]) * inv) : 0.0;
+      out.row_mass[k] = mass;
+      out.row_cost[k] = mass > 0 ? mass * (r.weighted_cost / r.sum) : 0.0;
+    }
+    return out;
+  }
+
+  /// F(f) = <w, f> (hard constraint) or rho <w, 1 - exp(-f / rho)> (KL penalty).
+  static double dual_term(const std::vector<double>& w, const std::vector<double>& pot,
+                          double rho) {
+    CompensatedSum sum;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      if (!(w[i] > 0)) continue;
+      sum.add(std::isinf(rho) ? w[i] * pot[i] : -w[i] * std::expm1(-pot[i] / rho));
+    }
+    return std::isinf(rho) ? sum.value() : rho * sum.value();
+  }
+
+  const ProblemData& p_;
+  const SinkhornOptions& o_;
+  double eps_, eps_init_;
+  int threads_;
+  Scratch scratch_;
+};
+
+/// eps actually used by problem p: options.eps, times the mean cost when relative.
+double cost_scale(const ProblemData& p, const SinkhornOptions& o) {
+  if (!o.eps_relative) return 1.0;
+  const double mean = p.mean_cost();
+  if (!(mean > 0)) {
+    throw InvalidArgument(fmt::format(
+        "eps_relative: mean cost is 0 in problem {} (eps would be 0; give an absolute eps)",
+        p.index));
+  }
+  if (!std::isfinite(mean) || !std::isfinite(o.eps * mean) || !(o.eps * mean > 0)) {
+    throw InvalidArgument(
+        fmt::format("eps_relative: eps {} times the mean cost {} of problem {} is not a usable eps",
+                    o.eps, mean, p.index));
+  }
+  return mean;
 }
-std::vector<double> gradient_x(const SinkhornProblem&, const SinkhornResult&,
-                               const detail::SinkhornShape&) {
-  throw Error("not implemented yet");
+
+/// Runs `body(b, inner_threads)` for every problem: split over problems when there
+/// are enough of them and their cost matrices fit side by side, else over rows.
+template <class Body>
+void for_each_problem(std::int64_t batch, std::int64_t n, std::int64_t m, int threads,
+                      Body&& body) {
+  const double bytes = 16.0 * static_cast<double>(n) * static_cast<double>(m);
+  const bool across =
+      threads > 1 && batch >= threads && bytes * threads <= static_cast<double>(kMaxDenseCostBytes);
+  // Each problem's solve is the same sequence of operations in both branches, so the
+  // split changes the speed only, never the result.
+  if (!across) {
+    for (std::int64_t b = 0; b < batch; ++b) body(b, threads);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(batch));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t b = 0; b < batch; ++b) {
+    try {
+      body(b, 1);
+    } catch (...) {
+      errors[static_cast<std::size_t>(b)] = std::current_exception();
+    }
+  }
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
 }
-std::vector<std::int64_t> sample_partners(const SinkhornProblem&, const SinkhornResult&,
-                                          const detail::SinkhornShape&, std::uint64_t) {
-  throw Error("not implemented yet");
+
+/// Potentials and eps of problem b in a result, checked before the derived outputs
+/// trust them.
+void check_potentials(const SinkhornResult& result, std::int64_t b, const char* what) {
+  const double eps = result.problems[static_cast<std::size_t>(b)].eps;
+  if (!std::isfinite(eps) || !(eps > 0)) {
+    throw InvalidArgument(
+        fmt::format("{}: result.problems[{}].eps is {} (must be finite > 0)", what, b, eps));
+  }
+  auto check = [&](const std::vector<double>& v, std::int64_t len, const char* name) {
+    for (std::int64_t i = b * len; i < (b + 1) * len; ++i) {
+      const double x = v[static_cast<std::size_t>(i)];
+      if (!std::isfinite(x)) {
+        throw NonFiniteInput(fmt::format(
+            "{}: result.{}[{}] is {} (potentials must be finite; the solve did not converge)", what,
+            name, i, x));
+      }
+    }
+  };
+  check(result.f, result.n, "f");
+  check(result.g, result.m, "g");
+}
+
+/// Problem b as the solver saw it. The result does not record rho, so b is rescaled
+/// to the mass of a exactly when a balanced solve would have accepted the masses.
+ProblemData derived_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
+                            std::int64_t b, int threads) {
+  ProblemData p = load_problem(problem, shape, b, false, 0, threads);
+  if (std::fabs(p.mass_a - p.mass_b) <= 1e-5 * std::max(p.mass_a, p.mass_b)) {
+    rescale_b_to_mass_of_a(p);
+  }
+  return p;
+}
+
+/// Calls row(p, i, c, s, lse, inv_eps, g) for every row of every problem, in parallel
+/// over rows, after computing the row's scores s_j = log b_j + (g_j - C_ij)/eps.
+template <class Row>
+void for_each_scored_row(const SinkhornProblem& problem, const SinkhornResult& result,
+                         const detail::SinkhornShape& shape, const char* what, Row&& row) {
+  const int threads = threads_for_work(resolve_threads(0), shape.n * shape.m);
+  for (std::int64_t b = 0; b < shape.batch; ++b) {
+    check_potentials(result, b, what);
+    const ProblemData p = derived_problem(problem, shape, b, threads);
+    const double inv = 1.0 / result.problems[static_cast<std::size_t>(b)].eps;
+    const double* g = result.g.data() + b * shape.m;
+    Scratch scratch(threads, shape.m);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (std::int64_t i = 0; i < shape.n; ++i) {
+      const double* c = p.cost_row(i, scratch.cost());
+      double* s = scratch.scores();
+      const RowLse lse = row_lse(c, p.log_b.data(), g, shape.m, inv, s, false);
+      row(p, i, c, s, lse, inv);
+    }
+  }
+}
+
+}  // namespace
+
+SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options,
+                        const detail::SinkhornShape& shape) {
+  return sinkhorn_with_dense_limit(problem, options, shape, kMaxDenseCostBytes);
+}
+
+SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
+                                         const SinkhornOptions& options,
+                                         const detail::SinkhornShape& shape,
+                                         std::int64_t dense_limit_bytes) {
+  const int threads = resolve_threads(options.cpu_threads);
+  const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
+  const std::int64_t B = shape.batch, n = shape.n, m = shape.m;
+  SinkhornResult result;
+  result.backend = Backend::cpu;
+  result.device = -1;
+  result.batch = B;
+  result.n = n;
+  result.m = m;
+  result.d = shape.d;
+  result.f = options.f_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * n), 0.0)
+                                    : options.f_init;
+  result.g = options.g_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * m), 0.0)
+                                    : options.g_init;
+  result.problems.resize(static_cast<std::size_t>(B));
+
+  for_each_problem(B, n, m, threads, [&](std::int64_t b, int inner) {
+    const ProblemData p = load_problem(problem, shape, b, balanced, dense_limit_bytes, inner);
+    const double scale = cost_scale(p, options);
+    const double eps = options.eps * scale;
+    const double eps_init = options.eps_init > 0 ? options.eps_init * scale : 0.0;
+    const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
+    std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
+    ProblemSolver solver(p, options, eps, eps_init, inner);
+    result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
+    std::copy(f.begin(), f.end(), f0);
+    std::copy(g.begin(), g.end(), g0);
+  });
+  return result;
+}
+
+std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result,
+                                    const detail::SinkhornShape& shape) {
+  const std::int64_t n = shape.n, m = shape.m, d = shape.d;
+  std::vector<double> out(static_cast<std::size_t>(shape.batch * n * d));
+  for_each_scored_row(problem, result, shape, "barycentric_map",
+                      [&](const ProblemData& p, std::int64_t i, const double*, const double* s,
+                          const RowLse& lse, double) {
+                        double* t = out.data() + (p.index * n + i) * d;
+                        std::fill(t, t + d, 0.0);
+                        for (std::int64_t j = 0; j < m; ++j) {
+                          const double w = std::exp(s[j] - lse.max);
+                          if (w == 0) continue;
+                          for (std::int64_t k = 0; k < d; ++k)
+                            t[k] += w * p.y[static_cast<std::size_t>(j * d + k)];
+                        }
+                        for (std::int64_t k = 0; k < d; ++k) t[k] /= lse.sum;
+                      });
+  return out;
+}
+
+std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result,
+                               const detail::SinkhornShape& shape) {
+  const std::int64_t n = shape.n, m = shape.m, d = shape.d;
+  std::vector<double> out(static_cast<std::size_t>(shape.batch * n * d));
+  for_each_scored_row(problem, result, shape, "gradient_x",
+                      [&](const ProblemData& p, std::int64_t i, const double* c, const double* s,
+                          const RowLse& lse, double inv) {
+                        double* grad = out.data() + (p.index * n + i) * d;
+                        std::fill(grad, grad + d, 0.0);
+                        const auto ii = static_cast<std::size_t>(i);
+                        if (!(p.a[ii] > 0)) return;  // a row without mass carries no plan
+                        const double f_i = result.f[static_cast<std::size_t>(p.index * n + i)];
+                        // Row mass r_i = a_i exp(f_i/eps + LSE_j s_j); then P_ij = r_i w_j / sum_j
+                        // w_j.
+                        const double r =
+                            p.a[ii] * std::exp(f_i * inv + lse.max + std::log(lse.sum));
+                        const double* xi = p.x.data() + i * d;
+                        for (std::int64_t j = 0; j < m; ++j) {
+                          const double w = std::exp(s[j] - lse.max);
+                          if (w == 0) continue;
+                          const double* yj = p.y.data() + j * d;
+                          if (p.kind == CostKind::sqeuclidean) {
+                            for (std::int64_t k = 0; k < d; ++k) grad[k] += w * yj[k];
+                          } else if (c[j] > 0) {
+                            // grad_x |x - y| = (x - y) / |x - y|; at x = y the subgradient 0 is
+                            // used.
+                            const double scale = w / c[j];
+                            for (std::int64_t k = 0; k < d; ++k) grad[k] += scale * (xi[k] - yj[k]);
+                          }
+                        }
+                        if (p.kind == CostKind::sqeuclidean) {
+                          for (std::int64_t k = 0; k < d; ++k)
+                            grad[k] = 2.0 * r * (xi[k] - grad[k] / lse.sum);
+                        } else {
+                          for (std::int64_t k = 0; k < d; ++k) grad[k] *= r / lse.sum;
+                        }
+                      });
+  return out;
+}
+
+std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
+                                          const SinkhornResult& result,
+                                          const detail::SinkhornShape& shape, std::uint64_t seed) {
+  const std::int64_t n = shape.n, m = shape.m;
+  std::vector<std::int64_t> out(static_cast<std::size_t>(shape.batch * n), -1);
+  for_each_scored_row(problem, result, shape, "sample_partners",
+                      [&](const ProblemData& p, std::int64_t i, const double*, const double* s,
+                          const RowLse&, double) {
+                        double best = -kInf;
+                        std::int64_t arg = -1;
+                        for (std::int64_t j = 0; j < m; ++j) {
+                          if (!(p.b[static_cast<std::size_t>(j)] > 0)) continue;
+                          const double v =
+                              s[j] + detail::gumbel(seed, static_cast<std::uint64_t>(p.index),
+                                                    static_cast<std::uint64_t>(i),
+                                                    static_cast<std::uint64_t>(j));
+                          if (v > best) {
+                            best = v;
+                            arg = j;
+                          }
+                        }
+                        out[static_cast<std::size_t>(p.index * n + i)] = arg;
+                      });
+  return out;
 }
 
 }  // namespace otgpu::cpu
