@@ -1,0 +1,241 @@
+// The CUDA sliced Wasserstein path against the CPU reference (same directions from
+// the same seed; fp32 projections on the GPU, fp64 on the CPU).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
+#include "otgpu/sliced.h"
+
+#ifdef OTGPU_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+using otgpu::Backend;
+using otgpu::SlicedOptions;
+using otgpu::SlicedProblem;
+using otgpu::SlicedResult;
+using otgpu::TensorView;
+
+#define SKIP_WITHOUT_GPU()                                                 \
+  do {                                                                     \
+    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
+  } while (0)
+
+std::vector<double> uniform_vec(std::size_t n, unsigned seed, double lo = 0.0, double hi = 1.0) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<double> u(lo, hi);
+  std::vector<double> v(n);
+  for (auto& x : v) x = u(g);
+  return v;
+}
+
+double rel_l2(const std::vector<double>& got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t k = 0; k < ref.size(); ++k) {
+    num += (got[k] - ref[k]) * (got[k] - ref[k]);
+    den += ref[k] * ref[k];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+struct Case {
+  std::int64_t B, n, m, d;
+  int L;
+  double p;
+  bool weighted_a, weighted_b, batched_a;
+};
+
+/// Runs the case on both backends and compares values, per-direction terms and
+/// gradients.
+void compare(const Case& c, bool max_sliced = false) {
+  auto x = uniform_vec(static_cast<std::size_t>(c.B * c.n * c.d), 1);
+  auto y = uniform_vec(static_cast<std::size_t>(c.B * c.m * c.d), 2, 0.1, 1.1);
+  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+  auto a = uniform_vec(static_cast<std::size_t>((c.batched_a ? c.B : 1) * c.n), 3, 0.0, 1.0);
+  auto b = uniform_vec(static_cast<std::size_t>(c.m), 4, 0.2, 1.0);
+  SlicedProblem pr;
+  // The GPU computes in fp32: both backends read the same fp32 data.
+  pr.x = TensorView::host(xf.data(), {c.B, c.n, c.d});
+  pr.y = TensorView::host(yf.data(), {c.B, c.m, c.d});
+  if (c.weighted_a) {
+    pr.a = c.batched_a ? TensorView::host(a.data(), {c.B, c.n}) : TensorView::host(a.data(), {c.n});
+  }
+  if (c.weighted_b) pr.b = TensorView::host(b.data(), {c.m});
+  SlicedOptions o;
+  o.projections = c.L;
+  o.p = c.p;
+  o.seed = 42;
+  o.gradients = true;
+  o.max_sliced = max_sliced;
+  o.backend = Backend::cpu;
+  const SlicedResult cpu = otgpu::sliced_wasserstein(pr, o);
+  o.backend = Backend::cuda;
+  const SlicedResult gpu = otgpu::sliced_wasserstein(pr, o);
+  EXPECT_EQ(gpu.backend, Backend::cuda);
+  ASSERT_EQ(gpu.per_direction.size(), cpu.per_direction.size());
+  for (std::size_t k = 0; k < cpu.per_direction.size(); ++k) {
+    EXPECT_NEAR(gpu.per_direction[k], cpu.per_direction[k], 2e-4 * cpu.per_direction[k] + 1e-9)
+        << "term " << k;
+  }
+  for (std::size_t k = 0; k < cpu.value.size(); ++k) {
+    EXPECT_NEAR(gpu.value[k], cpu.value[k], 1e-4 * cpu.value[k] + 1e-9) << "problem " << k;
+  }
+  ASSERT_EQ(gpu.grad_x.size(), cpu.grad_x.size());
+  ASSERT_EQ(gpu.grad_y.size(), cpu.grad_y.size());
+  EXPECT_LT(rel_l2(gpu.grad_x, cpu.grad_x), 2e-3);
+  EXPECT_LT(rel_l2(gpu.grad_y, cpu.grad_y), 2e-3);
+}
+
+TEST(SlicedGpu, MatchesCpuUniform) {
+  SKIP_WITHOUT_GPU();
+  compare({1, 1000, 1000, 8, 32, 2.0, false, false, false});
+}
+
+TEST(SlicedGpu, MatchesCpuTailsAndUnequalSizes) {
+  SKIP_WITHOUT_GPU();
+  // n = 1, n = block + 1, primes, n != m: the merge-path split and tails.
+  compare({1, 1, 1, 3, 5, 2.0, false, false, false});
+  compare({2, 1, 17, 3, 5, 2.0, false, false, false});
+  compare({3, 257, 1031, 5, 7, 2.0, false, false, false});
+  compare({1, 4099, 263, 2, 9, 1.0, false, false, false});
+  compare({1, 70001, 65537, 4, 6, 2.0, false, false, false});
+}
+
+TEST(SlicedGpu, MatchesCpuWeighted) {
+  SKIP_WITHOUT_GPU();
+  compare({4, 300, 211, 6, 16, 2.0, true, true, true});
+  compare({2, 1025, 999, 3, 8, 3.0, true, false, false});
+  compare({2, 513, 2049, 3, 8, 1.5, false, true, false});
+}
+
+TEST(SlicedGpu, MatchesCpuOneDimensionAndHighDimension) {
+  SKIP_WITHOUT_GPU();
+  compare({5, 100, 70, 1, 3, 2.0, true, true, true});
+  compare({1, 512, 512, 3072, 16, 2.0, false, false, false});
+}
+
+TEST(SlicedGpu, MatchesCpuMaxSliced) {
+  SKIP_WITHOUT_GPU();
+  compare({3, 200, 150, 4, 24, 2.0, true, false, true}, true);
+}
+
+TEST(SlicedGpu, SeveralDirectionChunks) {
+  SKIP_WITHOUT_GPU();
+  // 600000 points per side: the GPU sorts 2^26 elements per chunk, so 130
+  // directions take two chunks (the second one partial).
+  compare({1, 600000, 600000, 2, 130, 2.0, false, false, false});
+}
+
+TEST(SlicedGpu, Wasserstein1DMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto x = uniform_vec(3 * 777, 5), y = uniform_vec(3 * 500, 6, -1, 1);
+  auto a = uniform_vec(3 * 777, 7, 0, 1);
+  for (double p : {1.0, 2.0}) {
+    const auto c = otgpu::wasserstein_1d(TensorView::host(x.data(), {3, 777}),
+                                         TensorView::host(y.data(), {3, 500}),
+                                         TensorView::host(a.data(), {3, 777}), {}, p, Backend::cpu);
+    const auto g = otgpu::wasserstein_1d(
+        TensorView::host(x.data(), {3, 777}), TensorView::host(y.data(), {3, 500}),
+        TensorView::host(a.data(), {3, 777}), {}, p, Backend::cuda);
+    ASSERT_EQ(g.size(), 3u);
+    for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(g[k], c[k], 1e-5 * c[k]);
+  }
+}
+
+TEST(SlicedGpu, ExplicitDirectionsAndSeedsAgreeWithCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::int64_t n = 300, d = 5;
+  const int L = 12;
+  auto x = uniform_vec(n * d, 8), y = uniform_vec(n * d, 9);
+  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+  auto dirs = uniform_vec(static_cast<std::size_t>(d * L), 10, -1, 1);
+  SlicedProblem pr;
+  pr.x = TensorView::host(xf.data(), {n, d});
+  pr.y = TensorView::host(yf.data(), {n, d});
+  SlicedOptions o;
+  o.directions = TensorView::host(dirs.data(), {d, L});
+  o.backend = Backend::cpu;
+  const auto c = otgpu::sliced_wasserstein(pr, o);
+  o.backend = Backend::cuda;
+  const auto g = otgpu::sliced_wasserstein(pr, o);
+  for (int l = 0; l < L; ++l)
+    EXPECT_NEAR(g.per_direction[l], c.per_direction[l], 2e-4 * c.per_direction[l]);
+  // Different seeds give different directions on the GPU too.
+  SlicedOptions s1, s2;
+  s1.backend = s2.backend = Backend::cuda;
+  s1.seed = 1;
+  s2.seed = 2;
+  EXPECT_NE(otgpu::sliced_wasserstein(pr, s1).per_direction,
+            otgpu::sliced_wasserstein(pr, s2).per_direction);
+}
+
+#ifdef OTGPU_WITH_CUDA
+TEST(SlicedGpu, DeviceMemoryInputsStridedAndDouble) {
+  SKIP_WITHOUT_GPU();
+  const std::int64_t B = 2, n = 333, m = 222, d = 7;
+  auto x = uniform_vec(static_cast<std::size_t>(B * n * d), 11);
+  auto y = uniform_vec(static_cast<std::size_t>(B * m * d), 12);
+  auto a = uniform_vec(static_cast<std::size_t>(B * n), 13, 0.1, 1);
+  double *dx = nullptr, *dy = nullptr, *da = nullptr, *ddir = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, x.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy, y.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&da, 2 * a.size() * sizeof(double)), cudaSuccess);
+  // a is read with stride 2 out of an interleaved buffer.
+  std::vector<double> a2(2 * a.size(), -1.0);
+  for (std::size_t k = 0; k < a.size(); ++k) a2[2 * k] = a[k];
+  ASSERT_EQ(cudaMemcpy(dx, x.data(), x.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dy, y.data(), y.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(da, a2.data(), a2.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  const int L = 10;
+  auto dirs = otgpu::sliced_directions(d, L, 3);
+  ASSERT_EQ(cudaMalloc(&ddir, dirs.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(ddir, dirs.data(), dirs.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+
+  SlicedProblem hp, dp;
+  hp.x = TensorView::host(x.data(), {B, n, d});
+  hp.y = TensorView::host(y.data(), {B, m, d});
+  hp.a = TensorView::host(a.data(), {B, n});
+  dp.x = TensorView::device(dx, {B, n, d});
+  dp.y = TensorView::device(dy, {B, m, d});
+  dp.a = TensorView::device(da, {B, n});
+  dp.a.strides = {2 * n, 2, 0};
+  SlicedOptions o;
+  o.projections = L;
+  o.seed = 3;
+  o.gradients = true;
+  o.backend = Backend::cpu;
+  const auto c = otgpu::sliced_wasserstein(hp, o);
+  o.backend = Backend::automatic;  // device memory selects the GPU
+  const auto g = otgpu::sliced_wasserstein(dp, o);
+  EXPECT_EQ(g.backend, Backend::cuda);
+  for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
+    EXPECT_NEAR(g.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k]);
+  }
+  EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
+  // Device-resident explicit directions.
+  o.directions = TensorView::device(ddir, {d, L});
+  const auto gd = otgpu::sliced_wasserstein(dp, o);
+  for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
+    EXPECT_NEAR(gd.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k]);
+  }
+  // The CPU backend refuses device memory.
+  o.backend = Backend::cpu;
+  EXPECT_THROW(otgpu::sliced_wasserstein(dp, o), otgpu::InvalidArgument);
+  cudaFree(dx);
+  cudaFree(dy);
+  cudaFree(da);
+  cudaFree(ddir);
+}
+#endif
+
+}  // namespace
