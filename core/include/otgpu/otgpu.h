@@ -4,4 +4,5 @@
 #include "otgpu/config.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
+#include "otgpu/sliced.h"
 #include "otgpu/types.h"
