@@ -3,6 +3,7 @@
 
 #include "otgpu/config.h"
 #include "otgpu/error.h"
+#include "otgpu/gaussian.h"
 #include "otgpu/sinkhorn.h"
 #include "otgpu/sliced.h"
 #include "otgpu/types.h"
