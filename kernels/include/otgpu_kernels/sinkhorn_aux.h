@@ -1,0 +1,50 @@
+// Small per-problem kernels of the CUDA Sinkhorn driver: the convergence residual
+// with per-problem stopping, the final report reductions (in double), and dense-cost
+// sampling. Canonical layout as in sinkhorn_dense.h. Plain C++ header.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace otgpu::kernels {
+
+/// Per problem b with active[b] != 0, in double:
+///   R = sum_i a_i |exp((F_i - lambda_a[b] Ft_i)/eps[b]) - 1|   (a_i > 0 only)
+///   residual[b] = R; if R <= tol: active[b] = 0, iterations[b] = iteration.
+/// Adds the number of problems still active after the check to *active_count.
+/// a [B,n] double weights; F, Ft [B,n]; eps, lambda_a [B] (lambda_a nullptr = 1).
+void sinkhorn_check_residual(const double* a, const float* F, const float* Ft,
+                             const float* eps, const float* lambda_a, double tol,
+                             int iteration, int* active, int* iterations, double* residual,
+                             int* active_count, std::int64_t B, std::int64_t n,
+                             cudaStream_t stream);
+
+/// Final per-problem report at (F, G), target eps, in double:
+///   mass_i = a_i exp((F_i - Ft_i)/eps) (Ft: the balanced f-update from G),
+///   marginal_error = sum_i |mass_i - a_i|, transport_cost = sum_i mass_i cmean_i,
+///   residual = sum_i a_i |exp((F_i - lambda_a Ft_i)/eps) - 1|,
+///   ot_eps = F_a(f) + F_b(g) - eps (sum_i mass_i - m_a m_b),
+///   F_a(f) = <a, f> (rho_a infinite) or rho_a <a, 1 - exp(-f/rho_a)>.
+/// cmean [B,n]: mean cost of row i under P_i. / mass_i; pass nullptr together with
+/// row_mass/row_cost [B,n] to use row_cost/row_mass instead.
+/// Outputs out4 [B,4] = (ot_eps, transport_cost, marginal_error, residual).
+void sinkhorn_finalize(const double* a, const double* b, const float* F, const float* G,
+                       const float* Ft, const float* cmean, const float* row_mass,
+                       const float* row_cost, const float* eps, double rho_a, double rho_b,
+                       double* out4, std::int64_t B, std::int64_t n, std::int64_t m,
+                       cudaStream_t stream);
+
+/// Gumbel-max sampling on a dense cost: out[b,i] = argmax_j logB_j + (G_j - C_ij)/eps
+/// + gumbel(seed, b, i, j), skipping zero weights.
+void dense_sample(const float* C, const float* logB, const float* G, const float* eps,
+                  std::uint64_t seed, std::int64_t* out, std::int64_t B, std::int64_t n,
+                  std::int64_t m, cudaStream_t stream);
+
+/// Mean Euclidean cost sum_{i,j} |x_i - y_j| / (n m) per problem, in double, for
+/// eps_relative (the squared Euclidean mean has a closed form on the host).
+/// X [B,n,dp], Y [B,m,dp]; out [B] double.
+void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64_t B,
+                         std::int64_t n, std::int64_t m, int dp, cudaStream_t stream);
+
+}  // namespace otgpu::kernels
