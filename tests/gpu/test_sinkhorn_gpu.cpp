@@ -1,0 +1,348 @@
+// The CUDA Sinkhorn backend against the CPU reference (FAISS-style: same data, both
+// backends, stated tolerances). The GPU computes in fp32 with fp32 accumulation in
+// the O(nm) loops and double in the per-problem reductions; the CPU is fp64
+// throughout. Runs compare iteration for iteration (check_every = 0, fixed
+// max_iter) so the iterates match up to fp32 round-off, except where a converged
+// solve is the point.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "otgpu/otgpu.h"
+
+namespace {
+
+using otgpu::Backend;
+using otgpu::CostKind;
+using otgpu::SinkhornOptions;
+using otgpu::SinkhornProblem;
+using otgpu::SinkhornResult;
+using otgpu::TensorView;
+
+#define REQUIRE_GPU()                                                         \
+  do {                                                                        \
+    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device";    \
+  } while (0)
+
+std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo = 0, double hi = 1) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(count);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+
+struct Case {
+  std::string name;
+  std::int64_t B, n, m, d;
+  CostKind cost = CostKind::sqeuclidean;
+  double eps_rel = 0.05;  ///< eps as a fraction of the mean cost
+  bool weights = false;   ///< non-uniform weights with some zeros
+  double rho = std::numeric_limits<double>::infinity();
+  bool f32 = false;
+  int iters = 30;
+};
+
+struct Data {
+  std::vector<double> x, y, c, a, b;
+  std::vector<float> xf, yf;
+  SinkhornProblem p;
+};
+
+Data make(const Case& k, std::uint32_t seed) {
+  Data D;
+  D.x = uniform(static_cast<std::size_t>(k.B * k.n * k.d), seed);
+  D.y = uniform(static_cast<std::size_t>(k.B * k.m * k.d), seed + 1, 0.1, 1.1);
+  if (k.cost == CostKind::matrix) {
+    D.c = uniform(static_cast<std::size_t>(k.B * k.n * k.m), seed + 2, 0.0, 2.0);
+    D.p.cost = TensorView::host(D.c.data(), {k.B, k.n, k.m});
+  } else if (k.f32) {
+    D.xf.assign(D.x.begin(), D.x.end());
+    D.yf.assign(D.y.begin(), D.y.end());
+    D.p.x = TensorView::host(D.xf.data(), {k.B, k.n, k.d});
+    D.p.y = TensorView::host(D.yf.data(), {k.B, k.m, k.d});
+  } else {
+    D.p.x = TensorView::host(D.x.data(), {k.B, k.n, k.d});
+    D.p.y = TensorView::host(D.y.data(), {k.B, k.m, k.d});
+  }
+  D.p.cost_kind = k.cost;
+  if (k.weights) {
+    D.a = uniform(static_cast<std::size_t>(k.B * k.n), seed + 3, 0.2, 1.0);
+    D.b = uniform(static_cast<std::size_t>(k.B * k.m), seed + 4, 0.2, 1.0);
+    // Zeros (never all of a problem), then normalize each problem to mass 1.
+    for (std::size_t i = 1; i < D.a.size(); i += 5) D.a[i] = 0;
+    for (std::size_t j = 2; j < D.b.size(); j += 7) D.b[j] = 0;
+    auto normalize = [](std::vector<double>& w, std::int64_t B, std::int64_t len) {
+      for (std::int64_t b = 0; b < B; ++b) {
+        double s = 0;
+        for (std::int64_t i = 0; i < len; ++i) s += w[static_cast<std::size_t>(b * len + i)];
+        if (s == 0) w[static_cast<std::size_t>(b * len)] = s = 1;
+        for (std::int64_t i = 0; i < len; ++i) w[static_cast<std::size_t>(b * len + i)] /= s;
+      }
+    };
+    normalize(D.a, k.B, k.n);
+    normalize(D.b, k.B, k.m);
+    D.p.a = TensorView::host(D.a.data(), {k.B, k.n});
+    D.p.b = TensorView::host(D.b.data(), {k.B, k.m});
+  }
+  return D;
+}
+
+SinkhornOptions fixed_iterations(const Case& k, Backend be) {
+  SinkhornOptions o;
+  o.eps = k.eps_rel;
+  o.eps_relative = true;
+  o.max_iter = k.iters;
+  o.check_every = 0;
+  o.rho_a = o.rho_b = k.rho;
+  o.backend = be;
+  return o;
+}
+
+/// Potentials agree to fp32 round-off of scores of size C/eps, amplified mildly by
+/// the iterations: |f_gpu - f_cpu| <= 2e-4 * (mean cost) + 2e-5 |f|.
+void expect_potentials_close(const std::vector<double>& gpu, const std::vector<double>& cpu,
+                             double scale, const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size());
+  double worst = 0;
+  std::size_t at = 0;
+  for (std::size_t k = 0; k < gpu.size(); ++k) {
+    if (!std::isfinite(cpu[k])) continue;  // rows/cols of zero weight may be +inf on both
+    const double err = std::abs(gpu[k] - cpu[k]) / (2e-4 * scale + 2e-5 * std::abs(cpu[k]));
+    if (err > worst) {
+      worst = err;
+      at = k;
+    }
+  }
+  EXPECT_LE(worst, 1.0) << what << "[" << at << "]: gpu " << gpu[at] << " cpu " << cpu[at];
+}
+
+class GpuVsCpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GpuVsCpu, IterationForIteration) {
+  REQUIRE_GPU();
+  const Case k = GetParam();
+  Data D = make(k, 17);
+  const SinkhornResult cpu = otgpu::sinkhorn(D.p, fixed_iterations(k, Backend::cpu));
+  const SinkhornResult gpu = otgpu::sinkhorn(D.p, fixed_iterations(k, Backend::cuda));
+  ASSERT_EQ(gpu.backend, Backend::cuda);
+  ASSERT_EQ(gpu.problems.size(), cpu.problems.size());
+  double scale = 0;
+  for (const auto& r : cpu.problems) scale = std::max(scale, r.eps / k.eps_rel);
+  expect_potentials_close(gpu.f, cpu.f, scale, "f");
+  expect_potentials_close(gpu.g, cpu.g, scale, "g");
+  for (std::size_t b = 0; b < cpu.problems.size(); ++b) {
+    const auto& c = cpu.problems[b];
+    const auto& g = gpu.problems[b];
+    EXPECT_NEAR(g.eps, c.eps, 1e-6 * c.eps);
+    EXPECT_EQ(g.iterations, c.iterations);
+    EXPECT_NEAR(g.ot_eps, c.ot_eps, 3e-4 * scale + 1e-4 * std::abs(c.ot_eps)) << "problem " << b;
+    EXPECT_NEAR(g.transport_cost, c.transport_cost, 3e-4 * scale + 1e-4 * c.transport_cost)
+        << "problem " << b;
+    EXPECT_NEAR(g.marginal_error, c.marginal_error, 1e-3 + 1e-2 * c.marginal_error)
+        << "problem " << b;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GpuVsCpu,
+    ::testing::Values(
+        Case{"one_point", 1, 1, 1, 1},
+        Case{"tails_7x129_d3", 2, 7, 129, 3},
+        Case{"tails_129x7_d17", 1, 129, 7, 17},
+        Case{"tail_1000_d2_weights", 1, 1000, 1000, 2, CostKind::sqeuclidean, 0.05, true},
+        Case{"tail_4097_d2_few_iters", 1, 4097, 1000, 2, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), false, 5},
+        Case{"d64", 1, 600, 700, 64},
+        Case{"d130_dynamic", 1, 300, 257, 130},
+        Case{"euclidean_d3", 2, 300, 200, 3, CostKind::euclidean},
+        Case{"small_eps", 1, 500, 500, 2, CostKind::sqeuclidean, 1e-3},
+        Case{"large_eps", 1, 500, 500, 2, CostKind::sqeuclidean, 10.0},
+        Case{"unbalanced", 1, 400, 300, 2, CostKind::sqeuclidean, 0.05, true, 1.0},
+        Case{"f32_inputs", 1, 500, 400, 3, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), true},
+        Case{"dense_matrix", 2, 300, 257, 0, CostKind::matrix, 0.05, true},
+        Case{"small_kernel_batch", 16, 100, 120, 2, CostKind::sqeuclidean, 0.05, true},
+        Case{"small_kernel_d17", 8, 64, 64, 17}),
+    [](const ::testing::TestParamInfo<Case>& param_info) { return param_info.param.name; });
+
+TEST(SinkhornGpu, ConvergedSolvesAgree) {
+  REQUIRE_GPU();
+  for (const std::int64_t n : {60, 2000}) {  // small-kernel path and online path
+    Case k{"conv", 2, n, n + 3, 2};
+    Data D = make(k, 5);
+    SinkhornOptions o;
+    o.eps = 0.05;
+    o.eps_relative = true;
+    o.tol = 1e-4;
+    o.max_iter = 2000;
+    o.backend = Backend::cpu;
+    const auto cpu = otgpu::sinkhorn(D.p, o);
+    o.backend = Backend::cuda;
+    const auto gpu = otgpu::sinkhorn(D.p, o);
+    for (std::size_t b = 0; b < 2; ++b) {
+      EXPECT_TRUE(cpu.problems[b].converged);
+      EXPECT_TRUE(gpu.problems[b].converged) << "n=" << n << " residual " << gpu.problems[b].residual;
+      // Stopping may differ by one check period: iterates differ by at most the
+      // distance a converged solve still moves (~tol).
+      EXPECT_NEAR(gpu.problems[b].ot_eps, cpu.problems[b].ot_eps,
+                  1e-3 * std::abs(cpu.problems[b].ot_eps));
+      EXPECT_LE(std::abs(gpu.problems[b].iterations - cpu.problems[b].iterations), 10);
+    }
+  }
+}
+
+TEST(SinkhornGpu, EpsScalingSmallEps) {
+  REQUIRE_GPU();
+  Case k{"scaling", 1, 800, 800, 2};
+  Data D = make(k, 9);
+  SinkhornOptions o;
+  o.eps = 1e-3;
+  o.eps_relative = true;
+  o.eps_init = 1.0;
+  o.eps_decay = 0.7;
+  o.tol = 1e-3;
+  o.max_iter = 3000;
+  o.backend = Backend::cuda;
+  const auto gpu = otgpu::sinkhorn(D.p, o);
+  EXPECT_TRUE(std::isfinite(gpu.problems[0].ot_eps));
+  EXPECT_TRUE(gpu.problems[0].converged) << "residual " << gpu.problems[0].residual;
+  o.backend = Backend::cpu;
+  const auto cpu = otgpu::sinkhorn(D.p, o);
+  EXPECT_NEAR(gpu.problems[0].transport_cost, cpu.problems[0].transport_cost,
+              5e-3 * cpu.problems[0].transport_cost);
+}
+
+/// Derived outputs computed by the GPU from the CPU's potentials (so only the
+/// derived kernels are under test) against the CPU's.
+TEST(SinkhornGpu, DerivedOutputsMatchCpu) {
+  REQUIRE_GPU();
+  for (CostKind cost : {CostKind::sqeuclidean, CostKind::euclidean}) {
+    for (std::int64_t d : {2, 5, 70}) {
+      Case k{"derived", 2, 300, 250, d, cost, 0.1, true};
+      Data D = make(k, 23);
+      SinkhornOptions o = fixed_iterations(k, Backend::cpu);
+      o.max_iter = 50;
+      const SinkhornResult cpu = otgpu::sinkhorn(D.p, o);
+      SinkhornResult as_gpu = cpu;
+      as_gpu.backend = Backend::cuda;
+      as_gpu.device = 0;
+      const auto map_c = otgpu::barycentric_map(D.p, cpu);
+      const auto map_g = otgpu::barycentric_map(D.p, as_gpu);
+      ASSERT_EQ(map_c.size(), map_g.size());
+      for (std::size_t q = 0; q < map_c.size(); ++q) {
+        ASSERT_NEAR(map_g[q], map_c[q], 2e-4) << "map d=" << d << " at " << q;
+      }
+      const auto grad_c = otgpu::gradient_x(D.p, cpu);
+      const auto grad_g = otgpu::gradient_x(D.p, as_gpu);
+      for (std::size_t q = 0; q < grad_c.size(); ++q) {
+        ASSERT_NEAR(grad_g[q], grad_c[q], 1e-4 * std::abs(grad_c[q]) + 4e-6)
+            << "grad d=" << d << " at " << q;
+      }
+      const auto s_c = otgpu::sample_partners(D.p, cpu, 42);
+      const auto s_g = otgpu::sample_partners(D.p, as_gpu, 42);
+      std::size_t same = 0;
+      for (std::size_t q = 0; q < s_c.size(); ++q) same += s_c[q] == s_g[q];
+      // Same Philox key per pair: only fp32 near-ties may differ.
+      EXPECT_GE(static_cast<double>(same), 0.97 * static_cast<double>(s_c.size()));
+    }
+  }
+}
+
+/// The sampled partner of a row, over many seeds, follows P_i. / r_i (chi-square).
+TEST(SinkhornGpu, SampledPartnersHaveThePlanDistribution) {
+  REQUIRE_GPU();
+  const std::int64_t n = 1, m = 6;
+  std::vector<double> x = {0.3}, y = {0.0, 0.1, 0.25, 0.4, 0.7, 1.0};
+  SinkhornProblem p;
+  p.x = TensorView::host(x.data(), {n, 1});
+  p.y = TensorView::host(y.data(), {m, 1});
+  SinkhornOptions o;
+  o.eps = 0.05;
+  o.backend = Backend::cuda;
+  o.max_iter = 10;
+  const auto r = otgpu::sinkhorn(p, o);
+  std::vector<double> prob(static_cast<std::size_t>(m));
+  double tot = 0;
+  for (std::int64_t j = 0; j < m; ++j) {
+    const double c = (x[0] - y[static_cast<std::size_t>(j)]) * (x[0] - y[static_cast<std::size_t>(j)]);
+    prob[static_cast<std::size_t>(j)] = std::exp((r.g[static_cast<std::size_t>(j)] - c) / o.eps) / m;
+    tot += prob[static_cast<std::size_t>(j)];
+  }
+  const int draws = 4000;
+  std::vector<int> count(static_cast<std::size_t>(m), 0);
+  for (int s = 0; s < draws; ++s) {
+    const auto j = otgpu::sample_partners(p, r, static_cast<std::uint64_t>(s))[0];
+    ASSERT_GE(j, 0);
+    ASSERT_LT(j, m);
+    ++count[static_cast<std::size_t>(j)];
+  }
+  double chi2 = 0;
+  for (std::int64_t j = 0; j < m; ++j) {
+    const double e = draws * prob[static_cast<std::size_t>(j)] / tot;
+    chi2 += (count[static_cast<std::size_t>(j)] - e) * (count[static_cast<std::size_t>(j)] - e) / e;
+  }
+  EXPECT_LT(chi2, 20.5) << "chi-square with 5 degrees of freedom (p = 0.001)";
+}
+
+/// Device-memory views run on the GPU (backend auto) and give the host-view answer.
+TEST(SinkhornGpu, DeviceViews) {
+  REQUIRE_GPU();
+  Case k{"device", 2, 200, 150, 3};
+  Data D = make(k, 31);
+  float *dx = nullptr, *dy = nullptr;
+  std::vector<float> xf(D.x.begin(), D.x.end()), yf(D.y.begin(), D.y.end());
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dx), xf.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dy), yf.size() * sizeof(float)), cudaSuccess);
+  cudaMemcpy(dx, xf.data(), xf.size() * sizeof(float), cudaMemcpyHostToDevice);
+  cudaMemcpy(dy, yf.data(), yf.size() * sizeof(float), cudaMemcpyHostToDevice);
+  SinkhornProblem pd;
+  pd.x = TensorView::device(dx, {k.B, k.n, k.d});
+  pd.y = TensorView::device(dy, {k.B, k.m, k.d});
+  SinkhornProblem ph;
+  ph.x = TensorView::host(xf.data(), {k.B, k.n, k.d});
+  ph.y = TensorView::host(yf.data(), {k.B, k.m, k.d});
+  SinkhornOptions o = fixed_iterations(k, Backend::automatic);
+  const auto rd = otgpu::sinkhorn(pd, o);
+  o.backend = Backend::cuda;
+  const auto rh = otgpu::sinkhorn(ph, o);
+  EXPECT_EQ(rd.backend, Backend::cuda);
+  EXPECT_EQ(rd.f, rh.f);
+  EXPECT_EQ(rd.problems[1].ot_eps, rh.problems[1].ot_eps);
+  // NaN in device memory is found and named.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  cudaMemcpy(dx + 5, &nan, sizeof(float), cudaMemcpyHostToDevice);
+  EXPECT_THROW(otgpu::sinkhorn(pd, o), otgpu::NonFiniteInput);
+  // A CPU backend cannot read device memory.
+  o.backend = Backend::cpu;
+  EXPECT_THROW(otgpu::sinkhorn(pd, o), otgpu::InvalidArgument);
+  cudaFree(dx);
+  cudaFree(dy);
+}
+
+TEST(SinkhornGpu, MissingDeviceOrdinal) {
+  REQUIRE_GPU();
+  std::vector<double> x = {0.0}, y = {1.0};
+  SinkhornProblem p;
+  p.x = TensorView::host(x.data(), {1, 1});
+  p.y = TensorView::host(y.data(), {1, 1});
+  SinkhornOptions o;
+  o.backend = Backend::cuda;
+  o.device = 99;
+  try {
+    otgpu::sinkhorn(p, o);
+    FAIL() << "device 99 accepted";
+  } catch (const otgpu::DeviceUnavailable& e) {
+    EXPECT_NE(std::string(e.what()).find("99"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
