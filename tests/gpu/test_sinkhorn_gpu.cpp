@@ -27,9 +27,9 @@ using otgpu::SinkhornProblem;
 using otgpu::SinkhornResult;
 using otgpu::TensorView;
 
-#define REQUIRE_GPU()                                                         \
-  do {                                                                        \
-    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device";    \
+#define REQUIRE_GPU()                                                      \
+  do {                                                                     \
+    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
   } while (0)
 
 std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo = 0, double hi = 1) {
@@ -155,14 +155,12 @@ TEST_P(GpuVsCpu, IterationForIteration) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GpuVsCpu,
     ::testing::Values(
-        Case{"one_point", 1, 1, 1, 1},
-        Case{"tails_7x129_d3", 2, 7, 129, 3},
+        Case{"one_point", 1, 1, 1, 1}, Case{"tails_7x129_d3", 2, 7, 129, 3},
         Case{"tails_129x7_d17", 1, 129, 7, 17},
         Case{"tail_1000_d2_weights", 1, 1000, 1000, 2, CostKind::sqeuclidean, 0.05, true},
         Case{"tail_4097_d2_few_iters", 1, 4097, 1000, 2, CostKind::sqeuclidean, 0.05, false,
              std::numeric_limits<double>::infinity(), false, 5},
-        Case{"d64", 1, 600, 700, 64},
-        Case{"d130_dynamic", 1, 300, 257, 130},
+        Case{"d64", 1, 600, 700, 64}, Case{"d130_dynamic", 1, 300, 257, 130},
         Case{"euclidean_d3", 2, 300, 200, 3, CostKind::euclidean},
         Case{"small_eps", 1, 500, 500, 2, CostKind::sqeuclidean, 1e-3},
         Case{"large_eps", 1, 500, 500, 2, CostKind::sqeuclidean, 10.0},
@@ -190,7 +188,8 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
     const auto gpu = otgpu::sinkhorn(D.p, o);
     for (std::size_t b = 0; b < 2; ++b) {
       EXPECT_TRUE(cpu.problems[b].converged);
-      EXPECT_TRUE(gpu.problems[b].converged) << "n=" << n << " residual " << gpu.problems[b].residual;
+      EXPECT_TRUE(gpu.problems[b].converged)
+          << "n=" << n << " residual " << gpu.problems[b].residual;
       // Stopping may differ by one check period: iterates differ by at most the
       // distance a converged solve still moves (~tol).
       EXPECT_NEAR(gpu.problems[b].ot_eps, cpu.problems[b].ot_eps,
@@ -273,8 +272,10 @@ TEST(SinkhornGpu, SampledPartnersHaveThePlanDistribution) {
   std::vector<double> prob(static_cast<std::size_t>(m));
   double tot = 0;
   for (std::int64_t j = 0; j < m; ++j) {
-    const double c = (x[0] - y[static_cast<std::size_t>(j)]) * (x[0] - y[static_cast<std::size_t>(j)]);
-    prob[static_cast<std::size_t>(j)] = std::exp((r.g[static_cast<std::size_t>(j)] - c) / o.eps) / m;
+    const double c =
+        (x[0] - y[static_cast<std::size_t>(j)]) * (x[0] - y[static_cast<std::size_t>(j)]);
+    prob[static_cast<std::size_t>(j)] =
+        std::exp((r.g[static_cast<std::size_t>(j)] - c) / o.eps) / m;
     tot += prob[static_cast<std::size_t>(j)];
   }
   const int draws = 4000;
