@@ -27,11 +27,13 @@ struct SinkhornArgs {
   std::string cost = "sqeuclidean";
   double eps = 0;
   bool eps_relative = false;
-  int max_iter = 1000;
+  // The command runs to convergence: a generous cap, reported if it is ever hit.
+  int max_iter = 100000;
   double tol = 1e-6;
   int check_every = 10;
   double eps_init = 0;
   double eps_decay = 0.5;
+  bool no_eps_scaling = false;
   double rho_a = std::numeric_limits<double>::infinity();
   double rho_b = std::numeric_limits<double>::infinity();
   BackendFlags backend;
@@ -80,8 +82,9 @@ void check_flag_combinations(const SinkhornArgs& args) {
           needs_points));
     }
   }
-  if (args.eps_decay_opt->count() > 0 && args.eps_init_opt->count() == 0) {
-    throw InvalidArgument("--eps-decay needs --eps-init (epsilon scaling starts from it)");
+  if (args.no_eps_scaling &&
+      (args.eps_init_opt->count() > 0 || args.eps_decay_opt->count() > 0)) {
+    throw InvalidArgument("--no-eps-scaling cannot be combined with --eps-init or --eps-decay");
   }
   if (args.seed_opt->count() > 0 && args.sample_out.empty()) {
     throw InvalidArgument("--seed is only used with --sample-out");
@@ -91,8 +94,8 @@ void check_flag_combinations(const SinkhornArgs& args) {
   require_at_least("--max-iter", args.max_iter, 1);
   require_nonnegative_finite("--tol", args.tol);
   require_at_least("--check-every", args.check_every, 0);
-  if (args.eps_init_opt->count() > 0) {
-    require_positive_finite("--eps-init", args.eps_init);
+  if (args.eps_init_opt->count() > 0) require_positive_finite("--eps-init", args.eps_init);
+  if (!args.no_eps_scaling) {
     if (!(args.eps_decay > 0 && args.eps_decay < 1)) {
       throw InvalidArgument(
           fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
@@ -194,8 +197,11 @@ SinkhornOptions make_options(const SinkhornArgs& args) {
   o.max_iter = args.max_iter;
   o.tol = args.tol;
   o.check_every = args.check_every;
-  if (args.eps_init_opt->count() > 0) {
-    o.eps_init = args.eps_init;
+  // Epsilon scaling is on by default: it changes no fixed point (the entropic
+  // problem at eps has one solution), only how fast a small eps is reached. Start
+  // 1024 x eps above the target unless told otherwise (same units as --eps).
+  if (!args.no_eps_scaling) {
+    o.eps_init = args.eps_init_opt->count() > 0 ? args.eps_init : 1024.0 * args.eps;
     o.eps_decay = args.eps_decay;
   }
   o.rho_a = args.rho_a;
@@ -301,12 +307,16 @@ void add_sinkhorn_command(CLI::App& app) {
                   "cost matrix C.npy: [n, m] or [B, n, m], instead of --x/--y");
   sub->add_option("--eps", args->eps, "entropic regularization (> 0, in cost units)")->required();
   sub->add_flag("--eps-relative", args->eps_relative, "eps is relative to the mean cost");
-  sub->add_option("--max-iter", args->max_iter, "iteration cap (default 1000)");
+  sub->add_option("--max-iter", args->max_iter,
+                  "iteration cap (default 100000; hitting it is reported, converged = false)");
   sub->add_option("--tol", args->tol, "tolerance on the L1 marginal error (default 1e-6)");
   sub->add_option("--check-every", args->check_every,
                   "check convergence every K iterations (default 10; 0 = never)");
   args->eps_init_opt = sub->add_option("--eps-init", args->eps_init,
-                                       "epsilon scaling: start from this eps (same units as --eps)");
+                                       "epsilon scaling: start from this eps (same units as --eps; "
+                                       "default 1024 x eps)");
+  sub->add_flag("--no-eps-scaling", args->no_eps_scaling,
+                "run every iteration at --eps (no epsilon scaling)");
   args->eps_decay_opt = sub->add_option("--eps-decay", args->eps_decay,
                                         "epsilon scaling factor per iteration, in (0, 1) (default 0.5)");
   sub->add_option("--rho-a", args->rho_a, "KL penalty on the source marginal (default inf)");

@@ -459,9 +459,10 @@ class BadInput(CliTestCase):
         self.assert_clean_failure(["sinkhorn", "--cost-matrix", c, "--eps", "1", "--cost",
                                    "euclidean"], "--cost")
 
-    def test_eps_decay_needs_eps_init(self):
-        self.assert_clean_failure(self.sinkhorn_with_x(self.xp, "--eps-decay", "0.5"),
-                                  "--eps-decay", "--eps-init")
+    def test_no_eps_scaling_excludes_schedule_flags(self):
+        self.assert_clean_failure(self.sinkhorn_with_x(self.xp, "--no-eps-scaling",
+                                                       "--eps-decay", "0.5"),
+                                  "--no-eps-scaling", "--eps-decay")
 
     def test_unwritable_output(self):
         self.assert_clean_failure(self.sinkhorn_with_x(self.xp, "--f-out",
