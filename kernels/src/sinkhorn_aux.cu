@@ -79,9 +79,10 @@ __global__ void __launch_bounds__(kBlock)
     const double mi = ai * exp((f - static_cast<double>(Ft[k])) / e);
     err += fabs(mi - ai);
     mass += mi;
-    const double cm = cmean != nullptr
-                          ? static_cast<double>(cmean[k])
-                          : (row_mass[k] > 0.f ? static_cast<double>(row_cost[k]) / row_mass[k] : 0.0);
+    const double cm =
+        cmean != nullptr
+            ? static_cast<double>(cmean[k])
+            : (row_mass[k] > 0.f ? static_cast<double>(row_cost[k]) / row_mass[k] : 0.0);
     cost += mi * cm;
     res += ai * fabs(exp((f - lam_a * static_cast<double>(Ft[k])) / e) - 1.0);
     fa += isinf(rho_a) ? ai * f : rho_a * ai * (1.0 - exp(-f / rho_a));
@@ -126,10 +127,10 @@ __global__ void __launch_bounds__(kBlock)
   for (std::int64_t j = 0; j < m; ++j) {
     const float lw = logB[b * m + j];
     if (lw == -INFINITY) continue;
-    const double s = lw + (static_cast<double>(G[b * m + j]) - row[j]) / e +
-                     otgpu::detail::gumbel(seed, static_cast<std::uint64_t>(b),
-                                           static_cast<std::uint64_t>(i),
-                                           static_cast<std::uint64_t>(j));
+    const double s =
+        lw + (static_cast<double>(G[b * m + j]) - row[j]) / e +
+        otgpu::detail::gumbel(seed, static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(i),
+                              static_cast<std::uint64_t>(j));
     if (s > best) {
       best = s;
       arg = j;
@@ -164,7 +165,8 @@ __global__ void __launch_bounds__(kBlock)
 
 void check_sizes(std::int64_t B, std::int64_t n, std::int64_t m, const char* what) {
   if (B <= 0 || n <= 0 || m <= 0) {
-    throw InvalidArgument(fmt::format("{}: sizes must be positive (B={}, n={}, m={})", what, B, n, m));
+    throw InvalidArgument(
+        fmt::format("{}: sizes must be positive (B={}, n={}, m={})", what, B, n, m));
   }
   if (B > 2147483647LL) throw InvalidArgument(fmt::format("{}: batch B={} too large", what, B));
 }
@@ -208,7 +210,8 @@ void dense_sample(const float* C, const float* logB, const float* G, const float
 void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64_t B,
                          std::int64_t n, std::int64_t m, int dp, cudaStream_t stream) {
   check_sizes(B, n, m, "mean_euclidean_cost");
-  if (B > 65535) throw InvalidArgument(fmt::format("mean_euclidean_cost: batch B={} exceeds 65535", B));
+  if (B > 65535)
+    throw InvalidArgument(fmt::format("mean_euclidean_cost: batch B={} exceeds 65535", B));
   OTGPU_KERNEL_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
   const dim3 grid(static_cast<unsigned>(blocks < 1024 ? blocks : 1024), static_cast<unsigned>(B));

@@ -72,9 +72,8 @@ __device__ __forceinline__ float cost_dyn(const float* x, const float* y, int dp
 /// Ends with a barrier; every thread of the block must call it.
 template <int DP>
 __device__ __forceinline__ void load_tile(const float* cols_b, const float* logw_b,
-                                          const float* pot_b, std::int64_t j0,
-                                          std::int64_t n_cols, float scale, float* ys,
-                                          float* hs) {
+                                          const float* pot_b, std::int64_t j0, std::int64_t n_cols,
+                                          float scale, float* ys, float* hs) {
   const std::int64_t left = n_cols - j0;
   const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
   const float* src = cols_b + j0 * DP;
@@ -377,18 +376,20 @@ __global__ void __launch_bounds__(kThreads)
 
 void check_pass(const OnlinePass& p, const char* what) {
   if (p.B <= 0 || p.n_rows <= 0 || p.n_cols <= 0 || p.dp <= 0) {
-    throw InvalidArgument(fmt::format("{}: sizes must be positive (B={}, n_rows={}, n_cols={}, dp={})",
-                                      what, p.B, p.n_rows, p.n_cols, p.dp));
+    throw InvalidArgument(
+        fmt::format("{}: sizes must be positive (B={}, n_rows={}, n_cols={}, dp={})", what, p.B,
+                    p.n_rows, p.n_cols, p.dp));
   }
   if (p.B > kMaxGridY) {
-    throw InvalidArgument(fmt::format("{}: batch B={} exceeds {} per launch", what, p.B, kMaxGridY));
+    throw InvalidArgument(
+        fmt::format("{}: batch B={} exceeds {} per launch", what, p.B, kMaxGridY));
   }
   if (p.cost != CostKind::sqeuclidean && p.cost != CostKind::euclidean) {
     throw InvalidArgument(fmt::format("{}: cost must be sqeuclidean or euclidean", what));
   }
   if (p.dp > 64 && p.dp % 4 != 0) {
-    throw InvalidArgument(fmt::format("{}: padded dimension dp={} must be a multiple of 4 above 64",
-                                      what, p.dp));
+    throw InvalidArgument(
+        fmt::format("{}: padded dimension dp={} must be a multiple of 4 above 64", what, p.dp));
   }
 }
 
@@ -402,14 +403,16 @@ void prepare_dyn(Kernel kernel, std::size_t smem) {
   if (smem > 48 * 1024) {
     int dev = 0, limit = 0;
     OTGPU_KERNEL_CHECK(cudaGetDevice(&dev));
-    OTGPU_KERNEL_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    OTGPU_KERNEL_CHECK(
+        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (smem > static_cast<std::size_t>(limit)) {
       throw InvalidArgument(fmt::format(
           "online Sinkhorn: dimension too large: a tile needs {} bytes of shared memory, the "
-          "device allows {}", smem, limit));
+          "device allows {}",
+          smem, limit));
     }
-    OTGPU_KERNEL_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
   }
 }
 
@@ -425,14 +428,22 @@ void launch_fixed(const OnlinePass& p, const float* lambda, float* out, cudaStre
 template <bool kEuclid>
 void launch_half(const OnlinePass& p, const float* lambda, float* out, cudaStream_t s) {
   switch (p.dp) {
-    case 1: return launch_fixed<1, kEuclid>(p, lambda, out, s);
-    case 2: return launch_fixed<2, kEuclid>(p, lambda, out, s);
-    case 4: return launch_fixed<4, kEuclid>(p, lambda, out, s);
-    case 8: return launch_fixed<8, kEuclid>(p, lambda, out, s);
-    case 16: return launch_fixed<16, kEuclid>(p, lambda, out, s);
-    case 32: return launch_fixed<32, kEuclid>(p, lambda, out, s);
-    case 64: return launch_fixed<64, kEuclid>(p, lambda, out, s);
-    default: break;
+    case 1:
+      return launch_fixed<1, kEuclid>(p, lambda, out, s);
+    case 2:
+      return launch_fixed<2, kEuclid>(p, lambda, out, s);
+    case 4:
+      return launch_fixed<4, kEuclid>(p, lambda, out, s);
+    case 8:
+      return launch_fixed<8, kEuclid>(p, lambda, out, s);
+    case 16:
+      return launch_fixed<16, kEuclid>(p, lambda, out, s);
+    case 32:
+      return launch_fixed<32, kEuclid>(p, lambda, out, s);
+    case 64:
+      return launch_fixed<64, kEuclid>(p, lambda, out, s);
+    default:
+      break;
   }
   const std::size_t smem = dyn_smem_bytes(p.dp);
   prepare_dyn(online_half_step_dyn_kernel<kEuclid>, smem);
@@ -485,16 +496,19 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
     const int kc = p.dp - k0 < kMeanCoords ? p.dp - k0 : kMeanCoords;
     if (p.cost == CostKind::euclidean) {
       prepare_dyn(online_weighted_mean_kernel<true>, smem);
-      online_weighted_mean_kernel<true><<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
+      online_weighted_mean_kernel<true>
+          <<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
     } else {
       prepare_dyn(online_weighted_mean_kernel<false>, smem);
-      online_weighted_mean_kernel<false><<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
+      online_weighted_mean_kernel<false>
+          <<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
     }
     OTGPU_KERNEL_CHECK(cudaGetLastError());
   }
 }
 
-void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out, cudaStream_t stream) {
+void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out,
+                   cudaStream_t stream) {
   check_pass(p, "online_sample");
   const std::size_t smem = dyn_smem_bytes(p.dp);
   if (p.cost == CostKind::euclidean) {

@@ -4,8 +4,10 @@
 // throughout. Runs compare iteration for iteration (check_every = 0, fixed
 // max_iter) so the iterates match up to fp32 round-off, except where a converged
 // solve is the point.
-#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
+
+#ifdef OTGPU_WITH_CUDA
+#include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
@@ -347,3 +349,94 @@ TEST(SinkhornGpu, MissingDeviceOrdinal) {
 }
 
 }  // namespace
+
+namespace {
+
+/// The stream-ordered API: device data, caller's stream, no host sync inside; the
+/// numbers match the synchronous GPU solve, and a second call of the same size does
+/// not grow the workspace (no allocation per training step).
+TEST(SinkhornGpuAsync, MatchesSynchronousSolveWithoutReallocating) {
+  REQUIRE_GPU();
+  const std::int64_t B = 3, n = 700, m = 650, d = 3;
+  const auto x = uniform(static_cast<std::size_t>(B * n * d), 3);
+  const auto y = uniform(static_cast<std::size_t>(B * m * d), 4, 0.1, 1.1);
+  double *dx = nullptr, *dy = nullptr, *d_ot = nullptr;
+  float *df = nullptr, *dg = nullptr;
+  int* d_it = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dx), x.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dy), y.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(
+      cudaMalloc(reinterpret_cast<void**>(&df), static_cast<std::size_t>(B * n) * sizeof(float)),
+      cudaSuccess);
+  ASSERT_EQ(
+      cudaMalloc(reinterpret_cast<void**>(&dg), static_cast<std::size_t>(B * m) * sizeof(float)),
+      cudaSuccess);
+  ASSERT_EQ(
+      cudaMalloc(reinterpret_cast<void**>(&d_ot), static_cast<std::size_t>(B) * sizeof(double)),
+      cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_it), static_cast<std::size_t>(B) * sizeof(int)),
+            cudaSuccess);
+  cudaMemcpy(dx, x.data(), x.size() * sizeof(double), cudaMemcpyHostToDevice);
+  cudaMemcpy(dy, y.data(), y.size() * sizeof(double), cudaMemcpyHostToDevice);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+
+  SinkhornProblem p;
+  p.x = TensorView::device(dx, {B, n, d});
+  p.y = TensorView::device(dy, {B, m, d});
+  SinkhornOptions o;
+  o.eps = 0.05;
+  o.eps_relative = true;
+  o.max_iter = 40;
+  o.check_every = 0;
+  o.backend = Backend::cuda;
+  const auto ref = otgpu::sinkhorn(p, o);
+
+  otgpu::GpuContext ctx(0, stream);
+  otgpu::DeviceSinkhornOutputs out;
+  out.f = df;
+  out.g = dg;
+  out.ot_eps = d_ot;
+  out.iterations = d_it;
+  otgpu::sinkhorn_async(ctx, p, o, out);
+  const std::size_t grown = ctx.workspace_bytes();
+  EXPECT_EQ(grown, otgpu::sinkhorn_async_workspace_bytes(p, o));
+  otgpu::sinkhorn_async(ctx, p, o, out);  // a second training step
+  EXPECT_EQ(ctx.workspace_bytes(), grown);
+  ctx.synchronize();
+
+  std::vector<float> f(static_cast<std::size_t>(B * n));
+  std::vector<double> ot(static_cast<std::size_t>(B));
+  std::vector<int> it(static_cast<std::size_t>(B));
+  cudaMemcpy(f.data(), df, f.size() * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaMemcpy(ot.data(), d_ot, ot.size() * sizeof(double), cudaMemcpyDeviceToHost);
+  cudaMemcpy(it.data(), d_it, it.size() * sizeof(int), cudaMemcpyDeviceToHost);
+  for (std::size_t k = 0; k < f.size(); ++k)
+    ASSERT_NEAR(f[k], ref.f[k], 1e-6 + 1e-6 * std::abs(ref.f[k]));
+  for (std::size_t b = 0; b < ot.size(); ++b) {
+    EXPECT_NEAR(ot[b], ref.problems[b].ot_eps, 1e-9 + 1e-7 * std::abs(ref.problems[b].ot_eps));
+    EXPECT_EQ(it[b], 40);
+  }
+  // Host views are refused by the device API.
+  std::vector<double> hx(x);
+  SinkhornProblem host_p;
+  host_p.x = TensorView::host(hx.data(), {B, n, d});
+  host_p.y = TensorView::host(y.data(), {B, m, d});
+  EXPECT_THROW(otgpu::sinkhorn_async(ctx, host_p, o, out), otgpu::InvalidArgument);
+
+  cudaStreamDestroy(stream);
+  cudaFree(dx);
+  cudaFree(dy);
+  cudaFree(df);
+  cudaFree(dg);
+  cudaFree(d_ot);
+  cudaFree(d_it);
+}
+
+}  // namespace
+
+#else  // !OTGPU_WITH_CUDA
+
+TEST(SinkhornGpu, RequiresCudaBuild) { GTEST_SKIP() << "built without CUDA"; }
+
+#endif

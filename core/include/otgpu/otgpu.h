@@ -2,6 +2,7 @@
 #pragma once
 
 #include "otgpu/config.h"
+#include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu/gaussian.h"
 #include "otgpu/sinkhorn.h"

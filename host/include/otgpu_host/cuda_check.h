@@ -14,9 +14,9 @@ namespace otgpu::detail {
 
 }  // namespace otgpu::detail
 
-#define OTGPU_CUDA_CHECK(call)                                                      \
-  do {                                                                              \
-    const cudaError_t otgpu_status_ = (call);                                       \
-    if (otgpu_status_ != cudaSuccess)                                               \
-      ::otgpu::detail::throw_cuda_error(otgpu_status_, #call, __FILE__, __LINE__);  \
+#define OTGPU_CUDA_CHECK(call)                                                     \
+  do {                                                                             \
+    const cudaError_t otgpu_status_ = (call);                                      \
+    if (otgpu_status_ != cudaSuccess)                                              \
+      ::otgpu::detail::throw_cuda_error(otgpu_status_, #call, __FILE__, __LINE__); \
   } while (0)

@@ -20,8 +20,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
+#include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu_host/cuda_backend.h"
 #include "otgpu_host/cuda_check.h"
@@ -29,6 +31,7 @@
 #include "otgpu_kernels/sinkhorn_dense.h"
 #include "otgpu_kernels/sinkhorn_online.h"
 #include "otgpu_kernels/sinkhorn_small.h"
+#include "otgpu_kernels/sinkhorn_stage.h"
 #include "validate.h"
 
 namespace otgpu {
@@ -89,10 +92,12 @@ class DeviceArray {
   T* get() const { return p_; }
   std::size_t bytes() const { return count_ * sizeof(T); }
   void upload(const T* host) const {
-    if (count_ > 0) OTGPU_CUDA_CHECK(cudaMemcpyAsync(p_, host, bytes(), cudaMemcpyHostToDevice, s_));
+    if (count_ > 0)
+      OTGPU_CUDA_CHECK(cudaMemcpyAsync(p_, host, bytes(), cudaMemcpyHostToDevice, s_));
   }
   void download(T* host) const {
-    if (count_ > 0) OTGPU_CUDA_CHECK(cudaMemcpyAsync(host, p_, bytes(), cudaMemcpyDeviceToHost, s_));
+    if (count_ > 0)
+      OTGPU_CUDA_CHECK(cudaMemcpyAsync(host, p_, bytes(), cudaMemcpyDeviceToHost, s_));
   }
 
  private:
@@ -104,7 +109,9 @@ class DeviceArray {
 /// Pinned host memory for the lagged convergence reads.
 class PinnedInts {
  public:
-  explicit PinnedInts(std::size_t n) { OTGPU_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(int))); }
+  explicit PinnedInts(std::size_t n) {
+    OTGPU_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(int)));
+  }
   ~PinnedInts() { cudaFreeHost(p_); }
   PinnedInts(const PinnedInts&) = delete;
   PinnedInts& operator=(const PinnedInts&) = delete;
@@ -189,9 +196,9 @@ struct Canonical {
   std::int64_t B = 0, n = 0, m = 0, d = 0;
   int dp = 0;
   CostKind cost = CostKind::sqeuclidean;
-  std::vector<float> X, Y, C;           // points [B,n,dp], [B,m,dp] (centered) or costs
-  std::vector<double> center;           // [B, dp] subtracted from x and y
-  std::vector<double> a, b;             // weights [B,n], [B,m] (b rescaled when balanced)
+  std::vector<float> X, Y, C;  // points [B,n,dp], [B,m,dp] (centered) or costs
+  std::vector<double> center;  // [B, dp] subtracted from x and y
+  std::vector<double> a, b;    // weights [B,n], [B,m] (b rescaled when balanced)
   std::vector<float> logA, logB;
 };
 
@@ -255,7 +262,8 @@ Canonical canonicalize(const SinkhornProblem& p, const detail::SinkhornShape& s,
   auto logs = [](const std::vector<double>& w, std::vector<float>& out) {
     out.resize(w.size());
     for (std::size_t k = 0; k < w.size(); ++k)
-      out[k] = w[k] > 0 ? static_cast<float>(std::log(w[k])) : -std::numeric_limits<float>::infinity();
+      out[k] =
+          w[k] > 0 ? static_cast<float>(std::log(w[k])) : -std::numeric_limits<float>::infinity();
   };
   logs(c.a, c.logA);
   logs(c.b, c.logB);
@@ -282,12 +290,14 @@ std::vector<double> mean_costs(const Canonical& c, const float* dX, const float*
       for (std::size_t k = 0; k < dp; ++k) {
         double sx = 0, sxx = 0, sy = 0, syy = 0;
         for (std::int64_t i = 0; i < c.n; ++i) {
-          const double v = c.X[(b * static_cast<std::size_t>(c.n) + static_cast<std::size_t>(i)) * dp + k];
+          const double v =
+              c.X[(b * static_cast<std::size_t>(c.n) + static_cast<std::size_t>(i)) * dp + k];
           sx += v;
           sxx += v * v;
         }
         for (std::int64_t j = 0; j < c.m; ++j) {
-          const double v = c.Y[(b * static_cast<std::size_t>(c.m) + static_cast<std::size_t>(j)) * dp + k];
+          const double v =
+              c.Y[(b * static_cast<std::size_t>(c.m) + static_cast<std::size_t>(j)) * dp + k];
           sy += v;
           syy += v * v;
         }
@@ -315,8 +325,8 @@ std::vector<double> mean_costs(const Canonical& c, const float* dX, const float*
 void set_device(int device) { OTGPU_CUDA_CHECK(cudaSetDevice(device)); }
 
 kernels::OnlinePass pass(const Canonical& c, bool f_side, const float* dX, const float* dY,
-                         const float* dLogA, const float* dLogB, const float* dF,
-                         const float* dG, const float* eps, const int* active) {
+                         const float* dLogA, const float* dLogB, const float* dF, const float* dG,
+                         const float* eps, const int* active) {
   kernels::OnlinePass p;
   p.cost = c.cost;
   p.rows = f_side ? dX : dY;
@@ -357,6 +367,188 @@ void require_device(int device) {
   }
 }
 
+namespace {
+
+/// Number of scaling iterations before eps_t reaches the target (the same for every
+/// problem: relative eps scales eps and eps_init alike).
+int scaling_steps(const SinkhornOptions& o) {
+  if (!(o.eps_init > 0)) return 0;
+  int K = 0;
+  while (K < o.max_iter && o.eps_init * std::pow(o.eps_decay, K) > o.eps) ++K;
+  return K;
+}
+
+/// Non-owning views of the canonical device arrays of one solve.
+struct DeviceSolve {
+  CostKind cost = CostKind::sqeuclidean;
+  std::int64_t B = 0, n = 0, m = 0;
+  int dp = 0;
+  const float *X = nullptr, *Y = nullptr, *C = nullptr;
+  const float *logA = nullptr, *logB = nullptr;
+  const double *a = nullptr, *b = nullptr;
+  float *F = nullptr, *G = nullptr, *Ft = nullptr;
+  int K = 0;  ///< rows 0..K of the eps / lambda tables ([K + 1, B])
+  const float *eps_tab = nullptr, *lam_a_tab = nullptr, *lam_b_tab = nullptr;
+  const float *small_eps = nullptr, *small_eps_init = nullptr;  ///< [B] for the small kernel
+  int *active = nullptr, *iters = nullptr, *count = nullptr;
+  double* res = nullptr;
+  float* small_res = nullptr;
+  int* small_conv = nullptr;
+  void* col_ws = nullptr;
+  std::size_t col_ws_bytes = 0;
+  float *cmean = nullptr, *lse = nullptr, *row_mass = nullptr, *row_cost = nullptr;
+  double* out4 = nullptr;
+
+  bool points() const { return cost != CostKind::matrix; }
+  const float* eps_target() const {
+    return eps_tab + static_cast<std::size_t>(K) * static_cast<std::size_t>(B);
+  }
+  kernels::OnlinePass online(bool f_side, const float* eps, const int* act) const {
+    kernels::OnlinePass p;
+    p.cost = cost;
+    p.rows = f_side ? X : Y;
+    p.cols = f_side ? Y : X;
+    p.col_logw = f_side ? logB : logA;
+    p.col_pot = f_side ? G : F;
+    p.eps = eps;
+    p.active = act;
+    p.B = B;
+    p.n_rows = f_side ? n : m;
+    p.n_cols = f_side ? m : n;
+    p.dp = dp;
+    return p;
+  }
+};
+
+bool small_path(const DeviceSolve& s, int device) {
+  return s.points() && s.n <= 512 && s.m <= 512 && s.dp <= 32 &&
+         kernels::small_kernel_fits(s.cost, s.n, s.m, s.dp, device);
+}
+
+/// Sizes of the arrays a DeviceSolve points to, for one workspace carve-up.
+struct SolveSizes {
+  std::size_t X = 0, Y = 0, C = 0, nB = 0, mB = 0, B = 0, tab = 0, col_ws = 0;
+};
+
+SolveSizes solve_sizes(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp, int K,
+                       bool stage_cost) {
+  SolveSizes z;
+  const bool pts = cost != CostKind::matrix;
+  z.X = pts ? static_cast<std::size_t>(B * n * dp) : 0;
+  z.Y = pts ? static_cast<std::size_t>(B * m * dp) : 0;
+  z.C = !pts && stage_cost ? static_cast<std::size_t>(B * n * m) : 0;
+  z.nB = static_cast<std::size_t>(B * n);
+  z.mB = static_cast<std::size_t>(B * m);
+  z.B = static_cast<std::size_t>(B);
+  z.tab = static_cast<std::size_t>(K + 1) * z.B;
+  z.col_ws = pts ? 0 : kernels::dense_col_workspace_bytes(B, n, m);
+  return z;
+}
+
+/// Host-side polling of the active count for early exit (the synchronous API).
+struct Poller {
+  PinnedInts pinned{2};
+  Event ev[2];
+  int checks = 0;
+};
+
+/// Enqueues the iterations. With a poller, the host reads the number of active
+/// problems one check period late and stops enqueueing once it is zero; without,
+/// all max_iter iterations are enqueued (retired problems cost no work).
+void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
+                        Poller* poller) {
+  if (small_path(d, device)) {
+    kernels::SmallSinkhornArgs args;
+    args.cost = d.cost;
+    args.X = d.X;
+    args.Y = d.Y;
+    args.logA = d.logA;
+    args.logB = d.logB;
+    args.F = d.F;
+    args.G = d.G;
+    args.eps = d.small_eps;
+    args.eps_init = o.eps_init > 0 ? d.small_eps_init : nullptr;
+    args.eps_decay = o.eps_decay;
+    args.rho_a = o.rho_a;
+    args.rho_b = o.rho_b;
+    args.tol = o.tol;
+    args.max_iter = o.max_iter;
+    args.check_every = o.check_every;
+    args.t_begin = 0;
+    args.t_end = o.max_iter;
+    args.active = d.active;
+    args.iterations = d.iters;
+    args.residual = d.small_res;
+    args.converged = d.small_conv;
+    args.B = d.B;
+    args.n = d.n;
+    args.m = d.m;
+    args.d = d.dp;
+    kernels::small_sinkhorn(args, s);
+    return;
+  }
+  const auto B = static_cast<std::size_t>(d.B);
+  const float* eps_target = d.eps_target();
+  const float* lam_a_target = d.lam_a_tab + static_cast<std::size_t>(d.K) * B;
+  for (int t = 0; t < o.max_iter; ++t) {
+    const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
+    const float* e = d.eps_tab + row;
+    const float* la = d.lam_a_tab + row;
+    const float* lb = d.lam_b_tab + row;
+    if (d.points()) {
+      kernels::online_half_step(d.online(true, e, d.active), la, d.F, s);
+      kernels::online_half_step(d.online(false, e, d.active), lb, d.G, s);
+    } else {
+      kernels::dense_row_update(d.C, d.logB, d.G, e, la, d.active, d.F, d.B, d.n, d.m, s);
+      kernels::dense_col_update(d.C, d.logA, d.F, e, lb, d.active, d.G, d.col_ws, d.col_ws_bytes,
+                                d.B, d.n, d.m, s);
+    }
+    const bool check = o.check_every > 0 && (t + 1) % o.check_every == 0 && t >= d.K;
+    if (!check) continue;
+    if (d.points()) {
+      kernels::online_half_step(d.online(true, eps_target, d.active), nullptr, d.Ft, s);
+    } else {
+      kernels::dense_row_update(d.C, d.logB, d.G, eps_target, nullptr, d.active, d.Ft, d.B, d.n,
+                                d.m, s);
+    }
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.count, 0, sizeof(int), s));
+    kernels::sinkhorn_check_residual(d.a, d.F, d.Ft, eps_target, lam_a_target, o.tol, t + 1,
+                                     d.active, d.iters, d.res, d.count, d.B, d.n, s);
+    if (poller == nullptr) continue;
+    const int slot = poller->checks % 2;
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned.get() + slot, d.count, sizeof(int),
+                                     cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaEventRecord(poller->ev[slot].get(), s));
+    // Read the previous check's count: one period late, so the GPU never idles.
+    if (poller->checks > 0) {
+      const int prev = 1 - slot;
+      OTGPU_CUDA_CHECK(cudaEventSynchronize(poller->ev[prev].get()));
+      if (poller->pinned.get()[prev] == 0) break;
+    }
+    ++poller->checks;
+  }
+}
+
+/// Enqueues the final report at the target eps for every problem (active flags
+/// ignored) into d.out4 [B, 4].
+void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s) {
+  const float* eps_target = d.eps_target();
+  if (d.points()) {
+    const auto fp = d.online(true, eps_target, nullptr);
+    kernels::online_half_step(fp, nullptr, d.Ft, s);
+    kernels::online_row_stats(fp, d.lse, d.cmean, s);
+  } else {
+    kernels::dense_row_update(d.C, d.logB, d.G, eps_target, nullptr, nullptr, d.Ft, d.B, d.n, d.m,
+                              s);
+    kernels::dense_row_stats(d.C, d.logA, d.logB, d.F, d.G, eps_target, d.row_mass, d.row_cost, d.B,
+                             d.n, d.m, s);
+  }
+  kernels::sinkhorn_finalize(d.a, d.b, d.F, d.G, d.Ft, d.points() ? d.cmean : nullptr, d.row_mass,
+                             d.row_cost, eps_target, o.rho_a, o.rho_b, d.out4, d.B, d.n, d.m, s);
+}
+
+}  // namespace
+
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o,
                         const detail::SinkhornShape& shape) {
   require_device(o.device);
@@ -369,187 +561,111 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   const auto m = static_cast<std::size_t>(c.m);
   Stream stream;
   const cudaStream_t s = stream.get();
+  const int K = scaling_steps(o);
+  const SolveSizes z = solve_sizes(c.cost, c.B, c.n, c.m, c.dp, K, true);
 
-  const bool points = c.cost != CostKind::matrix;
-  DeviceArray<float> dX(points ? c.X.size() : 0, s), dY(points ? c.Y.size() : 0, s);
-  DeviceArray<float> dC(points ? 0 : c.C.size(), s);
+  DeviceArray<float> dX(z.X, s), dY(z.Y, s), dC(z.C, s);
   dX.upload(c.X.data());
   dY.upload(c.Y.data());
   dC.upload(c.C.data());
 
-  // eps per problem, and the schedule eps_t = max(eps, eps_init decay^t) as a table
+  // eps per problem, and the schedule eps_t = max(eps, eps_init decay^t) as tables
   // of K + 1 rows (row K: the target; every later iteration uses it).
-  std::vector<double> eps(B, o.eps), eps0(B, o.eps_init);
-  if (o.eps_relative) {
-    const auto mean = mean_costs(c, dX.get(), dY.get(), s);
+  std::vector<double> scale(B, 1.0);
+  if (o.eps_relative) scale = mean_costs(c, dX.get(), dY.get(), s);
+  std::vector<float> eps_tab(z.tab), lam_a_tab(z.tab), lam_b_tab(z.tab), e_target(B), e_init(B);
+  for (std::size_t t = 0; t <= static_cast<std::size_t>(K); ++t) {
     for (std::size_t b = 0; b < B; ++b) {
-      eps[b] = o.eps * mean[b];
-      eps0[b] = o.eps_init * mean[b];
-    }
-  }
-  const bool scaling = o.eps_init > 0;
-  int K = 0;
-  if (scaling) {
-    while (K < o.max_iter) {
-      bool all_target = true;
-      for (std::size_t b = 0; b < B; ++b)
-        all_target = all_target && eps0[b] * std::pow(o.eps_decay, K) <= eps[b];
-      if (all_target) break;
-      ++K;
-    }
-  }
-  const std::size_t rows = static_cast<std::size_t>(K) + 1;
-  std::vector<float> eps_tab(rows * B), lam_a_tab(rows * B), lam_b_tab(rows * B);
-  for (std::size_t t = 0; t < rows; ++t) {
-    for (std::size_t b = 0; b < B; ++b) {
-      const double e = scaling ? std::max(eps[b], eps0[b] * std::pow(o.eps_decay, static_cast<double>(t)))
-                               : eps[b];
+      const double target = o.eps * scale[b];
+      const double e = o.eps_init > 0
+                           ? std::max(target, o.eps_init * scale[b] *
+                                                  std::pow(o.eps_decay, static_cast<double>(t)))
+                           : target;
       eps_tab[t * B + b] = static_cast<float>(e);
-      lam_a_tab[t * B + b] = static_cast<float>(std::isinf(o.rho_a) ? 1.0 : o.rho_a / (o.rho_a + e));
-      lam_b_tab[t * B + b] = static_cast<float>(std::isinf(o.rho_b) ? 1.0 : o.rho_b / (o.rho_b + e));
+      lam_a_tab[t * B + b] =
+          static_cast<float>(std::isinf(o.rho_a) ? 1.0 : o.rho_a / (o.rho_a + e));
+      lam_b_tab[t * B + b] =
+          static_cast<float>(std::isinf(o.rho_b) ? 1.0 : o.rho_b / (o.rho_b + e));
+      e_target[b] = static_cast<float>(target);
+      e_init[b] = static_cast<float>(o.eps_init > 0 ? o.eps_init * scale[b] : 0.0);
     }
   }
-  DeviceArray<float> dEps(eps_tab.size(), s), dLamA(lam_a_tab.size(), s), dLamB(lam_b_tab.size(), s);
+  DeviceArray<float> dEps(z.tab, s), dLamA(z.tab, s), dLamB(z.tab, s), dE(B, s), dE0(B, s);
   dEps.upload(eps_tab.data());
   dLamA.upload(lam_a_tab.data());
   dLamB.upload(lam_b_tab.data());
-  const float* eps_target = dEps.get() + static_cast<std::size_t>(K) * B;
-  const float* lam_a_target = dLamA.get() + static_cast<std::size_t>(K) * B;
+  dE.upload(e_target.data());
+  dE0.upload(e_init.data());
 
-  DeviceArray<float> dLogA(B * n, s), dLogB(B * m, s);
-  DeviceArray<double> dA(B * n, s), dB(B * m, s);
+  DeviceArray<float> dLogA(z.nB, s), dLogB(z.mB, s);
+  DeviceArray<double> dA(z.nB, s), dB(z.mB, s);
   dLogA.upload(c.logA.data());
   dLogB.upload(c.logB.data());
   dA.upload(c.a.data());
   dB.upload(c.b.data());
 
-  DeviceArray<float> dF(B * n, s), dG(B * m, s), dFt(B * n, s);
+  DeviceArray<float> dF(z.nB, s), dG(z.mB, s), dFt(z.nB, s);
   {
-    std::vector<float> f0(B * n, 0.f), g0(B * m, 0.f);
+    std::vector<float> f0(z.nB, 0.f), g0(z.mB, 0.f);
     for (std::size_t k = 0; k < o.f_init.size(); ++k) f0[k] = static_cast<float>(o.f_init[k]);
     for (std::size_t k = 0; k < o.g_init.size(); ++k) g0[k] = static_cast<float>(o.g_init[k]);
     dF.upload(f0.data());
     dG.upload(g0.data());
+    OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));  // f0, g0 are pageable and go out of scope
   }
-  DeviceArray<int> dActive(B, s), dIters(B, s), dCount(1, s);
-  DeviceArray<double> dRes(B, s);
+  DeviceArray<int> dActive(B, s), dIters(B, s), dCount(1, s), dConv(B, s);
+  DeviceArray<double> dRes(B, s), dOut(4 * B, s);
+  DeviceArray<float> dResF(B, s), dCmean(z.nB, s), dLse(z.nB, s), dRowMass(z.nB, s),
+      dRowCost(z.nB, s);
+  DeviceArray<unsigned char> dWs(z.col_ws, s);
   {
     std::vector<int> ones(B, 1), iters(B, o.max_iter);
     dActive.upload(ones.data());
     dIters.upload(iters.data());
+    OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
-  const bool use_small = points && c.n <= 512 && c.m <= 512 && c.dp <= 32 &&
-                         kernels::small_kernel_fits(c.cost, c.n, c.m, c.dp, o.device);
-  if (use_small) {
-    std::vector<float> e_target(B), e_init(B);
-    for (std::size_t b = 0; b < B; ++b) {
-      e_target[b] = static_cast<float>(eps[b]);
-      e_init[b] = static_cast<float>(scaling ? eps0[b] : 0.0);
-    }
-    DeviceArray<float> dE(B, s), dE0(B, s), dResF(B, s);
-    DeviceArray<int> dConv(B, s);
-    dE.upload(e_target.data());
-    dE0.upload(e_init.data());
-    kernels::SmallSinkhornArgs args;
-    args.cost = c.cost;
-    args.X = dX.get();
-    args.Y = dY.get();
-    args.logA = dLogA.get();
-    args.logB = dLogB.get();
-    args.F = dF.get();
-    args.G = dG.get();
-    args.eps = dE.get();
-    args.eps_init = scaling ? dE0.get() : nullptr;
-    args.eps_decay = o.eps_decay;
-    args.rho_a = o.rho_a;
-    args.rho_b = o.rho_b;
-    args.tol = o.tol;
-    args.max_iter = o.max_iter;
-    args.check_every = o.check_every;
-    args.t_begin = 0;
-    args.t_end = o.max_iter;
-    args.active = dActive.get();
-    args.iterations = dIters.get();
-    args.residual = dResF.get();
-    args.converged = dConv.get();
-    args.B = c.B;
-    args.n = c.n;
-    args.m = c.m;
-    args.d = c.dp;
-    kernels::small_sinkhorn(args, s);
-  } else {
-    std::size_t ws_bytes = points ? 0 : kernels::dense_col_workspace_bytes(c.B, c.n, c.m);
-    DeviceArray<unsigned char> dWs(ws_bytes, s);
-    PinnedInts pinned(2);
-    Event ev[2];
-    int checks = 0;
-    for (int t = 0; t < o.max_iter; ++t) {
-      const std::size_t row = static_cast<std::size_t>(std::min(t, K));
-      const float* e = dEps.get() + row * B;
-      const float* la = dLamA.get() + row * B;
-      const float* lb = dLamB.get() + row * B;
-      if (points) {
-        kernels::online_half_step(pass(c, true, dX.get(), dY.get(), dLogA.get(), dLogB.get(),
-                                       dF.get(), dG.get(), e, dActive.get()),
-                                  la, dF.get(), s);
-        kernels::online_half_step(pass(c, false, dX.get(), dY.get(), dLogA.get(), dLogB.get(),
-                                       dF.get(), dG.get(), e, dActive.get()),
-                                  lb, dG.get(), s);
-      } else {
-        kernels::dense_row_update(dC.get(), dLogB.get(), dG.get(), e, la, dActive.get(), dF.get(),
-                                  c.B, c.n, c.m, s);
-        kernels::dense_col_update(dC.get(), dLogA.get(), dF.get(), e, lb, dActive.get(), dG.get(),
-                                  dWs.get(), ws_bytes, c.B, c.n, c.m, s);
-      }
-      const bool check = o.check_every > 0 && (t + 1) % o.check_every == 0 && t >= K;
-      if (!check) continue;
-      if (points) {
-        kernels::online_half_step(pass(c, true, dX.get(), dY.get(), dLogA.get(), dLogB.get(),
-                                       dF.get(), dG.get(), eps_target, dActive.get()),
-                                  nullptr, dFt.get(), s);
-      } else {
-        kernels::dense_row_update(dC.get(), dLogB.get(), dG.get(), eps_target, nullptr,
-                                  dActive.get(), dFt.get(), c.B, c.n, c.m, s);
-      }
-      OTGPU_CUDA_CHECK(cudaMemsetAsync(dCount.get(), 0, sizeof(int), s));
-      kernels::sinkhorn_check_residual(dA.get(), dF.get(), dFt.get(), eps_target, lam_a_target,
-                                       o.tol, t + 1, dActive.get(), dIters.get(), dRes.get(),
-                                       dCount.get(), c.B, c.n, s);
-      const int slot = checks % 2;
-      OTGPU_CUDA_CHECK(cudaMemcpyAsync(pinned.get() + slot, dCount.get(), sizeof(int),
-                                       cudaMemcpyDeviceToHost, s));
-      OTGPU_CUDA_CHECK(cudaEventRecord(ev[slot].get(), s));
-      // Read the previous check's count: one period late, so the GPU never idles.
-      if (checks > 0) {
-        const int prev = 1 - slot;
-        OTGPU_CUDA_CHECK(cudaEventSynchronize(ev[prev].get()));
-        if (pinned.get()[prev] == 0) break;
-      }
-      ++checks;
-    }
-  }
+  DeviceSolve d;
+  d.cost = c.cost;
+  d.B = c.B;
+  d.n = c.n;
+  d.m = c.m;
+  d.dp = c.dp;
+  d.X = dX.get();
+  d.Y = dY.get();
+  d.C = dC.get();
+  d.logA = dLogA.get();
+  d.logB = dLogB.get();
+  d.a = dA.get();
+  d.b = dB.get();
+  d.F = dF.get();
+  d.G = dG.get();
+  d.Ft = dFt.get();
+  d.K = K;
+  d.eps_tab = dEps.get();
+  d.lam_a_tab = dLamA.get();
+  d.lam_b_tab = dLamB.get();
+  d.small_eps = dE.get();
+  d.small_eps_init = dE0.get();
+  d.active = dActive.get();
+  d.iters = dIters.get();
+  d.count = dCount.get();
+  d.res = dRes.get();
+  d.small_res = dResF.get();
+  d.small_conv = dConv.get();
+  d.col_ws = dWs.get();
+  d.col_ws_bytes = z.col_ws;
+  d.cmean = dCmean.get();
+  d.lse = dLse.get();
+  d.row_mass = dRowMass.get();
+  d.row_cost = dRowCost.get();
+  d.out4 = dOut.get();
 
-  // Final report at the target eps for every problem (active flags ignored).
-  DeviceArray<float> dCmean(points ? B * n : 0, s), dRowMass(points ? 0 : B * n, s),
-      dRowCost(points ? 0 : B * n, s);
-  if (points) {
-    const auto fp = pass(c, true, dX.get(), dY.get(), dLogA.get(), dLogB.get(), dF.get(), dG.get(),
-                         eps_target, nullptr);
-    kernels::online_half_step(fp, nullptr, dFt.get(), s);
-    DeviceArray<float> dLse(B * n, s);
-    kernels::online_row_stats(fp, dLse.get(), dCmean.get(), s);
-  } else {
-    kernels::dense_row_update(dC.get(), dLogB.get(), dG.get(), eps_target, nullptr, nullptr,
-                              dFt.get(), c.B, c.n, c.m, s);
-    kernels::dense_row_stats(dC.get(), dLogA.get(), dLogB.get(), dF.get(), dG.get(), eps_target,
-                             dRowMass.get(), dRowCost.get(), c.B, c.n, c.m, s);
-  }
-  DeviceArray<double> dOut(4 * B, s);
-  kernels::sinkhorn_finalize(dA.get(), dB.get(), dF.get(), dG.get(), dFt.get(),
-                             points ? dCmean.get() : nullptr, dRowMass.get(), dRowCost.get(),
-                             eps_target, o.rho_a, o.rho_b, dOut.get(), c.B, c.n, c.m, s);
-  std::vector<float> f(B * n), g(B * m);
+  Poller poller;
+  enqueue_iterations(d, o, o.device, s, &poller);
+  enqueue_finalize(d, o, s);
+
+  std::vector<float> f(z.nB), g(z.mB);
   std::vector<double> out4(4 * B);
   std::vector<int> iters(B);
   dF.download(f.data());
@@ -568,9 +684,11 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   r.f.assign(f.begin(), f.end());
   r.g.assign(g.begin(), g.end());
   r.problems.resize(B);
+  (void)n;
+  (void)m;
   for (std::size_t b = 0; b < B; ++b) {
     auto& rep = r.problems[b];
-    rep.eps = eps[b];
+    rep.eps = o.eps * scale[b];
     rep.ot_eps = out4[4 * b + 0];
     rep.transport_cost = out4[4 * b + 1];
     rep.marginal_error = out4[4 * b + 2];
@@ -594,12 +712,18 @@ struct DerivedSetup {
                const detail::SinkhornShape& shape, cudaStream_t s, Canonical&& canon)
       : c(std::move(canon)),
         eps(static_cast<std::size_t>(c.B)),
-        dX(c.X.size(), s), dY(c.Y.size(), s), dC(c.C.size(), s),
-        dLogA(c.logA.size(), s), dLogB(c.logB.size(), s),
-        dF(result.f.size(), s), dG(result.g.size(), s), dEps(static_cast<std::size_t>(c.B), s) {
+        dX(c.X.size(), s),
+        dY(c.Y.size(), s),
+        dC(c.C.size(), s),
+        dLogA(c.logA.size(), s),
+        dLogB(c.logB.size(), s),
+        dF(result.f.size(), s),
+        dG(result.g.size(), s),
+        dEps(static_cast<std::size_t>(c.B), s) {
     (void)problem;
     (void)shape;
-    for (std::size_t b = 0; b < eps.size(); ++b) eps[b] = static_cast<float>(result.problems[b].eps);
+    for (std::size_t b = 0; b < eps.size(); ++b)
+      eps[b] = static_cast<float>(result.problems[b].eps);
     std::vector<float> f(result.f.begin(), result.f.end()), g(result.g.begin(), result.g.end());
     dX.upload(c.X.data());
     dY.upload(c.Y.data());
@@ -621,8 +745,8 @@ Canonical canonical_for(const SinkhornProblem& problem, const detail::SinkhornSh
                         std::vector<MirroredView>& keep, SinkhornProblem& host_problem) {
   keep.clear();
   host_problem = problem;
-  for (TensorView* v : {&host_problem.x, &host_problem.y, &host_problem.cost, &host_problem.a,
-                        &host_problem.b}) {
+  for (TensorView* v :
+       {&host_problem.x, &host_problem.y, &host_problem.cost, &host_problem.a, &host_problem.b}) {
     keep.push_back(mirror(*v));
     *v = keep.back().view;
   }
@@ -650,7 +774,8 @@ std::vector<double> row_masses(DerivedSetup& st, const SinkhornResult& result, c
     const double e = result.problems[b].eps;
     for (std::size_t i = 0; i < n; ++i) {
       const double ai = st.c.a[b * n + i];
-      r[b * n + i] = ai > 0 ? ai * scale * std::exp((result.f[b * n + i] - ft[b * n + i]) / e) : 0.0;
+      r[b * n + i] =
+          ai > 0 ? ai * scale * std::exp((result.f[b * n + i] - ft[b * n + i]) / e) : 0.0;
     }
   }
   return r;
@@ -707,7 +832,8 @@ std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornRes
     for (std::int64_t i = 0; i < n; ++i) {
       const double ri = r[static_cast<std::size_t>(b * n + i)];
       for (std::int64_t k = 0; k < d; ++k) {
-        const std::size_t pk = static_cast<std::size_t>(b * n + i) * dp + static_cast<std::size_t>(k);
+        const std::size_t pk =
+            static_cast<std::size_t>(b * n + i) * dp + static_cast<std::size_t>(k);
         const auto o = static_cast<std::size_t>((b * n + i) * d + k);
         // Both x and the weighted mean of y are centered: their difference is not.
         out[o] = euclid ? ri * V[pk] : 2.0 * ri * (static_cast<double>(st.c.X[pk]) - V[pk]);
@@ -742,4 +868,266 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 }
 
 }  // namespace cuda_backend
+
+// ------------------------------------------------------- stream-ordered API --
+
+struct GpuContext::Impl {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  void* workspace = nullptr;
+  std::size_t bytes = 0;
+
+  void grow(std::size_t need) {
+    if (need <= bytes) return;
+    OTGPU_CUDA_CHECK(cudaSetDevice(device));
+    // Growing is the one allocation of the API; queued work may still read the old
+    // buffer, so wait for it before freeing.
+    if (workspace != nullptr) {
+      OTGPU_CUDA_CHECK(cudaStreamSynchronize(stream));
+      OTGPU_CUDA_CHECK(cudaFree(workspace));
+      workspace = nullptr;
+      bytes = 0;
+    }
+    const cudaError_t st = cudaMalloc(&workspace, need);
+    if (st == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      std::size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw OutOfMemory(fmt::format(
+          "GpuContext: workspace of {} bytes does not fit on device {} ({} bytes free of {})", need,
+          device, free_b, total_b));
+    }
+    OTGPU_CUDA_CHECK(st);
+    bytes = need;
+  }
+};
+
+GpuContext::GpuContext(int device, void* stream) : impl_(std::make_unique<Impl>()) {
+  cuda_backend::require_device(device);
+  impl_->device = device;
+  impl_->stream = static_cast<cudaStream_t>(stream);
+}
+
+GpuContext::~GpuContext() {
+  if (impl_ && impl_->workspace != nullptr) {
+    cudaSetDevice(impl_->device);
+    cudaStreamSynchronize(impl_->stream);
+    cudaFree(impl_->workspace);
+  }
+}
+
+int GpuContext::device() const noexcept { return impl_->device; }
+void* GpuContext::stream() const noexcept { return impl_->stream; }
+void GpuContext::set_stream(void* stream) noexcept {
+  impl_->stream = static_cast<cudaStream_t>(stream);
+}
+std::size_t GpuContext::workspace_bytes() const noexcept { return impl_->bytes; }
+void GpuContext::reserve(std::size_t bytes) { impl_->grow(bytes); }
+void GpuContext::synchronize() const {
+  OTGPU_CUDA_CHECK(cudaSetDevice(impl_->device));
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+}
+
+namespace {
+
+using cuda_backend::DeviceSolve;
+using cuda_backend::padded_dim;
+using cuda_backend::scaling_steps;
+using cuda_backend::solve_sizes;
+using cuda_backend::SolveSizes;
+
+constexpr std::size_t kAlign = 256;
+
+/// Bump allocator over the context workspace; with base == nullptr it only counts.
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <class T>
+  T* take(std::size_t count) {
+    if (count == 0) return nullptr;
+    off_ = (off_ + kAlign - 1) / kAlign * kAlign;
+    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+    off_ += count * sizeof(T);
+    return p;
+  }
+  std::size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  std::size_t off_ = 0;
+};
+
+kernels::StridedSource source(const TensorView& v) {
+  kernels::StridedSource s;
+  s.data = v.data;
+  s.is_f64 = v.dtype == DType::f64;
+  s.rank = v.rank;
+  for (int k = 0; k < v.rank && k < 3; ++k) s.stride[k] = v.stride(k);
+  return s;
+}
+
+/// Lays out every array of an async solve in the workspace (or just counts bytes).
+DeviceSolve carve(Carver& cv, const detail::SinkhornShape& sh, CostKind cost, int dp, int K,
+                  bool stage_cost, double*& center, double*& mean) {
+  const SolveSizes z = solve_sizes(cost, sh.batch, sh.n, sh.m, dp, K, stage_cost);
+  DeviceSolve d;
+  d.cost = cost;
+  d.B = sh.batch;
+  d.n = sh.n;
+  d.m = sh.m;
+  d.dp = dp;
+  d.K = K;
+  d.X = cv.take<float>(z.X);
+  d.Y = cv.take<float>(z.Y);
+  d.C = cv.take<float>(z.C);
+  d.logA = cv.take<float>(z.nB);
+  d.logB = cv.take<float>(z.mB);
+  d.a = cv.take<double>(z.nB);
+  d.b = cv.take<double>(z.mB);
+  d.Ft = cv.take<float>(z.nB);
+  d.eps_tab = cv.take<float>(z.tab);
+  d.lam_a_tab = cv.take<float>(z.tab);
+  d.lam_b_tab = cv.take<float>(z.tab);
+  d.small_eps = cv.take<float>(z.B);
+  d.small_eps_init = cv.take<float>(z.B);
+  d.active = cv.take<int>(z.B);
+  d.iters = cv.take<int>(z.B);
+  d.count = cv.take<int>(1);
+  d.res = cv.take<double>(z.B);
+  d.small_res = cv.take<float>(z.B);
+  d.small_conv = cv.take<int>(z.B);
+  d.col_ws = cv.take<unsigned char>(z.col_ws);
+  d.col_ws_bytes = z.col_ws;
+  d.cmean = cv.take<float>(z.nB);
+  d.lse = cv.take<float>(z.nB);
+  d.row_mass = cv.take<float>(z.nB);
+  d.row_cost = cv.take<float>(z.nB);
+  d.out4 = cv.take<double>(4 * z.B);
+  center = cv.take<double>(z.B * static_cast<std::size_t>(std::max(dp, 1)));
+  mean = cv.take<double>(z.B);
+  return d;
+}
+
+struct AsyncPlan {
+  detail::SinkhornShape shape;
+  int dp = 0;
+  int K = 0;
+  bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
+};
+
+AsyncPlan plan_async(const SinkhornProblem& problem, const SinkhornOptions& o) {
+  AsyncPlan pl;
+  pl.shape = detail::validate_sinkhorn(problem, o);
+  if (pl.shape.space != MemorySpace::device) {
+    throw InvalidArgument(
+        "sinkhorn_async: every tensor view must be in device memory (use otgpu::sinkhorn for "
+        "host data)");
+  }
+  pl.dp = problem.cost_kind == CostKind::matrix ? 0 : padded_dim(pl.shape.d);
+  pl.K = scaling_steps(o);
+  pl.stage_cost = problem.cost_kind == CostKind::matrix &&
+                  !(problem.cost.dtype == DType::f32 && problem.cost.is_contiguous() &&
+                    (problem.cost.rank == 3 || pl.shape.batch == 1));
+  return pl;
+}
+
+}  // namespace
+
+std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
+                                           const SinkhornOptions& options) {
+  const AsyncPlan pl = plan_async(problem, options);
+  Carver counter(nullptr);
+  double *center = nullptr, *mean = nullptr;
+  (void)carve(counter, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, center, mean);
+  return counter.used();
+}
+
+void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& o,
+                    const DeviceSinkhornOutputs& out) {
+  if (out.f == nullptr || out.g == nullptr) {
+    throw InvalidArgument("sinkhorn_async: outputs.f and outputs.g must be device buffers");
+  }
+  if (o.backend == Backend::cpu) {
+    throw InvalidArgument("sinkhorn_async: runs on the GPU; options.backend cpu is not allowed");
+  }
+  const AsyncPlan pl = plan_async(problem, o);
+  auto& im = ctx.impl();
+  OTGPU_CUDA_CHECK(cudaSetDevice(im.device));
+  {
+    Carver counter(nullptr);
+    double *c0 = nullptr, *m0 = nullptr;
+    (void)carve(counter, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, c0, m0);
+    im.grow(counter.used());
+  }
+  const cudaStream_t s = im.stream;
+  Carver cv(im.workspace);
+  double *center = nullptr, *mean = nullptr;
+  DeviceSolve d = carve(cv, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, center, mean);
+  const auto& sh = pl.shape;
+  d.F = out.f;
+  d.G = out.g;
+
+  // Canonical layout, on the device.
+  if (d.points()) {
+    kernels::stage_points(source(problem.x), sh.batch, sh.n, sh.d, pl.dp, const_cast<float*>(d.X),
+                          s);
+    kernels::stage_points(source(problem.y), sh.batch, sh.m, sh.d, pl.dp, const_cast<float*>(d.Y),
+                          s);
+    kernels::center_points(const_cast<float*>(d.X), const_cast<float*>(d.Y), center, sh.batch, sh.n,
+                           sh.m, pl.dp, s);
+  } else if (pl.stage_cost) {
+    kernels::stage_points(source(problem.cost), sh.batch, sh.n, sh.m, static_cast<int>(sh.m),
+                          const_cast<float*>(d.C), s);
+  } else {
+    d.C = static_cast<const float*>(problem.cost.data);
+  }
+  kernels::StridedSource none;
+  kernels::stage_weights(problem.a.present() ? source(problem.a) : none, sh.batch, sh.n,
+                         const_cast<double*>(d.a), const_cast<float*>(d.logA), s);
+  kernels::stage_weights(problem.b.present() ? source(problem.b) : none, sh.batch, sh.m,
+                         const_cast<double*>(d.b), const_cast<float*>(d.logB), s);
+  if (std::isinf(o.rho_a) && std::isinf(o.rho_b)) {
+    kernels::balance_weights(d.a, const_cast<double*>(d.b), const_cast<float*>(d.logB), sh.batch,
+                             sh.n, sh.m, s);
+  }
+  const double* mean_cost = nullptr;
+  if (o.eps_relative) {
+    if (problem.cost_kind == CostKind::sqeuclidean) {
+      kernels::mean_sqeuclidean_cost(d.X, d.Y, mean, sh.batch, sh.n, sh.m, pl.dp, s);
+    } else if (problem.cost_kind == CostKind::euclidean) {
+      kernels::mean_euclidean_cost(d.X, d.Y, mean, sh.batch, sh.n, sh.m, pl.dp, s);
+    } else {
+      throw InvalidArgument(
+          "sinkhorn_async: eps_relative with a cost matrix needs a host pass over C; give an "
+          "absolute eps");
+    }
+    mean_cost = mean;
+  }
+  kernels::make_eps_tables(mean_cost, o.eps, o.eps_init, o.eps_decay, o.rho_a, o.rho_b, pl.K,
+                           const_cast<float*>(d.eps_tab), const_cast<float*>(d.lam_a_tab),
+                           const_cast<float*>(d.lam_b_tab), const_cast<float*>(d.small_eps),
+                           const_cast<float*>(d.small_eps_init), sh.batch, s);
+  if (!out.warm_start) {
+    OTGPU_CUDA_CHECK(
+        cudaMemsetAsync(d.F, 0, static_cast<std::size_t>(sh.batch * sh.n) * sizeof(float), s));
+    OTGPU_CUDA_CHECK(
+        cudaMemsetAsync(d.G, 0, static_cast<std::size_t>(sh.batch * sh.m) * sizeof(float), s));
+  }
+  kernels::fill_ints(d.active, 1, sh.batch, s);
+  kernels::fill_ints(d.iters, o.max_iter, sh.batch, s);
+
+  cuda_backend::enqueue_iterations(d, o, im.device, s, nullptr);
+  cuda_backend::enqueue_finalize(d, o, s);
+
+  kernels::copy_column(d.out4, 0, out.ot_eps, sh.batch, s);
+  kernels::copy_column(d.out4, 1, out.transport_cost, sh.batch, s);
+  kernels::copy_column(d.out4, 2, out.marginal_error, sh.batch, s);
+  kernels::copy_column(d.out4, 3, out.residual, sh.batch, s);
+  if (out.iterations != nullptr) {
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(out.iterations, d.iters,
+                                     static_cast<std::size_t>(sh.batch) * sizeof(int),
+                                     cudaMemcpyDeviceToDevice, s));
+  }
+}
+
 }  // namespace otgpu

@@ -48,7 +48,6 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
 
 /// Gumbel-max sampling: out[b,i] = argmax_j col_logw_j + (col_pot_j - C_ij)/eps +
 /// gumbel(seed, b, i, j) (otgpu/detail/math.h, the CPU's key), int64.
-void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out,
-                   cudaStream_t stream);
+void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out, cudaStream_t stream);
 
 }  // namespace otgpu::kernels

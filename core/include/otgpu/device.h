@@ -1,0 +1,80 @@
+// The stream-ordered GPU API for training pipelines: data already on the device, the
+// caller's stream, no host synchronization and no device allocation once the
+// context's workspace has grown to the problem size (the first call of a size).
+//
+//   otgpu::GpuContext ctx(/*device=*/0, my_stream);
+//   otgpu::DeviceSinkhornOutputs out{d_f, d_g};      // caller-owned device buffers
+//   otgpu::sinkhorn_async(ctx, problem, options, out); // returns at once
+//
+// Plain C++: the stream is passed as void* (a cudaStream_t); no CUDA header here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "otgpu/sinkhorn.h"
+
+namespace otgpu {
+
+/// Device, stream and a grow-only device workspace. Not thread-safe: one context
+/// per host thread (or per stream). Construction throws DeviceUnavailable when the
+/// device cannot be used (or the build has no CUDA).
+class GpuContext {
+ public:
+  /// stream == nullptr: the device's legacy default stream.
+  explicit GpuContext(int device = 0, void* stream = nullptr);
+  ~GpuContext();
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+
+  int device() const noexcept;
+  void* stream() const noexcept;
+  /// Later calls are ordered on this stream.
+  void set_stream(void* stream) noexcept;
+  /// Current workspace size in bytes.
+  std::size_t workspace_bytes() const noexcept;
+  /// Grows the workspace to at least `bytes` now (synchronizes the device if it
+  /// grows), so that later calls never allocate.
+  void reserve(std::size_t bytes);
+  /// Blocks until all work queued on the context's stream has finished.
+  void synchronize() const;
+
+  struct Impl;
+  Impl& impl() noexcept { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Caller-owned device buffers that sinkhorn_async writes (fp32 potentials; the
+/// per-problem report arrays are optional: nullptr skips them).
+struct DeviceSinkhornOutputs {
+  float* f = nullptr;                ///< [B * n], required
+  float* g = nullptr;                ///< [B * m], required
+  double* ot_eps = nullptr;          ///< [B]
+  double* transport_cost = nullptr;  ///< [B]
+  double* marginal_error = nullptr;  ///< [B]
+  double* residual = nullptr;        ///< [B]
+  int* iterations = nullptr;         ///< [B]
+  /// Start from the current contents of f and g (e.g. the previous training step's
+  /// potentials) instead of zeros. options.f_init/g_init are ignored here.
+  bool warm_start = false;
+};
+
+/// Workspace bytes sinkhorn_async needs for this problem (for GpuContext::reserve).
+std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
+                                           const SinkhornOptions& options);
+
+/// Enqueues a whole solve on ctx's stream and returns without waiting. Every tensor
+/// view must be in device memory (any strides, f32 or f64). Shapes and options are
+/// validated on the host before anything is queued (typed errors); the data itself
+/// is not read back, so NaN inputs surface as NaN values and converged-less results
+/// in the report arrays, not as exceptions. All max_iter iterations are enqueued;
+/// problems retire on the device as they converge (their blocks exit at once), so
+/// the cost after convergence is launch overhead only. Semantics of every number as
+/// in otgpu::sinkhorn.
+void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& options,
+                    const DeviceSinkhornOutputs& outputs);
+
+}  // namespace otgpu

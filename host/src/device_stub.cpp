@@ -1,0 +1,36 @@
+// The stream-ordered GPU API in builds without CUDA: constructing a GpuContext is a
+// clean DeviceUnavailable, so code written against otgpu/device.h still links.
+#ifndef OTGPU_WITH_CUDA
+
+#include <fmt/format.h>
+
+#include "otgpu/device.h"
+#include "otgpu/error.h"
+
+namespace otgpu {
+
+struct GpuContext::Impl {};
+
+GpuContext::GpuContext(int device, void*) {
+  throw DeviceUnavailable(fmt::format(
+      "GpuContext: CUDA device {} unavailable: this libotgpu was built without CUDA", device));
+}
+GpuContext::~GpuContext() = default;
+int GpuContext::device() const noexcept { return -1; }
+void* GpuContext::stream() const noexcept { return nullptr; }
+void GpuContext::set_stream(void*) noexcept {}
+std::size_t GpuContext::workspace_bytes() const noexcept { return 0; }
+void GpuContext::reserve(std::size_t) {}
+void GpuContext::synchronize() const {}
+
+std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem&, const SinkhornOptions&) {
+  throw DeviceUnavailable("sinkhorn_async: this libotgpu was built without CUDA");
+}
+void sinkhorn_async(GpuContext&, const SinkhornProblem&, const SinkhornOptions&,
+                    const DeviceSinkhornOutputs&) {
+  throw DeviceUnavailable("sinkhorn_async: this libotgpu was built without CUDA");
+}
+
+}  // namespace otgpu
+
+#endif  // OTGPU_WITH_CUDA
