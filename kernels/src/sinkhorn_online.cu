@@ -86,6 +86,27 @@ __device__ __forceinline__ void load_tile(const float* cols_b, const float* logw
   __syncthreads();
 }
 
+/// The runtime-dp version of load_tile for the kernels with dynamic shared memory:
+/// ys [kTJ][dp], hs [kTJ]. Returns the number of real columns in the tile (the rest
+/// are zero points with -inf scores). Ends with a barrier; every thread must call it.
+__device__ __forceinline__ int load_tile_dyn(const OnlinePass& p, std::int64_t b, std::int64_t j0,
+                                             float scale, float* ys, float* hs) {
+  const int dp = p.dp;
+  const std::int64_t left = p.n_cols - j0;
+  const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
+  const float* src = p.cols + (b * p.n_cols + j0) * dp;
+  for (int k = threadIdx.x; k < kTJ * dp; k += blockDim.x) {
+    ys[k] = (k / dp) < cnt ? src[k] : 0.f;
+  }
+  for (int k = threadIdx.x; k < kTJ; k += blockDim.x) {
+    hs[k] = k < cnt ? scaled_term(p.col_logw[b * p.n_cols + j0 + k],
+                                  p.col_pot[b * p.n_cols + j0 + k], scale)
+                    : -INFINITY;
+  }
+  __syncthreads();
+  return cnt;
+}
+
 // ---------------------------------------------------------------- half-step ----
 
 template <int DP, bool kEuclid>
@@ -157,19 +178,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool valid = i < p.n_rows;
   const float* x = p.rows + (b * p.n_rows + (valid ? i : 0)) * dp;
   Lse2 acc = lse2_empty();
-  const float* cols_b = p.cols + b * p.n_cols * dp;
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
-    const std::int64_t left = p.n_cols - j0;
-    const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
-    for (int k = threadIdx.x; k < kTJ * dp; k += blockDim.x) {
-      ys[k] = (k / dp) < cnt ? cols_b[j0 * dp + k] : 0.f;
-    }
-    for (int k = threadIdx.x; k < kTJ; k += blockDim.x) {
-      hs[k] = k < cnt ? scaled_term(p.col_logw[b * p.n_cols + j0 + k],
-                                    p.col_pot[b * p.n_cols + j0 + k], scale)
-                      : -INFINITY;
-    }
-    __syncthreads();
+    load_tile_dyn(p, b, j0, scale, ys, hs);  // padding columns score -inf
     for (int jj = 0; jj < kTJ; jj += kChunk) {
       float s[kChunk];
 #pragma unroll
@@ -208,19 +218,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool valid = i < p.n_rows;
   const float* xg = p.rows + (b * p.n_rows + (valid ? i : 0)) * dp;
   Stat2 st{-INFINITY, 0.f, 0.f};
-  const float* cols_b = p.cols + b * p.n_cols * dp;
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
-    const std::int64_t left = p.n_cols - j0;
-    const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
-    for (int k = threadIdx.x; k < kTJ * dp; k += blockDim.x) {
-      ys[k] = (k / dp) < cnt ? cols_b[j0 * dp + k] : 0.f;
-    }
-    for (int k = threadIdx.x; k < kTJ; k += blockDim.x) {
-      hs[k] = k < cnt ? scaled_term(p.col_logw[b * p.n_cols + j0 + k],
-                                    p.col_pot[b * p.n_cols + j0 + k], scale)
-                      : -INFINITY;
-    }
-    __syncthreads();
+    load_tile_dyn(p, b, j0, scale, ys, hs);  // padding columns score -inf
     for (int jj = 0; jj < kTJ; jj += kChunk) {
       float s[kChunk], c[kChunk];
       float cmax = -INFINITY;
@@ -275,19 +274,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int k = 0; k < kMeanCoords; ++k) acc[k] = 0.f;
   float run_max = -INFINITY, run_sum = 0.f;
-  const float* cols_b = p.cols + b * p.n_cols * dp;
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
-    const std::int64_t left = p.n_cols - j0;
-    const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
-    for (int k = threadIdx.x; k < kTJ * dp; k += blockDim.x) {
-      ys[k] = (k / dp) < cnt ? cols_b[j0 * dp + k] : 0.f;
-    }
-    for (int k = threadIdx.x; k < kTJ; k += blockDim.x) {
-      hs[k] = k < cnt ? scaled_term(p.col_logw[b * p.n_cols + j0 + k],
-                                    p.col_pot[b * p.n_cols + j0 + k], scale)
-                      : -INFINITY;
-    }
-    __syncthreads();
+    const int cnt = load_tile_dyn(p, b, j0, scale, ys, hs);
     for (int jj = 0; jj < cnt; ++jj) {
       const float* y = ys + static_cast<std::size_t>(jj) * dp;
       const float c2 = cost_dyn<false>(xg, y, dp);
@@ -338,19 +326,8 @@ __global__ void __launch_bounds__(kThreads)
   const float* xg = p.rows + (b * p.n_rows + (valid ? i : 0)) * dp;
   float best = -INFINITY;
   std::int64_t arg = -1;
-  const float* cols_b = p.cols + b * p.n_cols * dp;
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
-    const std::int64_t left = p.n_cols - j0;
-    const int cnt = left < kTJ ? static_cast<int>(left) : kTJ;
-    for (int k = threadIdx.x; k < kTJ * dp; k += blockDim.x) {
-      ys[k] = (k / dp) < cnt ? cols_b[j0 * dp + k] : 0.f;
-    }
-    for (int k = threadIdx.x; k < kTJ; k += blockDim.x) {
-      hs[k] = k < cnt ? scaled_term(p.col_logw[b * p.n_cols + j0 + k],
-                                    p.col_pot[b * p.n_cols + j0 + k], scale)
-                      : -INFINITY;
-    }
-    __syncthreads();
+    const int cnt = load_tile_dyn(p, b, j0, scale, ys, hs);
     if (valid) {
       for (int jj = 0; jj < cnt; ++jj) {
         if (hs[jj] == -INFINITY) continue;  // zero weight: never sampled
