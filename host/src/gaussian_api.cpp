@@ -14,6 +14,7 @@
 #include "otgpu/detail/gaussian_math.h"
 #include "otgpu/error.h"
 #include "otgpu/gaussian.h"
+#include "otgpu_host/backend.h"
 #include "otgpu_host/cuda_backend.h"
 #include "otgpu_host/gaussian_cuda.h"
 
@@ -62,23 +63,6 @@ void check_view(const TensorView& v, const char* name, bool is_cov) {
     throw ShapeError(
         fmt::format("{}: {} must be square ({}), got {}", kFn, name, layout, v.describe()));
   }
-}
-
-/// Same policy as the Sinkhorn entry points: cuda when asked (error if unusable), cpu
-/// when asked, for automatic the GPU when one is usable; device memory forces the GPU.
-Backend resolve_backend(Backend requested, int device, MemorySpace space) {
-  if (requested == Backend::cpu) {
-    if (space == MemorySpace::device) {
-      throw InvalidArgument(fmt::format(
-          "{}: backend cpu: the Gaussians are in device memory; use backend cuda or auto", kFn));
-    }
-    return Backend::cpu;
-  }
-  if (requested == Backend::cuda || space == MemorySpace::device) {
-    cuda_backend::require_device(device);
-    return Backend::cuda;
-  }
-  return cuda_backend::device_count() > device && device >= 0 ? Backend::cuda : Backend::cpu;
 }
 
 /// The view's elements, C order, as float64 on the host.
@@ -223,7 +207,7 @@ GaussianOTResult gaussian_ot(const GaussianBatch& source, const GaussianBatch& t
           space == MemorySpace::host ? "host" : "device"));
     }
   }
-  const Backend backend = resolve_backend(options.backend, options.device, space);
+  const Backend backend = detail::resolve_backend(options.backend, options.device, space, kFn);
 
   // ---- data ----
   detail::GaussianPairs pairs;

@@ -6,38 +6,18 @@
 #include "cpu_sinkhorn.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
+#include "otgpu_host/backend.h"
 #include "otgpu_host/cuda_backend.h"
 #include "validate.h"
 
 namespace otgpu {
 
-namespace {
-
-/// The backend that will run: cuda when asked (error if unusable), cpu when asked,
-/// and for automatic the GPU when one is usable, else the CPU. Device-memory views
-/// force the GPU.
-Backend resolve_backend(Backend requested, int device, MemorySpace space) {
-  if (requested == Backend::cpu) {
-    if (space == MemorySpace::device) {
-      throw InvalidArgument(
-          "backend cpu: the problem's tensors are in device memory; use backend cuda or auto");
-    }
-    return Backend::cpu;
-  }
-  if (requested == Backend::cuda || space == MemorySpace::device) {
-    cuda_backend::require_device(device);
-    return Backend::cuda;
-  }
-  return cuda_backend::device_count() > device && device >= 0 ? Backend::cuda : Backend::cpu;
-}
-
-}  // namespace
-
 bool cuda_available() noexcept { return cuda_backend::device_count() > 0; }
 
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options) {
   const auto shape = detail::validate_sinkhorn(problem, options);
-  const Backend backend = resolve_backend(options.backend, options.device, shape.space);
+  const Backend backend =
+      detail::resolve_backend(options.backend, options.device, shape.space, "sinkhorn");
   const auto t0 = std::chrono::steady_clock::now();
   SinkhornResult r = backend == Backend::cuda ? cuda_backend::sinkhorn(problem, options, shape)
                                               : cpu::sinkhorn(problem, options, shape);

@@ -8,6 +8,7 @@
 #include "cpu_sliced.h"
 #include "otgpu/error.h"
 #include "otgpu/sliced.h"
+#include "otgpu_host/backend.h"
 #include "otgpu_host/cuda_backend.h"
 #include "otgpu_host/sliced_cuda.h"
 #include "sliced_validate.h"
@@ -16,29 +17,10 @@ namespace otgpu {
 
 namespace {
 
-/// Same policy as the Sinkhorn entry points: cuda when asked (error if unusable),
-/// cpu when asked, for automatic the GPU when one is usable; device memory forces
-/// the GPU.
-Backend resolve_backend(Backend requested, int device, MemorySpace space, std::string_view fn) {
-  if (requested == Backend::cpu) {
-    if (space == MemorySpace::device) {
-      throw InvalidArgument(fmt::format(
-          "{}: backend cpu: the problem's tensors are in device memory; use backend cuda or auto",
-          fn));
-    }
-    return Backend::cpu;
-  }
-  if (requested == Backend::cuda || space == MemorySpace::device) {
-    cuda_backend::require_device(device);
-    return Backend::cuda;
-  }
-  return device >= 0 && cuda_backend::device_count() > device ? Backend::cuda : Backend::cpu;
-}
-
 SlicedResult run_sliced(const SlicedProblem& problem, const SlicedOptions& options,
                         std::string_view fn) {
   const auto shape = detail::validate_sliced(problem, options, fn);
-  const Backend backend = resolve_backend(options.backend, options.device, shape.space, fn);
+  const Backend backend = detail::resolve_backend(options.backend, options.device, shape.space, fn);
   const auto t0 = std::chrono::steady_clock::now();
   SlicedResult r = backend == Backend::cuda
                        ? cuda_backend::sliced_wasserstein(problem, options, shape)
