@@ -1,8 +1,8 @@
 // `otgpu sinkhorn`: entropic OT between point clouds (or from a cost matrix) stored
 // as .npy files; prints the per-problem report (table or one JSON object) and
 // writes the potentials, barycentric map, gradient and sampled partners on request.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <charconv>
 #include <cstdint>
@@ -77,13 +77,12 @@ void check_flag_combinations(const SinkhornArgs& args) {
                                : args.divergence        ? "--divergence"
                                                         : nullptr;
     if (needs_points != nullptr) {
-      throw InvalidArgument(fmt::format(
-          "{} needs point clouds --x and --y; it is not available with --cost-matrix",
-          needs_points));
+      throw InvalidArgument(
+          fmt::format("{} needs point clouds --x and --y; it is not available with --cost-matrix",
+                      needs_points));
     }
   }
-  if (args.no_eps_scaling &&
-      (args.eps_init_opt->count() > 0 || args.eps_decay_opt->count() > 0)) {
+  if (args.no_eps_scaling && (args.eps_init_opt->count() > 0 || args.eps_decay_opt->count() > 0)) {
     throw InvalidArgument("--no-eps-scaling cannot be combined with --eps-init or --eps-decay");
   }
   if (args.seed_opt->count() > 0 && args.sample_out.empty()) {
@@ -97,8 +96,7 @@ void check_flag_combinations(const SinkhornArgs& args) {
   if (args.eps_init_opt->count() > 0) require_positive_finite("--eps-init", args.eps_init);
   if (!args.no_eps_scaling) {
     if (!(args.eps_decay > 0 && args.eps_decay < 1)) {
-      throw InvalidArgument(
-          fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
+      throw InvalidArgument(fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
     }
   }
   require_positive("--rho-a", args.rho_a);
@@ -114,8 +112,8 @@ void check_flag_combinations(const SinkhornArgs& args) {
 /// A weight file must be [n] (shared by the batch) or [B, n].
 void check_weights(const NpyInput& w, std::int64_t batch, std::int64_t len, const char* len_name,
                    const std::string& from) {
-  const bool ok = (w.rank() == 1 && w.dim(0) == len) ||
-                  (w.rank() == 2 && w.dim(0) == batch && w.dim(1) == len);
+  const bool ok =
+      (w.rank() == 1 && w.dim(0) == len) || (w.rank() == 2 && w.dim(0) == batch && w.dim(1) == len);
   if (!ok) {
     throw ShapeError(fmt::format("{} but ({},) or (B, {}) = ({}, {}) is expected ({} from {})",
                                  w.describe(), len, len_name, batch, len, len_name, from));
@@ -184,8 +182,7 @@ std::uint64_t parse_seed(const std::string& text) {
   const char* end = text.data() + text.size();
   const auto [ptr, ec] = std::from_chars(text.data(), end, v);
   if (text.empty() || ec != std::errc() || ptr != end) {
-    throw InvalidArgument(
-        fmt::format("--seed: expected an integer in [0, 2^64), got '{}'", text));
+    throw InvalidArgument(fmt::format("--seed: expected an integer in [0, 2^64), got '{}'", text));
   }
   return v;
 }
@@ -266,8 +263,8 @@ void run_sinkhorn(const SinkhornArgs& args) {
     return;
   }
 
-  std::vector<std::string> headers = {"problem",    "ot_eps",    "transport_cost",
-                                      "marginal_error", "iterations", "converged", "eps"};
+  std::vector<std::string> headers = {
+      "problem", "ot_eps", "transport_cost", "marginal_error", "iterations", "converged", "eps"};
   if (args.divergence) headers.emplace_back("sinkhorn_divergence");
   Table table(headers);
   for (std::size_t k = 0; k < result.problems.size(); ++k) {
@@ -287,8 +284,9 @@ void run_sinkhorn(const SinkhornArgs& args) {
   if (result.backend == Backend::cuda) where += fmt::format(" (device {})", result.device);
   std::string sizes = fmt::format("B={} n={} m={}", B, result.n, result.m);
   if (lp.d > 0) sizes += fmt::format(" d={}", lp.d);
-  std::fputs(fmt::format("backend: {}  time: {:.3f} ms  {}\n", where, result.time_ms, sizes).c_str(),
-             stdout);
+  std::fputs(
+      fmt::format("backend: {}  time: {:.3f} ms  {}\n", where, result.time_ms, sizes).c_str(),
+      stdout);
 }
 
 }  // namespace
@@ -317,8 +315,9 @@ void add_sinkhorn_command(CLI::App& app) {
                                        "default 1024 x eps)");
   sub->add_flag("--no-eps-scaling", args->no_eps_scaling,
                 "run every iteration at --eps (no epsilon scaling)");
-  args->eps_decay_opt = sub->add_option("--eps-decay", args->eps_decay,
-                                        "epsilon scaling factor per iteration, in (0, 1) (default 0.5)");
+  args->eps_decay_opt =
+      sub->add_option("--eps-decay", args->eps_decay,
+                      "epsilon scaling factor per iteration, in (0, 1) (default 0.5)");
   sub->add_option("--rho-a", args->rho_a, "KL penalty on the source marginal (default inf)");
   sub->add_option("--rho-b", args->rho_b, "KL penalty on the target marginal (default inf)");
   add_backend_flags(*sub, args->backend);

@@ -43,8 +43,9 @@ void check_size(const std::string& flag, const std::string& path, std::size_t si
   std::int64_t n = 1;
   for (const auto dim : shape) n *= dim;
   if (static_cast<std::size_t>(n) != size) {
-    throw InvalidArgument(fmt::format("{}: {}: internal error: {} values for shape {}", flag, npy::printable_path(path),
-                                      size, npy::shape_to_string(shape)));
+    throw InvalidArgument(fmt::format("{}: {}: internal error: {} values for shape {}", flag,
+                                      npy::printable_path(path), size,
+                                      npy::shape_to_string(shape)));
   }
 }
 
@@ -64,8 +65,8 @@ NpyInput load_input(const std::string& flag, const std::string& path, int min_ra
   NpyInput in{flag, npy::printable_path(path), npy::load(path, flag)};
   const int rank = in.rank();
   if (rank < min_rank || rank > max_rank) {
-    throw ShapeError(fmt::format("{}: {} has shape {} but {} is expected", flag, npy::printable_path(path),
-                                 in.array.describe(), layout));
+    throw ShapeError(fmt::format("{}: {} has shape {} but {} is expected", flag,
+                                 npy::printable_path(path), in.array.describe(), layout));
   }
   for (const auto dim : in.array.shape) {
     if (dim == 0) {
@@ -78,12 +79,14 @@ NpyInput load_input(const std::string& flag, const std::string& path, int min_ra
     for (std::int64_t k = 0; k < n; ++k) {
       const double v = in.array.at(k);
       if (!std::isfinite(v)) {
-        throw NonFiniteInput(fmt::format("{}: {}: element {} is {}", flag, npy::printable_path(path),
-                                         multi_index(in.array.shape, k), v));
+        throw NonFiniteInput(fmt::format("{}: {}: element {} is {}", flag,
+                                         npy::printable_path(path), multi_index(in.array.shape, k),
+                                         v));
       }
       if (check == ValueCheck::nonnegative && v < 0) {
         throw NonFiniteInput(fmt::format("{}: {}: element {} is {}; weights must be non-negative",
-                                         flag, npy::printable_path(path), multi_index(in.array.shape, k), v));
+                                         flag, npy::printable_path(path),
+                                         multi_index(in.array.shape, k), v));
       }
     }
   }
@@ -91,15 +94,18 @@ NpyInput load_input(const std::string& flag, const std::string& path, int min_ra
 }
 
 NpyInput load_points(const std::string& flag, const std::string& path) {
-  return load_input(flag, npy::printable_path(path), 2, 3, "[n, d] or [B, n, d]", ValueCheck::finite);
+  return load_input(flag, npy::printable_path(path), 2, 3, "[n, d] or [B, n, d]",
+                    ValueCheck::finite);
 }
 
 NpyInput load_weights(const std::string& flag, const std::string& path) {
-  return load_input(flag, npy::printable_path(path), 1, 2, "[n] or [B, n]", ValueCheck::nonnegative);
+  return load_input(flag, npy::printable_path(path), 1, 2, "[n] or [B, n]",
+                    ValueCheck::nonnegative);
 }
 
 NpyInput load_cost_matrix(const std::string& flag, const std::string& path) {
-  return load_input(flag, npy::printable_path(path), 2, 3, "[n, m] or [B, n, m]", ValueCheck::finite);
+  return load_input(flag, npy::printable_path(path), 2, 3, "[n, m] or [B, n, m]",
+                    ValueCheck::finite);
 }
 
 void check_output_path(const std::string& flag, const std::string& path, bool optional) {
@@ -113,15 +119,17 @@ void check_output_path(const std::string& flag, const std::string& path, bool op
   }
   const std::string dir = parent_dir(path);
   if (::stat(dir.c_str(), &st) != 0) {
-    throw IoError(fmt::format("{}: {}: folder {} does not exist: {}", flag, npy::printable_path(path), npy::printable_path(dir),
+    throw IoError(fmt::format("{}: {}: folder {} does not exist: {}", flag,
+                              npy::printable_path(path), npy::printable_path(dir),
                               std::strerror(errno)));
   }
   if (!S_ISDIR(st.st_mode)) {
-    throw IoError(fmt::format("{}: {}: {} is not a folder", flag, npy::printable_path(path), npy::printable_path(dir)));
+    throw IoError(fmt::format("{}: {}: {} is not a folder", flag, npy::printable_path(path),
+                              npy::printable_path(dir)));
   }
   if (::access(dir.c_str(), W_OK) != 0) {
-    throw IoError(fmt::format("{}: {}: cannot write in {}: {}", flag, npy::printable_path(path), npy::printable_path(dir),
-                              std::strerror(errno)));
+    throw IoError(fmt::format("{}: {}: cannot write in {}: {}", flag, npy::printable_path(path),
+                              npy::printable_path(dir), std::strerror(errno)));
   }
 }
 
@@ -133,8 +141,8 @@ std::vector<std::int64_t> batched_shape(bool batched, std::int64_t batch,
   return shape;
 }
 
-void write_output(const std::string& flag, const std::string& path,
-                  const std::vector<double>& data, const std::vector<std::int64_t>& shape) {
+void write_output(const std::string& flag, const std::string& path, const std::vector<double>& data,
+                  const std::vector<std::int64_t>& shape) {
   check_size(flag, npy::printable_path(path), data.size(), shape);
   try {
     npy::save(path, data.data(), shape);
@@ -214,8 +222,8 @@ Table::Table(std::vector<std::string> headers) : headers_(std::move(headers)) {}
 
 void Table::add_row(std::vector<std::string> cells) {
   if (cells.size() != headers_.size()) {
-    throw InvalidArgument(fmt::format("Table: row has {} cells, header has {}", cells.size(),
-                                      headers_.size()));
+    throw InvalidArgument(
+        fmt::format("Table: row has {} cells, header has {}", cells.size(), headers_.size()));
   }
   rows_.push_back(std::move(cells));
 }

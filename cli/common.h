@@ -79,8 +79,8 @@ std::vector<std::int64_t> batched_shape(bool batched, std::int64_t batch,
 
 /// Writes a C-order float64 / int64 array of `shape` to `path` (size checked against
 /// the shape); errors are prefixed with `flag`.
-void write_output(const std::string& flag, const std::string& path,
-                  const std::vector<double>& data, const std::vector<std::int64_t>& shape);
+void write_output(const std::string& flag, const std::string& path, const std::vector<double>& data,
+                  const std::vector<std::int64_t>& shape);
 void write_output(const std::string& flag, const std::string& path,
                   const std::vector<std::int64_t>& data, const std::vector<std::int64_t>& shape);
 

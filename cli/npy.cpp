@@ -128,8 +128,7 @@ class DictParser {
   }
   [[noreturn]] void fail(const std::string& msg) const {
     if (pos_ >= s_.size()) {
-      throw IoError(
-          fmt::format("{}: corrupt .npy header: {} (the header ends early)", what_, msg));
+      throw IoError(fmt::format("{}: corrupt .npy header: {} (the header ends early)", what_, msg));
     }
     fail(fmt::format("{}, found {}", msg, quote_char(s_[pos_])), pos_);
   }
@@ -254,8 +253,8 @@ void decode_descr(const std::string& descr, const std::string& what, Header& h) 
   if (kind == 'f' && (itemsize == 4 || itemsize == 8)) {
     if (order == '|') {
       throw IoError(fmt::format(
-          "{}: corrupt .npy header: descr '{}' has no byte order ('|' is for 1-byte types)",
-          what, sanitize(descr)));
+          "{}: corrupt .npy header: descr '{}' has no byte order ('|' is for 1-byte types)", what,
+          sanitize(descr)));
     }
     h.dtype = itemsize == 4 ? DType::f32 : DType::f64;
     h.byteswap = (order == '<' && !kLittleEndianHost) || (order == '>' && kLittleEndianHost);
@@ -263,20 +262,43 @@ void decode_descr(const std::string& descr, const std::string& what, Header& h) 
   }
   std::string name;
   switch (kind) {
-    case 'i': name = fmt::format("int{}", 8 * itemsize); break;
-    case 'u': name = fmt::format("uint{}", 8 * itemsize); break;
+    case 'i':
+      name = fmt::format("int{}", 8 * itemsize);
+      break;
+    case 'u':
+      name = fmt::format("uint{}", 8 * itemsize);
+      break;
     case 'b':
-    case '?': name = "bool"; break;
-    case 'f': name = fmt::format("float{}", 8 * itemsize); break;
-    case 'c': name = fmt::format("complex{}", 8 * itemsize); break;
-    case 'O': name = "object"; break;
+    case '?':
+      name = "bool";
+      break;
+    case 'f':
+      name = fmt::format("float{}", 8 * itemsize);
+      break;
+    case 'c':
+      name = fmt::format("complex{}", 8 * itemsize);
+      break;
+    case 'O':
+      name = "object";
+      break;
     case 'S':
-    case 'a': name = "bytes"; break;
-    case 'U': name = "str"; break;
-    case 'V': name = "void"; break;
-    case 'M': name = "datetime64"; break;
-    case 'm': name = "timedelta64"; break;
-    default: throw unrecognized();
+    case 'a':
+      name = "bytes";
+      break;
+    case 'U':
+      name = "str";
+      break;
+    case 'V':
+      name = "void";
+      break;
+    case 'M':
+      name = "datetime64";
+      break;
+    case 'm':
+      name = "timedelta64";
+      break;
+    default:
+      throw unrecognized();
   }
   throw DTypeError(fmt::format("{} has dtype {} ('{}'); expected float32 or float64", what, name,
                                sanitize(descr)));
@@ -326,10 +348,10 @@ Header parse_header(const unsigned char* p, std::size_t avail, std::uint64_t tot
   Header h;
   decode_descr(fields.descr, what, h);
   if (fields.fortran_order) {
-    throw IoError(fmt::format(
-        "{}: Fortran-ordered data (fortran_order True); C order is required "
-        "(save with numpy.ascontiguousarray)",
-        what));
+    throw IoError(
+        fmt::format("{}: Fortran-ordered data (fortran_order True); C order is required "
+                    "(save with numpy.ascontiguousarray)",
+                    what));
   }
   h.shape = fields.shape;
   h.data_offset = prefix + static_cast<std::size_t>(header_len);
@@ -339,8 +361,8 @@ Header parse_header(const unsigned char* p, std::size_t avail, std::uint64_t tot
   std::int64_t bytes = itemsize;
   for (const std::int64_t dim : h.shape) {
     if (__builtin_mul_overflow(bytes, dim, &bytes)) {
-      throw IoError(fmt::format("{}: header says shape {}, whose size overflows 64 bits", what,
-                                described));
+      throw IoError(
+          fmt::format("{}: header says shape {}, whose size overflows 64 bits", what, described));
     }
   }
   h.data_bytes = static_cast<std::uint64_t>(bytes);
@@ -350,9 +372,8 @@ Header parse_header(const unsigned char* p, std::size_t avail, std::uint64_t tot
                               what, described, h.data_bytes, remaining));
   }
   if (h.data_bytes < remaining) {
-    throw IoError(fmt::format(
-        "{}: trailing data: header says shape {} = {} bytes but {} follow", what, described,
-        h.data_bytes, remaining));
+    throw IoError(fmt::format("{}: trailing data: header says shape {} = {} bytes but {} follow",
+                              what, described, h.data_bytes, remaining));
   }
   return h;
 }
@@ -409,8 +430,7 @@ std::size_t read_at(int fd, unsigned char* buf, std::size_t size, std::uint64_t 
 
 std::vector<unsigned char> header_bytes(char kind, std::size_t itemsize,
                                         const std::vector<std::int64_t>& shape) {
-  const std::string descr =
-      fmt::format("{}{}{}", kLittleEndianHost ? '<' : '>', kind, itemsize);
+  const std::string descr = fmt::format("{}{}{}", kLittleEndianHost ? '<' : '>', kind, itemsize);
   const std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
                                        descr, shape_to_string(shape));
   // Data starts on a 64-byte boundary (NumPy's own choice: good for mmap and SIMD).
@@ -458,8 +478,8 @@ void save_impl(const std::string& path, const void* data, char kind, std::size_t
   const auto header = header_bytes(kind, itemsize, shape);
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) {
-    throw IoError(fmt::format("{}: cannot open for writing: {}", printable_path(path),
-                              std::strerror(errno)));
+    throw IoError(
+        fmt::format("{}: cannot open for writing: {}", printable_path(path), std::strerror(errno)));
   }
   errno = 0;
   bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size();
@@ -557,7 +577,8 @@ Array load(const std::string& path, const std::string& what) {
   if (::fstat(fd.get(), &st) != 0) {
     throw IoError(fmt::format("{}: cannot stat: {}", prefix, std::strerror(errno)));
   }
-  if (S_ISDIR(st.st_mode)) throw IoError(fmt::format("{}: is a directory, not a .npy file", prefix));
+  if (S_ISDIR(st.st_mode))
+    throw IoError(fmt::format("{}: is a directory, not a .npy file", prefix));
   if (!S_ISREG(st.st_mode)) {
     throw IoError(fmt::format("{}: not a regular file (pipes and devices are not read)", prefix));
   }

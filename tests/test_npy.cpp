@@ -38,7 +38,8 @@ Bytes image(int major, const std::string& dict, const Bytes& payload = {}, bool 
   }
   Bytes out = {0x93, 'N', 'U', 'M', 'P', 'Y', static_cast<unsigned char>(major), 0};
   const std::size_t len = header.size();
-  for (std::size_t k = 0; k < prefix - 8; ++k) out.push_back(static_cast<unsigned char>(len >> (8 * k)));
+  for (std::size_t k = 0; k < prefix - 8; ++k)
+    out.push_back(static_cast<unsigned char>(len >> (8 * k)));
   out.insert(out.end(), header.begin(), header.end());
   out.insert(out.end(), payload.begin(), payload.end());
   return out;
@@ -91,7 +92,8 @@ std::vector<double> iota_d(std::size_t n) {
 // ---- valid files -----------------------------------------------------------------
 
 TEST(Npy, RoundTripShapesAndDtypes) {
-  const std::vector<std::vector<std::int64_t>> shapes = {{}, {5}, {1}, {3, 4}, {2, 3, 4}, {0}, {2, 0, 3}};
+  const std::vector<std::vector<std::int64_t>> shapes = {{},        {5}, {1},      {3, 4},
+                                                         {2, 3, 4}, {0}, {2, 0, 3}};
   for (const auto& shape : shapes) {
     std::int64_t n = 1;
     for (auto d : shape) n *= d;
@@ -147,8 +149,8 @@ TEST(Npy, BigEndianIsSwapped) {
                              byteswapped(payload_of(vd), 8)));
   const auto b = parse(image(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }",
                              byteswapped(payload_of(vf), 4)));
-  const auto c = parse(image(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
-                             payload_of(vf)));
+  const auto c = parse(
+      image(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", payload_of(vf)));
   for (std::int64_t k = 0; k < 6; ++k) {
     EXPECT_EQ(a.at(k), vd[static_cast<std::size_t>(k)]);
     EXPECT_EQ(b.at(k), static_cast<double>(vf[static_cast<std::size_t>(k)]));
@@ -190,15 +192,15 @@ TEST(Npy, HeaderLengthCap) {
 
 TEST(Npy, NonFloatDtypesAreDTypeErrors) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"<i8", "int64 ('<i8')"}, {"<i4", "int32"},        {"|u1", "uint8"},
-      {"|b1", "bool"},          {"<c16", "complex128"},  {"|O", "object"},
-      {"<U5", "str"},           {"|S3", "bytes"},        {"<f2", "float16"},
+      {"<i8", "int64 ('<i8')"}, {"<i4", "int32"},          {"|u1", "uint8"},
+      {"|b1", "bool"},          {"<c16", "complex128"},    {"|O", "object"},
+      {"<U5", "str"},           {"|S3", "bytes"},          {"<f2", "float16"},
       {"<f16", "float128"},     {"<M8[ns]", "datetime64"}, {"|V8", "void"},
   };
   for (const auto& [descr, name] : cases) {
     SCOPED_TRACE(descr);
-    const Bytes img = image(1, "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (1,), }",
-                            Bytes(16, 0));
+    const Bytes img = image(
+        1, "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (1,), }", Bytes(16, 0));
     expect_error<otgpu::DTypeError>(img, "has dtype " + name);
     expect_error<otgpu::DTypeError>(img, "expected float32 or float64");
   }
@@ -263,13 +265,15 @@ TEST(Npy, CorruptAndHostileHeaders) {
       {"duplicate key",
        image(1, "{'descr': '<f8', 'shape': (12,), 'fortran_order': False, 'shape': (12,)}", data96),
        "duplicate key 'shape'"},
-      {"unknown key", image(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (12,), 'x': 1}", data96),
+      {"unknown key",
+       image(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (12,), 'x': 1}", data96),
        "unexpected key 'x'"},
-      {"unterminated string", image(1, "{'descr: '<f8', 'fortran_order': False, 'shape': (12,)}", data96),
-       "expected ':'"},
+      {"unterminated string",
+       image(1, "{'descr: '<f8', 'fortran_order': False, 'shape': (12,)}", data96), "expected ':'"},
       {"unterminated at end", image(1, "{'descr': '<f8", data96, true), "unterminated string"},
       {"garbage", image(1, "hello world", data96), "expected the header to start with '{'"},
-      {"no closing brace", image(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (12,)", data96),
+      {"no closing brace",
+       image(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (12,)", data96),
        "the header ends early"},
       {"text after dict", image(1, kDict34 + " junk", data96), "unexpected text after"},
       {"nul in header", image(1, std::string("{'descr'\0: '<f8'}", 17), data96), "byte 0x00"},
@@ -300,8 +304,8 @@ TEST(Npy, MutationFuzzNeverCrashes) {
   seeds.push_back(otgpu::npy::encode(vd.data(), 'f', 8, {}));
   seeds.push_back(image(2, "{'shape': (4, 6), 'fortran_order': False, 'descr': '>f4'}",
                         byteswapped(payload_of(vf), 4)));
-  seeds.push_back(image(3, "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (24,)}",
-                        payload_of(vd)));
+  seeds.push_back(
+      image(3, "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (24,)}", payload_of(vd)));
 
   std::mt19937_64 rng(20240611);
   const char* interesting = "{}()[],:'\" -0123456789LTrueFalse<>=|fi48\n\\";
@@ -315,14 +319,25 @@ TEST(Npy, MutationFuzzNeverCrashes) {
       const std::size_t span = std::min<std::size_t>(b.size(), (rng() % 4 == 0) ? b.size() : 128);
       const std::size_t pos = rng() % span;
       switch (rng() % 7) {
-        case 0: b[pos] = static_cast<unsigned char>(rng()); break;
-        case 1: b[pos] ^= static_cast<unsigned char>(1u << (rng() % 8)); break;
-        case 2: b.resize(pos); break;
-        case 3: b.insert(b.begin() + static_cast<std::ptrdiff_t>(pos),
-                         static_cast<unsigned char>(interesting[rng() % n_interesting]));
+        case 0:
+          b[pos] = static_cast<unsigned char>(rng());
           break;
-        case 4: b.erase(b.begin() + static_cast<std::ptrdiff_t>(pos)); break;
-        case 5: b[pos] = static_cast<unsigned char>(interesting[rng() % n_interesting]); break;
+        case 1:
+          b[pos] ^= static_cast<unsigned char>(1u << (rng() % 8));
+          break;
+        case 2:
+          b.resize(pos);
+          break;
+        case 3:
+          b.insert(b.begin() + static_cast<std::ptrdiff_t>(pos),
+                   static_cast<unsigned char>(interesting[rng() % n_interesting]));
+          break;
+        case 4:
+          b.erase(b.begin() + static_cast<std::ptrdiff_t>(pos));
+          break;
+        case 5:
+          b[pos] = static_cast<unsigned char>(interesting[rng() % n_interesting]);
+          break;
         case 6: {  // rewrite the header length field
           if (b.size() > 10) {
             b[8] = static_cast<unsigned char>(rng());
@@ -418,7 +433,7 @@ TEST_F(NpyFiles, MissingDirectoryEmptyAndSpecialFiles) {
   expect_load_error<otgpu::IoError>(path("empty.npy"), "empty file");
   ASSERT_EQ(::mkfifo(path("fifo.npy").c_str(), 0600), 0);
   expect_load_error<otgpu::IoError>(path("fifo.npy"), "not a regular file");  // must not block
-  if (::geteuid() != 0) {  // root reads anything
+  if (::geteuid() != 0) {                                                     // root reads anything
     otgpu::npy::save(path("locked.npy"), iota_d(2).data(), {2});
     ::chmod(path("locked.npy").c_str(), 0);
     expect_load_error<otgpu::IoError>(path("locked.npy"), "Permission denied");
@@ -430,10 +445,12 @@ TEST_F(NpyFiles, TruncatedFileNamesSizes) {
   const Bytes img = otgpu::npy::encode(vd.data(), 'f', 8, {100, 3});
   {
     std::ofstream out(path("t.npy"), std::ios::binary);
-    out.write(reinterpret_cast<const char*>(img.data()), static_cast<std::streamsize>(img.size() - 1200));
+    out.write(reinterpret_cast<const char*>(img.data()),
+              static_cast<std::streamsize>(img.size() - 1200));
   }
   expect_load_error<otgpu::IoError>(
-      path("t.npy"), "truncated: header says shape (100, 3) float64 = 2400 bytes but only 1200 follow");
+      path("t.npy"),
+      "truncated: header says shape (100, 3) float64 = 2400 bytes but only 1200 follow");
 }
 
 TEST_F(NpyFiles, SaveFailureNamesPath) {

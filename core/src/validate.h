@@ -12,8 +12,8 @@ struct SinkhornShape {
   std::int64_t batch = 0;
   std::int64_t n = 0;
   std::int64_t m = 0;
-  std::int64_t d = 0;          ///< 0 for CostKind::matrix
-  bool a_batched = false;      ///< a is [B, n] (else shared [n] or uniform)
+  std::int64_t d = 0;      ///< 0 for CostKind::matrix
+  bool a_batched = false;  ///< a is [B, n] (else shared [n] or uniform)
   bool b_batched = false;
   MemorySpace space = MemorySpace::host;  ///< where all present views live
 };
