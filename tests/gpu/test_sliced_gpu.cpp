@@ -49,6 +49,10 @@ struct Case {
   int L;
   double p;
   bool weighted_a, weighted_b, batched_a;
+  bool batched_b;
+  /// Every third weight of a and b set to zero: flat stretches of the cumulative
+  /// weights, where the merge-path split lands on ties and zero-mass pieces.
+  bool zero_weights;
 };
 
 /// Runs the case on both backends and compares values, per-direction terms and
@@ -58,7 +62,11 @@ void compare(const Case& c, bool max_sliced = false) {
   auto y = uniform_vec(static_cast<std::size_t>(c.B * c.m * c.d), 2, 0.1, 1.1);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
   auto a = uniform_vec(static_cast<std::size_t>((c.batched_a ? c.B : 1) * c.n), 3, 0.0, 1.0);
-  auto b = uniform_vec(static_cast<std::size_t>(c.m), 4, 0.2, 1.0);
+  auto b = uniform_vec(static_cast<std::size_t>((c.batched_b ? c.B : 1) * c.m), 4, 0.2, 1.0);
+  if (c.zero_weights) {
+    for (std::size_t k = 0; k < a.size(); k += 3) a[k] = 0.0;
+    for (std::size_t k = 1; k < b.size(); k += 3) b[k] = 0.0;
+  }
   SlicedProblem pr;
   // The GPU computes in fp32: both backends read the same fp32 data.
   pr.x = TensorView::host(xf.data(), {c.B, c.n, c.d});
@@ -66,7 +74,9 @@ void compare(const Case& c, bool max_sliced = false) {
   if (c.weighted_a) {
     pr.a = c.batched_a ? TensorView::host(a.data(), {c.B, c.n}) : TensorView::host(a.data(), {c.n});
   }
-  if (c.weighted_b) pr.b = TensorView::host(b.data(), {c.m});
+  if (c.weighted_b) {
+    pr.b = c.batched_b ? TensorView::host(b.data(), {c.B, c.m}) : TensorView::host(b.data(), {c.m});
+  }
   SlicedOptions o;
   o.projections = c.L;
   o.p = c.p;
@@ -94,42 +104,60 @@ void compare(const Case& c, bool max_sliced = false) {
 
 TEST(SlicedGpu, MatchesCpuUniform) {
   SKIP_WITHOUT_GPU();
-  compare({1, 1000, 1000, 8, 32, 2.0, false, false, false});
+  compare({1, 1000, 1000, 8, 32, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MatchesCpuTailsAndUnequalSizes) {
   SKIP_WITHOUT_GPU();
   // n = 1, n = block + 1, primes, n != m: the merge-path split and tails.
-  compare({1, 1, 1, 3, 5, 2.0, false, false, false});
-  compare({2, 1, 17, 3, 5, 2.0, false, false, false});
-  compare({3, 257, 1031, 5, 7, 2.0, false, false, false});
-  compare({1, 4099, 263, 2, 9, 1.0, false, false, false});
-  compare({1, 70001, 65537, 4, 6, 2.0, false, false, false});
+  compare({1, 1, 1, 3, 5, 2.0, false, false, false, false, false});
+  compare({2, 1, 17, 3, 5, 2.0, false, false, false, false, false});
+  compare({3, 257, 1031, 5, 7, 2.0, false, false, false, false, false});
+  compare({1, 4099, 263, 2, 9, 1.0, false, false, false, false, false});
+  compare({1, 70001, 65537, 4, 6, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MatchesCpuWeighted) {
   SKIP_WITHOUT_GPU();
-  compare({4, 300, 211, 6, 16, 2.0, true, true, true});
-  compare({2, 1025, 999, 3, 8, 3.0, true, false, false});
-  compare({2, 513, 2049, 3, 8, 1.5, false, true, false});
+  compare({4, 300, 211, 6, 16, 2.0, true, true, true, false, false});
+  compare({2, 1025, 999, 3, 8, 3.0, true, false, false, false, false});
+  compare({2, 513, 2049, 3, 8, 1.5, false, true, false, false, false});
+  // b batched per problem (a shared), p = 1.
+  compare({3, 401, 389, 4, 10, 1.0, true, true, false, true, false});
+}
+
+TEST(SlicedGpu, MatchesCpuZeroWeights) {
+  SKIP_WITHOUT_GPU();
+  // Flat stretches of the cumulative weights: ties in the merge-path split, zero-mass
+  // pieces, points that receive no mass (zero gradient on both backends).
+  compare({2, 1000, 700, 3, 8, 2.0, true, true, true, true, true});
+  compare({1, 3000, 2500, 2, 5, 1.0, true, false, false, false, true});
+  compare({1, 300, 4000, 2, 5, 2.0, false, true, false, false, true});
 }
 
 TEST(SlicedGpu, MatchesCpuOneDimensionAndHighDimension) {
   SKIP_WITHOUT_GPU();
-  compare({5, 100, 70, 1, 3, 2.0, true, true, true});
-  compare({1, 512, 512, 3072, 16, 2.0, false, false, false});
+  compare({5, 100, 70, 1, 3, 2.0, true, true, true, false, false});
+  compare({1, 512, 512, 3072, 16, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MatchesCpuMaxSliced) {
   SKIP_WITHOUT_GPU();
-  compare({3, 200, 150, 4, 24, 2.0, true, false, true}, true);
+  compare({3, 200, 150, 4, 24, 2.0, true, false, true, false, false}, true);
 }
 
 TEST(SlicedGpu, SeveralDirectionChunks) {
   SKIP_WITHOUT_GPU();
   // 600000 points per side: the GPU sorts 2^26 elements per chunk, so 130
   // directions take two chunks (the second one partial).
-  compare({1, 600000, 600000, 2, 130, 2.0, false, false, false});
+  compare({1, 600000, 600000, 2, 130, 2.0, false, false, false, false, false});
+}
+
+TEST(SlicedGpu, MaxSlicedSeveralDirectionChunks) {
+  SKIP_WITHOUT_GPU();
+  // 2^20 points per side: 64 directions per chunk, so 70 take two chunks and the
+  // gradient pass of max-sliced recomputes only the chunk holding the selected term.
+  compare({1, 1 << 20, 1 << 20, 2, 70, 2.0, false, false, false, false, false}, true);
 }
 
 TEST(SlicedGpu, Wasserstein1DMatchesCpu) {
@@ -235,6 +263,71 @@ TEST(SlicedGpu, DeviceMemoryInputsStridedAndDouble) {
   cudaFree(dy);
   cudaFree(da);
   cudaFree(ddir);
+}
+
+TEST(SlicedGpu, DeviceMemoryFloatZeroCopyAndStrided) {
+  SKIP_WITHOUT_GPU();
+  // x: contiguous f32 [n, d] (used in place, no staging copy); y: f32 [m, d] read with
+  // a padded row stride; a: contiguous f32 [n] (converted to f64); b: f64 [m] in place.
+  const std::int64_t n = 517, m = 301, d = 4, pad = 3;
+  const auto x = uniform_vec(static_cast<std::size_t>(n * d), 21);
+  const auto y = uniform_vec(static_cast<std::size_t>(m * d), 22, -0.5, 1.5);
+  const auto a = uniform_vec(static_cast<std::size_t>(n), 23, 0.1, 1.0);
+  const auto b = uniform_vec(static_cast<std::size_t>(m), 24, 0.1, 1.0);
+  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end()), af(a.begin(), a.end());
+  std::vector<float> ypad(static_cast<std::size_t>(m * (d + pad)), 1e30f);
+  for (std::int64_t j = 0; j < m; ++j)
+    for (std::int64_t k = 0; k < d; ++k)
+      ypad[static_cast<std::size_t>(j * (d + pad) + k)] = yf[static_cast<std::size_t>(j * d + k)];
+  float *dxp = nullptr, *dyp = nullptr, *dap = nullptr;
+  double* dbp = nullptr;
+  ASSERT_EQ(cudaMalloc(&dxp, xf.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dyp, ypad.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dap, af.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dbp, b.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dxp, xf.data(), xf.size() * sizeof(float), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dyp, ypad.data(), ypad.size() * sizeof(float), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dap, af.data(), af.size() * sizeof(float), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dbp, b.data(), b.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+
+  SlicedProblem hp, dp;
+  hp.x = TensorView::host(xf.data(), {n, d});
+  hp.y = TensorView::host(yf.data(), {m, d});
+  hp.a = TensorView::host(af.data(), {n});
+  hp.b = TensorView::host(b.data(), {m});
+  dp.x = TensorView::device(dxp, {n, d});
+  dp.y = TensorView::device(dyp, {m, d});
+  dp.y.strides = {d + pad, 1, 0};
+  dp.a = TensorView::device(dap, {n});
+  dp.b = TensorView::device(dbp, {m});
+  SlicedOptions o;
+  o.projections = 9;
+  o.seed = 7;
+  o.p = 1.5;
+  o.gradients = true;
+  o.backend = Backend::cpu;
+  const auto c = otgpu::sliced_wasserstein(hp, o);
+  o.backend = Backend::cuda;
+  const auto g = otgpu::sliced_wasserstein(dp, o);
+  ASSERT_EQ(g.per_direction.size(), c.per_direction.size());
+  for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
+    EXPECT_NEAR(g.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k]) << "term " << k;
+  }
+  EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
+  EXPECT_LT(rel_l2(g.grad_y, c.grad_y), 2e-3);
+  // The caller's device data is left untouched.
+  std::vector<float> back(xf.size());
+  ASSERT_EQ(cudaMemcpy(back.data(), dxp, back.size() * sizeof(float), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  EXPECT_EQ(back, xf);
+  cudaFree(dxp);
+  cudaFree(dyp);
+  cudaFree(dap);
+  cudaFree(dbp);
 }
 #endif
 

@@ -115,11 +115,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// offsets[s] = s * len, s = 0..segments (begin of s, and end of s - 1).
+/// offsets[s] = s * len, s = 0..segments (begin of s, and end of s - 1). The caller
+/// guarantees segments * len <= INT_MAX; s itself can reach INT_MAX, so index in 64 bits.
 __global__ void __launch_bounds__(kThreads)
     segment_offsets_kernel(int* __restrict__ offsets, int len, int segments) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s <= segments) offsets[s] = s * len;
+  const std::int64_t s = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (s <= segments) offsets[s] = static_cast<int>(s * len);
 }
 
 /// Prefix sums (in sorted order) of the weights of one segment, written to prefix[];
@@ -373,14 +374,21 @@ std::vector<Tout> gather_host(const TensorView& v) {
   return out;
 }
 
+/// True when stage<T> can hand out the caller's own pointer (contiguous device data
+/// of type T): no staging buffer is needed then.
+template <class T>
+bool zero_copy(const TensorView& v) {
+  const bool same_type = (sizeof(T) == 4) == (v.dtype == DType::f32);
+  return v.present() && v.space == MemorySpace::device && same_type && v.is_contiguous();
+}
+
 /// Puts a view into contiguous device memory `dst` (or returns the caller's pointer
 /// when it already is contiguous device data of type T).
 template <class T>
 const T* stage(const TensorView& v, T* dst, cudaStream_t stream,
                std::vector<std::vector<T>>& keep) {
+  if (zero_copy<T>(v)) return static_cast<const T*>(v.data);
   if (v.space == MemorySpace::device) {
-    const bool same_type = (sizeof(T) == 4) == (v.dtype == DType::f32);
-    if (same_type && v.is_contiguous()) return static_cast<const T*>(v.data);
     gather_device<T>(v, dst, stream);
     return dst;
   }
@@ -428,14 +436,20 @@ SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOption
       double *wa, *wb, *px_prefix, *py_prefix, *cost, *given;
       void* temp;
     } bf{};
-    bf.x = c.take<float>(B * n * d);
-    bf.y = c.take<float>(B * m * d);
+    // Staging copies only for inputs that are not already contiguous device data of
+    // the type the kernels read (a zero-copy input would otherwise cost its size again).
+    bf.x = c.take<float>(zero_copy<float>(problem.x) ? 0 : B * n * d);
+    bf.y = c.take<float>(zero_copy<float>(problem.y) ? 0 : B * m * d);
     bf.theta_t = c.take<float>(L * d);
     bf.given = c.take<double>(
         options.directions.present() && options.directions.space == MemorySpace::device ? L * d
                                                                                         : 0);
-    bf.wa = c.take<double>(weighted_a ? (shape.a_batched ? B : 1) * n : 0);
-    bf.wb = c.take<double>(weighted_b ? (shape.b_batched ? B : 1) * m : 0);
+    bf.wa = c.take<double>(weighted_a && !zero_copy<double>(problem.a)
+                               ? (shape.a_batched ? B : 1) * n
+                               : 0);
+    bf.wb = c.take<double>(weighted_b && !zero_copy<double>(problem.b)
+                               ? (shape.b_batched ? B : 1) * m
+                               : 0);
     bf.keys_in = c.take<float>(lc * B * len);
     bf.vals_in = c.take<int>(lc * B * len);
     bf.kx = c.take<float>(ex);
@@ -577,8 +591,9 @@ SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOption
         const std::int64_t items = lc * B * rows;
         segment_iota_kernel<<<grid_for(items), kThreads, 0, stream>>>(bf.vals_in, rows, items);
         SLICED_LAUNCH_CHECK();
-        segment_offsets_kernel<<<static_cast<unsigned>((segments + kThreads) / kThreads), kThreads,
-                                 0, stream>>>(offsets, static_cast<int>(rows), segments);
+        segment_offsets_kernel<<<static_cast<unsigned>(
+                                     (static_cast<std::int64_t>(segments) + kThreads) / kThreads),
+                                 kThreads, 0, stream>>>(offsets, static_cast<int>(rows), segments);
         SLICED_LAUNCH_CHECK();
         std::size_t bytes = temp_bytes;
         SLICED_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(
