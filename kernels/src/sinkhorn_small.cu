@@ -121,7 +121,7 @@ struct SmallParams {
   float* G;
   const float* eps;
   const float* eps_init;
-  double eps_decay, decay_pow_begin, rho_a, rho_b, tol;
+  double eps_decay, rho_a, rho_b, tol;
   int max_iter, check_every, t_begin, t_end;
   int* active;
   int* iterations;
@@ -405,10 +405,13 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
   bool measured = false;
   double R = 0.0;
   int iterations = -1;
-  // eps_init * eps_decay^t, advanced by one multiply per iteration.
-  double sched = eps0 > 0.0 ? eps0 * p.decay_pow_begin : 0.0;
-  for (int t = p.t_begin; t < t_stop; ++t, sched *= p.eps_decay) {
-    const double et = eps0 > 0.0 ? fmax(eps, sched) : eps;
+  for (int t = p.t_begin; t < t_stop; ++t) {
+    // eps_init * eps_decay^t with pow() each iteration, as the CPU reference does: a
+    // running product drifts by an ulp per step, which can move the iteration at
+    // which eps_t reaches eps (at_target is an exact comparison) and with it the
+    // convergence checks. One double pow per iteration is noise next to 2 n m ex2.
+    const double et =
+        eps0 > 0.0 ? fmax(eps, eps0 * pow(p.eps_decay, static_cast<double>(t))) : eps;
     const bool at_target = et == eps;
     const float e = static_cast<float>(et);
     const float scale = kLog2e / e;
@@ -526,24 +529,30 @@ void check_shape(const char* who, CostKind cost, std::int64_t n, std::int64_t m,
 }
 
 template <int D, bool kEuclid>
-void launch(const SmallParams& p, unsigned blocks, cudaStream_t stream) {
+void launch(const SmallParams& p, unsigned blocks, std::size_t limit, cudaStream_t stream) {
   const std::size_t bytes = p.layout.bytes();
   auto* kernel = &small_sinkhorn_kernel<D, kEuclid>;
+  // The opt-in maximum is a per-function (per-device) attribute, not a per-launch
+  // one: setting it to this launch's size would race with another host thread
+  // launching a larger problem between our set and its launch. Always the device
+  // limit (bytes <= limit was checked), so concurrent launchers agree. The
+  // attribute caps the size only; occupancy follows the launch's own size.
   OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(bytes)));
+                                          static_cast<int>(limit)));
   kernel<<<blocks, static_cast<unsigned>(p.layout.threads), bytes, stream>>>(p);
   OTGPU_KERNEL_CHECK(cudaGetLastError());
 }
 
 template <bool kEuclid>
-void launch_points(const SmallParams& p, int dim, unsigned blocks, cudaStream_t stream) {
+void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t limit,
+                   cudaStream_t stream) {
   switch (dim) {
-    case 1: return launch<1, kEuclid>(p, blocks, stream);
-    case 2: return launch<2, kEuclid>(p, blocks, stream);
-    case 4: return launch<4, kEuclid>(p, blocks, stream);
-    case 8: return launch<8, kEuclid>(p, blocks, stream);
-    case 16: return launch<16, kEuclid>(p, blocks, stream);
-    case 32: return launch<32, kEuclid>(p, blocks, stream);
+    case 1: return launch<1, kEuclid>(p, blocks, limit, stream);
+    case 2: return launch<2, kEuclid>(p, blocks, limit, stream);
+    case 4: return launch<4, kEuclid>(p, blocks, limit, stream);
+    case 8: return launch<8, kEuclid>(p, blocks, limit, stream);
+    case 16: return launch<16, kEuclid>(p, blocks, limit, stream);
+    case 32: return launch<32, kEuclid>(p, blocks, limit, stream);
     default:
       throw InvalidArgument(fmt::format("small_sinkhorn: no kernel for padded dimension {}", dim));
   }
@@ -618,7 +627,6 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
   p.eps = a.eps;
   p.eps_init = a.eps_init;
   p.eps_decay = a.eps_decay;
-  p.decay_pow_begin = std::pow(a.eps_decay, static_cast<double>(a.t_begin));
   p.rho_a = a.rho_a;
   p.rho_b = a.rho_b;
   p.tol = a.tol;
@@ -638,11 +646,11 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
 
   const auto blocks = static_cast<unsigned>(a.B);
   if (v.cached)
-    launch<0, false>(p, blocks, stream);
+    launch<0, false>(p, blocks, limit, stream);
   else if (p.euclidean)
-    launch_points<true>(p, v.dim, blocks, stream);
+    launch_points<true>(p, v.dim, blocks, limit, stream);
   else
-    launch_points<false>(p, v.dim, blocks, stream);
+    launch_points<false>(p, v.dim, blocks, limit, stream);
 }
 
 }  // namespace otgpu::kernels
