@@ -3,7 +3,10 @@
 //
 // Timing: a solve of exactly N iterations (check_every = 0) minus a solve of one
 // iteration, divided by N - 1: what remains is the iteration loop alone, without the
-// upload, the staging and the final report that both solves share.
+// staging and the final report that both solves share. GPU rows call the
+// stream-ordered device API (otgpu/device.h) on data already in device memory
+// (cudaMalloc'd and filled before timing, workspace reserved), timed with CUDA events
+// around the enqueue alone; CPU rows time otgpu::sinkhorn.
 #include <fmt/format.h>
 
 #include <cstdint>
@@ -12,7 +15,14 @@
 #include <vector>
 
 #include "bench.h"
+#include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
+
+#ifdef OTGPU_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "otgpu/device.h"
+#endif
 
 namespace otgpu::bench {
 
@@ -35,6 +45,7 @@ Points make_points(std::int64_t B, std::int64_t n, std::int64_t m, std::int64_t 
   return p;
 }
 
+#ifdef OTGPU_WITH_CUDA  // the dense workload runs on the GPU only
 std::vector<float> cost_matrix(const Points& p, std::int64_t n, std::int64_t m, std::int64_t d) {
   std::vector<float> c(static_cast<std::size_t>(n * m));
   for (std::int64_t i = 0; i < n; ++i)
@@ -49,6 +60,7 @@ std::vector<float> cost_matrix(const Points& p, std::int64_t n, std::int64_t m, 
     }
   return c;
 }
+#endif
 
 /// Milliseconds per iteration of the loop, median over ctx.repeats.
 double ms_per_iter(const Context& ctx, const SinkhornProblem& p, double eps, Backend backend,
@@ -63,6 +75,89 @@ double ms_per_iter(const Context& ctx, const SinkhornProblem& p, double eps, Bac
   };
   return median_ms(ctx, [&] { return (solve(iters) - solve(1)) / (iters - 1); });
 }
+
+#ifdef OTGPU_WITH_CUDA
+
+void check(cudaError_t st, const char* what) {
+  if (st != cudaSuccess) {
+    throw CudaError(fmt::format("bench: {} failed: {}", what, cudaGetErrorString(st)),
+                    static_cast<int>(st));
+  }
+}
+
+/// A device copy of host data, allocated before any timing.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    check(cudaMalloc(reinterpret_cast<void**>(&p_), count * sizeof(T)), "cudaMalloc");
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
+    check(cudaMemcpy(p_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
+  ~DeviceBuffer() { cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  std::size_t count_;
+  T* p_ = nullptr;
+};
+
+/// Stream and event pair, released on every path out.
+struct Timing {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  Timing() {
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+  }
+  ~Timing() {
+    cudaEventDestroy(stop);
+    cudaEventDestroy(start);
+    cudaStreamDestroy(stream);
+  }
+  Timing(const Timing&) = delete;
+  Timing& operator=(const Timing&) = delete;
+};
+
+/// Milliseconds per iteration of sinkhorn_async on a device-resident problem (B
+/// problems of n x m), median over ctx.repeats.
+double gpu_ms_per_iter(const Context& ctx, const SinkhornProblem& p, std::int64_t B, std::int64_t n,
+                       std::int64_t m, double eps, int iters) {
+  Timing t;
+  DeviceBuffer<float> f(static_cast<std::size_t>(B * n)), g(static_cast<std::size_t>(B * m));
+  SinkhornOptions o;
+  o.eps = eps;
+  o.eps_init = 0;  // fixed eps: every iteration is the same work
+  o.check_every = 0;
+  o.backend = Backend::cuda;
+  o.max_iter = iters;
+  double ms = 0;
+  {
+    GpuContext gpu(0, t.stream);  // destroyed (and synchronized) before the stream
+    gpu.reserve(sinkhorn_async_workspace_bytes(p, o));
+    DeviceSinkhornOutputs out;
+    out.f = f.get();
+    out.g = g.get();
+    auto timed = [&](int k) {
+      o.max_iter = k;
+      check(cudaEventRecord(t.start, t.stream), "cudaEventRecord");
+      sinkhorn_async(gpu, p, o, out);
+      check(cudaEventRecord(t.stop, t.stream), "cudaEventRecord");
+      check(cudaEventSynchronize(t.stop), "cudaEventSynchronize");
+      float elapsed = 0;
+      check(cudaEventElapsedTime(&elapsed, t.start, t.stop), "cudaEventElapsedTime");
+      return static_cast<double>(elapsed);
+    };
+    ms = median_ms(ctx, [&] { return (timed(iters) - timed(1)) / (iters - 1); });
+  }
+  return ms;
+}
+
+#endif  // OTGPU_WITH_CUDA
 
 Row make_row(const std::string& workload, const std::string& solver, Backend backend,
              nlohmann::json params, double ms, double exps_per_iter, double exp_roof) {
@@ -89,7 +184,7 @@ void run_w1(const Context& ctx, std::vector<Row>& rows) {
       SinkhornProblem p;
       p.x = TensorView::host(pts.x.data(), {n, d});
       p.y = TensorView::host(pts.y.data(), {n, d});
-      const double ms = ms_per_iter(ctx, p, 0.01, Backend::cpu, 6);
+      const double ms = ms_per_iter(ctx, p, 0.01, Backend::cpu, 10);
       auto r = make_row("W1", "cpu-reference", Backend::cpu,
                         {{"n", n}, {"m", n}, {"d", d}, {"eps", 0.01}}, ms, 2.0 * n * n,
                         ctx.cpu_exp_per_s);
@@ -99,43 +194,49 @@ void run_w1(const Context& ctx, std::vector<Row>& rows) {
       rows.push_back(std::move(r));
     }
   }
+#ifdef OTGPU_WITH_CUDA
   if (!ctx.has_gpu) return;
   std::vector<std::int64_t> sizes = {4096, 16384, 65536};
   if (ctx.suite == "full") sizes.push_back(262144);
   for (std::int64_t d : {2, 64}) {
     for (std::int64_t n : sizes) {
       const auto pts = make_points(1, n, n, d, 2);
+      DeviceBuffer<float> dx(pts.x), dy(pts.y);
       SinkhornProblem p;
-      p.x = TensorView::host(pts.x.data(), {n, d});
-      p.y = TensorView::host(pts.y.data(), {n, d});
+      p.x = TensorView::device(dx.get(), {n, d});
+      p.y = TensorView::device(dy.get(), {n, d});
       const int iters = n >= 65536 && d == 64 ? 20 : 100;
-      const double ms = ms_per_iter(ctx, p, 0.01, Backend::cuda, iters);
+      const double ms = gpu_ms_per_iter(ctx, p, 1, n, n, 0.01, iters);
       auto r = make_row("W1", "cuda-online", Backend::cuda,
-                        {{"n", n}, {"m", n}, {"d", d}, {"eps", 0.01}}, ms,
+                        {{"n", n}, {"m", n}, {"d", d}, {"eps", 0.01}, {"iters", iters}}, ms,
                         2.0 * static_cast<double>(n) * static_cast<double>(n), ctx.exp_per_s);
-      r.note =
-          d == 2 ? "fp32, one ex2 per pair; ref FlashSinkhorn fp32 16.0 ms/iter at n=65536"
-                 : "fp32 FMA distances (FMA-bound); ref FlashSinkhorn TF32 7.25 ms/iter at n=65536";
+      r.note = d == 2
+                   ? "fp32, one ex2 per pair, column splits below a wave; small n is launch-bound; "
+                     "ref FlashSinkhorn fp32 16.0 ms/iter at n=65536"
+                   : "fp32 SIMT distances (FMA-bound, no tensor cores yet); ref FlashSinkhorn TF32 "
+                     "7.25 ms/iter at n=65536";
       rows.push_back(std::move(r));
     }
   }
+#endif
 }
 
 void run_w1d(const Context& ctx, std::vector<Row>& rows) {
+#ifdef OTGPU_WITH_CUDA
   if (!ctx.has_gpu) return;
   for (std::int64_t n : {4096, 16384}) {
     const std::int64_t d = 2;
     const auto pts = make_points(1, n, n, d, 3);
-    const auto c = cost_matrix(pts, n, n, d);
+    DeviceBuffer<float> dc(cost_matrix(pts, n, n, d));
     SinkhornProblem p;
-    p.cost = TensorView::host(c.data(), {n, n});
+    p.cost = TensorView::device(dc.get(), {n, n});  // contiguous fp32: read in place
     p.cost_kind = CostKind::matrix;
-    const double ms = ms_per_iter(ctx, p, 0.01, Backend::cuda, 100);
+    const double ms = gpu_ms_per_iter(ctx, p, 1, n, n, 0.01, 100);
     Row r;
     r.workload = "W1d";
     r.solver = "cuda-dense";
     r.backend = "cuda";
-    r.params = {{"n", n}, {"m", n}, {"d", d}, {"eps", 0.01}};
+    r.params = {{"n", n}, {"m", n}, {"d", d}, {"eps", 0.01}, {"iters", 100}};
     r.ms = ms;
     r.time_unit = "ms/iter";
     const double bytes = 2.0 * static_cast<double>(n) * static_cast<double>(n) * 4.0;
@@ -147,6 +248,10 @@ void run_w1d(const Context& ctx, std::vector<Row>& rows) {
         "C read once per half-step (row and column passes); ref OTT-JAX 1.81 ms/iter at n=16384";
     rows.push_back(std::move(r));
   }
+#else
+  (void)ctx;
+  (void)rows;
+#endif
 }
 
 void run_w2(const Context& ctx, std::vector<Row>& rows) {
@@ -171,12 +276,23 @@ void run_w2(const Context& ctx, std::vector<Row>& rows) {
       r.note = "whole batch per iteration";
       rows.push_back(std::move(r));
     }
+#ifdef OTGPU_WITH_CUDA
     if (ctx.has_gpu) {
-      const double ms = ms_per_iter(ctx, p, 0.05, Backend::cuda, 100);
+      DeviceBuffer<float> dx(pts.x), dy(pts.y);
+      SinkhornProblem pd;
+      pd.x = TensorView::device(dx.get(), {cfg.B, cfg.n, cfg.d});
+      pd.y = TensorView::device(dy.get(), {cfg.B, cfg.n, cfg.d});
+      const double ms = gpu_ms_per_iter(ctx, pd, cfg.B, cfg.n, cfg.n, 0.05, 100);
       auto r = make_row("W2", "cuda-small", Backend::cuda, params, ms, exps, ctx.exp_per_s);
-      r.note = std::string("one block per problem, all iterations in one launch; ") + cfg.ref;
+      r.note = "one block per problem, all iterations in one launch; ";
+      if (ctx.exp_per_s > 0) {
+        r.note +=
+            fmt::format("roofline: exp-bound time {:.4f} ms/iter; ", exps / ctx.exp_per_s * 1e3);
+      }
+      r.note += cfg.ref;
       rows.push_back(std::move(r));
     }
+#endif
   }
 }
 

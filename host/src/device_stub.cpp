@@ -31,6 +31,19 @@ void sinkhorn_async(GpuContext&, const SinkhornProblem&, const SinkhornOptions&,
   throw DeviceUnavailable("sinkhorn_async: this libotgpu was built without CUDA");
 }
 
+void barycentric_map_async(GpuContext&, const SinkhornProblem&, const SinkhornOptions&,
+                           const float*, float*) {
+  throw DeviceUnavailable("barycentric_map_async: this libotgpu was built without CUDA");
+}
+void gradient_x_async(GpuContext&, const SinkhornProblem&, const SinkhornOptions&, const float*,
+                      const float*, float*) {
+  throw DeviceUnavailable("gradient_x_async: this libotgpu was built without CUDA");
+}
+void sample_partners_async(GpuContext&, const SinkhornProblem&, const SinkhornOptions&,
+                           const float*, std::uint64_t, std::int64_t*) {
+  throw DeviceUnavailable("sample_partners_async: this libotgpu was built without CUDA");
+}
+
 }  // namespace otgpu
 
 #endif  // OTGPU_WITH_CUDA

@@ -163,6 +163,100 @@ __global__ void __launch_bounds__(kBlock)
   if (threadIdx.x == 0) atomicAdd(out + b, acc / (static_cast<double>(n) * static_cast<double>(m)));
 }
 
+__global__ void __launch_bounds__(kBlock)
+    mean_matrix_kernel(const float* __restrict__ C, double* __restrict__ out, std::int64_t nm) {
+  __shared__ double shared[kBlock / 32];
+  const std::int64_t b = blockIdx.y;
+  double acc = 0;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < nm;
+       e += static_cast<std::int64_t>(gridDim.x) * kBlock) {
+    acc += C[b * nm + e];
+  }
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) atomicAdd(out + b, acc / static_cast<double>(nm));
+}
+
+__global__ void nonfinite_kernel(const float* __restrict__ p, std::int64_t count,
+                                 unsigned long long* __restrict__ first) {
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < count;
+       e += static_cast<std::int64_t>(gridDim.x) * kBlock) {
+    if (!isfinite(p[e])) atomicMin(first, static_cast<unsigned long long>(e));
+  }
+}
+
+__global__ void __launch_bounds__(kBlock)
+    check_weights_kernel(const double* __restrict__ w, std::int64_t len, double* __restrict__ mass,
+                         unsigned long long* __restrict__ first) {
+  __shared__ double shared[kBlock / 32];
+  const std::int64_t b = blockIdx.x;
+  double acc = 0;
+  for (std::int64_t i = threadIdx.x; i < len; i += kBlock) {
+    const double v = w[b * len + i];
+    if (!isfinite(v) || v < 0) atomicMin(first, static_cast<unsigned long long>(b * len + i));
+    acc += v;
+  }
+  acc = block_sum(acc, shared);
+  if (threadIdx.x == 0) mass[b] = acc;
+}
+
+__global__ void __launch_bounds__(kBlock)
+    mass_ratio_kernel(const double* __restrict__ a, const double* __restrict__ bw, std::int64_t n,
+                      std::int64_t m, double tol_rel, double* __restrict__ ratio) {
+  __shared__ double shared[kBlock / 32];
+  const std::int64_t b = blockIdx.x;
+  double ma = 0, mb = 0;
+  for (std::int64_t i = threadIdx.x; i < n; i += kBlock) ma += a[b * n + i];
+  for (std::int64_t j = threadIdx.x; j < m; j += kBlock) mb += bw[b * m + j];
+  ma = block_sum(ma, shared);
+  mb = block_sum(mb, shared);
+  if (threadIdx.x == 0) {
+    const bool close = isinf(tol_rel) || fabs(ma - mb) <= tol_rel * fmax(ma, mb);
+    ratio[b] = close && mb > 0 ? ma / mb : 1.0;
+  }
+}
+
+__global__ void finish_map_kernel(const float* __restrict__ T, const double* __restrict__ center,
+                                  float* __restrict__ out, std::int64_t n, std::int64_t d, int dp,
+                                  std::int64_t total) {
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * kBlock) {
+    const std::int64_t k = e % d;
+    const std::int64_t row = e / d;  // b * n + i
+    const std::int64_t b = row / n;
+    const double c = center != nullptr ? center[b * dp + k] : 0.0;
+    out[e] = static_cast<float>(static_cast<double>(T[row * dp + k]) + c);
+  }
+}
+
+__global__ void finish_gradient_kernel(const float* __restrict__ X, const float* __restrict__ V,
+                                       const double* __restrict__ a, const float* __restrict__ F,
+                                       const float* __restrict__ Ft, const float* __restrict__ eps,
+                                       const double* __restrict__ ratio, bool euclid,
+                                       float* __restrict__ out, std::int64_t n, std::int64_t d,
+                                       int dp, std::int64_t total) {
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * kBlock) {
+    const std::int64_t k = e % d;
+    const std::int64_t row = e / d;  // b * n + i
+    const std::int64_t b = row / n;
+    const double ai = a[row];
+    // A row without mass carries no plan (and F may be +inf there).
+    double r = 0;
+    if (ai > 0) {
+      r = ai * exp((static_cast<double>(F[row]) - Ft[row]) / eps[b]);
+      if (ratio != nullptr) r *= ratio[b];
+    }
+    const double v = V[row * dp + k];
+    out[e] =
+        static_cast<float>(euclid ? r * v : 2.0 * r * (static_cast<double>(X[row * dp + k]) - v));
+  }
+}
+
+unsigned grid_for(std::int64_t total) {
+  const std::int64_t blocks = (total + kBlock - 1) / kBlock;
+  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
 void check_sizes(std::int64_t B, std::int64_t n, std::int64_t m, const char* what) {
   if (B <= 0 || n <= 0 || m <= 0) {
     throw InvalidArgument(
@@ -216,6 +310,61 @@ void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
   const dim3 grid(static_cast<unsigned>(blocks < 1024 ? blocks : 1024), static_cast<unsigned>(B));
   mean_euclid_kernel<<<grid, kBlock, 0, stream>>>(X, Y, out, n, m, dp);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void mean_matrix_cost(const float* C, std::int64_t B, std::int64_t nm, double* out,
+                      cudaStream_t stream) {
+  check_sizes(B, nm, 1, "mean_matrix_cost");
+  if (B > 65535)
+    throw InvalidArgument(fmt::format("mean_matrix_cost: batch B={} exceeds 65535", B));
+  OTGPU_KERNEL_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
+  const std::int64_t blocks = (nm + kBlock - 1) / kBlock;
+  const dim3 grid(static_cast<unsigned>(blocks < 1024 ? blocks : 1024), static_cast<unsigned>(B));
+  mean_matrix_kernel<<<grid, kBlock, 0, stream>>>(C, out, nm);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void find_nonfinite(const float* p, std::int64_t count, unsigned long long* first,
+                    cudaStream_t stream) {
+  // All bytes 0xff: ~0ull, the "none found" value atomicMin lowers.
+  OTGPU_KERNEL_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
+  if (count <= 0) return;
+  nonfinite_kernel<<<grid_for(count), kBlock, 0, stream>>>(p, count, first);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void check_weights(const double* w, std::int64_t B, std::int64_t len, double* mass,
+                   unsigned long long* first, cudaStream_t stream) {
+  check_sizes(B, len, 1, "check_weights");
+  OTGPU_KERNEL_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
+  check_weights_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(w, len, mass, first);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void mass_ratio(const double* a, const double* b, std::int64_t B, std::int64_t n, std::int64_t m,
+                double tol_rel, double* ratio, cudaStream_t stream) {
+  check_sizes(B, n, m, "mass_ratio");
+  mass_ratio_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(a, b, n, m, tol_rel, ratio);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void finish_map(const float* T, const double* center, float* out, std::int64_t B, std::int64_t n,
+                std::int64_t d, int dp, cudaStream_t stream) {
+  check_sizes(B, n, d, "finish_map");
+  const std::int64_t total = B * n * d;
+  finish_map_kernel<<<grid_for(total), kBlock, 0, stream>>>(T, center, out, n, d, dp, total);
+  OTGPU_KERNEL_CHECK(cudaGetLastError());
+}
+
+void finish_gradient(const float* X, const float* V, const double* a, const float* F,
+                     const float* Ft, const float* eps, const double* ratio, bool euclid,
+                     float* out, std::int64_t B, std::int64_t n, std::int64_t d, int dp,
+                     cudaStream_t stream) {
+  check_sizes(B, n, d, "finish_gradient");
+  const std::int64_t total = B * n * d;
+  finish_gradient_kernel<<<grid_for(total), kBlock, 0, stream>>>(X, V, a, F, Ft, eps, ratio, euclid,
+                                                                 out, n, d, dp, total);
   OTGPU_KERNEL_CHECK(cudaGetLastError());
 }
 

@@ -3,13 +3,27 @@
 // columns of Y through shared memory and keeps a running base-2 (max, sum) per row,
 // rescaled once per chunk of kChunk scores, so each pair costs one ex2.approx.
 //
-// Work per half-step: n*m pairs, each d subtract+FMA for the distance, one FMA for
-// the score and one MUFU.EX2 plus an add. For d <= 4 the exponentials bound the
-// kernel (H100: 16 EX2/clk/SM vs 128 FP32/clk/SM); R rows per thread amortize each
-// shared-memory read of y_j over R pairs so the LSU stays below the MUFU. For
-// d >= 32 the distance FMAs dominate (FMA-bound, d/2 FFMA per pair per exp... see the
-// bench note). Distances use differences (x - y)^2, not |x|^2 + |y|^2 - 2<x,y>, on
-// data centered by the driver: no cancellation, fp32-level accuracy of C.
+// Count and bound. One half-step evaluates n*m scores: per pair d subtracts and d
+// FMAs for the distance, one FMA for the score, one MUFU.EX2 and one add (plus one
+// rescale EX2 per kChunk pairs). An iteration (f- and g-update) therefore costs
+// 2 n m (1 + 1/kChunk) exponentials. The H100 SXM retires 16 EX2/clk/SM against 128
+// FP32 FMA/clk/SM, so for d <= ~4 the MUFU bounds the kernel at about
+// 132 * 16 * 1.98e9 = 4.2e12 exp/s (bench W1 measures against the probed rate); R rows
+// per thread amortize each shared-memory read of y_j over R pairs so the LSU stays
+// below the MUFU. Around d >= 8 the 2d FP32 ops per pair pass the 8 FP32 ops per
+// EX2 slot and the distance arithmetic becomes the bound.
+//
+// Distances use differences (x - y)^2, not |x|^2 + |y|^2 - 2<x,y>, on data centered
+// by the driver: no cancellation, fp32-level accuracy of C (|dC| ~ 1e-7 C, far below
+// eps for any eps the fp32 scores can resolve). Tensor cores (3xTF32 mma.sync on the
+// -2<x,y> term for d >= 16) are not used yet: they need the |x|^2 + |y|^2 - 2<x,y>
+// form, whose cancellation on near pairs must stay far below eps, and a fragment
+// layout for the score tile; the fp32 SIMT path is exact to fp32 and correct by
+// inspection, which matters more while it cannot be profiled here.
+//
+// Flash-decoding: when the row blocks alone cannot fill the GPU (short n, B = 1), the
+// column range is split over blockIdx.z (online_splits); each split writes a partial
+// (max, sum) per row and a small kernel merges them.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -38,6 +52,38 @@ constexpr int kThreads = 128;  // threads per block
 constexpr int kTJ = 64;        // columns per shared-memory tile
 constexpr int kChunk = 8;      // scores per rescale of the running sum
 constexpr int kMaxGridY = 65535;
+constexpr int kMaxSplits = 1024;
+
+/// Columns per split, a whole number of tiles so that no tile straddles two splits
+/// (only the global last tile is short).
+__host__ __device__ __forceinline__ std::int64_t split_span(std::int64_t n_cols, int splits) {
+  const std::int64_t tiles = (n_cols + kTJ - 1) / kTJ;
+  return (tiles + splits - 1) / splits * kTJ;
+}
+
+/// Column range [begin, end) of split z (empty past the end: an identity partial).
+__device__ __forceinline__ void split_range(const OnlinePass& p, std::int64_t& begin,
+                                            std::int64_t& end) {
+  if (p.splits <= 1) {
+    begin = 0;
+    end = p.n_cols;
+    return;
+  }
+  const std::int64_t span = split_span(p.n_cols, p.splits);
+  begin = static_cast<std::int64_t>(blockIdx.z) * span;
+  end = begin + span < p.n_cols ? begin + span : p.n_cols;
+}
+
+/// Final write of a half-step row: the potential, or the split's partial pair.
+__device__ __forceinline__ void write_row(const OnlinePass& p, std::int64_t b, std::int64_t i,
+                                          Lse2 acc, float lam, float eps, float* out) {
+  if (p.splits > 1) {
+    reinterpret_cast<float2*>(p.partials)[(b * p.splits + blockIdx.z) * p.n_rows + i] =
+        make_float2(acc.max, acc.sum);
+  } else {
+    out[b * p.n_rows + i] = potential_from_lse2(lse2_value(acc), lam, eps);
+  }
+}
 
 /// Rows per thread for a padded dimension: more rows for small d, where each
 /// shared-memory read of y_j is otherwise one load per exponential.
@@ -136,7 +182,9 @@ __global__ void __launch_bounds__(kThreads)
   const float* cols_b = p.cols + b * p.n_cols * DP;
   const float* logw_b = p.col_logw + b * p.n_cols;
   const float* pot_b = p.col_pot + b * p.n_cols;
-  for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
+  std::int64_t j_begin, j_end;
+  split_range(p, j_begin, j_end);
+  for (std::int64_t j0 = j_begin; j0 < j_end; j0 += kTJ) {
     load_tile<DP>(cols_b, logw_b, pot_b, j0, p.n_cols, scale, ys, hs);
 #pragma unroll 2
     for (int jj = 0; jj < kTJ; jj += kChunk) {
@@ -156,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const std::int64_t i = row0 + r * kThreads + threadIdx.x;
-    if (i < p.n_rows) out[b * p.n_rows + i] = potential_from_lse2(lse2_value(acc[r]), lam, eps);
+    if (i < p.n_rows) write_row(p, b, i, acc[r], lam, eps, out);
   }
 }
 
@@ -178,7 +226,9 @@ __global__ void __launch_bounds__(kThreads)
   const bool valid = i < p.n_rows;
   const float* x = p.rows + (b * p.n_rows + (valid ? i : 0)) * dp;
   Lse2 acc = lse2_empty();
-  for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kTJ) {
+  std::int64_t j_begin, j_end;
+  split_range(p, j_begin, j_end);
+  for (std::int64_t j0 = j_begin; j0 < j_end; j0 += kTJ) {
     load_tile_dyn(p, b, j0, scale, ys, hs);  // padding columns score -inf
     for (int jj = 0; jj < kTJ; jj += kChunk) {
       float s[kChunk];
@@ -191,10 +241,24 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  if (valid) {
-    const float lam = lambda != nullptr ? lambda[b] : 1.f;
-    out[b * p.n_rows + i] = potential_from_lse2(lse2_value(acc), lam, eps);
+  if (valid) write_row(p, b, i, acc, lambda != nullptr ? lambda[b] : 1.f, eps, out);
+}
+
+/// Merges the splits' partial pairs of each row into the potential.
+__global__ void __launch_bounds__(256)
+    merge_splits_kernel(OnlinePass p, const float* __restrict__ lambda, float* __restrict__ out) {
+  const std::int64_t b = blockIdx.y;
+  if (p.active != nullptr && p.active[b] == 0) return;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (i >= p.n_rows) return;
+  const float2* part = reinterpret_cast<const float2*>(p.partials);
+  Lse2 acc = lse2_empty();
+  for (int z = 0; z < p.splits; ++z) {
+    const float2 v = part[(b * p.splits + z) * p.n_rows + i];
+    acc = detail::lse2_merge(acc, Lse2{v.x, v.y});
   }
+  const float lam = lambda != nullptr ? lambda[b] : 1.f;
+  out[b * p.n_rows + i] = potential_from_lse2(lse2_value(acc), lam, p.eps[b]);
 }
 
 // ---------------------------------------------------------------- row stats ----
@@ -398,7 +462,7 @@ void launch_fixed(const OnlinePass& p, const float* lambda, float* out, cudaStre
   constexpr int R = rows_per_thread<DP>();
   const std::int64_t per_block = static_cast<std::int64_t>(kThreads) * R;
   const dim3 grid(static_cast<unsigned>((p.n_rows + per_block - 1) / per_block),
-                  static_cast<unsigned>(p.B));
+                  static_cast<unsigned>(p.B), static_cast<unsigned>(p.splits));
   online_half_step_kernel<DP, kEuclid><<<grid, kThreads, 0, s>>>(p, lambda, out);
 }
 
@@ -425,7 +489,7 @@ void launch_half(const OnlinePass& p, const float* lambda, float* out, cudaStrea
   const std::size_t smem = dyn_smem_bytes(p.dp);
   prepare_dyn(online_half_step_dyn_kernel<kEuclid>, smem);
   const dim3 grid(static_cast<unsigned>((p.n_rows + kThreads - 1) / kThreads),
-                  static_cast<unsigned>(p.B));
+                  static_cast<unsigned>(p.B), static_cast<unsigned>(p.splits));
   online_half_step_dyn_kernel<kEuclid><<<grid, kThreads, smem, s>>>(p, lambda, out);
 }
 
@@ -442,12 +506,64 @@ void online_half_step(const OnlinePass& p, const float* lambda, float* out, cuda
     throw InvalidArgument(
         fmt::format("online_half_step: dp={} must be a power of two up to 64", p.dp));
   }
+  if (p.splits < 1 || p.splits > kMaxSplits || (p.splits > 1 && p.partials == nullptr)) {
+    throw InvalidArgument(
+        fmt::format("online_half_step: splits={} must be in [1, {}] and splits > 1 needs partials",
+                    p.splits, kMaxSplits));
+  }
   if (p.cost == CostKind::euclidean) {
     launch_half<true>(p, lambda, out, stream);
   } else {
     launch_half<false>(p, lambda, out, stream);
   }
   OTGPU_KERNEL_CHECK(cudaGetLastError());
+  if (p.splits > 1) {
+    const dim3 grid(static_cast<unsigned>((p.n_rows + 255) / 256), static_cast<unsigned>(p.B));
+    merge_splits_kernel<<<grid, 256, 0, stream>>>(p, lambda, out);
+    OTGPU_KERNEL_CHECK(cudaGetLastError());
+  }
+}
+
+std::int64_t online_rows_per_block(int dp) {
+  switch (dp) {
+    case 1:
+      return kThreads * rows_per_thread<1>();
+    case 2:
+      return kThreads * rows_per_thread<2>();
+    case 4:
+      return kThreads * rows_per_thread<4>();
+    case 8:
+      return kThreads * rows_per_thread<8>();
+    case 16:
+      return kThreads * rows_per_thread<16>();
+    case 32:
+      return kThreads * rows_per_thread<32>();
+    case 64:
+      return kThreads * rows_per_thread<64>();
+    default:
+      return kThreads;  // the dynamic-dimension kernel: one row per thread
+  }
+}
+
+int online_splits(const OnlinePass& p, int sm_count) {
+  if (p.B <= 0 || p.n_rows <= 0 || p.n_cols <= 0 || sm_count <= 0) return 1;
+  const std::int64_t rpb = online_rows_per_block(p.dp);
+  const std::int64_t blocks = (p.n_rows + rpb - 1) / rpb * p.B;
+  // ~8 blocks of 128 threads per SM: half occupancy, enough warps to hide the
+  // shared-memory and MUFU latencies at these register counts.
+  const std::int64_t target = 8 * static_cast<std::int64_t>(sm_count);
+  if (blocks >= target) return 1;
+  std::int64_t s = (target + blocks - 1) / blocks;
+  const std::int64_t tiles = (p.n_cols + kTJ - 1) / kTJ;
+  if (s > tiles / 2) s = tiles / 2;  // a split below two tiles costs more than it gains
+  if (s > kMaxSplits) s = kMaxSplits;
+  return s < 2 ? 1 : static_cast<int>(s);
+}
+
+std::size_t online_partials_floats(const OnlinePass& p) {
+  if (p.splits <= 1) return 0;
+  return 2 * static_cast<std::size_t>(p.B) * static_cast<std::size_t>(p.splits) *
+         static_cast<std::size_t>(p.n_rows);
 }
 
 void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStream_t stream) {

@@ -62,7 +62,8 @@ struct DeviceSinkhornOutputs {
   bool warm_start = false;
 };
 
-/// Workspace bytes sinkhorn_async needs for this problem (for GpuContext::reserve).
+/// Workspace bytes sinkhorn_async (and the derived *_async calls) need for this
+/// problem on device options.device (for GpuContext::reserve).
 std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
                                            const SinkhornOptions& options);
 
@@ -76,5 +77,27 @@ std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
 /// in otgpu::sinkhorn.
 void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& options,
                     const DeviceSinkhornOutputs& outputs);
+
+// Derived outputs of a solve, online (the plan P is never formed), from the fp32
+// potentials sinkhorn_async wrote; pass the same problem and options (they fix eps,
+// eps_relative and whether b was rescaled to the mass of a). Stream-ordered like
+// sinkhorn_async: they may be queued right behind it, with no synchronization.
+// Point clouds only for the map and the gradient; outputs are caller device buffers.
+
+/// map [B * n * d]: T(x_i) = sum_j P_ij y_j / sum_j P_ij.
+void barycentric_map_async(GpuContext& ctx, const SinkhornProblem& problem,
+                           const SinkhornOptions& options, const float* g, float* map);
+
+/// grad [B * n * d]: gradient of OT_eps w.r.t. x_i at fixed potentials:
+/// sqeuclidean 2 (r_i x_i - sum_j P_ij y_j), euclidean sum_j P_ij (x_i - y_j)/|x_i - y_j|,
+/// r_i = sum_j P_ij.
+void gradient_x_async(GpuContext& ctx, const SinkhornProblem& problem,
+                      const SinkhornOptions& options, const float* f, const float* g, float* grad);
+
+/// partners [B * n]: one j per row drawn from P_i. / r_i by Gumbel-max, keyed by
+/// (seed, problem, i, j) as on the CPU backend (same partners up to fp32 near-ties).
+void sample_partners_async(GpuContext& ctx, const SinkhornProblem& problem,
+                           const SinkhornOptions& options, const float* g, std::uint64_t seed,
+                           std::int64_t* partners);
 
 }  // namespace otgpu

@@ -1,10 +1,10 @@
 // The CUDA Sinkhorn backend (implements otgpu_host/cuda_backend.h).
 //
-// Flow of one solve: inputs are brought to the host (device views are mirrored
-// once and validated like host views), laid out in the canonical fp32 form
+// Flow of one solve: host views are laid out on the host in the canonical fp32 form
 // (points padded to dp coordinates and centered on the mean of y, costs being
-// translation invariant), uploaded with stream-ordered allocations, and iterated
-// entirely on the device. The planner picks one of three kernels:
+// translation invariant) and uploaded with stream-ordered allocations; device views
+// are staged, validated and centered by kernels, never read by the host. Either way
+// the solve then runs entirely on the device. The planner picks one of three kernels:
 //   - small: n, m <= 512 and the problem fits in shared memory: one block per
 //     problem runs the whole loop (sinkhorn_small.cu);
 //   - dense: a cost matrix was given (sinkhorn_dense.cu);
@@ -21,6 +21,8 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "otgpu/device.h"
@@ -35,16 +37,6 @@
 #include "validate.h"
 
 namespace otgpu {
-
-namespace detail {
-
-void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {
-  throw CudaError(fmt::format("{} failed: {} ({}) at {}:{}", call, cudaGetErrorString(status),
-                              static_cast<int>(status), file, line),
-                  static_cast<int>(status));
-}
-
-}  // namespace detail
 
 namespace cuda_backend {
 
@@ -134,53 +126,6 @@ class Event {
 };
 
 // ------------------------------------------------------------------- staging --
-
-/// Host copy of a device view's memory span, so the host validation and staging
-/// code can read it. Host views are passed through untouched.
-struct MirroredView {
-  std::vector<unsigned char> storage;
-  TensorView view;
-};
-
-MirroredView mirror(const TensorView& v) {
-  MirroredView out;
-  out.view = v;
-  if (!v.present() || v.space == MemorySpace::host) return out;
-  std::int64_t span = 1;
-  for (int k = 0; k < v.rank; ++k) span += (v.dim(k) - 1) * v.stride(k);
-  const std::size_t bytes = static_cast<std::size_t>(span) * dtype_size(v.dtype);
-  out.storage.resize(bytes);
-  OTGPU_CUDA_CHECK(cudaMemcpy(out.storage.data(), v.data, bytes, cudaMemcpyDeviceToHost));
-  out.view.data = out.storage.data();
-  out.view.space = MemorySpace::host;
-  return out;
-}
-
-struct HostProblem {
-  MirroredView x, y, cost, a, b;
-  SinkhornProblem problem;  ///< host views (mirrors where the input was on the device)
-};
-
-HostProblem mirror_problem(const SinkhornProblem& p, const SinkhornOptions& o,
-                           const detail::SinkhornShape& shape) {
-  HostProblem h;
-  h.x = mirror(p.x);
-  h.y = mirror(p.y);
-  h.cost = mirror(p.cost);
-  h.a = mirror(p.a);
-  h.b = mirror(p.b);
-  h.problem = p;
-  h.problem.x = h.x.view;
-  h.problem.y = h.y.view;
-  h.problem.cost = h.cost.view;
-  h.problem.a = h.a.view;
-  h.problem.b = h.b.view;
-  if (shape.space == MemorySpace::device) {
-    // Device data skipped the host checks (finiteness, weights): run them now.
-    detail::validate_sinkhorn(h.problem, o);
-  }
-  return h;
-}
 
 int padded_dim(std::int64_t d) {
   if (d <= 64) {
@@ -398,6 +343,9 @@ struct DeviceSolve {
   std::size_t col_ws_bytes = 0;
   float *cmean = nullptr, *lse = nullptr, *row_mass = nullptr, *row_cost = nullptr;
   double* out4 = nullptr;
+  int sm_count = 0;           ///< SMs of the device, for the column splits
+  float* partials = nullptr;  ///< split partials of the online half-steps
+  std::size_t partials_floats = 0;
 
   bool points() const { return cost != CostKind::matrix; }
   const float* eps_target() const {
@@ -416,6 +364,13 @@ struct DeviceSolve {
     p.n_rows = f_side ? n : m;
     p.n_cols = f_side ? m : n;
     p.dp = dp;
+    if (partials != nullptr) {
+      p.splits = kernels::online_splits(p, sm_count);
+      p.partials = partials;
+      // Sized by solve_sizes with the same rule; never write past the buffer.
+      if (kernels::online_partials_floats(p) > partials_floats) p.splits = 1;
+      if (p.splits == 1) p.partials = nullptr;
+    }
     return p;
   }
 };
@@ -427,13 +382,38 @@ bool small_path(const DeviceSolve& s, int device) {
 
 /// Sizes of the arrays a DeviceSolve points to, for one workspace carve-up.
 struct SolveSizes {
-  std::size_t X = 0, Y = 0, C = 0, nB = 0, mB = 0, B = 0, tab = 0, col_ws = 0;
+  std::size_t X = 0, Y = 0, C = 0, nB = 0, mB = 0, B = 0, tab = 0, col_ws = 0, partials = 0;
 };
 
+/// Floats of split partials the f- and g-half-steps of this shape need.
+std::size_t partials_floats(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp,
+                            int sm_count) {
+  if (cost == CostKind::matrix) return 0;
+  kernels::OnlinePass p;
+  p.cost = cost;
+  p.B = B;
+  p.dp = dp;
+  p.n_rows = n;
+  p.n_cols = m;
+  p.splits = kernels::online_splits(p, sm_count);
+  const std::size_t f = kernels::online_partials_floats(p);
+  p.n_rows = m;
+  p.n_cols = n;
+  p.splits = kernels::online_splits(p, sm_count);
+  return std::max(f, kernels::online_partials_floats(p));
+}
+
+int device_sm_count(int device) {
+  int sms = 0;
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
 SolveSizes solve_sizes(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp, int K,
-                       bool stage_cost) {
+                       bool stage_cost, int sm_count) {
   SolveSizes z;
   const bool pts = cost != CostKind::matrix;
+  z.partials = partials_floats(cost, B, n, m, dp, sm_count);
   z.X = pts ? static_cast<std::size_t>(B * n * dp) : 0;
   z.Y = pts ? static_cast<std::size_t>(B * m * dp) : 0;
   z.C = !pts && stage_cost ? static_cast<std::size_t>(B * n * m) : 0;
@@ -549,20 +529,514 @@ void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream
 
 }  // namespace
 
+namespace {
+
+// ------------------------------------------------------ device-side staging --
+//
+// Device views are never read by the host: kernels stage them into the canonical
+// layout, validate them (finiteness, weights, masses) and compute the eps scale on the
+// device. The synchronous API reads the checks back once, before iterating, and
+// throws the errors the host validation throws for host data; the stream-ordered
+// API runs the same staging without that read-back.
+
+constexpr std::size_t kAlign = 256;
+
+/// Bump allocator over one device buffer; with base == nullptr it only counts.
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <class T>
+  T* take(std::size_t count) {
+    if (count == 0) return nullptr;
+    off_ = (off_ + kAlign - 1) / kAlign * kAlign;
+    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+    off_ += count * sizeof(T);
+    return p;
+  }
+  std::size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  std::size_t off_ = 0;
+};
+
+kernels::StridedSource source(const TensorView& v) {
+  kernels::StridedSource s;
+  s.data = v.data;
+  s.is_f64 = v.dtype == DType::f64;
+  s.rank = v.rank;
+  for (int k = 0; k < v.rank && k < 3; ++k) s.stride[k] = v.stride(k);
+  return s;
+}
+
+struct DevicePlan {
+  detail::SinkhornShape shape;
+  CostKind cost = CostKind::sqeuclidean;
+  int dp = 0;
+  int K = 0;
+  bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
+  int sm_count = 0;
+};
+
+DevicePlan plan_device(const SinkhornProblem& problem, const SinkhornOptions& o,
+                       const detail::SinkhornShape& shape, int device, bool solve) {
+  DevicePlan pl;
+  pl.shape = shape;
+  pl.cost = problem.cost_kind;
+  pl.dp = problem.cost_kind == CostKind::matrix ? 0 : padded_dim(shape.d);
+  pl.K = solve ? scaling_steps(o) : 0;
+  pl.stage_cost = problem.cost_kind == CostKind::matrix &&
+                  !(problem.cost.dtype == DType::f32 && problem.cost.is_contiguous() &&
+                    (problem.cost.rank == 3 || shape.batch == 1));
+  pl.sm_count = device_sm_count(device);
+  return pl;
+}
+
+/// The arrays of a device-side solve or derived output, carved from one buffer.
+struct Carved {
+  DeviceSolve d;
+  double* center = nullptr;           ///< [B, dp] translation applied to x and y
+  double* mean = nullptr;             ///< [B] mean cost (eps_relative)
+  unsigned long long* bad = nullptr;  ///< [4] first bad flat index: x or cost, y, a, b
+  double* mass = nullptr;             ///< [2B] masses of a, then of b
+  float* T = nullptr;                 ///< [B, n, dp] weighted means (derived outputs)
+  double* ratio = nullptr;            ///< [B] balancing factor of b (derived outputs)
+};
+
+/// Lays out the arrays (or only counts bytes). own_fg: F and G live in the buffer
+/// (else the caller provides them); derived: scratch of the derived outputs.
+Carved carve(Carver& cv, const DevicePlan& pl, bool own_fg, bool derived) {
+  const auto& sh = pl.shape;
+  const SolveSizes z =
+      solve_sizes(pl.cost, sh.batch, sh.n, sh.m, pl.dp, pl.K, pl.stage_cost, pl.sm_count);
+  Carved c;
+  DeviceSolve& d = c.d;
+  d.cost = pl.cost;
+  d.B = sh.batch;
+  d.n = sh.n;
+  d.m = sh.m;
+  d.dp = pl.dp;
+  d.K = pl.K;
+  d.X = cv.take<float>(z.X);
+  d.Y = cv.take<float>(z.Y);
+  d.C = cv.take<float>(z.C);
+  d.logA = cv.take<float>(z.nB);
+  d.logB = cv.take<float>(z.mB);
+  d.a = cv.take<double>(z.nB);
+  d.b = cv.take<double>(z.mB);
+  d.Ft = cv.take<float>(z.nB);
+  d.eps_tab = cv.take<float>(z.tab);
+  d.lam_a_tab = cv.take<float>(z.tab);
+  d.lam_b_tab = cv.take<float>(z.tab);
+  d.small_eps = cv.take<float>(z.B);
+  d.small_eps_init = cv.take<float>(z.B);
+  d.active = cv.take<int>(z.B);
+  d.iters = cv.take<int>(z.B);
+  d.count = cv.take<int>(1);
+  d.res = cv.take<double>(z.B);
+  d.small_res = cv.take<float>(z.B);
+  d.small_conv = cv.take<int>(z.B);
+  d.col_ws = cv.take<unsigned char>(z.col_ws);
+  d.col_ws_bytes = z.col_ws;
+  d.cmean = cv.take<float>(z.nB);
+  d.lse = cv.take<float>(z.nB);
+  d.row_mass = cv.take<float>(z.nB);
+  d.row_cost = cv.take<float>(z.nB);
+  d.out4 = cv.take<double>(4 * z.B);
+  d.sm_count = pl.sm_count;
+  d.partials = cv.take<float>(z.partials);
+  d.partials_floats = z.partials;
+  if (own_fg) {
+    d.F = cv.take<float>(z.nB);
+    d.G = cv.take<float>(z.mB);
+  }
+  const auto dp1 = static_cast<std::size_t>(std::max(pl.dp, 1));
+  c.center = cv.take<double>(z.B * dp1);
+  c.mean = cv.take<double>(z.B);
+  c.bad = cv.take<unsigned long long>(4);
+  c.mass = cv.take<double>(2 * z.B);
+  if (derived) {
+    c.T = cv.take<float>(z.nB * dp1);
+    c.ratio = cv.take<double>(z.B);
+  }
+  return c;
+}
+
+std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived) {
+  Carver counter(nullptr);
+  (void)carve(counter, pl, own_fg, derived);
+  return counter.used();
+}
+
+/// Phase 1: the caller's tensors into the canonical arrays (points padded, not yet
+/// centered; costs copied unless contiguous fp32; weights in double and log form).
+void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, DeviceSolve& d,
+                  cudaStream_t s) {
+  const auto& sh = pl.shape;
+  if (d.points()) {
+    kernels::stage_points(source(problem.x), sh.batch, sh.n, sh.d, pl.dp, const_cast<float*>(d.X),
+                          s);
+    kernels::stage_points(source(problem.y), sh.batch, sh.m, sh.d, pl.dp, const_cast<float*>(d.Y),
+                          s);
+  } else if (pl.stage_cost) {
+    kernels::stage_points(source(problem.cost), sh.batch, sh.n, sh.m, static_cast<int>(sh.m),
+                          const_cast<float*>(d.C), s);
+  } else {
+    d.C = static_cast<const float*>(problem.cost.data);
+  }
+  kernels::StridedSource none;
+  kernels::stage_weights(problem.a.present() ? source(problem.a) : none, sh.batch, sh.n,
+                         const_cast<double*>(d.a), const_cast<float*>(d.logA), s);
+  kernels::stage_weights(problem.b.present() ? source(problem.b) : none, sh.batch, sh.m,
+                         const_cast<double*>(d.b), const_cast<float*>(d.logB), s);
+}
+
+/// Enqueues the data checks on the staged (not yet centered) arrays.
+void enqueue_checks(const DevicePlan& pl, const Carved& c, cudaStream_t s) {
+  const auto& sh = pl.shape;
+  const DeviceSolve& d = c.d;
+  if (d.points()) {
+    kernels::find_nonfinite(d.X, sh.batch * sh.n * pl.dp, c.bad + 0, s);
+    kernels::find_nonfinite(d.Y, sh.batch * sh.m * pl.dp, c.bad + 1, s);
+  } else {
+    kernels::find_nonfinite(d.C, sh.batch * sh.n * sh.m, c.bad + 0, s);
+    kernels::find_nonfinite(nullptr, 0, c.bad + 1, s);  // no y: marks "none"
+  }
+  kernels::check_weights(d.a, sh.batch, sh.n, c.mass, c.bad + 2, s);
+  kernels::check_weights(d.b, sh.batch, sh.m, c.mass + sh.batch, c.bad + 3, s);
+}
+
+/// Phase 2: centers the points (costs are translation invariant) and computes the
+/// mean cost per problem into c.mean when eps is relative.
+void stage_center(const DevicePlan& pl, const Carved& c, bool relative, cudaStream_t s) {
+  const auto& sh = pl.shape;
+  const DeviceSolve& d = c.d;
+  if (d.points()) {
+    kernels::center_points(const_cast<float*>(d.X), const_cast<float*>(d.Y), c.center, sh.batch,
+                           sh.n, sh.m, pl.dp, s);
+  }
+  if (!relative) return;
+  if (pl.cost == CostKind::sqeuclidean) {
+    kernels::mean_sqeuclidean_cost(d.X, d.Y, c.mean, sh.batch, sh.n, sh.m, pl.dp, s);
+  } else if (pl.cost == CostKind::euclidean) {
+    kernels::mean_euclidean_cost(d.X, d.Y, c.mean, sh.batch, sh.n, sh.m, pl.dp, s);
+  } else {
+    kernels::mean_matrix_cost(d.C, sh.batch, sh.n * sh.m, c.mean, s);
+  }
+}
+
+/// Phase 3 (solves): balances b, builds the eps / lambda tables, resets the flags.
+void stage_schedule(const SinkhornOptions& o, const DevicePlan& pl, const Carved& c,
+                    cudaStream_t s) {
+  const auto& sh = pl.shape;
+  const DeviceSolve& d = c.d;
+  if (std::isinf(o.rho_a) && std::isinf(o.rho_b)) {
+    kernels::balance_weights(d.a, const_cast<double*>(d.b), const_cast<float*>(d.logB), sh.batch,
+                             sh.n, sh.m, s);
+  }
+  kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, o.eps_init, o.eps_decay,
+                           o.rho_a, o.rho_b, pl.K, const_cast<float*>(d.eps_tab),
+                           const_cast<float*>(d.lam_a_tab), const_cast<float*>(d.lam_b_tab),
+                           const_cast<float*>(d.small_eps), const_cast<float*>(d.small_eps_init),
+                           sh.batch, s);
+  kernels::fill_ints(d.active, 1, sh.batch, s);
+  kernels::fill_ints(d.iters, o.max_iter, sh.batch, s);
+}
+
+/// One element of a device view (error messages only).
+double read_element(const TensorView& v, std::int64_t offset) {
+  if (v.dtype == DType::f64) {
+    double x = 0;
+    OTGPU_CUDA_CHECK(cudaMemcpy(&x, static_cast<const double*>(v.data) + offset, sizeof(double),
+                                cudaMemcpyDeviceToHost));
+    return x;
+  }
+  float x = 0;
+  OTGPU_CUDA_CHECK(cudaMemcpy(&x, static_cast<const float*>(v.data) + offset, sizeof(float),
+                              cudaMemcpyDeviceToHost));
+  return x;
+}
+
+[[noreturn]] void throw_bad_element(const TensorView& v, const char* name, std::int64_t b,
+                                    std::int64_t i, std::int64_t k) {
+  const bool batched = v.rank == 3;
+  const std::int64_t off = batched ? b * v.stride(0) + i * v.stride(1) + k * v.stride(2)
+                                   : i * v.stride(0) + k * v.stride(1);
+  const double x = read_element(v, off);
+  const std::string where =
+      batched ? fmt::format("[{}, {}, {}]", b, i, k) : fmt::format("[{}, {}]", i, k);
+  if (std::isfinite(x)) {
+    throw NonFiniteInput(fmt::format(
+        "{}: element {} is {}, outside the fp32 range of the CUDA backend", name, where, x));
+  }
+  throw NonFiniteInput(fmt::format("{}: element {} is {}", name, where, x));
+}
+
+/// Reads the device-side checks back (one synchronization of s) and throws what the
+/// host validation throws for the same data. Returns the mean costs when relative.
+std::vector<double> check_device_inputs(const SinkhornProblem& problem, const DevicePlan& pl,
+                                        const Carved& c, bool balanced, bool relative,
+                                        cudaStream_t s) {
+  const auto& sh = pl.shape;
+  const auto B = static_cast<std::size_t>(sh.batch);
+  unsigned long long bad[4] = {0, 0, 0, 0};
+  std::vector<double> mass(2 * B), mean(relative ? B : 0);
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(bad, c.bad, sizeof(bad), cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(
+      cudaMemcpyAsync(mass.data(), c.mass, 2 * B * sizeof(double), cudaMemcpyDeviceToHost, s));
+  if (relative) {
+    OTGPU_CUDA_CHECK(
+        cudaMemcpyAsync(mean.data(), c.mean, B * sizeof(double), cudaMemcpyDeviceToHost, s));
+  }
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  constexpr unsigned long long kNone = ~0ull;
+  const auto dp = static_cast<unsigned long long>(std::max(pl.dp, 1));
+  auto point_error = [&](const TensorView& v, const char* name, std::int64_t rows,
+                         unsigned long long e) {
+    const auto r = static_cast<unsigned long long>(rows);
+    throw_bad_element(v, name, static_cast<std::int64_t>(e / (dp * r)),
+                      static_cast<std::int64_t>((e / dp) % r), static_cast<std::int64_t>(e % dp));
+  };
+  if (bad[0] != kNone) {
+    if (pl.cost != CostKind::matrix) {
+      point_error(problem.x, "x", sh.n, bad[0]);
+    } else {
+      const auto n = static_cast<unsigned long long>(sh.n);
+      const auto m = static_cast<unsigned long long>(sh.m);
+      throw_bad_element(problem.cost, "cost", static_cast<std::int64_t>(bad[0] / (n * m)),
+                        static_cast<std::int64_t>((bad[0] / m) % n),
+                        static_cast<std::int64_t>(bad[0] % m));
+    }
+  }
+  if (bad[1] != kNone) point_error(problem.y, "y", sh.m, bad[1]);
+  auto weight_error = [&](const TensorView& w, const char* name, std::int64_t len,
+                          const double* staged, unsigned long long e) {
+    double x = 0;
+    OTGPU_CUDA_CHECK(cudaMemcpy(&x, staged + e, sizeof(double), cudaMemcpyDeviceToHost));
+    const auto l = static_cast<unsigned long long>(len);
+    const std::string where =
+        w.rank == 2 ? fmt::format("[{}, {}]", e / l, e % l) : fmt::format("[{}]", e % l);
+    if (std::isfinite(x)) {
+      throw NonFiniteInput(
+          fmt::format("{}: element {} is {} (weights must be >= 0)", name, where, x));
+    }
+    throw NonFiniteInput(fmt::format("{}: element {} is {}", name, where, x));
+  };
+  if (bad[2] != kNone) weight_error(problem.a, "a", sh.n, c.d.a, bad[2]);
+  if (bad[3] != kNone) weight_error(problem.b, "b", sh.m, c.d.b, bad[3]);
+  for (std::size_t b = 0; b < B; ++b) {
+    const double ma = mass[b], mb = mass[B + b];
+    for (const auto& [mv, name, batched] :
+         {std::tuple{ma, "a", sh.a_batched}, std::tuple{mb, "b", sh.b_batched}}) {
+      if (mv > 0) continue;
+      if (batched) {
+        throw InvalidArgument(
+            fmt::format("{}: problem {} has total mass 0 (weights need a positive mass)", name, b));
+      }
+      throw InvalidArgument(
+          fmt::format("{}: total mass is 0 (weights need a positive mass)", name));
+    }
+    if (balanced && std::fabs(ma - mb) > 1e-5 * std::max(ma, mb)) {
+      throw InvalidArgument(
+          fmt::format("a, b: problem {} has mass(a) = {} and mass(b) = {}; a balanced problem "
+                      "(rho_a = rho_b = inf) needs equal masses (relative 1e-5); set rho_a / rho_b "
+                      "for unbalanced transport",
+                      b, ma, mb));
+    }
+  }
+  for (std::size_t b = 0; b < mean.size(); ++b) {
+    if (!(mean[b] > 0) || !std::isfinite(mean[b])) {
+      throw InvalidArgument(fmt::format(
+          "eps_relative: mean cost of problem {} is {}; a relative eps needs a positive mean cost",
+          b, mean[b]));
+    }
+  }
+  return mean;
+}
+
+/// Starts F and G from options.f_init / g_init (converted to fp32) or zeros.
+void init_potentials(const SinkhornOptions& o, const DeviceSolve& d, cudaStream_t s) {
+  const auto nB = static_cast<std::size_t>(d.B * d.n), mB = static_cast<std::size_t>(d.B * d.m);
+  std::vector<float> f0(o.f_init.begin(), o.f_init.end()), g0(o.g_init.begin(), o.g_init.end());
+  if (f0.empty()) {
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.F, 0, nB * sizeof(float), s));
+  } else {
+    OTGPU_CUDA_CHECK(
+        cudaMemcpyAsync(d.F, f0.data(), nB * sizeof(float), cudaMemcpyHostToDevice, s));
+  }
+  if (g0.empty()) {
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.G, 0, mB * sizeof(float), s));
+  } else {
+    OTGPU_CUDA_CHECK(
+        cudaMemcpyAsync(d.G, g0.data(), mB * sizeof(float), cudaMemcpyHostToDevice, s));
+  }
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));  // f0, g0 are pageable and go out of scope
+}
+
+/// The host result from the downloaded arrays; scale[b]: eps of problem b / options.eps.
+SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape& sh,
+                           const std::vector<float>& f, const std::vector<float>& g,
+                           const std::vector<double>& out4, const std::vector<int>& iters,
+                           const std::vector<double>& scale) {
+  SinkhornResult r;
+  r.backend = Backend::cuda;
+  r.device = o.device;
+  r.batch = sh.batch;
+  r.n = sh.n;
+  r.m = sh.m;
+  r.d = sh.d;
+  r.f.assign(f.begin(), f.end());
+  r.g.assign(g.begin(), g.end());
+  const auto B = static_cast<std::size_t>(sh.batch);
+  r.problems.resize(B);
+  for (std::size_t b = 0; b < B; ++b) {
+    auto& rep = r.problems[b];
+    rep.eps = o.eps * scale[b];
+    rep.ot_eps = out4[4 * b + 0];
+    rep.transport_cost = out4[4 * b + 1];
+    rep.marginal_error = out4[4 * b + 2];
+    rep.residual = out4[4 * b + 3];
+    rep.iterations = iters[b];
+    // Non-finite values (eps too small for fp32, say) are reported, never hidden.
+    rep.converged = std::isfinite(rep.ot_eps) && rep.residual <= o.tol;
+  }
+  return r;
+}
+
+/// otgpu::sinkhorn on device views: staged, validated and solved on the device; the
+/// host reads the check results, the convergence count (lagged) and the outputs.
+SinkhornResult solve_device_views(const SinkhornProblem& problem, const SinkhornOptions& o,
+                                  const detail::SinkhornShape& shape) {
+  const DevicePlan pl = plan_device(problem, o, shape, o.device, true);
+  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
+  Stream stream;
+  const cudaStream_t s = stream.get();
+  DeviceArray<unsigned char> ws(carved_bytes(pl, true, false), s);
+  Carver cv(ws.get());
+  Carved c = carve(cv, pl, true, false);
+  stage_inputs(problem, pl, c.d, s);
+  enqueue_checks(pl, c, s);
+  stage_center(pl, c, o.eps_relative, s);
+  const std::vector<double> mean = check_device_inputs(problem, pl, c, balanced, o.eps_relative, s);
+  stage_schedule(o, pl, c, s);
+  init_potentials(o, c.d, s);
+
+  Poller poller;
+  enqueue_iterations(c.d, o, o.device, s, &poller);
+  enqueue_finalize(c.d, o, s);
+
+  const auto B = static_cast<std::size_t>(shape.batch);
+  std::vector<float> f(B * static_cast<std::size_t>(shape.n)),
+      g(B * static_cast<std::size_t>(shape.m));
+  std::vector<double> out4(4 * B);
+  std::vector<int> iters(B);
+  OTGPU_CUDA_CHECK(
+      cudaMemcpyAsync(f.data(), c.d.F, f.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(
+      cudaMemcpyAsync(g.data(), c.d.G, g.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(out4.data(), c.d.out4, out4.size() * sizeof(double),
+                                   cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(iters.data(), c.d.iters, iters.size() * sizeof(int),
+                                   cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  return make_result(o, shape, f, g, out4, iters,
+                     o.eps_relative ? mean : std::vector<double>(B, 1.0));
+}
+
+enum class DerivedKind { map, gradient, sample };
+
+/// Enqueues one derived output from staged data (points centered, target eps in row
+/// 0 of the eps table, d.F / d.G set). out: float [B, n, d] (map, gradient) or
+/// int64 [B, n] (sample). ratio: b's balancing factor per problem (nullptr: 1).
+void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, const double* ratio,
+                     std::uint64_t seed, void* out, cudaStream_t s) {
+  const DeviceSolve& d = c.d;
+  const auto& sh = pl.shape;
+  const float* eps = d.eps_tab;
+  switch (what) {
+    case DerivedKind::map:
+      kernels::online_weighted_mean(d.online(true, eps, nullptr), 0, c.T, s);
+      kernels::finish_map(c.T, c.center, static_cast<float*>(out), sh.batch, sh.n, sh.d, pl.dp, s);
+      return;
+    case DerivedKind::gradient: {
+      const bool euclid = pl.cost == CostKind::euclidean;
+      kernels::online_half_step(d.online(true, eps, nullptr), nullptr, d.Ft, s);
+      kernels::online_weighted_mean(d.online(true, eps, nullptr), euclid ? 1 : 0, c.T, s);
+      kernels::finish_gradient(d.X, c.T, d.a, d.F, d.Ft, eps, ratio, euclid,
+                               static_cast<float*>(out), sh.batch, sh.n, sh.d, pl.dp, s);
+      return;
+    }
+    case DerivedKind::sample:
+      if (pl.cost == CostKind::matrix) {
+        kernels::dense_sample(d.C, d.logB, d.G, eps, seed, static_cast<std::int64_t*>(out),
+                              sh.batch, sh.n, sh.m, s);
+      } else {
+        kernels::online_sample(d.online(true, eps, nullptr), seed, static_cast<std::int64_t*>(out),
+                               s);
+      }
+      return;
+  }
+}
+
+/// The host-level derived outputs on device views: the problem is staged and checked
+/// on the device, the result's potentials and eps uploaded.
+template <class Out>
+std::vector<Out> derived_device_views(DerivedKind what, const SinkhornProblem& problem,
+                                      const SinkhornResult& result,
+                                      const detail::SinkhornShape& shape, std::uint64_t seed,
+                                      int device) {
+  const DevicePlan pl = plan_device(problem, SinkhornOptions{}, shape, device, false);
+  Stream stream;
+  const cudaStream_t s = stream.get();
+  DeviceArray<unsigned char> ws(carved_bytes(pl, true, true), s);
+  Carver cv(ws.get());
+  Carved c = carve(cv, pl, true, true);
+  stage_inputs(problem, pl, c.d, s);
+  enqueue_checks(pl, c, s);
+  stage_center(pl, c, false, s);
+  (void)check_device_inputs(problem, pl, c, false, false, s);
+
+  const auto B = static_cast<std::size_t>(shape.batch);
+  const std::vector<float> f(result.f.begin(), result.f.end()), g(result.g.begin(), result.g.end());
+  std::vector<float> eps(B);
+  for (std::size_t b = 0; b < B; ++b) eps[b] = static_cast<float>(result.problems[b].eps);
+  OTGPU_CUDA_CHECK(
+      cudaMemcpyAsync(c.d.F, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice, s));
+  OTGPU_CUDA_CHECK(
+      cudaMemcpyAsync(c.d.G, g.data(), g.size() * sizeof(float), cudaMemcpyHostToDevice, s));
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(const_cast<float*>(c.d.eps_tab), eps.data(), B * sizeof(float),
+                                   cudaMemcpyHostToDevice, s));
+  // Without the solve's options, b is taken as rescaled when the masses agree (the
+  // host-view path applies the same rule).
+  if (what == DerivedKind::gradient) {
+    kernels::mass_ratio(c.d.a, c.d.b, shape.batch, shape.n, shape.m, 1e-5, c.ratio, s);
+  }
+  const std::size_t count = what == DerivedKind::sample
+                                ? B * static_cast<std::size_t>(shape.n)
+                                : B * static_cast<std::size_t>(shape.n * shape.d);
+  DeviceArray<Out> dOut(count, s);
+  enqueue_derived(what, pl, c, c.ratio, seed, dOut.get(), s);
+  std::vector<Out> out(count);
+  dOut.download(out.data());
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));  // also keeps f, g, eps alive until read
+  return out;
+}
+
+}  // namespace
+
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o,
                         const detail::SinkhornShape& shape) {
   require_device(o.device);
   set_device(o.device);
-  const HostProblem hp = mirror_problem(problem, o, shape);
+  if (shape.space == MemorySpace::device) return solve_device_views(problem, o, shape);
   const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
-  const Canonical c = canonicalize(hp.problem, shape, balanced);
+  const Canonical c = canonicalize(problem, shape, balanced);
   const auto B = static_cast<std::size_t>(c.B);
-  const auto n = static_cast<std::size_t>(c.n);
-  const auto m = static_cast<std::size_t>(c.m);
   Stream stream;
   const cudaStream_t s = stream.get();
   const int K = scaling_steps(o);
-  const SolveSizes z = solve_sizes(c.cost, c.B, c.n, c.m, c.dp, K, true);
+  const int sms = device_sm_count(o.device);
+  const SolveSizes z = solve_sizes(c.cost, c.B, c.n, c.m, c.dp, K, true, sms);
 
   DeviceArray<float> dX(z.X, s), dY(z.Y, s), dC(z.C, s);
   dX.upload(c.X.data());
@@ -618,6 +1092,7 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   DeviceArray<float> dResF(B, s), dCmean(z.nB, s), dLse(z.nB, s), dRowMass(z.nB, s),
       dRowCost(z.nB, s);
   DeviceArray<unsigned char> dWs(z.col_ws, s);
+  DeviceArray<float> dPart(z.partials, s);
   {
     std::vector<int> ones(B, 1), iters(B, o.max_iter);
     dActive.upload(ones.data());
@@ -660,6 +1135,9 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   d.row_mass = dRowMass.get();
   d.row_cost = dRowCost.get();
   d.out4 = dOut.get();
+  d.sm_count = sms;
+  d.partials = dPart.get();
+  d.partials_floats = z.partials;
 
   Poller poller;
   enqueue_iterations(d, o, o.device, s, &poller);
@@ -674,30 +1152,7 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   dIters.download(iters.data());
   OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
 
-  SinkhornResult r;
-  r.backend = Backend::cuda;
-  r.device = o.device;
-  r.batch = c.B;
-  r.n = c.n;
-  r.m = c.m;
-  r.d = c.d;
-  r.f.assign(f.begin(), f.end());
-  r.g.assign(g.begin(), g.end());
-  r.problems.resize(B);
-  (void)n;
-  (void)m;
-  for (std::size_t b = 0; b < B; ++b) {
-    auto& rep = r.problems[b];
-    rep.eps = o.eps * scale[b];
-    rep.ot_eps = out4[4 * b + 0];
-    rep.transport_cost = out4[4 * b + 1];
-    rep.marginal_error = out4[4 * b + 2];
-    rep.residual = out4[4 * b + 3];
-    rep.iterations = iters[b];
-    // Non-finite values (eps too small for fp32, say) are reported, never hidden.
-    rep.converged = std::isfinite(rep.ot_eps) && rep.residual <= o.tol;
-  }
-  return r;
+  return make_result(o, shape, f, g, out4, iters, scale);
 }
 
 namespace {
@@ -741,18 +1196,10 @@ struct DerivedSetup {
   }
 };
 
-Canonical canonical_for(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
-                        std::vector<MirroredView>& keep, SinkhornProblem& host_problem) {
-  keep.clear();
-  host_problem = problem;
-  for (TensorView* v :
-       {&host_problem.x, &host_problem.y, &host_problem.cost, &host_problem.a, &host_problem.b}) {
-    keep.push_back(mirror(*v));
-    *v = keep.back().view;
-  }
+Canonical canonical_for(const SinkhornProblem& problem, const detail::SinkhornShape& shape) {
   // Balanced or not, b's scale does not change the row-normalized weights the
   // derived outputs use; rescale only where the masses agree (balanced solves).
-  return canonicalize(host_problem, shape, false);
+  return canonicalize(problem, shape, false);
 }
 
 /// Row masses r_i = a_i exp((f_i - ftilde_i)/eps) of the plan at the result.
@@ -797,10 +1244,12 @@ std::vector<double> barycentric_map(const SinkhornProblem& problem, const Sinkho
                                     const detail::SinkhornShape& shape, int device) {
   require_device(device);
   set_device(device);
+  if (shape.space == MemorySpace::device) {
+    const auto m = derived_device_views<float>(DerivedKind::map, problem, result, shape, 0, device);
+    return {m.begin(), m.end()};
+  }
   Stream stream;
-  std::vector<MirroredView> keep;
-  SinkhornProblem hp;
-  DerivedSetup st(problem, result, shape, stream.get(), canonical_for(problem, shape, keep, hp));
+  DerivedSetup st(problem, result, shape, stream.get(), canonical_for(problem, shape));
   const auto T = weighted_mean(st, 0, stream.get());
   const auto B = st.c.B, n = st.c.n, d = st.c.d;
   const auto dp = static_cast<std::size_t>(st.c.dp);
@@ -818,10 +1267,13 @@ std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornRes
                                const detail::SinkhornShape& shape, int device) {
   require_device(device);
   set_device(device);
+  if (shape.space == MemorySpace::device) {
+    const auto g =
+        derived_device_views<float>(DerivedKind::gradient, problem, result, shape, 0, device);
+    return {g.begin(), g.end()};
+  }
   Stream stream;
-  std::vector<MirroredView> keep;
-  SinkhornProblem hp;
-  DerivedSetup st(problem, result, shape, stream.get(), canonical_for(problem, shape, keep, hp));
+  DerivedSetup st(problem, result, shape, stream.get(), canonical_for(problem, shape));
   const auto r = row_masses(st, result, stream.get());
   const bool euclid = st.c.cost == CostKind::euclidean;
   const auto V = weighted_mean(st, euclid ? 1 : 0, stream.get());
@@ -848,11 +1300,13 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
                                           int device) {
   require_device(device);
   set_device(device);
+  if (shape.space == MemorySpace::device) {
+    return derived_device_views<std::int64_t>(DerivedKind::sample, problem, result, shape, seed,
+                                              device);
+  }
   Stream stream;
   const cudaStream_t s = stream.get();
-  std::vector<MirroredView> keep;
-  SinkhornProblem hp;
-  DerivedSetup st(problem, result, shape, s, canonical_for(problem, shape, keep, hp));
+  DerivedSetup st(problem, result, shape, s, canonical_for(problem, shape));
   const auto size = static_cast<std::size_t>(st.c.B * st.c.n);
   DeviceArray<std::int64_t> dOut(size, s);
   if (st.c.cost == CostKind::matrix) {
@@ -930,116 +1384,74 @@ void GpuContext::synchronize() const {
 
 namespace {
 
-using cuda_backend::DeviceSolve;
-using cuda_backend::padded_dim;
-using cuda_backend::scaling_steps;
-using cuda_backend::solve_sizes;
-using cuda_backend::SolveSizes;
+using cuda_backend::DerivedKind;
 
-constexpr std::size_t kAlign = 256;
-
-/// Bump allocator over the context workspace; with base == nullptr it only counts.
-class Carver {
- public:
-  explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
-  template <class T>
-  T* take(std::size_t count) {
-    if (count == 0) return nullptr;
-    off_ = (off_ + kAlign - 1) / kAlign * kAlign;
-    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + off_) : nullptr;
-    off_ += count * sizeof(T);
-    return p;
+/// Shape of a stream-ordered call: validated on the host, device views only.
+detail::SinkhornShape device_shape(const SinkhornProblem& problem, const SinkhornOptions& o,
+                                   const char* what) {
+  const auto shape = detail::validate_sinkhorn(problem, o);
+  if (shape.space != MemorySpace::device) {
+    throw InvalidArgument(fmt::format(
+        "{}: every tensor view must be in device memory (use the host-level API for host data)",
+        what));
   }
-  std::size_t used() const { return off_; }
-
- private:
-  unsigned char* base_;
-  std::size_t off_ = 0;
-};
-
-kernels::StridedSource source(const TensorView& v) {
-  kernels::StridedSource s;
-  s.data = v.data;
-  s.is_f64 = v.dtype == DType::f64;
-  s.rank = v.rank;
-  for (int k = 0; k < v.rank && k < 3; ++k) s.stride[k] = v.stride(k);
-  return s;
+  return shape;
 }
 
-/// Lays out every array of an async solve in the workspace (or just counts bytes).
-DeviceSolve carve(Carver& cv, const detail::SinkhornShape& sh, CostKind cost, int dp, int K,
-                  bool stage_cost, double*& center, double*& mean) {
-  const SolveSizes z = solve_sizes(cost, sh.batch, sh.n, sh.m, dp, K, stage_cost);
-  DeviceSolve d;
-  d.cost = cost;
-  d.B = sh.batch;
-  d.n = sh.n;
-  d.m = sh.m;
-  d.dp = dp;
-  d.K = K;
-  d.X = cv.take<float>(z.X);
-  d.Y = cv.take<float>(z.Y);
-  d.C = cv.take<float>(z.C);
-  d.logA = cv.take<float>(z.nB);
-  d.logB = cv.take<float>(z.mB);
-  d.a = cv.take<double>(z.nB);
-  d.b = cv.take<double>(z.mB);
-  d.Ft = cv.take<float>(z.nB);
-  d.eps_tab = cv.take<float>(z.tab);
-  d.lam_a_tab = cv.take<float>(z.tab);
-  d.lam_b_tab = cv.take<float>(z.tab);
-  d.small_eps = cv.take<float>(z.B);
-  d.small_eps_init = cv.take<float>(z.B);
-  d.active = cv.take<int>(z.B);
-  d.iters = cv.take<int>(z.B);
-  d.count = cv.take<int>(1);
-  d.res = cv.take<double>(z.B);
-  d.small_res = cv.take<float>(z.B);
-  d.small_conv = cv.take<int>(z.B);
-  d.col_ws = cv.take<unsigned char>(z.col_ws);
-  d.col_ws_bytes = z.col_ws;
-  d.cmean = cv.take<float>(z.nB);
-  d.lse = cv.take<float>(z.nB);
-  d.row_mass = cv.take<float>(z.nB);
-  d.row_cost = cv.take<float>(z.nB);
-  d.out4 = cv.take<double>(4 * z.B);
-  center = cv.take<double>(z.B * static_cast<std::size_t>(std::max(dp, 1)));
-  mean = cv.take<double>(z.B);
-  return d;
-}
-
-struct AsyncPlan {
-  detail::SinkhornShape shape;
-  int dp = 0;
-  int K = 0;
-  bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
-};
-
-AsyncPlan plan_async(const SinkhornProblem& problem, const SinkhornOptions& o) {
-  AsyncPlan pl;
-  pl.shape = detail::validate_sinkhorn(problem, o);
-  if (pl.shape.space != MemorySpace::device) {
+void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& problem,
+                   const SinkhornOptions& o, const float* f, const float* g, std::uint64_t seed,
+                   void* out, const char* name) {
+  if (g == nullptr || out == nullptr || (what == DerivedKind::gradient && f == nullptr)) {
     throw InvalidArgument(
-        "sinkhorn_async: every tensor view must be in device memory (use otgpu::sinkhorn for "
-        "host data)");
+        fmt::format("{}: the potentials ({}) and the output must be device buffers, got null", name,
+                    what == DerivedKind::gradient ? "f and g" : "g"));
   }
-  pl.dp = problem.cost_kind == CostKind::matrix ? 0 : padded_dim(pl.shape.d);
-  pl.K = scaling_steps(o);
-  pl.stage_cost = problem.cost_kind == CostKind::matrix &&
-                  !(problem.cost.dtype == DType::f32 && problem.cost.is_contiguous() &&
-                    (problem.cost.rank == 3 || pl.shape.batch == 1));
-  return pl;
+  const auto shape = device_shape(problem, o, name);
+  if (what != DerivedKind::sample && problem.cost_kind == CostKind::matrix) {
+    throw InvalidArgument(
+        fmt::format("{}: needs point clouds x and y; the problem has cost_kind matrix", name));
+  }
+  auto& im = ctx.impl();
+  OTGPU_CUDA_CHECK(cudaSetDevice(im.device));
+  const auto pl = cuda_backend::plan_device(problem, o, shape, im.device, false);
+  im.grow(cuda_backend::carved_bytes(pl, false, true));
+  const cudaStream_t s = im.stream;
+  cuda_backend::Carver cv(im.workspace);
+  cuda_backend::Carved c = cuda_backend::carve(cv, pl, false, true);
+  // The derived passes only read the potentials.
+  c.d.F = const_cast<float*>(f);
+  c.d.G = const_cast<float*>(g);
+  cuda_backend::stage_inputs(problem, pl, c.d, s);
+  cuda_backend::stage_center(pl, c, o.eps_relative, s);
+  // Row 0 of the table: the target eps (no scaling schedule for derived outputs).
+  kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, 0.0, 1.0, o.rho_a, o.rho_b, 0,
+                           const_cast<float*>(c.d.eps_tab), const_cast<float*>(c.d.lam_a_tab),
+                           const_cast<float*>(c.d.lam_b_tab), nullptr, nullptr, shape.batch, s);
+  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
+  if (what == DerivedKind::gradient && balanced) {
+    kernels::mass_ratio(c.d.a, c.d.b, shape.batch, shape.n, shape.m,
+                        std::numeric_limits<double>::infinity(), c.ratio, s);
+  }
+  cuda_backend::enqueue_derived(what, pl, c, balanced ? c.ratio : nullptr, seed, out, s);
+}
+
+/// Workspace of a solve and of its derived outputs: sinkhorn_async grows to it, so a
+/// training step's solve + map + gradient allocate once, on the first step.
+std::size_t async_bytes(const SinkhornProblem& problem, const SinkhornOptions& o,
+                        const detail::SinkhornShape& shape, int device) {
+  const auto solve = cuda_backend::plan_device(problem, o, shape, device, true);
+  const auto derived = cuda_backend::plan_device(problem, o, shape, device, false);
+  return std::max(cuda_backend::carved_bytes(solve, false, false),
+                  cuda_backend::carved_bytes(derived, false, true));
 }
 
 }  // namespace
 
 std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
                                            const SinkhornOptions& options) {
-  const AsyncPlan pl = plan_async(problem, options);
-  Carver counter(nullptr);
-  double *center = nullptr, *mean = nullptr;
-  (void)carve(counter, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, center, mean);
-  return counter.used();
+  const auto shape = device_shape(problem, options, "sinkhorn_async_workspace_bytes");
+  cuda_backend::require_device(options.device);
+  return async_bytes(problem, options, shape, options.device);
 }
 
 void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& o,
@@ -1050,84 +1462,56 @@ void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const Sinkh
   if (o.backend == Backend::cpu) {
     throw InvalidArgument("sinkhorn_async: runs on the GPU; options.backend cpu is not allowed");
   }
-  const AsyncPlan pl = plan_async(problem, o);
+  const auto shape = device_shape(problem, o, "sinkhorn_async");
   auto& im = ctx.impl();
   OTGPU_CUDA_CHECK(cudaSetDevice(im.device));
-  {
-    Carver counter(nullptr);
-    double *c0 = nullptr, *m0 = nullptr;
-    (void)carve(counter, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, c0, m0);
-    im.grow(counter.used());
-  }
+  const auto pl = cuda_backend::plan_device(problem, o, shape, im.device, true);
+  im.grow(async_bytes(problem, o, shape, im.device));
   const cudaStream_t s = im.stream;
-  Carver cv(im.workspace);
-  double *center = nullptr, *mean = nullptr;
-  DeviceSolve d = carve(cv, pl.shape, problem.cost_kind, pl.dp, pl.K, pl.stage_cost, center, mean);
-  const auto& sh = pl.shape;
-  d.F = out.f;
-  d.G = out.g;
-
-  // Canonical layout, on the device.
-  if (d.points()) {
-    kernels::stage_points(source(problem.x), sh.batch, sh.n, sh.d, pl.dp, const_cast<float*>(d.X),
-                          s);
-    kernels::stage_points(source(problem.y), sh.batch, sh.m, sh.d, pl.dp, const_cast<float*>(d.Y),
-                          s);
-    kernels::center_points(const_cast<float*>(d.X), const_cast<float*>(d.Y), center, sh.batch, sh.n,
-                           sh.m, pl.dp, s);
-  } else if (pl.stage_cost) {
-    kernels::stage_points(source(problem.cost), sh.batch, sh.n, sh.m, static_cast<int>(sh.m),
-                          const_cast<float*>(d.C), s);
-  } else {
-    d.C = static_cast<const float*>(problem.cost.data);
-  }
-  kernels::StridedSource none;
-  kernels::stage_weights(problem.a.present() ? source(problem.a) : none, sh.batch, sh.n,
-                         const_cast<double*>(d.a), const_cast<float*>(d.logA), s);
-  kernels::stage_weights(problem.b.present() ? source(problem.b) : none, sh.batch, sh.m,
-                         const_cast<double*>(d.b), const_cast<float*>(d.logB), s);
-  if (std::isinf(o.rho_a) && std::isinf(o.rho_b)) {
-    kernels::balance_weights(d.a, const_cast<double*>(d.b), const_cast<float*>(d.logB), sh.batch,
-                             sh.n, sh.m, s);
-  }
-  const double* mean_cost = nullptr;
-  if (o.eps_relative) {
-    if (problem.cost_kind == CostKind::sqeuclidean) {
-      kernels::mean_sqeuclidean_cost(d.X, d.Y, mean, sh.batch, sh.n, sh.m, pl.dp, s);
-    } else if (problem.cost_kind == CostKind::euclidean) {
-      kernels::mean_euclidean_cost(d.X, d.Y, mean, sh.batch, sh.n, sh.m, pl.dp, s);
-    } else {
-      throw InvalidArgument(
-          "sinkhorn_async: eps_relative with a cost matrix needs a host pass over C; give an "
-          "absolute eps");
-    }
-    mean_cost = mean;
-  }
-  kernels::make_eps_tables(mean_cost, o.eps, o.eps_init, o.eps_decay, o.rho_a, o.rho_b, pl.K,
-                           const_cast<float*>(d.eps_tab), const_cast<float*>(d.lam_a_tab),
-                           const_cast<float*>(d.lam_b_tab), const_cast<float*>(d.small_eps),
-                           const_cast<float*>(d.small_eps_init), sh.batch, s);
+  cuda_backend::Carver cv(im.workspace);
+  cuda_backend::Carved c = cuda_backend::carve(cv, pl, false, false);
+  c.d.F = out.f;
+  c.d.G = out.g;
+  cuda_backend::stage_inputs(problem, pl, c.d, s);
+  cuda_backend::stage_center(pl, c, o.eps_relative, s);
+  cuda_backend::stage_schedule(o, pl, c, s);
   if (!out.warm_start) {
-    OTGPU_CUDA_CHECK(
-        cudaMemsetAsync(d.F, 0, static_cast<std::size_t>(sh.batch * sh.n) * sizeof(float), s));
-    OTGPU_CUDA_CHECK(
-        cudaMemsetAsync(d.G, 0, static_cast<std::size_t>(sh.batch * sh.m) * sizeof(float), s));
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(
+        out.f, 0, static_cast<std::size_t>(shape.batch * shape.n) * sizeof(float), s));
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(
+        out.g, 0, static_cast<std::size_t>(shape.batch * shape.m) * sizeof(float), s));
   }
-  kernels::fill_ints(d.active, 1, sh.batch, s);
-  kernels::fill_ints(d.iters, o.max_iter, sh.batch, s);
+  cuda_backend::enqueue_iterations(c.d, o, im.device, s, nullptr);
+  cuda_backend::enqueue_finalize(c.d, o, s);
 
-  cuda_backend::enqueue_iterations(d, o, im.device, s, nullptr);
-  cuda_backend::enqueue_finalize(d, o, s);
-
-  kernels::copy_column(d.out4, 0, out.ot_eps, sh.batch, s);
-  kernels::copy_column(d.out4, 1, out.transport_cost, sh.batch, s);
-  kernels::copy_column(d.out4, 2, out.marginal_error, sh.batch, s);
-  kernels::copy_column(d.out4, 3, out.residual, sh.batch, s);
+  const auto B = shape.batch;
+  kernels::copy_column(c.d.out4, 0, out.ot_eps, B, s);
+  kernels::copy_column(c.d.out4, 1, out.transport_cost, B, s);
+  kernels::copy_column(c.d.out4, 2, out.marginal_error, B, s);
+  kernels::copy_column(c.d.out4, 3, out.residual, B, s);
   if (out.iterations != nullptr) {
-    OTGPU_CUDA_CHECK(cudaMemcpyAsync(out.iterations, d.iters,
-                                     static_cast<std::size_t>(sh.batch) * sizeof(int),
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(out.iterations, c.d.iters,
+                                     static_cast<std::size_t>(B) * sizeof(int),
                                      cudaMemcpyDeviceToDevice, s));
   }
+}
+
+void barycentric_map_async(GpuContext& ctx, const SinkhornProblem& problem,
+                           const SinkhornOptions& options, const float* g, float* map) {
+  derived_async(ctx, DerivedKind::map, problem, options, nullptr, g, 0, map,
+                "barycentric_map_async");
+}
+
+void gradient_x_async(GpuContext& ctx, const SinkhornProblem& problem,
+                      const SinkhornOptions& options, const float* f, const float* g, float* grad) {
+  derived_async(ctx, DerivedKind::gradient, problem, options, f, g, 0, grad, "gradient_x_async");
+}
+
+void sample_partners_async(GpuContext& ctx, const SinkhornProblem& problem,
+                           const SinkhornOptions& options, const float* g, std::uint64_t seed,
+                           std::int64_t* partners) {
+  derived_async(ctx, DerivedKind::sample, problem, options, nullptr, g, seed, partners,
+                "sample_partners_async");
 }
 
 }  // namespace otgpu

@@ -46,4 +46,40 @@ void dense_sample(const float* C, const float* logB, const float* G, const float
 void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64_t B,
                          std::int64_t n, std::int64_t m, int dp, cudaStream_t stream);
 
+/// Mean of each problem's n*m cost entries, in double: out[B]. C [B, n*m] fp32.
+void mean_matrix_cost(const float* C, std::int64_t B, std::int64_t nm, double* out,
+                      cudaStream_t stream);
+
+/// Device-side input validation (the host cannot read device views):
+/// *first = smallest flat index e with p[e] not finite, or ~0ull when all are finite.
+/// The launcher initializes *first (stream-ordered).
+void find_nonfinite(const float* p, std::int64_t count, unsigned long long* first,
+                    cudaStream_t stream);
+
+/// Weights w [B, len] in double: mass[b] = sum_i w[b, i], and *first = smallest flat
+/// index of an element that is not finite or negative (~0ull: none).
+void check_weights(const double* w, std::int64_t B, std::int64_t len, double* mass,
+                   unsigned long long* first, cudaStream_t stream);
+
+/// ratio[b] = mass(a_b) / mass(b_b) when |mass(a) - mass(b)| <= tol_rel max(masses)
+/// (tol_rel = +inf: always), else 1: the factor a balanced solve applied to b.
+void mass_ratio(const double* a, const double* b, std::int64_t B, std::int64_t n, std::int64_t m,
+                double tol_rel, double* ratio, cudaStream_t stream);
+
+/// out[b, i, k] = T[b, i, k] + center[b, k] for k < d: the barycentric map back in the
+/// caller's coordinates. T [B, n, dp], center [B, dp] (nullptr: 0), out [B, n, d].
+void finish_map(const float* T, const double* center, float* out, std::int64_t B, std::int64_t n,
+                std::int64_t d, int dp, cudaStream_t stream);
+
+/// Gradient of OT_eps w.r.t. x_i from the softmax-weighted mean V [B, n, dp] of row i
+/// (online_weighted_mean): with r_i = ratio_b a_i exp((F_i - Ft_i)/eps_b) (0 for
+/// a_i = 0; Ft: the balanced f-update from G with the unscaled log b),
+///   sqeuclidean (euclid = false, V = mean y): out = 2 r_i (x_i - V_i)
+///   euclidean   (euclid = true,  V = mean unit direction): out = r_i V_i.
+/// X [B, n, dp] (centered like V), ratio [B] or nullptr (1), out [B, n, d].
+void finish_gradient(const float* X, const float* V, const double* a, const float* F,
+                     const float* Ft, const float* eps, const double* ratio, bool euclid,
+                     float* out, std::int64_t B, std::int64_t n, std::int64_t d, int dp,
+                     cudaStream_t stream);
+
 }  // namespace otgpu::kernels

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "otgpu/sinkhorn.h"
@@ -28,7 +29,23 @@ struct OnlinePass {
   const int* active = nullptr;            ///< [B] or nullptr; 0 = skip the problem
   std::int64_t B = 0, n_rows = 0, n_cols = 0;
   int dp = 0;  ///< padded dimension: 1, 2, 4, 8, 16, 32, 64, or any multiple of 4 above
+  /// Half-step only: the column range is cut into `splits` parts, each reduced by its
+  /// own blocks into a partial base-2 (max, sum) per row, then merged (flash-decoding)
+  /// so that short row ranges still fill the GPU. splits > 1 needs `partials`.
+  int splits = 1;
+  float* partials = nullptr;  ///< [B, splits, n_rows] float2 pairs (online_partials_floats)
 };
+
+/// Rows one block of the half-step owns for padded dimension dp.
+std::int64_t online_rows_per_block(int dp);
+
+/// Column splits for a half-step on a device with `sm_count` SMs: enough blocks for
+/// about 8 per SM (1 when the row blocks alone do), each split at least two column
+/// tiles long. A pure function of the shape, so the driver can size `partials`.
+int online_splits(const OnlinePass& p, int sm_count);
+
+/// Floats of `partials` a half-step with p.splits needs (0 when p.splits == 1).
+std::size_t online_partials_floats(const OnlinePass& p);
 
 /// Half-step: out[b,i] = -lambda[b] eps[b] LSE_j(col_logw_j + (col_pot_j - C_ij)/eps[b]).
 /// lambda == nullptr means 1 (the balanced update, used for the residual).
