@@ -18,17 +18,7 @@ namespace {
 
 constexpr int kBlock = 256;
 
-/// Block-wide sum of a double; every thread gets the result. All threads must call.
-__device__ double block_sum(double v, double* shared /* [kBlock / 32] */) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // shared may still be read by a previous call
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  double total = 0;
-  for (int w = 0; w < kBlock / 32; ++w) total += shared[w];
-  return total;
-}
+using detail::block_sum;
 
 __global__ void __launch_bounds__(kBlock)
     check_residual_kernel(const double* __restrict__ a, const float* __restrict__ F,
@@ -47,7 +37,7 @@ __global__ void __launch_bounds__(kBlock)
     const double ai = a[b * n + i];
     if (ai > 0) r += ai * fabs(exp((F[b * n + i] - lam * Ft[b * n + i]) / e) - 1.0);
   }
-  r = block_sum(r, shared);
+  r = block_sum<kBlock>(r, shared);
   if (threadIdx.x == 0) {
     residual[b] = r;
     if (r <= tol) {
@@ -96,14 +86,14 @@ __global__ void __launch_bounds__(kBlock)
     fb += isinf(rho_b) ? bj * g : rho_b * bj * (1.0 - exp(-g / rho_b));
     mb += bj;
   }
-  err = block_sum(err, shared);
-  cost = block_sum(cost, shared);
-  mass = block_sum(mass, shared);
-  res = block_sum(res, shared);
-  fa = block_sum(fa, shared);
-  ma = block_sum(ma, shared);
-  fb = block_sum(fb, shared);
-  mb = block_sum(mb, shared);
+  err = block_sum<kBlock>(err, shared);
+  cost = block_sum<kBlock>(cost, shared);
+  mass = block_sum<kBlock>(mass, shared);
+  res = block_sum<kBlock>(res, shared);
+  fa = block_sum<kBlock>(fa, shared);
+  ma = block_sum<kBlock>(ma, shared);
+  fb = block_sum<kBlock>(fb, shared);
+  mb = block_sum<kBlock>(mb, shared);
   if (threadIdx.x == 0) {
     out4[b * 4 + 0] = fa + fb - e * (mass - ma * mb);
     out4[b * 4 + 1] = cost;
@@ -159,7 +149,7 @@ __global__ void __launch_bounds__(kBlock)
       acc += sqrt(static_cast<double>(d2));
     }
   }
-  acc = block_sum(acc, shared);
+  acc = block_sum<kBlock>(acc, shared);
   if (threadIdx.x == 0) atomicAdd(out + b, acc / (static_cast<double>(n) * static_cast<double>(m)));
 }
 
@@ -172,7 +162,7 @@ __global__ void __launch_bounds__(kBlock)
        e += static_cast<std::int64_t>(gridDim.x) * kBlock) {
     acc += C[b * nm + e];
   }
-  acc = block_sum(acc, shared);
+  acc = block_sum<kBlock>(acc, shared);
   if (threadIdx.x == 0) atomicAdd(out + b, acc / static_cast<double>(nm));
 }
 
@@ -195,7 +185,7 @@ __global__ void __launch_bounds__(kBlock)
     if (!isfinite(v) || v < 0) atomicMin(first, static_cast<unsigned long long>(b * len + i));
     acc += v;
   }
-  acc = block_sum(acc, shared);
+  acc = block_sum<kBlock>(acc, shared);
   if (threadIdx.x == 0) mass[b] = acc;
 }
 
@@ -207,8 +197,8 @@ __global__ void __launch_bounds__(kBlock)
   double ma = 0, mb = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += kBlock) ma += a[b * n + i];
   for (std::int64_t j = threadIdx.x; j < m; j += kBlock) mb += bw[b * m + j];
-  ma = block_sum(ma, shared);
-  mb = block_sum(mb, shared);
+  ma = block_sum<kBlock>(ma, shared);
+  mb = block_sum<kBlock>(mb, shared);
   if (threadIdx.x == 0) {
     const bool close = isinf(tol_rel) || fabs(ma - mb) <= tol_rel * fmax(ma, mb);
     ratio[b] = close && mb > 0 ? ma / mb : 1.0;

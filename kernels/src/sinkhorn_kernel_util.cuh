@@ -92,12 +92,25 @@ __device__ __forceinline__ float scaled_term(float logw, float pot, float scale)
   return logw == -INFINITY ? -INFINITY : fmaf(pot, scale, logw * kLog2e);
 }
 
+/// Block-wide sum of a double over a block of kThreads threads (a multiple of 32);
+/// every thread gets the result. All threads must call it; `shared` holds
+/// kThreads / 32 doubles and may be reused by the next call.
+template <int kThreads>
+__device__ __forceinline__ double block_sum(double v, double* shared) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  __syncthreads();  // shared may still be read by a previous call
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
+  __syncthreads();
+  double total = 0;
+  for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
+  return total;
+}
+
 }  // namespace otgpu::kernels::detail
 
-#define OTGPU_KERNEL_CHECK(expr)                                                   \
-  do {                                                                             \
-    const cudaError_t otgpu_kernel_status_ = (expr);                               \
-    if (otgpu_kernel_status_ != cudaSuccess)                                       \
-      ::otgpu::kernels::detail::throw_cuda(otgpu_kernel_status_, #expr, __FILE__, \
-                                           __LINE__);                              \
+#define OTGPU_KERNEL_CHECK(expr)                                                             \
+  do {                                                                                       \
+    const cudaError_t otgpu_kernel_status_ = (expr);                                         \
+    if (otgpu_kernel_status_ != cudaSuccess)                                                 \
+      ::otgpu::kernels::detail::throw_cuda(otgpu_kernel_status_, #expr, __FILE__, __LINE__); \
   } while (0)

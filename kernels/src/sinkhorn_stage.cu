@@ -17,6 +17,8 @@ namespace {
 
 constexpr int kBlock = 256;
 
+using detail::block_sum;
+
 __device__ __forceinline__ double load(const StridedSource& s, std::int64_t b, std::int64_t i,
                                        std::int64_t k) {
   std::int64_t off;
@@ -29,16 +31,6 @@ __device__ __forceinline__ double load(const StridedSource& s, std::int64_t b, s
   }
   return s.is_f64 ? static_cast<const double*>(s.data)[off]
                   : static_cast<double>(static_cast<const float*>(s.data)[off]);
-}
-
-__device__ double block_sum(double v, double* shared) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
-  __syncthreads();
-  double total = 0;
-  for (int w = 0; w < kBlock / 32; ++w) total += shared[w];
-  return total;
 }
 
 __global__ void stage_points_kernel(StridedSource src, std::int64_t B, std::int64_t rows,
@@ -63,7 +55,7 @@ __global__ void __launch_bounds__(kBlock)
   for (int k = 0; k < dp; ++k) {
     double acc = 0;
     for (std::int64_t j = threadIdx.x; j < m; j += kBlock) acc += Y[(b * m + j) * dp + k];
-    acc = block_sum(acc, shared);
+    acc = block_sum<kBlock>(acc, shared);
     if (threadIdx.x == 0) center[b * dp + k] = acc / static_cast<double>(m);
   }
 }
@@ -107,8 +99,8 @@ __global__ void __launch_bounds__(kBlock)
   double ma = 0, mb = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += kBlock) ma += a[b * n + i];
   for (std::int64_t j = threadIdx.x; j < m; j += kBlock) mb += bw[b * m + j];
-  ma = block_sum(ma, shared);
-  mb = block_sum(mb, shared);
+  ma = block_sum<kBlock>(ma, shared);
+  mb = block_sum<kBlock>(mb, shared);
   const double s = mb > 0 ? ma / mb : 1.0;
   for (std::int64_t j = threadIdx.x; j < m; j += kBlock) {
     const double v = bw[b * m + j] * s;
@@ -135,10 +127,10 @@ __global__ void __launch_bounds__(kBlock)
       sy += v;
       syy += v * v;
     }
-    sx = block_sum(sx, shared);
-    sxx = block_sum(sxx, shared);
-    sy = block_sum(sy, shared);
-    syy = block_sum(syy, shared);
+    sx = block_sum<kBlock>(sx, shared);
+    sxx = block_sum<kBlock>(sxx, shared);
+    sy = block_sum<kBlock>(sy, shared);
+    syy = block_sum<kBlock>(syy, shared);
     const double mx = sx / static_cast<double>(n), my = sy / static_cast<double>(m);
     total += (sxx / static_cast<double>(n) - mx * mx) + (syy / static_cast<double>(m) - my * my) +
              (mx - my) * (mx - my);
