@@ -208,8 +208,8 @@ SinkhornOptions make_options(const SinkhornArgs& args) {
   // The fp32 GPU backend cannot measure an L1 marginal error much below ~1e-5 (its
   // potentials carry ~1e-7 relative round-off, divided by eps), so its default
   // tolerance is 1e-4; the fp64 CPU reference keeps 1e-6. --tol overrides both.
-  const bool gpu = o.backend == Backend::cuda ||
-                   (o.backend == Backend::automatic && otgpu::cuda_available());
+  const bool gpu =
+      o.backend == Backend::cuda || (o.backend == Backend::automatic && otgpu::cuda_available());
   if (args.tol_opt->count() == 0 && gpu) o.tol = 1e-4;
   o.device = args.backend.device;
   o.cpu_threads = args.backend.threads;

@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
   for (int k = 0; k < kRowsPerWarp; ++k) {
     const Lse2 total = lse2_warp_allreduce(acc[k]);
-    if (lane == k && i0 + k < n) out[b * n + i0 + k] = potential_from_lse2(lse2_value(total), lam, e);
+    if (lane == k && i0 + k < n)
+      out[b * n + i0 + k] = potential_from_lse2(lse2_value(total), lam, e);
   }
 }
 
@@ -330,9 +331,8 @@ void check_ptr(const char* who, const char* name, const void* p) {
 
 unsigned grid_size(const char* who, std::int64_t blocks) {
   if (blocks > 0x7fffffff)
-    throw InvalidArgument(
-        fmt::format("{}: {} thread blocks exceed the grid limit 2^31-1 (batch too large)", who,
-                    blocks));
+    throw InvalidArgument(fmt::format(
+        "{}: {} thread blocks exceed the grid limit 2^31-1 (batch too large)", who, blocks));
   return static_cast<unsigned>(blocks);
 }
 
@@ -352,11 +352,11 @@ void dense_row_update(const float* C, const float* logB, const float* G, const f
   const unsigned grid = grid_size(who, B * per_problem);
   const bool vec = m % 4 == 0 && aligned16(C) && aligned16(G) && aligned16(logB);
   if (vec)
-    dense_row_lse_kernel<true><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a,
-                                                                 active, out, n, m, per_problem);
+    dense_row_lse_kernel<true><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a, active,
+                                                                 out, n, m, per_problem);
   else
-    dense_row_lse_kernel<false><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a,
-                                                                  active, out, n, m, per_problem);
+    dense_row_lse_kernel<false><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a, active,
+                                                                  out, n, m, per_problem);
   OTGPU_KERNEL_CHECK(cudaGetLastError());
 }
 
@@ -369,8 +369,8 @@ std::size_t dense_col_workspace_bytes(std::int64_t B, std::int64_t n, std::int64
 
 void dense_col_update(const float* C, const float* logA, const float* F, const float* eps,
                       const float* lambda_b, const int* active, float* G, void* workspace,
-                      std::size_t workspace_bytes, std::int64_t B, std::int64_t n,
-                      std::int64_t m, cudaStream_t stream) {
+                      std::size_t workspace_bytes, std::int64_t B, std::int64_t n, std::int64_t m,
+                      cudaStream_t stream) {
   constexpr const char* who = "dense_col_update";
   check_sizes(who, B, n, m);
   check_ptr(who, "C", C);
@@ -379,12 +379,14 @@ void dense_col_update(const float* C, const float* logA, const float* F, const f
   check_ptr(who, "eps", eps);
   check_ptr(who, "G", G);
   const ColSplit s = col_split(B, n, m);
-  const std::size_t need = s.nsplit == 1 ? 0 : static_cast<std::size_t>(B * s.nsplit * m) * sizeof(float2);
+  const std::size_t need =
+      s.nsplit == 1 ? 0 : static_cast<std::size_t>(B * s.nsplit * m) * sizeof(float2);
   if (need > 0) {
     if (workspace == nullptr || workspace_bytes < need)
-      throw InvalidArgument(fmt::format(
-          "{}: workspace of {} bytes at {} is too small, dense_col_workspace_bytes({}, {}, {}) = {}",
-          who, workspace_bytes, workspace, B, n, m, need));
+      throw InvalidArgument(
+          fmt::format("{}: workspace of {} bytes at {} is too small, dense_col_workspace_bytes({}, "
+                      "{}, {}) = {}",
+                      who, workspace_bytes, workspace, B, n, m, need));
     if (reinterpret_cast<std::uintptr_t>(workspace) % alignof(float2) != 0)
       throw InvalidArgument(fmt::format("{}: workspace {} is not 8-byte aligned", who, workspace));
   }
@@ -418,8 +420,8 @@ void dense_row_stats(const float* C, const float* logA, const float* logB, const
   check_ptr(who, "eps", eps);
   check_ptr(who, "row_mass", row_mass);
   const unsigned grid = grid_size(who, (B * n + kStatsWarps - 1) / kStatsWarps);
-  dense_row_stats_kernel<<<grid, kStatsWarps * 32, 0, stream>>>(C, logA, logB, F, G, eps,
-                                                                 row_mass, row_cost, B, n, m);
+  dense_row_stats_kernel<<<grid, kStatsWarps * 32, 0, stream>>>(C, logA, logB, F, G, eps, row_mass,
+                                                                row_cost, B, n, m);
   OTGPU_KERNEL_CHECK(cudaGetLastError());
 }
 

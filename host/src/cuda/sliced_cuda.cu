@@ -444,12 +444,10 @@ SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOption
     bf.given = c.take<double>(
         options.directions.present() && options.directions.space == MemorySpace::device ? L * d
                                                                                         : 0);
-    bf.wa = c.take<double>(weighted_a && !zero_copy<double>(problem.a)
-                               ? (shape.a_batched ? B : 1) * n
-                               : 0);
-    bf.wb = c.take<double>(weighted_b && !zero_copy<double>(problem.b)
-                               ? (shape.b_batched ? B : 1) * m
-                               : 0);
+    bf.wa = c.take<double>(
+        weighted_a && !zero_copy<double>(problem.a) ? (shape.a_batched ? B : 1) * n : 0);
+    bf.wb = c.take<double>(
+        weighted_b && !zero_copy<double>(problem.b) ? (shape.b_batched ? B : 1) * m : 0);
     bf.keys_in = c.take<float>(lc * B * len);
     bf.vals_in = c.take<int>(lc * B * len);
     bf.kx = c.take<float>(ex);

@@ -59,8 +59,8 @@ std::size_t dense_col_workspace_bytes(std::int64_t B, std::int64_t n, std::int64
 /// workspace_bytes is smaller. Its content need not be initialized.
 void dense_col_update(const float* C, const float* logA, const float* F, const float* eps,
                       const float* lambda_b, const int* active, float* G, void* workspace,
-                      std::size_t workspace_bytes, std::int64_t B, std::int64_t n,
-                      std::int64_t m, cudaStream_t stream);
+                      std::size_t workspace_bytes, std::int64_t B, std::int64_t n, std::int64_t m,
+                      cudaStream_t stream);
 
 /// Row statistics at the potentials (F, G) for the final report, fp32 per row:
 ///   row_mass[b,i] = sum_j P_ij,  row_cost[b,i] = sum_j P_ij C_ij,

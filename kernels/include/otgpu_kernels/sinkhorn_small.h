@@ -38,15 +38,15 @@ namespace otgpu::kernels {
 struct SmallSinkhornArgs {
   /// sqeuclidean / euclidean: X and Y are used; matrix: C is used.
   CostKind cost = CostKind::sqeuclidean;
-  const float* X = nullptr;  ///< [B,n,d] (the driver should center X and Y by one
-                             ///< common vector per problem: costs are translation
-                             ///< invariant and fp32 distances lose less)
-  const float* Y = nullptr;  ///< [B,m,d]
-  const float* C = nullptr;  ///< [B,n,m]
-  const float* logA = nullptr;  ///< [B,n]
-  const float* logB = nullptr;  ///< [B,m]
-  float* F = nullptr;           ///< [B,n] in: start potentials, out: after the chunk
-  float* G = nullptr;           ///< [B,m] in/out
+  const float* X = nullptr;         ///< [B,n,d] (the driver should center X and Y by one
+                                    ///< common vector per problem: costs are translation
+                                    ///< invariant and fp32 distances lose less)
+  const float* Y = nullptr;         ///< [B,m,d]
+  const float* C = nullptr;         ///< [B,n,m]
+  const float* logA = nullptr;      ///< [B,n]
+  const float* logB = nullptr;      ///< [B,m]
+  float* F = nullptr;               ///< [B,n] in: start potentials, out: after the chunk
+  float* G = nullptr;               ///< [B,m] in/out
   const float* eps = nullptr;       ///< [B] target eps per problem (> 0)
   const float* eps_init = nullptr;  ///< [B] schedule start per problem, <= 0 = off;
                                     ///< nullptr = off for every problem
@@ -75,14 +75,13 @@ struct SmallSinkhornArgs {
 /// Dynamic shared memory (bytes) the kernel needs for these sizes on `device` (the
 /// variant, cost cached in shared memory or recomputed from the points, is chosen
 /// under the device's opt-in limit). Greater than the limit when nothing fits.
-std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m,
-                                    std::int64_t d, int device);
+std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
+                                    int device);
 
 /// True when some variant of the kernel fits in the shared memory of `device`
 /// (H100: 227 KB per block). Point clouds need d <= 32 unless the n x m cost matrix
 /// itself fits. Throws CudaError when the device cannot be queried.
-bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
-                       int device);
+bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d, int device);
 
 /// Runs iterations [t_begin, min(t_end, max_iter)) of every active problem on the
 /// current device, one block per problem. Throws InvalidArgument on bad sizes or
