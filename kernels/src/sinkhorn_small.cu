@@ -513,7 +513,7 @@ Variant choose_variant(CostKind cost, std::int64_t n, std::int64_t m, std::int64
 
 std::size_t smem_limit(int device) {
   int v = 0;
-  OTGPU_KERNEL_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return static_cast<std::size_t>(v);
 }
 
@@ -537,10 +537,10 @@ void launch(const SmallParams& p, unsigned blocks, std::size_t limit, cudaStream
   // launching a larger problem between our set and its launch. Always the device
   // limit (bytes <= limit was checked), so concurrent launchers agree. The
   // attribute caps the size only; occupancy follows the launch's own size.
-  OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(limit)));
   kernel<<<blocks, static_cast<unsigned>(p.layout.threads), bytes, stream>>>(p);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 template <bool kEuclid>
@@ -607,7 +607,7 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
     throw InvalidArgument(fmt::format("{}: rho_b must be > 0 (or +inf), got {}", who, a.rho_b));
 
   int device = 0;
-  OTGPU_KERNEL_CHECK(cudaGetDevice(&device));
+  OTGPU_CUDA_CHECK(cudaGetDevice(&device));
   const std::size_t limit = smem_limit(device);
   const Variant v = choose_variant(a.cost, a.n, a.m, a.d, limit);
   if (!v.fits)
