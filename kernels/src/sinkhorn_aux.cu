@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kBlock)
   __shared__ double shared[kBlock / 32];
   const std::int64_t b = blockIdx.x;
   const double e = eps[b];
-  const double lam_a = isinf(rho_a) ? 1.0 : rho_a / (rho_a + e);
+  const double lam_a = ::otgpu::detail::unbalanced_lambda(rho_a, e);
   double err = 0, cost = 0, mass = 0, res = 0, fa = 0, ma = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += kBlock) {
     const std::int64_t k = b * n + i;

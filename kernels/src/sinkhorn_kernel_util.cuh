@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 #include "otgpu_kernels/cuda_check.h"
 

@@ -444,8 +444,7 @@ void prepare_dyn(Kernel kernel, std::size_t smem) {
   if (smem > 48 * 1024) {
     int dev = 0, limit = 0;
     OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
-    OTGPU_CUDA_CHECK(
-        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (smem > static_cast<std::size_t>(limit)) {
       throw InvalidArgument(fmt::format(
           "online Sinkhorn: dimension too large: a tile needs {} bytes of shared memory, the "
@@ -453,7 +452,7 @@ void prepare_dyn(Kernel kernel, std::size_t smem) {
           smem, limit));
     }
     OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
+                                          static_cast<int>(smem)));
   }
 }
 

@@ -148,10 +148,10 @@ __global__ void eps_table_kernel(const double* __restrict__ mean_cost, double ep
   const double scale = mean_cost != nullptr ? mean_cost[b] : 1.0;
   const double e = eps * scale, e0 = eps_init * scale;
   for (int t = 0; t <= K; ++t) {
-    const double et = eps_init > 0 ? fmax(e, e0 * pow(decay, static_cast<double>(t))) : e;
+    const double et = ::otgpu::detail::scheduled_eps(e, e0, decay, t);
     eps_tab[t * B + b] = static_cast<float>(et);
-    lam_a[t * B + b] = static_cast<float>(isinf(rho_a) ? 1.0 : rho_a / (rho_a + et));
-    lam_b[t * B + b] = static_cast<float>(isinf(rho_b) ? 1.0 : rho_b / (rho_b + et));
+    lam_a[t * B + b] = static_cast<float>(::otgpu::detail::unbalanced_lambda(rho_a, et));
+    lam_b[t * B + b] = static_cast<float>(::otgpu::detail::unbalanced_lambda(rho_b, et));
   }
   if (target_eps != nullptr) target_eps[b] = static_cast<float>(e);
   if (init_eps != nullptr) init_eps[b] = static_cast<float>(eps_init > 0 ? e0 : 0.0);

@@ -27,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu_host/cuda_backend.h"

@@ -4,22 +4,12 @@
 
 namespace otgpu::cuda_backend {
 
-int padded_dim(std::int64_t d) {
-  if (d <= 64) {
-    int p = 1;
-    while (p < d) p *= 2;
-    return p;
-  }
-  return static_cast<int>((d + 3) / 4 * 4);
-}
+int padded_dim(std::int64_t d) { return detail::padded_dim(d); }
 
 /// Number of scaling iterations before eps_t reaches the target (the same for every
 /// problem: relative eps scales eps and eps_init alike).
 int scaling_steps(const SinkhornOptions& o) {
-  if (!(o.eps_init > 0)) return 0;
-  int K = 0;
-  while (K < o.max_iter && o.eps_init * std::pow(o.eps_decay, K) > o.eps) ++K;
-  return K;
+  return detail::scaling_steps(o.eps, o.eps_init, o.eps_decay, o.max_iter);
 }
 
 bool small_path(const DeviceSolve& s, int device) {

@@ -140,7 +140,8 @@ std::vector<Out> derived_device_views(DerivedKind what, const SinkhornProblem& p
   // Without the solve's options, b is taken as rescaled when the masses agree (the
   // host-view path applies the same rule).
   if (what == DerivedKind::gradient) {
-    kernels::mass_ratio(c.d.a, c.d.b, shape.batch, shape.n, shape.m, 1e-5, c.ratio, s);
+    kernels::mass_ratio(c.d.a, c.d.b, shape.batch, shape.n, shape.m, detail::kMassTolerance,
+                        c.ratio, s);
   }
   const std::size_t count = what == DerivedKind::sample
                                 ? B * static_cast<std::size_t>(shape.n)
@@ -182,15 +183,11 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   for (std::size_t t = 0; t <= static_cast<std::size_t>(K); ++t) {
     for (std::size_t b = 0; b < B; ++b) {
       const double target = o.eps * scale[b];
-      const double e = o.eps_init > 0
-                           ? std::max(target, o.eps_init * scale[b] *
-                                                  std::pow(o.eps_decay, static_cast<double>(t)))
-                           : target;
+      const double e =
+          detail::scheduled_eps(target, o.eps_init * scale[b], o.eps_decay, static_cast<int>(t));
       eps_tab[t * B + b] = static_cast<float>(e);
-      lam_a_tab[t * B + b] =
-          static_cast<float>(std::isinf(o.rho_a) ? 1.0 : o.rho_a / (o.rho_a + e));
-      lam_b_tab[t * B + b] =
-          static_cast<float>(std::isinf(o.rho_b) ? 1.0 : o.rho_b / (o.rho_b + e));
+      lam_a_tab[t * B + b] = static_cast<float>(detail::unbalanced_lambda(o.rho_a, e));
+      lam_b_tab[t * B + b] = static_cast<float>(detail::unbalanced_lambda(o.rho_b, e));
       e_target[b] = static_cast<float>(target);
       e_init[b] = static_cast<float>(o.eps_init > 0 ? o.eps_init * scale[b] : 0.0);
     }
@@ -348,7 +345,7 @@ std::vector<double> row_masses(DerivedSetup& st, const SinkhornResult& result, c
     for (std::size_t i = 0; i < n; ++i) ma += st.c.a[b * n + i];
     const auto m = static_cast<std::size_t>(st.c.m);
     for (std::size_t j = 0; j < m; ++j) mb += st.c.b[b * m + j];
-    const double scale = std::abs(ma - mb) <= 1e-5 * std::max(ma, mb) ? ma / mb : 1.0;
+    const double scale = detail::masses_match(ma, mb) ? ma / mb : 1.0;
     const double e = result.problems[b].eps;
     for (std::size_t i = 0; i < n; ++i) {
       const double ai = st.c.a[b * n + i];

@@ -329,7 +329,7 @@ std::vector<double> check_device_inputs(const SinkhornProblem& problem, const De
       throw InvalidArgument(
           fmt::format("{}: total mass is 0 (weights need a positive mass)", name));
     }
-    if (balanced && std::fabs(ma - mb) > 1e-5 * std::max(ma, mb)) {
+    if (balanced && !detail::masses_match(ma, mb)) {
       throw InvalidArgument(
           fmt::format("a, b: problem {} has mass(a) = {} and mass(b) = {}; a balanced problem "
                       "(rho_a = rho_b = inf) needs equal masses (relative 1e-5); set rho_a / rho_b "
