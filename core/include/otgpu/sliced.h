@@ -1,7 +1,7 @@
 // Exact one-dimensional optimal transport and sliced Wasserstein distances,
 // batched, on the CPU or the GPU.
 //
-// Conventions (one everywhere, see DESIGN.md):
+// Conventions (one everywhere, see docs/design.md):
 //   mu = sum_i a_i delta_{x_i}, nu = sum_j b_j delta_{y_j}, ground cost |u - v|^p.
 //   Balanced 1-D OT needs equal masses: both measures are normalized to probability
 //   measures (a / sum a, b / sum b), as POT's wasserstein_1d does. Weights may be
