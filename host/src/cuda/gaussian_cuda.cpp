@@ -97,7 +97,6 @@ void batched_eigen(runtime::Context& ctx, const Eigen& plan, double* a, double* 
         ctx.syevj_info(), static_cast<int>(count)));
     return;
   }
-  host_work.resize(std::max<std::size_t>(plan.host_bytes, 1));
   for (std::int64_t k = 0; k < count; ++k) {
     OTGPU_CUDA_CHECK(cusolverDnXsyevd(ctx.solver(), ctx.solver_params(), CUSOLVER_EIG_MODE_VECTOR,
                                       CUBLAS_FILL_MODE_LOWER, d, CUDA_R_64F, a + k * d * d, d,
@@ -223,7 +222,9 @@ GaussianOTResult gaussian_ot(GpuContext* gpu_ctx, const GaussianBatch& source,
   kernels::gaussian_traces(bf.s2, n_s2, d, bf.tr2, stream);
 
   // ---- S1^{1/2} (and S1^{+1/2}) per distinct source covariance ----
-  std::vector<char> host_work;
+  // Xsyevd's host workspace, sized once for both decompositions: it must outlive
+  // the queued solver work, so it is never reallocated between them.
+  std::vector<char> host_work(std::max<std::size_t>({eig_s1.host_bytes, eig_m.host_bytes, 1}));
   batched_eigen(ctx, eig_s1, bf.u1, bf.lam, n_s1, d, bf.work, host_work, bf.info);
   const double one = 1.0, zero = 0.0;
   const int n = static_cast<int>(d);
