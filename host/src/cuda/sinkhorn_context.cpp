@@ -1,13 +1,9 @@
 // The stream-ordered GPU API (otgpu/device.h): GpuContext and sinkhorn_async with
 // the derived *_async calls.
+#include "gpu_context_impl.h"
 #include "sinkhorn_internal.h"
 
 namespace otgpu {
-
-/// The public context is the runtime's Context (otgpu_host/gpu_runtime.h).
-struct GpuContext::Impl : runtime::Context {
-  using runtime::Context::Context;
-};
 
 GpuContext::GpuContext(int device, void* stream)
     : impl_(std::make_unique<Impl>(device, static_cast<cudaStream_t>(stream))) {}
