@@ -226,7 +226,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
   const SinkhornResult result = sinkhorn(problem, options);
   const auto B = result.batch;
   std::vector<double> divergence;
-  if (args.divergence) divergence = sinkhorn_divergence(problem, options);
+  if (args.divergence) divergence = sinkhorn_divergence(problem, result, options);
 
   if (!args.f_out.empty()) {
     write_output("--f-out", args.f_out, result.f, batched_shape(lp.batched, B, {result.n}));

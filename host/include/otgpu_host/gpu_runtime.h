@@ -84,6 +84,12 @@ class Context {
   void staging_done();
   std::size_t staging_bytes() const noexcept { return pin_bytes_; }
 
+  /// Two pinned ints with one event each, for reads of device counters one period late
+  /// (the synchronous Sinkhorn's convergence poll), created on first use. The event k
+  /// marks the copy into slot k; callers record it on stream() after that copy.
+  int* poll_slots();
+  cudaEvent_t poll_event(int k) const noexcept { return poll_events_[k & 1]; }
+
   /// cuBLAS / cuSOLVER handles, created on first use and bound to stream().
   cublasHandle_t blas();
   cusolverDnHandle_t solver();
@@ -107,6 +113,8 @@ class Context {
   cudaEvent_t pin_event_ = nullptr;     ///< end of the last use of the pinned memory
   cudaEvent_t switch_event_ = nullptr;  ///< end of the old stream's work at set_stream
   bool pin_event_recorded_ = false;
+  int* poll_ = nullptr;
+  cudaEvent_t poll_events_[2] = {nullptr, nullptr};
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
   syevjInfo_t syevj_ = nullptr;

@@ -102,6 +102,10 @@ Context::~Context() {
   (void)cudaStreamSynchronize(stream_);
   if (ws_ != nullptr) (void)cudaFree(ws_);
   if (pin_ != nullptr) (void)cudaFreeHost(pin_);
+  if (poll_ != nullptr) (void)cudaFreeHost(poll_);
+  for (cudaEvent_t e : poll_events_) {
+    if (e != nullptr) (void)cudaEventDestroy(e);
+  }
   if (blas_ != nullptr) (void)cublasDestroy(blas_);
   if (solver_ != nullptr) (void)cusolverDnDestroy(solver_);
   if (syevj_ != nullptr) (void)cusolverDnDestroySyevjInfo(syevj_);
@@ -161,6 +165,21 @@ void* Context::staging(std::size_t bytes) {
 void Context::staging_done() {
   OTGPU_CUDA_CHECK(cudaEventRecord(pin_event_, stream_));
   pin_event_recorded_ = true;
+}
+
+int* Context::poll_slots() {
+  if (poll_ == nullptr) {
+    activate();
+    for (cudaEvent_t& e : poll_events_) {
+      if (e == nullptr) OTGPU_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    void* p = nullptr;
+    OTGPU_CUDA_CHECK(cudaMallocHost(&p, 2 * sizeof(int)));
+    poll_ = static_cast<int*>(p);
+    poll_[0] = poll_[1] = 0;
+    ++allocations_;
+  }
+  return poll_;
 }
 
 cublasHandle_t Context::blas() {

@@ -1,6 +1,6 @@
 // The stream-ordered GPU API (otgpu/device.h): GpuContext and sinkhorn_async with
-// the derived *_async calls.
-#include "gpu_context_impl.h"
+// the derived *_async calls. Batches above max_batch_per_launch() problems are queued
+// chunk after chunk (views and outputs offset per chunk), all on the context's stream.
 #include "sinkhorn_internal.h"
 
 namespace otgpu {
@@ -19,10 +19,27 @@ void GpuContext::synchronize() const {
   impl_->activate();
   OTGPU_CUDA_CHECK(cudaStreamSynchronize(impl_->stream()));
 }
+std::int64_t GpuContext::allocations() const noexcept { return impl_->allocations(); }
 
 namespace {
 
+using cuda_backend::BatchChunk;
 using cuda_backend::DerivedKind;
+
+std::vector<BatchChunk> chunks_of(const detail::SinkhornShape& shape) {
+  return cuda_backend::batch_chunks(shape.batch, cuda_backend::max_batch_per_launch());
+}
+
+detail::SinkhornShape chunk_shape(const detail::SinkhornShape& shape, const BatchChunk& ch) {
+  detail::SinkhornShape s = shape;
+  s.batch = ch.count;
+  return s;
+}
+
+template <class T>
+T* offset(T* p, std::int64_t elements) {
+  return p == nullptr ? nullptr : p + elements;
+}
 
 /// Shape of a stream-ordered call: validated on the host, device views only.
 detail::SinkhornShape device_shape(const SinkhornProblem& problem, const SinkhornOptions& o,
@@ -35,6 +52,10 @@ detail::SinkhornShape device_shape(const SinkhornProblem& problem, const Sinkhor
   }
   return shape;
 }
+
+void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem& problem,
+                   const SinkhornOptions& o, const detail::SinkhornShape& shape, const float* f,
+                   const float* g, std::uint64_t seed, void* out);
 
 void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& problem,
                    const SinkhornOptions& o, const float* f, const float* g, std::uint64_t seed,
@@ -51,6 +72,20 @@ void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& pro
   }
   auto& im = ctx.impl();
   im.activate();
+  const std::int64_t per = what == DerivedKind::sample ? shape.n : shape.n * shape.d;
+  for (const BatchChunk& bc : chunks_of(shape)) {
+    void* const o_out = what == DerivedKind::sample
+                            ? static_cast<void*>(static_cast<std::int64_t*>(out) + bc.begin * per)
+                            : static_cast<void*>(static_cast<float*>(out) + bc.begin * per);
+    derived_chunk(im, what, cuda_backend::slice_batch(problem, shape, bc.begin, bc.count), o,
+                  chunk_shape(shape, bc), offset(f, bc.begin * shape.n), g + bc.begin * shape.m,
+                  seed, o_out);
+  }
+}
+
+void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem& problem,
+                   const SinkhornOptions& o, const detail::SinkhornShape& shape, const float* f,
+                   const float* g, std::uint64_t seed, void* out) {
   const auto pl = cuda_backend::plan_device(problem, o, shape, im.device(), false);
   void* const ws = im.workspace(cuda_backend::carved_bytes(pl, false, true));
   const cudaStream_t s = im.stream();
@@ -77,6 +112,12 @@ void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& pro
 /// training step's solve + map + gradient allocate once, on the first step.
 std::size_t async_bytes(const SinkhornProblem& problem, const SinkhornOptions& o,
                         const detail::SinkhornShape& shape, int device) {
+  if (shape.batch > cuda_backend::max_batch_per_launch()) {
+    // Chunks run one after the other in the same workspace: the first is the largest.
+    const BatchChunk first = chunks_of(shape).front();
+    return async_bytes(cuda_backend::slice_batch(problem, shape, first.begin, first.count), o,
+                       chunk_shape(shape, first), device);
+  }
   const auto solve = cuda_backend::plan_device(problem, o, shape, device, true);
   const auto derived = cuda_backend::plan_device(problem, o, shape, device, false);
   return std::max(cuda_backend::carved_bytes(solve, false, false),
@@ -92,6 +133,11 @@ std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
   return async_bytes(problem, options, shape, options.device);
 }
 
+namespace {
+void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const SinkhornOptions& o,
+                 const detail::SinkhornShape& shape, const DeviceSinkhornOutputs& out);
+}  // namespace
+
 void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& o,
                     const DeviceSinkhornOutputs& out) {
   if (out.f == nullptr || out.g == nullptr) {
@@ -103,6 +149,24 @@ void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const Sinkh
   const auto shape = device_shape(problem, o, "sinkhorn_async");
   auto& im = ctx.impl();
   im.activate();
+  for (const BatchChunk& bc : chunks_of(shape)) {
+    DeviceSinkhornOutputs part = out;
+    part.f = out.f + bc.begin * shape.n;
+    part.g = out.g + bc.begin * shape.m;
+    part.ot_eps = offset(out.ot_eps, bc.begin);
+    part.transport_cost = offset(out.transport_cost, bc.begin);
+    part.marginal_error = offset(out.marginal_error, bc.begin);
+    part.residual = offset(out.residual, bc.begin);
+    part.iterations = offset(out.iterations, bc.begin);
+    async_chunk(im, cuda_backend::slice_batch(problem, shape, bc.begin, bc.count), o,
+                chunk_shape(shape, bc), part);
+  }
+}
+
+namespace {
+
+void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const SinkhornOptions& o,
+                 const detail::SinkhornShape& shape, const DeviceSinkhornOutputs& out) {
   const auto pl = cuda_backend::plan_device(problem, o, shape, im.device(), true);
   void* const ws = im.workspace(async_bytes(problem, o, shape, im.device()));
   const cudaStream_t s = im.stream();
@@ -133,6 +197,8 @@ void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const Sinkh
                                      cudaMemcpyDeviceToDevice, s));
   }
 }
+
+}  // namespace
 
 void barycentric_map_async(GpuContext& ctx, const SinkhornProblem& problem,
                            const SinkhornOptions& options, const float* g, float* map) {

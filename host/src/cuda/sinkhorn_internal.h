@@ -27,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_context_impl.h"
 #include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
@@ -44,99 +45,27 @@ namespace otgpu::cuda_backend {
 
 // ------------------------------------------------------------------ resources --
 
-/// A stream of our own for one call (the host API returns synchronized results).
-class Stream {
- public:
-  Stream() { OTGPU_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
+// Every call runs on a runtime::Context (the caller's GpuContext or the thread's
+// cached one): no stream, buffer, pinned memory or event is created per call.
 
- private:
-  cudaStream_t s_ = nullptr;
+/// Pinned host ints owned by the Context (Context::poll_slots), for lagged reads.
+struct PinnedView {
+  int* p = nullptr;
+  int* get() const { return p; }
 };
 
-/// Stream-ordered device buffer (cudaMallocAsync draws from the device's memory
-/// pool, so repeated solves do not pay for fresh allocations).
-template <class T>
-class DeviceArray {
- public:
-  DeviceArray(std::size_t count, cudaStream_t s) : s_(s), count_(count) {
-    if (count_ > 0) {
-      const cudaError_t st = cudaMallocAsync(reinterpret_cast<void**>(&p_), bytes(), s_);
-      if (st == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        std::size_t free_b = 0, total_b = 0;
-        cudaMemGetInfo(&free_b, &total_b);
-        throw OutOfMemory(fmt::format(
-            "cuda backend: cannot allocate {} bytes of device memory ({} bytes free of {})",
-            bytes(), free_b, total_b));
-      }
-      OTGPU_CUDA_CHECK(st);
-    }
-  }
-  ~DeviceArray() {
-    if (p_ != nullptr) cudaFreeAsync(p_, s_);
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  T* get() const { return p_; }
-  std::size_t bytes() const { return count_ * sizeof(T); }
-  void upload(const T* host) const {
-    if (count_ > 0)
-      OTGPU_CUDA_CHECK(cudaMemcpyAsync(p_, host, bytes(), cudaMemcpyHostToDevice, s_));
-  }
-  void download(T* host) const {
-    if (count_ > 0)
-      OTGPU_CUDA_CHECK(cudaMemcpyAsync(host, p_, bytes(), cudaMemcpyDeviceToHost, s_));
-  }
-
- private:
-  cudaStream_t s_;
-  std::size_t count_;
-  T* p_ = nullptr;
+/// An event owned by the Context (Context::poll_event).
+struct EventView {
+  cudaEvent_t e = nullptr;
+  cudaEvent_t get() const { return e; }
 };
 
-/// Pinned host memory for the lagged convergence reads.
-class PinnedInts {
- public:
-  explicit PinnedInts(std::size_t n) {
-    OTGPU_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(int)));
-  }
-  ~PinnedInts() { cudaFreeHost(p_); }
-  PinnedInts(const PinnedInts&) = delete;
-  PinnedInts& operator=(const PinnedInts&) = delete;
-  int* get() const { return p_; }
-
- private:
-  int* p_ = nullptr;
-};
-
-class Event {
- public:
-  Event() { OTGPU_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
-  ~Event() { cudaEventDestroy(e_); }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  cudaEvent_t get() const { return e_; }
-
- private:
-  cudaEvent_t e_ = nullptr;
-};
+/// Largest batch one launch handles: kernels put the problem index on grid y (at most
+/// 65,535 blocks on every CUDA device), so larger batches run in chunks of at most this
+/// many problems (batch_chunks); the planner's batch chunks use the same bound.
+constexpr std::int64_t max_batch_per_launch() { return 65535; }
 
 // ------------------------------------------------------------------- layouts --
-
-/// The canonical layout, on the host, ready to upload.
-struct Canonical {
-  std::int64_t B = 0, n = 0, m = 0, d = 0;
-  int dp = 0;
-  CostKind cost = CostKind::sqeuclidean;
-  std::vector<float> X, Y, C;  // points [B,n,dp], [B,m,dp] (centered) or costs
-  std::vector<double> center;  // [B, dp] subtracted from x and y
-  std::vector<double> a, b;    // weights [B,n], [B,m] (b rescaled when balanced)
-  std::vector<float> logA, logB;
-};
 
 /// Non-owning views of the canonical device arrays of one solve.
 struct DeviceSolve {
@@ -197,8 +126,8 @@ struct SolveSizes {
 
 /// Host-side polling of the active count for early exit (the synchronous API).
 struct Poller {
-  PinnedInts pinned{2};
-  Event ev[2];
+  PinnedView pinned;  ///< 2 ints (Context::poll_slots)
+  EventView ev[2];
   int checks = 0;
 };
 
@@ -286,19 +215,55 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
 void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s);
 
 // -------------------------------------------------------- staging (sinkhorn_stage.cpp) --
-
-Canonical canonicalize(const SinkhornProblem& p, const detail::SinkhornShape& s, bool balanced);
-
-/// Mean cost per problem over all n*m pairs (eps_relative), on the host in double
-/// except the Euclidean one, which needs an O(nm) pass and runs on the device.
-std::vector<double> mean_costs(const Canonical& c, const float* dX, const float* dY,
-                               cudaStream_t s);
+//
+// One road for host and device views: host views are copied raw (the bytes they span,
+// any dtype and strides) through the context's pinned staging memory into the
+// workspace, then every view is staged, checked and centered by the same kernels.
+// The device checks also run for host views (already checked for finiteness on the
+// host): one code path, and they catch finite fp64 values outside the fp32 range.
 
 void set_device(int device);
 
-kernels::OnlinePass pass(const Canonical& c, bool f_side, const float* dX, const float* dY,
-                         const float* dLogA, const float* dLogB, const float* dF, const float* dG,
-                         const float* eps, const int* active);
+/// Bytes from v.data to the end of the last element v spans (strides >= 0).
+std::size_t view_span_bytes(const TensorView& v);
+
+/// Host bytes to copy to the device in one transfer, each into its own aligned slot of
+/// one device region.
+class RawUpload {
+ public:
+  /// Adds a span; returns its index for device().
+  std::size_t add(const void* host, std::size_t bytes);
+  /// Bytes of the device region (slots aligned to kAlign).
+  std::size_t bytes() const { return total_; }
+  /// Packs the spans into ctx's pinned staging memory and queues one copy to `region`
+  /// (bytes() long) on ctx's stream.
+  void run(runtime::Context& ctx, void* region);
+  /// Device address of span k (after run).
+  const void* device(std::size_t k) const;
+
+ private:
+  struct Span {
+    const void* host;
+    std::size_t bytes, offset;
+  };
+  std::vector<Span> spans_;
+  std::size_t total_ = 0;
+  unsigned char* region_ = nullptr;
+};
+
+/// Adds the host views of `problem` to `up`; device_problem() then gives the problem
+/// with those views pointing at their raw copies (same dtype, shape and strides).
+struct HostViews {
+  std::size_t slot[5] = {0, 0, 0, 0, 0};  ///< x, y, cost, a, b
+  bool host[5] = {false, false, false, false, false};
+};
+HostViews add_host_views(const SinkhornProblem& problem, RawUpload& up);
+SinkhornProblem device_problem(const SinkhornProblem& problem, const HostViews& hv,
+                               const RawUpload& up);
+
+/// dst[k] = float(src[k]) for k < count: fp64 values uploaded raw (warm starts,
+/// potentials and eps of a result) converted on the device.
+void convert_doubles(const void* src, std::int64_t count, float* dst, cudaStream_t s);
 
 kernels::StridedSource source(const TensorView& v);
 
@@ -324,10 +289,34 @@ std::vector<double> check_device_inputs(const SinkhornProblem& problem, const De
                                         const Carved& c, bool balanced, bool relative,
                                         cudaStream_t s);
 
-/// Starts F and G from options.f_init / g_init (converted to fp32) or zeros.
-void init_potentials(const SinkhornOptions& o, const DeviceSolve& d, cudaStream_t s);
+/// Starts F and G from the raw fp64 copies of options.f_init / g_init (nullptr: zeros).
+void init_potentials(const void* f_init, const void* g_init, const DeviceSolve& d, cudaStream_t s);
 
 // -------------------------------------------------------- solve (sinkhorn_solve.cpp) --
+
+/// What a synchronous solve keeps for the derived outputs (SinkhornResult::state): per
+/// batch chunk, one stream-ordered device allocation of its own (never the context's
+/// workspace, which the next call reuses) holding the staged problem as solved
+/// (centered fp32 points or the fp32 cost, weights in double and log form with b
+/// rescaled when balanced, the centers), the fp32 potentials and the target eps.
+/// Freed stream-ordered on the legacy default stream when the last result copy dies:
+/// every synchronous call has completed its work by then.
+struct SolveState {
+  SinkhornProblem key;  ///< the views the solve was given (pointers, shapes, strides)
+  int device = 0;
+  struct Chunk {
+    std::int64_t begin = 0, count = 0;
+    void* mem = nullptr;
+    const float *X = nullptr, *Y = nullptr, *C = nullptr, *logA = nullptr, *logB = nullptr;
+    const double *a = nullptr, *b = nullptr, *center = nullptr;
+    const float *F = nullptr, *G = nullptr, *eps = nullptr;
+  };
+  std::vector<Chunk> chunks;
+  SolveState() = default;
+  SolveState(const SolveState&) = delete;
+  SolveState& operator=(const SolveState&) = delete;
+  ~SolveState();
+};
 
 /// The host result from the downloaded arrays; scale[b]: eps of problem b / options.eps.
 SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape& sh,

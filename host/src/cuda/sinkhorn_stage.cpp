@@ -3,15 +3,20 @@
 // and compute the eps scale on the device. The synchronous API reads the checks back
 // once, before iterating, and throws the errors the host validation throws for host
 // data; the stream-ordered API runs the same staging without that read-back. Host
-// views are laid out on the host (canonicalize) and uploaded.
+// views take the same road: their raw bytes are copied through the context's pinned
+// staging memory into the workspace, and the same kernels stage them from there.
 #include "sinkhorn_internal.h"
 
 namespace otgpu::cuda_backend {
 
 namespace {
 
-/// One element of a device view (error messages only).
+/// One element of a host or device view (error messages only).
 double read_element(const TensorView& v, std::int64_t offset) {
+  if (v.space == MemorySpace::host) {
+    return v.dtype == DType::f64 ? static_cast<const double*>(v.data)[offset]
+                                 : static_cast<double>(static_cast<const float*>(v.data)[offset]);
+  }
   if (v.dtype == DType::f64) {
     double x = 0;
     OTGPU_CUDA_CHECK(cudaMemcpy(&x, static_cast<const double*>(v.data) + offset, sizeof(double),
@@ -41,144 +46,71 @@ double read_element(const TensorView& v, std::int64_t offset) {
 
 }  // namespace
 
-Canonical canonicalize(const SinkhornProblem& p, const detail::SinkhornShape& s, bool balanced) {
-  Canonical c;
-  c.B = s.batch;
-  c.n = s.n;
-  c.m = s.m;
-  c.d = s.d;
-  c.cost = p.cost_kind;
-  const auto B = static_cast<std::size_t>(s.batch);
-  auto load3 = [](const TensorView& v, std::int64_t b, std::int64_t i, std::int64_t k) {
-    return v.rank == 3 ? load_as_double(v, b, i, k) : load_as_double(v, i, k);
-  };
-  if (p.cost_kind == CostKind::matrix) {
-    c.C.resize(B * static_cast<std::size_t>(s.n * s.m));
-    for (std::int64_t b = 0; b < s.batch; ++b)
-      for (std::int64_t i = 0; i < s.n; ++i)
-        for (std::int64_t j = 0; j < s.m; ++j)
-          c.C[static_cast<std::size_t>((b * s.n + i) * s.m + j)] =
-              static_cast<float>(load3(p.cost, b, i, j));
-  } else {
-    c.dp = padded_dim(s.d);
-    const auto dp = static_cast<std::size_t>(c.dp);
-    c.X.assign(B * static_cast<std::size_t>(s.n) * dp, 0.f);
-    c.Y.assign(B * static_cast<std::size_t>(s.m) * dp, 0.f);
-    c.center.assign(B * dp, 0.0);
-    for (std::int64_t b = 0; b < s.batch; ++b) {
-      double* ctr = c.center.data() + static_cast<std::size_t>(b) * dp;
-      for (std::int64_t j = 0; j < s.m; ++j)
-        for (std::int64_t k = 0; k < s.d; ++k) ctr[k] += load3(p.y, b, j, k);
-      for (std::int64_t k = 0; k < s.d; ++k) ctr[k] /= static_cast<double>(s.m);
-      for (std::int64_t i = 0; i < s.n; ++i)
-        for (std::int64_t k = 0; k < s.d; ++k)
-          c.X[(static_cast<std::size_t>(b * s.n + i)) * dp + static_cast<std::size_t>(k)] =
-              static_cast<float>(load3(p.x, b, i, k) - ctr[k]);
-      for (std::int64_t j = 0; j < s.m; ++j)
-        for (std::int64_t k = 0; k < s.d; ++k)
-          c.Y[(static_cast<std::size_t>(b * s.m + j)) * dp + static_cast<std::size_t>(k)] =
-              static_cast<float>(load3(p.y, b, j, k) - ctr[k]);
-    }
-  }
-  auto weights = [&](const TensorView& w, std::int64_t len, std::vector<double>& out) {
-    out.resize(B * static_cast<std::size_t>(len));
-    for (std::int64_t b = 0; b < s.batch; ++b)
-      for (std::int64_t i = 0; i < len; ++i)
-        out[static_cast<std::size_t>(b * len + i)] =
-            !w.present() ? 1.0 / static_cast<double>(len)
-                         : (w.rank == 2 ? load_as_double(w, b, i) : load_as_double(w, i));
-  };
-  weights(p.a, s.n, c.a);
-  weights(p.b, s.m, c.b);
-  if (balanced) {
-    for (std::int64_t b = 0; b < s.batch; ++b) {
-      double ma = 0, mb = 0;
-      for (std::int64_t i = 0; i < s.n; ++i) ma += c.a[static_cast<std::size_t>(b * s.n + i)];
-      for (std::int64_t j = 0; j < s.m; ++j) mb += c.b[static_cast<std::size_t>(b * s.m + j)];
-      for (std::int64_t j = 0; j < s.m; ++j) c.b[static_cast<std::size_t>(b * s.m + j)] *= ma / mb;
-    }
-  }
-  auto logs = [](const std::vector<double>& w, std::vector<float>& out) {
-    out.resize(w.size());
-    for (std::size_t k = 0; k < w.size(); ++k)
-      out[k] =
-          w[k] > 0 ? static_cast<float>(std::log(w[k])) : -std::numeric_limits<float>::infinity();
-  };
-  logs(c.a, c.logA);
-  logs(c.b, c.logB);
-  return c;
-}
-
-/// Mean cost per problem over all n*m pairs (eps_relative), on the host in double
-/// except the Euclidean one, which needs an O(nm) pass and runs on the device.
-std::vector<double> mean_costs(const Canonical& c, const float* dX, const float* dY,
-                               cudaStream_t s) {
-  const auto B = static_cast<std::size_t>(c.B);
-  std::vector<double> mean(B, 0.0);
-  if (c.cost == CostKind::matrix) {
-    for (std::size_t b = 0; b < B; ++b) {
-      double acc = 0;
-      const std::size_t nm = static_cast<std::size_t>(c.n * c.m);
-      for (std::size_t k = 0; k < nm; ++k) acc += c.C[b * nm + k];
-      mean[b] = acc / static_cast<double>(nm);
-    }
-  } else if (c.cost == CostKind::sqeuclidean) {
-    // mean_ij |x_i - y_j|^2 = var(x) + var(y) + |mean x - mean y|^2 (centered data).
-    const auto dp = static_cast<std::size_t>(c.dp);
-    for (std::size_t b = 0; b < B; ++b) {
-      for (std::size_t k = 0; k < dp; ++k) {
-        double sx = 0, sxx = 0, sy = 0, syy = 0;
-        for (std::int64_t i = 0; i < c.n; ++i) {
-          const double v =
-              c.X[(b * static_cast<std::size_t>(c.n) + static_cast<std::size_t>(i)) * dp + k];
-          sx += v;
-          sxx += v * v;
-        }
-        for (std::int64_t j = 0; j < c.m; ++j) {
-          const double v =
-              c.Y[(b * static_cast<std::size_t>(c.m) + static_cast<std::size_t>(j)) * dp + k];
-          sy += v;
-          syy += v * v;
-        }
-        const double mx = sx / static_cast<double>(c.n), my = sy / static_cast<double>(c.m);
-        mean[b] += (sxx / static_cast<double>(c.n) - mx * mx) +
-                   (syy / static_cast<double>(c.m) - my * my) + (mx - my) * (mx - my);
-      }
-    }
-  } else {
-    DeviceArray<double> out(B, s);
-    kernels::mean_euclidean_cost(dX, dY, out.get(), c.B, c.n, c.m, c.dp, s);
-    out.download(mean.data());
-    OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
-  }
-  for (std::size_t b = 0; b < B; ++b) {
-    if (!(mean[b] > 0) || !std::isfinite(mean[b])) {
-      throw InvalidArgument(fmt::format(
-          "eps_relative: mean cost of problem {} is {}; a relative eps needs a positive mean cost",
-          b, mean[b]));
-    }
-  }
-  return mean;
-}
-
 void set_device(int device) { OTGPU_CUDA_CHECK(cudaSetDevice(device)); }
 
-kernels::OnlinePass pass(const Canonical& c, bool f_side, const float* dX, const float* dY,
-                         const float* dLogA, const float* dLogB, const float* dF, const float* dG,
-                         const float* eps, const int* active) {
-  kernels::OnlinePass p;
-  p.cost = c.cost;
-  p.rows = f_side ? dX : dY;
-  p.cols = f_side ? dY : dX;
-  p.col_logw = f_side ? dLogB : dLogA;
-  p.col_pot = f_side ? dG : dF;
-  p.eps = eps;
-  p.active = active;
-  p.B = c.B;
-  p.n_rows = f_side ? c.n : c.m;
-  p.n_cols = f_side ? c.m : c.n;
-  p.dp = c.dp;
+std::size_t view_span_bytes(const TensorView& v) {
+  if (!v.present()) return 0;
+  std::int64_t last = 0;
+  for (int k = 0; k < v.rank; ++k) {
+    if (v.dim(k) == 0) return 0;
+    last += (v.dim(k) - 1) * v.stride(k);
+  }
+  return static_cast<std::size_t>(last + 1) * dtype_size(v.dtype);
+}
+
+std::size_t RawUpload::add(const void* host, std::size_t bytes) {
+  const std::size_t offset = (total_ + kAlign - 1) / kAlign * kAlign;
+  spans_.push_back({host, bytes, offset});
+  total_ = offset + bytes;
+  return spans_.size() - 1;
+}
+
+void RawUpload::run(runtime::Context& ctx, void* region) {
+  region_ = static_cast<unsigned char*>(region);
+  if (total_ == 0) return;
+  // staging() waits until the previous use of the pinned memory has been copied.
+  auto* pin = static_cast<unsigned char*>(ctx.staging(total_));
+  for (const Span& sp : spans_) std::memcpy(pin + sp.offset, sp.host, sp.bytes);
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(region_, pin, total_, cudaMemcpyHostToDevice, ctx.stream()));
+  ctx.staging_done();
+}
+
+const void* RawUpload::device(std::size_t k) const { return region_ + spans_[k].offset; }
+
+HostViews add_host_views(const SinkhornProblem& problem, RawUpload& up) {
+  HostViews hv;
+  const TensorView* views[5] = {&problem.x, &problem.y, &problem.cost, &problem.a, &problem.b};
+  for (int k = 0; k < 5; ++k) {
+    const TensorView& v = *views[k];
+    if (!v.present() || v.space != MemorySpace::host) continue;
+    hv.host[k] = true;
+    hv.slot[k] = up.add(v.data, view_span_bytes(v));
+  }
+  return hv;
+}
+
+SinkhornProblem device_problem(const SinkhornProblem& problem, const HostViews& hv,
+                               const RawUpload& up) {
+  SinkhornProblem p = problem;
+  TensorView* views[5] = {&p.x, &p.y, &p.cost, &p.a, &p.b};
+  for (int k = 0; k < 5; ++k) {
+    if (!hv.host[k]) continue;
+    views[k]->data = up.device(hv.slot[k]);
+    views[k]->space = MemorySpace::device;
+  }
   return p;
+}
+
+void convert_doubles(const void* src, std::int64_t count, float* dst, cudaStream_t s) {
+  if (count <= 0) return;
+  kernels::StridedSource in;
+  in.data = src;
+  in.is_f64 = true;
+  in.rank = 2;
+  in.stride[0] = 1;
+  in.stride[1] = 1;
+  // count rows of one coordinate: dst[i] = src[i].
+  kernels::stage_points(in, 1, count, 1, 1, dst, s);
 }
 
 kernels::StridedSource source(const TensorView& v) {
@@ -347,23 +279,19 @@ std::vector<double> check_device_inputs(const SinkhornProblem& problem, const De
   return mean;
 }
 
-/// Starts F and G from options.f_init / g_init (converted to fp32) or zeros.
-void init_potentials(const SinkhornOptions& o, const DeviceSolve& d, cudaStream_t s) {
-  const auto nB = static_cast<std::size_t>(d.B * d.n), mB = static_cast<std::size_t>(d.B * d.m);
-  std::vector<float> f0(o.f_init.begin(), o.f_init.end()), g0(o.g_init.begin(), o.g_init.end());
-  if (f0.empty()) {
-    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.F, 0, nB * sizeof(float), s));
+/// Starts F and G from the raw fp64 copies of options.f_init / g_init (nullptr: zeros).
+void init_potentials(const void* f_init, const void* g_init, const DeviceSolve& d, cudaStream_t s) {
+  const auto nB = d.B * d.n, mB = d.B * d.m;
+  if (f_init == nullptr) {
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.F, 0, static_cast<std::size_t>(nB) * sizeof(float), s));
   } else {
-    OTGPU_CUDA_CHECK(
-        cudaMemcpyAsync(d.F, f0.data(), nB * sizeof(float), cudaMemcpyHostToDevice, s));
+    convert_doubles(f_init, nB, d.F, s);
   }
-  if (g0.empty()) {
-    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.G, 0, mB * sizeof(float), s));
+  if (g_init == nullptr) {
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.G, 0, static_cast<std::size_t>(mB) * sizeof(float), s));
   } else {
-    OTGPU_CUDA_CHECK(
-        cudaMemcpyAsync(d.G, g0.data(), mB * sizeof(float), cudaMemcpyHostToDevice, s));
+    convert_doubles(g_init, mB, d.G, s);
   }
-  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));  // f0, g0 are pageable and go out of scope
 }
 
 }  // namespace otgpu::cuda_backend
