@@ -42,6 +42,14 @@
 
 namespace otgpu::cuda_backend {
 
+// ------------------------------------------------------------ launch limits --
+
+/// Most problems one launch of the online / dense half-steps and of the aux kernels
+/// may carry: the batch is the grid's y axis (gridDim.y <= 65,535 on every device the
+/// backend supports). A larger batch is solved in chunks of at most this many problems
+/// (the planner's batch_chunks); the small kernel puts the batch on x and has no limit.
+constexpr std::int64_t max_batch_per_launch() { return 65535; }
+
 // ------------------------------------------------------------------ resources --
 
 /// A stream of our own for one call (the host API returns synchronized results).
