@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
@@ -394,6 +395,13 @@ Plan make_cpu_plan(const Request& request, const CpuProps& cpu) {
   }
   return p;
 }
+
+namespace {
+thread_local std::string g_last_loop;
+}  // namespace
+
+std::string last_loop_strategy() { return g_last_loop; }
+void set_last_loop_strategy(std::string strategy) { g_last_loop = std::move(strategy); }
 
 std::string describe(const Plan& p) {
   const Request& r = p.request;

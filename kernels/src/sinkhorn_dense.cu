@@ -34,7 +34,6 @@ using detail::scaled_term;
 // column term v_j = log2e*logB_j + G_j*scale is loaded and formed once per warp and
 // reused for all its rows, and every lane keeps kRowsPerWarp x 2 float4 loads of C
 // in flight (Little's law: ~32 KB per SM with two blocks per SM).
-constexpr int kRowWarps = geometry::kDenseRowWarps;
 constexpr int kRowsPerWarp = geometry::kDenseRowsPerWarp;
 constexpr int kRowsPerBlock = geometry::kDenseRowsPerBlock;
 constexpr int kRowThreads = geometry::kDenseRowThreads;

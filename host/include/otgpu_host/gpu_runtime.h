@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace otgpu::runtime {
@@ -93,6 +94,14 @@ class Context {
   /// nothing.
   std::int64_t allocations() const noexcept { return allocations_; }
 
+  /// State a solver's driver keeps with the context between calls (the Sinkhorn
+  /// loop's instantiated CUDA graphs); destroyed with the context, after its stream
+  /// drained.
+  struct Cache {
+    virtual ~Cache() = default;
+  };
+  std::unique_ptr<Cache>& loop_cache() noexcept { return loop_cache_; }
+
  private:
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -106,6 +115,7 @@ class Context {
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
   std::int64_t allocations_ = 0;
+  std::unique_ptr<Cache> loop_cache_;  ///< last member: released first
 };
 
 /// The calling thread's cached context for `device` on the legacy default stream

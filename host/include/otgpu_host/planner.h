@@ -210,6 +210,14 @@ Plan make_cpu_plan(const Request& request, const CpuProps& cpu);
 int choose_splits(std::int64_t row_blocks, std::int64_t B, std::int64_t col_tiles,
                   std::int64_t wave);
 
+/// How the CUDA driver ran the iteration loop of the last solve on this host thread:
+/// "in-kernel" (small kernel), "graph" (a captured check period replayed),
+/// "conditional-while" (the device stops the loop), "plain" (launches from the host;
+/// ": reason" appended when a graph path was wanted), "" before any solve. A debug
+/// field for tests and the bench.
+std::string last_loop_strategy();
+void set_last_loop_strategy(std::string strategy);
+
 /// The plan as readable lines (what `otgpu plan` prints).
 std::string describe(const Plan& plan);
 

@@ -123,7 +123,7 @@ void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const Sinkh
     OTGPU_CUDA_CHECK(cudaMemsetAsync(
         out.g, 0, static_cast<std::size_t>(shape.batch * shape.m) * sizeof(float), s));
   }
-  cuda_backend::enqueue_iterations(c.d, o, im.device(), s, nullptr);
+  cuda_backend::enqueue_iterations(c.d, o, im.device(), s, nullptr, &im);
   cuda_backend::enqueue_finalize(c.d, o, s);
 
   const auto B = shape.batch;

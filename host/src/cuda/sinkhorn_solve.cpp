@@ -167,8 +167,7 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   Stream stream;
   const cudaStream_t s = stream.get();
   const int K = scaling_steps(o);
-  const int sms = device_sm_count(o.device);
-  const SolveSizes z = solve_sizes(c.cost, c.B, c.n, c.m, c.dp, K, true, sms);
+  const SolveSizes z = solve_sizes(c.cost, c.B, c.n, c.m, c.dp, K, true, o.device);
 
   DeviceArray<float> dX(z.X, s), dY(z.Y, s), dC(z.C, s);
   dX.upload(c.X.data());
@@ -263,7 +262,8 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   d.row_mass = dRowMass.get();
   d.row_cost = dRowCost.get();
   d.out4 = dOut.get();
-  d.sm_count = sms;
+  d.f_splits = z.f_splits;
+  d.g_splits = z.g_splits;
   d.partials = dPart.get();
   d.partials_floats = z.partials;
 

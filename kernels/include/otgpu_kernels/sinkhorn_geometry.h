@@ -15,6 +15,10 @@
 
 namespace otgpu::kernels::geometry {
 
+/// Most problems one batched launch carries: the batch is the grid's y axis of the
+/// online, dense and aux launches (gridDim.y <= 65,535). Larger batches are chunked.
+constexpr std::int64_t kMaxBatchPerLaunch = 65535;
+
 // ---- online point-cloud half-step (sinkhorn_online.cu) ------------------------------
 
 constexpr int kOnlineThreads = 128;     ///< threads per block
