@@ -200,10 +200,14 @@ cudaGraph_t capture(cudaStream_t cs, cudaGraph_t graph, Fn&& fn) {
   return out;
 }
 
-/// Makes e.exec run `graph` (whose key is `key`): cudaGraphExecUpdate when the
-/// topology allows it, else a new instantiation once the old one's launches are done.
-void install(GraphEntry& e, cudaGraph_t graph, std::vector<std::uint64_t> key) {
-  if (e.exec != nullptr) {
+/// Makes e.exec run `graph` (whose key is `key`): cudaGraphExecUpdate when allowed
+/// and the topology permits, else a new instantiation once the old one's launches are
+/// done (destroying an executable graph in flight is undefined). Conditional nodes
+/// cannot be updated (their handle belongs to the graph that created it), so the
+/// looped graph passes update = false and a changed key costs one wait for the
+/// previous call's loop.
+void install(GraphEntry& e, cudaGraph_t graph, std::vector<std::uint64_t> key, bool update) {
+  if (e.exec != nullptr && update) {
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(e.exec, graph, &info) == cudaSuccess) {
       if (e.graph != nullptr) (void)cudaGraphDestroy(e.graph);
@@ -212,7 +216,9 @@ void install(GraphEntry& e, cudaGraph_t graph, std::vector<std::uint64_t> key) {
       return;
     }
     (void)cudaGetLastError();
-    // Not updatable: the old executable may still run on some stream.
+  }
+  if (e.exec != nullptr) {
+    // The old executable may still run on some stream.
     if (e.launched) OTGPU_CUDA_CHECK(cudaEventSynchronize(e.done));
     (void)cudaGraphExecDestroy(e.exec);
     e.exec = nullptr;
@@ -238,7 +244,7 @@ GraphEntry& period_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornO
     kernels::loop_advance(d.loop, o.check_every, cs);
   });
   try {
-    install(e, g, std::move(key));
+    install(e, g, std::move(key), true);
   } catch (...) {
     if (e.graph != g) (void)cudaGraphDestroy(g);
     throw;
@@ -279,7 +285,7 @@ GraphEntry& looped_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornO
       enqueue_period(d, o, cs);
       kernels::loop_gate(handle, d.loop, ce, ce, d.count, t_limit, cs);
     });
-    install(e, parent, std::move(key));
+    install(e, parent, std::move(key), false);
   } catch (...) {
     if (e.graph != parent) (void)cudaGraphDestroy(parent);
     throw;
