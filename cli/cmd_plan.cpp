@@ -128,6 +128,9 @@ void run_plan(const PlanArgs& a) {
   r.max_iter = a.max_iter;
   r.check_every = a.check_every;
   r.scaling_steps = a.eps_scaling_steps < a.max_iter ? a.eps_scaling_steps : a.max_iter;
+  // A cost matrix from a .npy file is contiguous: the GPU reads an f32 one in place
+  // and stages (converts) an f64 one into the workspace.
+  r.stage_cost = dtype != DType::f32;
 
   planner::Plan p;
   const bool gpu = backend == Backend::cuda || (backend == Backend::automatic && cuda_available());

@@ -90,6 +90,13 @@ class PlanCliTest(CliTestCase):
             self.assertAlmostEqual(j["iteration"]["seconds"],
                                    2 * 10000 * 20000 * 4 / H200_BYTES_PER_S, delta=1e-12)
 
+    def test_f64_cost_matrix_is_staged(self):
+        # An f32 matrix is read in place; an f64 one is converted into the workspace.
+        f32 = self.cuda_plan("--n", "1000", "--m", "700", "--cost", "matrix")
+        f64 = self.cuda_plan("--n", "1000", "--m", "700", "--cost", "matrix", "--dtype", "f64")
+        self.assertGreaterEqual(f64["workspace_bytes"] - f32["workspace_bytes"], 1000 * 700 * 4)
+        self.assertEqual(f64["input_bytes"], (1000 * 700 + 1000 + 700) * 8)
+
     def test_large_batch_is_chunked(self):
         j = self.cuda_plan("--n", "600", "--d", "2", "--batch", "150000")
         chunks = j["chunks"]

@@ -279,7 +279,11 @@ GraphEntry& looped_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornO
     cp.conditional.type = cudaGraphCondTypeWhile;
     cp.conditional.size = 1;
     cudaGraphNode_t node = nullptr;
+#if CUDART_VERSION >= 13000
     OTGPU_CUDA_CHECK(cudaGraphAddNode(&node, parent, roots.data(), nullptr, count, &cp));
+#else  // 12.4 - 12.x: no edge data in cudaGraphAddNode
+    OTGPU_CUDA_CHECK(cudaGraphAddNode(&node, parent, roots.data(), count, &cp));
+#endif
     cudaGraph_t body = cp.conditional.phGraph_out[0];
     (void)capture(cache.capture, body, [&](cudaStream_t cs) {
       enqueue_period(d, o, cs);

@@ -14,8 +14,14 @@ namespace planner {
 DeviceProps query_device(int device) {
   runtime::require_device(device);
   DeviceProps p = cuda_backend::device_planner_props(device);
+  // cudaMemGetInfo reports the current device: make it `device` for the query.
+  int current = 0;
+  OTGPU_CUDA_CHECK(cudaGetDevice(&current));
+  OTGPU_CUDA_CHECK(cudaSetDevice(device));
   std::size_t free_b = 0, total_b = 0;
-  OTGPU_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  const cudaError_t st = cudaMemGetInfo(&free_b, &total_b);
+  OTGPU_CUDA_CHECK(cudaSetDevice(current));
+  OTGPU_CUDA_CHECK(st);
   p.memory_free = free_b;
   p.memory_total = total_b;
   return p;
