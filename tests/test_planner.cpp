@@ -267,6 +267,46 @@ TEST(Planner, CpuPlan) {
   EXPECT_NE(otgpu::planner::describe(p).find("cpu-reference"), std::string::npos);
 }
 
+TEST(Planner, LoopScheduleMatchesTheReferenceChecks) {
+  // Brute force against the CPU reference's rule: a check after iteration t when
+  // (t+1) % ce == 0 and t >= K. The prefix ends with the first check, every period ends
+  // with one and starts after one, the tail has none, and nothing is left out.
+  for (int K : {0, 1, 4, 9, 10, 23}) {
+    for (int ce : {1, 3, 10}) {
+      for (int max_iter : {1, 5, 10, 11, 20, 57, 97, 100}) {
+        const auto l = otgpu::planner::loop_schedule(K, ce, max_iter);
+        auto is_check = [&](int t) { return (t + 1) % ce == 0 && t >= K; };
+        std::vector<int> checks;
+        for (int t = 0; t < max_iter; ++t)
+          if (is_check(t)) checks.push_back(t);
+        if (l.periods == 0) {
+          // Plain: no whole period fits after the first check.
+          EXPECT_TRUE(checks.empty() || checks.front() + ce >= max_iter)
+              << "K=" << K << " ce=" << ce << " max_iter=" << max_iter;
+          continue;
+        }
+        ASSERT_FALSE(checks.empty());
+        EXPECT_EQ(l.t0, checks.front() + 1);
+        EXPECT_EQ(l.t_limit, l.t0 + l.periods * ce);
+        EXPECT_LE(l.t_limit, max_iter);
+        EXPECT_LT(max_iter - l.t_limit, ce) << "a whole period left in the tail";
+        for (int p = 0; p < l.periods; ++p) {
+          const int first = l.t0 + p * ce, last = first + ce - 1;
+          EXPECT_TRUE(is_check(first - 1)) << "period " << p << " does not follow a check";
+          EXPECT_TRUE(is_check(last)) << "period " << p << " does not end with a check";
+          for (int t = first; t < last; ++t) EXPECT_FALSE(is_check(t));
+        }
+        for (int t = l.t_limit; t < max_iter; ++t) EXPECT_FALSE(is_check(t)) << "tail " << t;
+      }
+    }
+  }
+  EXPECT_EQ(otgpu::planner::loop_schedule(4, 0, 100).periods, 0);
+  const auto l = otgpu::planner::loop_schedule(4, 10, 97);
+  EXPECT_EQ(l.t0, 10);
+  EXPECT_EQ(l.periods, 8);
+  EXPECT_EQ(l.t_limit, 90);
+}
+
 TEST(Planner, DescribeSaysWhatIsAssumed) {
   const auto p =
       otgpu::planner::make_plan(points(64, 512, 512, 32), otgpu::planner::h200_assumed());

@@ -396,6 +396,22 @@ Plan make_cpu_plan(const Request& request, const CpuProps& cpu) {
   return p;
 }
 
+LoopSchedule loop_schedule(int scaling_steps, int check_every, int max_iter) {
+  LoopSchedule l;
+  if (check_every <= 0 || max_iter <= 0) return l;
+  // The first check: the smallest t >= K with (t + 1) % check_every == 0.
+  const long long ce = check_every;
+  const long long t_first = (static_cast<long long>(scaling_steps) + ce) / ce * ce - 1;
+  if (t_first + 1 >= max_iter) return l;
+  const auto t0 = static_cast<int>(t_first + 1);
+  const int periods = (max_iter - t0) / check_every;
+  if (periods == 0) return l;
+  l.t0 = t0;
+  l.periods = periods;
+  l.t_limit = t0 + periods * check_every;
+  return l;
+}
+
 namespace {
 thread_local std::string g_last_loop;
 }  // namespace

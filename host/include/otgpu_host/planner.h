@@ -210,6 +210,22 @@ Plan make_cpu_plan(const Request& request, const CpuProps& cpu);
 int choose_splits(std::int64_t row_blocks, std::int64_t B, std::int64_t col_tiles,
                   std::int64_t wave);
 
+/// How the device loop cuts iterations [0, max_iter) (the checks are the CPU
+/// reference's: after iteration t when check_every > 0, (t+1) % check_every == 0 and
+/// t >= K):
+///   prefix  [0, t0): plain launches; its last iteration t0 - 1 is the first check;
+///   periods [t0 + p ce, t0 + (p+1) ce) for p < periods: each ends with a check and
+///           starts right after one (its first f-update is the check's, reused);
+///   tail    [t_limit, max_iter), t_limit = t0 + periods ce: fewer than ce iterations,
+///           no check.
+/// periods == 0 (no check, or none with a whole period after it): the loop is plain.
+struct LoopSchedule {
+  int t0 = 0;
+  int periods = 0;
+  int t_limit = 0;
+};
+LoopSchedule loop_schedule(int scaling_steps, int check_every, int max_iter);
+
 /// How the CUDA driver ran the iteration loop of the last solve on this host thread:
 /// "in-kernel" (small kernel), "graph" (a captured check period replayed),
 /// "conditional-while" (the device stops the loop), "plain" (launches from the host;

@@ -342,15 +342,8 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   }
   const int ce = o.check_every;
   const char* why = nullptr;
-  int t0 = 0, periods = 0;
-  if (ce > 0) {
-    // First check: the smallest t >= K with (t + 1) % ce == 0.
-    const long long t_first = (static_cast<long long>(d.K) + ce) / ce * ce - 1;
-    if (t_first + 1 < o.max_iter) {
-      t0 = static_cast<int>(t_first + 1);
-      periods = (o.max_iter - t0) / ce;
-    }
-  }
+  const planner::LoopSchedule sched = planner::loop_schedule(d.K, ce, o.max_iter);
+  const int t0 = sched.t0, periods = sched.periods;
   if (ce == 0) {
     why = "no checks";
   } else if (periods == 0) {
@@ -369,7 +362,7 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   }
   runtime::Context& context = ctx != nullptr ? *ctx : runtime::thread_context(device);
   LoopCache& cache = loop_cache(context);
-  const int t_limit = t0 + periods * ce;
+  const int t_limit = sched.t_limit;
 
   // Build the graph first: a capture that fails leaves the plain loop intact.
   GraphEntry* entry = nullptr;
