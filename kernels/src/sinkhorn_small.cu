@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include "otgpu/error.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
 #include "sinkhorn_kernel_util.cuh"
 
 namespace otgpu::kernels {
@@ -47,69 +48,10 @@ using detail::lse2_value;
 using detail::potential_from_lse2;
 using detail::scaled_term;
 
-constexpr int kMaxThreads = 512;
-constexpr int kMaxOnlineDim = 32;
+using geometry::kSmallMaxThreads;
+using geometry::SmallLayout;
+using geometry::SmallVariant;
 constexpr int kChunk = 8;  // scores per rescale of the running sum
-
-/// Shared-memory layout of one block, in floats from the start of dynamic shared
-/// memory; every region starts on a 16-byte boundary (float4 loads of points).
-struct SmallLayout {
-  int threads = 0;
-  int dim = 0;  ///< padded point dimension of the recomputing variant; 0 = cached cost
-  int ld = 0;   ///< row stride of the cached cost (odd: conflict-free rows and columns)
-  int f = 0, g = 0, log_a = 0, log_b = 0, w = 0, ftilde = 0, scratch = 0, red = 0;
-  int x = 0, y = 0, norm_x = 0, norm_y = 0, cost = 0;
-  std::int64_t floats = 0;
-  std::size_t bytes() const { return static_cast<std::size_t>(floats) * sizeof(float); }
-};
-
-std::int64_t align4(std::int64_t v) { return (v + 3) / 4 * 4; }
-
-int threads_for(std::int64_t n, std::int64_t m) {
-  // A power of two, so that the source slices of a pass divide the block evenly.
-  int t = 64;
-  while (t < std::max(n, m) && t < kMaxThreads) t *= 2;
-  return t;
-}
-
-int padded_dim(std::int64_t d) {
-  int p = 1;
-  while (p < d) p *= 2;
-  return p;
-}
-
-SmallLayout make_layout(std::int64_t n, std::int64_t m, int dim, bool cached) {
-  SmallLayout L;
-  L.threads = threads_for(n, m);
-  L.dim = cached ? 0 : dim;
-  L.ld = cached ? static_cast<int>(m | 1) : 0;
-  std::int64_t at = 0;
-  auto take = [&at](std::int64_t count) {
-    const std::int64_t start = at;
-    at += align4(count);
-    return static_cast<int>(start);
-  };
-  L.f = take(n);
-  L.g = take(m);
-  L.log_a = take(n);
-  L.log_b = take(m);
-  L.w = take(std::max(n, m));
-  L.ftilde = take(n);
-  L.scratch = take(2 * std::int64_t{L.threads});  // one Lse2 per thread
-  L.red = take(2 * 33);                           // 33 doubles for the residual sum
-  if (cached) {
-    L.cost = take(n * L.ld);
-  } else {
-    L.x = take(n * dim);
-    L.y = take(m * dim);
-    if (dim >= 8) {
-      L.norm_x = take(n);
-      L.norm_y = take(m);
-    }
-  }
-  L.floats = at;
-  return L;
-}
 
 struct SmallParams {
   const float* X;
@@ -300,7 +242,7 @@ __device__ double block_sum(double v, double* red) {
 /// D = 0: cost cached in shared memory (filled from C or from the points);
 /// D > 0: cost recomputed from the points, padded to dimension D.
 template <int D, bool kEuclid>
-__global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams p) {
+__global__ void __launch_bounds__(kSmallMaxThreads) small_sinkhorn_kernel(SmallParams p) {
   extern __shared__ float4 smem_f4[];
   float* smem = reinterpret_cast<float*>(smem_f4);
   const int b = static_cast<int>(blockIdx.x);
@@ -478,36 +420,6 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
 
 // ---- host side --------------------------------------------------------------------
 
-struct Variant {
-  bool cached = false;
-  int dim = 0;
-  SmallLayout layout;
-  bool fits = false;
-};
-
-Variant choose_variant(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
-                       std::size_t limit) {
-  Variant cached_v;
-  cached_v.cached = true;
-  cached_v.layout = make_layout(n, m, 0, true);
-  cached_v.fits = cached_v.layout.bytes() <= limit;
-  if (cost == CostKind::matrix) return cached_v;
-
-  Variant online_v;
-  if (d <= kMaxOnlineDim) {
-    online_v.dim = padded_dim(d);
-    online_v.layout = make_layout(n, m, online_v.dim, false);
-    online_v.fits = online_v.layout.bytes() <= limit;
-  }
-  // With d >= 8 a cached score is one LDS against d FMAs; with d <= 4 recomputing
-  // is cheaper than the non-broadcast LDS and keeps many blocks per SM.
-  if (cached_v.fits && (d >= 8 || !online_v.fits)) return cached_v;
-  if (online_v.fits) return online_v;
-  // Nothing fits: report the smaller need.
-  if (d <= kMaxOnlineDim && online_v.layout.bytes() < cached_v.layout.bytes()) return online_v;
-  return cached_v;
-}
-
 std::size_t smem_limit(int device) {
   int v = 0;
   OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -568,12 +480,13 @@ void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t l
 std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
                                     int device) {
   check_shape("small_kernel_smem_bytes", cost, n, m, d);
-  return choose_variant(cost, n, m, d, smem_limit(device)).layout.bytes();
+  return geometry::small_variant(cost != CostKind::matrix, n, m, d, smem_limit(device))
+      .layout.bytes();
 }
 
 bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d, int device) {
   check_shape("small_kernel_fits", cost, n, m, d);
-  return choose_variant(cost, n, m, d, smem_limit(device)).fits;
+  return geometry::small_variant(cost != CostKind::matrix, n, m, d, smem_limit(device)).fits;
 }
 
 void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
@@ -614,7 +527,7 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
   int device = 0;
   OTGPU_CUDA_CHECK(cudaGetDevice(&device));
   const std::size_t limit = smem_limit(device);
-  const Variant v = choose_variant(a.cost, a.n, a.m, a.d, limit);
+  const SmallVariant v = geometry::small_variant(a.cost != CostKind::matrix, a.n, a.m, a.d, limit);
   if (!v.fits)
     throw InvalidArgument(fmt::format(
         "{}: problem n={} m={} d={} needs {} bytes of shared memory per block, device {} allows {}"

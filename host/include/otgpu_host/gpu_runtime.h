@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace otgpu::runtime {
@@ -103,6 +104,14 @@ class Context {
   /// nothing.
   std::int64_t allocations() const noexcept { return allocations_; }
 
+  /// State a solver's driver keeps with the context between calls (the Sinkhorn
+  /// loop's instantiated CUDA graphs); destroyed with the context, after its stream
+  /// drained.
+  struct Cache {
+    virtual ~Cache() = default;
+  };
+  std::unique_ptr<Cache>& loop_cache() noexcept { return loop_cache_; }
+
  private:
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -120,6 +129,7 @@ class Context {
   syevjInfo_t syevj_ = nullptr;
   cusolverDnParams_t params_ = nullptr;
   std::int64_t allocations_ = 0;
+  std::unique_ptr<Cache> loop_cache_;  ///< last member: released first
 };
 
 /// The calling thread's cached context for `device` on the legacy default stream

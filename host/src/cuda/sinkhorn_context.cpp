@@ -183,7 +183,7 @@ void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const Sin
     OTGPU_CUDA_CHECK(cudaMemsetAsync(
         out.g, 0, static_cast<std::size_t>(shape.batch * shape.m) * sizeof(float), s));
   }
-  cuda_backend::enqueue_iterations(c.d, o, im.device(), s, nullptr);
+  cuda_backend::enqueue_iterations(c.d, o, im.device(), s, nullptr, &im);
   cuda_backend::enqueue_finalize(c.d, o, s);
 
   const auto B = shape.batch;

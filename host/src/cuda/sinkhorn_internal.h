@@ -33,15 +33,26 @@
 #include "otgpu/error.h"
 #include "otgpu_host/cuda_backend.h"
 #include "otgpu_host/gpu_runtime.h"
+#include "otgpu_host/planner.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/sinkhorn_aux.h"
 #include "otgpu_kernels/sinkhorn_dense.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
+#include "otgpu_kernels/sinkhorn_loop.h"
 #include "otgpu_kernels/sinkhorn_online.h"
 #include "otgpu_kernels/sinkhorn_small.h"
 #include "otgpu_kernels/sinkhorn_stage.h"
 #include "validate.h"
 
 namespace otgpu::cuda_backend {
+
+// ------------------------------------------------------------ launch limits --
+
+/// Most problems one launch of the online / dense half-steps and of the aux kernels
+/// may carry: the batch is the grid's y axis (gridDim.y <= 65,535 on every device the
+/// backend supports). A larger batch is solved in chunks of at most this many problems
+/// (the planner's batch_chunks); the small kernel puts the batch on x and has no limit.
+constexpr std::int64_t max_batch_per_launch() { return kernels::geometry::kMaxBatchPerLaunch; }
 
 // ------------------------------------------------------------------ resources --
 
@@ -59,11 +70,6 @@ struct EventView {
   cudaEvent_t e = nullptr;
   cudaEvent_t get() const { return e; }
 };
-
-/// Largest batch one launch handles: kernels put the problem index on grid y (at most
-/// 65,535 blocks on every CUDA device), so larger batches run in chunks of at most this
-/// many problems (batch_chunks); the planner's batch chunks use the same bound.
-constexpr std::int64_t max_batch_per_launch() { return 65535; }
 
 // ------------------------------------------------------------------- layouts --
 
@@ -87,13 +93,17 @@ struct DeviceSolve {
   std::size_t col_ws_bytes = 0;
   float *cmean = nullptr, *lse = nullptr, *row_mass = nullptr, *row_cost = nullptr;
   double* out4 = nullptr;
-  int sm_count = 0;           ///< SMs of the device, for the column splits
-  float* partials = nullptr;  ///< split partials of the online half-steps
+  int f_splits = 1, g_splits = 1;  ///< column splits of the f- and g-half-steps (the plan's)
+  float* partials = nullptr;       ///< split partials of the online half-steps
   std::size_t partials_floats = 0;
+  int* loop = nullptr;  ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
 
   bool points() const { return cost != CostKind::matrix; }
   const float* eps_target() const {
     return eps_tab + static_cast<std::size_t>(K) * static_cast<std::size_t>(B);
+  }
+  const float* lam_a_target() const {
+    return lam_a_tab + static_cast<std::size_t>(K) * static_cast<std::size_t>(B);
   }
   kernels::OnlinePass online(bool f_side, const float* eps, const int* act) const {
     kernels::OnlinePass p;
@@ -108,20 +118,22 @@ struct DeviceSolve {
     p.n_rows = f_side ? n : m;
     p.n_cols = f_side ? m : n;
     p.dp = dp;
-    if (partials != nullptr) {
-      p.splits = kernels::online_splits(p, sm_count);
-      p.partials = partials;
-      // Sized by solve_sizes with the same rule; never write past the buffer.
-      if (kernels::online_partials_floats(p) > partials_floats) p.splits = 1;
-      if (p.splits == 1) p.partials = nullptr;
-    }
+    p.splits = f_side ? f_splits : g_splits;
+    p.partials = partials;
+    // Sized by the plan with the same rule; never write past the buffer.
+    if (kernels::geometry::online_partials_floats(p.B, p.n_rows, p.splits) > partials_floats ||
+        partials == nullptr)
+      p.splits = 1;
+    if (p.splits == 1) p.partials = nullptr;
     return p;
   }
 };
 
-/// Sizes of the arrays a DeviceSolve points to, for one workspace carve-up.
+/// Sizes of the arrays a DeviceSolve points to (the host-canonical path; the device
+/// paths carve planner::layout_workspace).
 struct SolveSizes {
   std::size_t X = 0, Y = 0, C = 0, nB = 0, mB = 0, B = 0, tab = 0, col_ws = 0, partials = 0;
+  int f_splits = 1, g_splits = 1;
 };
 
 /// Host-side polling of the active count for early exit (the synchronous API).
@@ -152,13 +164,14 @@ class Carver {
   std::size_t off_ = 0;
 };
 
+/// What the driver decided for one call: the planner's answer plus the staging facts.
 struct DevicePlan {
   detail::SinkhornShape shape;
   CostKind cost = CostKind::sqeuclidean;
   int dp = 0;
   int K = 0;
   bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
-  int sm_count = 0;
+  planner::Plan plan;       ///< kernel, splits, workspace layout, chunks
 };
 
 /// The arrays of a device-side solve or derived output, carved from one buffer.
@@ -182,16 +195,18 @@ int padded_dim(std::int64_t d);
 /// problem: relative eps scales eps and eps_init alike).
 int scaling_steps(const SinkhornOptions& o);
 
+/// The small (one block per problem) kernel runs this solve.
 bool small_path(const DeviceSolve& s, int device);
 
-/// Floats of split partials the f- and g-half-steps of this shape need.
-std::size_t partials_floats(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp,
-                            int sm_count);
+/// The planner's view of `device` (planner::query_device, cached per device; free
+/// memory not queried: allocation failures report it).
+const planner::DeviceProps& device_planner_props(int device);
 
 int device_sm_count(int device);
 
+/// Sizes of the host-canonical path's arrays, with the plan's column splits.
 SolveSizes solve_sizes(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp, int K,
-                       bool stage_cost, int sm_count);
+                       bool stage_cost, int device);
 
 DevicePlan plan_device(const SinkhornProblem& problem, const SinkhornOptions& o,
                        const detail::SinkhornShape& shape, int device, bool solve);
@@ -204,11 +219,21 @@ std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
 
 // ---------------------------------------------------------- loop (sinkhorn_loop.cpp) --
 
-/// Enqueues the iterations. With a poller, the host reads the number of active
-/// problems one check period late and stops enqueueing once it is zero; without,
-/// all max_iter iterations are enqueued (retired problems cost no work).
+/// Enqueues the iterations (the loop of the CPU reference, iteration for iteration):
+/// the eps-scaling prefix up to the first check as plain launches, then check periods
+/// (check_every iterations and the check, the check's f-update reused as the next
+/// F), then the iterations after the last whole period.
+/// With a poller (synchronous API): the periods replay one captured CUDA graph and the
+/// host reads the active count one period late, stopping once it is zero. Without
+/// (stream-ordered API): one conditional WHILE graph runs the periods until the
+/// device finds no active problem; the host never waits. Either falls back to plain
+/// launches (d.loop == nullptr, check_every == 0, no conditional nodes in the driver,
+/// a capture that fails, or OTGPU_LOOP=plain in the environment). The graphs are
+/// cached in `ctx` (nullptr: runtime::thread_context(device)) and re-instantiated
+/// only when the shape or a pointer they bake in changes. planner::last_loop_strategy()
+/// says which ran.
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
-                        Poller* poller);
+                        Poller* poller, runtime::Context* ctx = nullptr);
 
 /// Enqueues the final report at the target eps for every problem (active flags
 /// ignored) into d.out4 [B, 4].
