@@ -23,7 +23,8 @@ class CompensatedSum {
     }
     sum_ = t;
   }
-  double value() const noexcept { return sum_ + comp_; }
+  /// An overflowed sum stays inf (the compensation of inf - inf would turn it NaN).
+  double value() const noexcept { return std::isfinite(sum_) ? sum_ + comp_ : sum_; }
 
  private:
   double sum_ = 0.0;

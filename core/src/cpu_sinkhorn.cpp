@@ -410,29 +410,33 @@ double cost_scale(const ProblemData& p, const SinkhornOptions& o) {
 }
 
 /// Rejects an eps that fp64 cannot resolve against the costs of problem p (see
-/// detail::min_resolvable_eps), naming the range that works.
+/// detail::min_resolvable_eps and max_resolvable_eps), naming the range that works.
 void check_eps_resolvable(const ProblemData& p, const CostRange& range, const SinkhornOptions& o,
                           double eps) {
+  constexpr double kUnitRoundoff = 0x1p-53;
   const double max_abs = std::max(std::fabs(range.min), std::fabs(range.max));
-  const double lo = detail::min_resolvable_eps(max_abs, 0x1p-53);
-  if (eps >= lo) return;
+  const double spread = range.max - range.min;
+  const double lo = detail::min_resolvable_eps(max_abs, kUnitRoundoff);
+  const double hi = detail::max_resolvable_eps(spread, kUnitRoundoff);
+  const bool low = eps<lo, high = spread> 0 && eps > hi;
+  if (!low && !high) return;
+  const double per = eps / o.eps;  // absolute eps per unit of the given eps
   throw InvalidArgument(fmt::format(
-      "eps: {} ({}absolute {:.3g}) is below what float64 resolves in problem {}, whose costs "
-      "reach {:.3g}: (f_i + g_j - C_ij) / eps would be rounding noise. The working range is "
-      "eps >= {:.3g} (3.3e-13 x max|C_ij|){}",
-      o.eps, o.eps_relative ? "relative; " : "", eps, p.index, max_abs, lo,
-      o.eps_relative ? fmt::format(", i.e. a relative eps >= {:.3g}", lo / (eps / o.eps)) : ""));
+      "eps: {} ({}absolute {:.3g}) is {} what float64 resolves in problem {}, whose costs span "
+      "[{:.3g}, {:.3g}]: {}. The working range is {:.3g} <= eps <= {:.3g} (3.3e-13 x max|C_ij| "
+      "to 5.6e14 x (max C - min C)){}",
+      o.eps, o.eps_relative ? "relative; " : "", eps, low ? "below" : "above", p.index, range.min,
+      range.max,
+      low ? "(f_i + g_j - C_ij) / eps would be rounding noise"
+          : "(g_j - C_ij) / eps would vanish below the rounding of log b_j, and with it the costs",
+      lo, hi,
+      o.eps_relative ? fmt::format(", i.e. a relative eps in [{:.3g}, {:.3g}]", lo / per, hi / per)
+                     : ""));
 }
 
-/// Start of the eps schedule of problem p. Scaling pays off only while eps_t is
-/// below the spread of the costs: above it the plan is the product a (x) b whatever
-/// eps_t, and the iterations spent there only push the potentials to values that the
-/// target eps must then undo. So the schedule starts at most at 2 x (max C - min C).
+/// Start of the eps schedule of problem p (0: none), by the shared rule.
 double schedule_start(const CostRange& range, double eps, double eps_init) {
-  if (!(eps_init > eps)) return 0.0;
-  const double spread = 2.0 * (range.max - range.min);
-  const double start = std::min(eps_init, spread);
-  return start > eps ? start : 0.0;
+  return detail::eps_schedule_start(eps, eps_init, range.max - range.min);
 }
 
 /// Runs `body(b, inner_threads)` for every problem: split over problems when there
