@@ -336,6 +336,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
       pj["converged"] = r.converged;
       pj["eps"] = r.eps;
       pj["tol"] = result.tol;
+      pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
       if (args.divergence) pj["sinkhorn_divergence"] = divergence[k];
       problems.push_back(std::move(pj));
     }

@@ -125,6 +125,7 @@ class ProblemSolver {
     int iterations = 0, since_check = 0, level_iters = 0;
     double eps_t = eps_init_ > eps_ ? eps_init_ : eps_;
     for (int t = 0; t < o_.max_iter; ++t) {
+      if (monitor_.cancelled()) break;  // another problem's callback cancelled the solve
       const bool at_target = eps_t == eps_;
       const bool check_now = o_.check_every > 0 && (t + 1) % o_.check_every == 0 && at_target;
       const bool last = t + 1 == o_.max_iter;
@@ -228,6 +229,7 @@ class ProblemSolver {
     bool converged = false, aborted = false;
     int iterations = 0;
     for (int t = 0; t < o_.max_iter; ++t) {
+      if (monitor_.cancelled()) break;
       const double eps_t = eps_at(t);
       g_update(f, eps_t, 1.0, tf);  // C is symmetric: the column update is T
       if (!all_finite(tf)) {
