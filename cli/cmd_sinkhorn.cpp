@@ -4,9 +4,13 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -25,15 +29,18 @@ namespace {
 struct SinkhornArgs {
   std::string x, y, a, b, cost_matrix;
   std::string cost = "sqeuclidean";
+  // Values of flags that were given; the library's defaults apply to the others.
   double eps = 0;
   bool eps_relative = false;
-  // The command runs to convergence: a generous cap, reported if it is ever hit.
-  int max_iter = 100000;
-  double tol = 1e-6;
-  int check_every = 10;
+  int max_iter = 0;
+  double tol = 0;
+  int check_every = 0;
   double eps_init = 0;
-  double eps_decay = 0.5;
+  double eps_decay = 0;
   bool no_eps_scaling = false;
+  std::string acceleration;
+  bool progress = false;
+  bool strict = false;
   double rho_a = std::numeric_limits<double>::infinity();
   double rho_b = std::numeric_limits<double>::infinity();
   BackendFlags backend;
@@ -44,7 +51,9 @@ struct SinkhornArgs {
 
   // Set when the flag was given (CLI11 fills these in after parsing).
   CLI::Option* cost_opt = nullptr;
+  CLI::Option* max_iter_opt = nullptr;
   CLI::Option* tol_opt = nullptr;
+  CLI::Option* check_every_opt = nullptr;
   CLI::Option* eps_init_opt = nullptr;
   CLI::Option* eps_decay_opt = nullptr;
   CLI::Option* seed_opt = nullptr;
@@ -58,6 +67,15 @@ struct LoadedProblem {
   bool batched = false;  ///< inputs are [B, ...] (outputs get the leading B axis)
   std::int64_t batch = 1, n = 0, m = 0, d = 0;
 };
+
+/// Ends the command with `code` (3: a problem did not converge under --strict), after
+/// everything was written.
+void finish(int code) {
+  if (code == 0) return;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::exit(code);
+}
 
 void check_flag_combinations(const SinkhornArgs& args) {
   const bool points = !args.x.empty() || !args.y.empty();
@@ -90,15 +108,15 @@ void check_flag_combinations(const SinkhornArgs& args) {
     throw InvalidArgument("--seed is only used with --sample-out");
   }
 
+  // Parsing only: a number given to a flag must be one the flag can mean (the
+  // library checks the options it receives again, with its own names).
   require_positive_finite("--eps", args.eps);
-  require_at_least("--max-iter", args.max_iter, 1);
-  require_nonnegative_finite("--tol", args.tol);
-  require_at_least("--check-every", args.check_every, 0);
+  if (args.max_iter_opt->count() > 0) require_at_least("--max-iter", args.max_iter, 1);
+  if (args.tol_opt->count() > 0) require_nonnegative_finite("--tol", args.tol);
+  if (args.check_every_opt->count() > 0) require_at_least("--check-every", args.check_every, 0);
   if (args.eps_init_opt->count() > 0) require_positive_finite("--eps-init", args.eps_init);
-  if (!args.no_eps_scaling) {
-    if (!(args.eps_decay > 0 && args.eps_decay < 1)) {
-      throw InvalidArgument(fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
-    }
+  if (args.eps_decay_opt->count() > 0 && !(args.eps_decay > 0 && args.eps_decay < 1)) {
+    throw InvalidArgument(fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
   }
   require_positive("--rho-a", args.rho_a);
   require_positive("--rho-b", args.rho_b);
@@ -188,45 +206,100 @@ std::uint64_t parse_seed(const std::string& text) {
   return v;
 }
 
+SinkhornAcceleration parse_acceleration(const std::string& text) {
+  if (text == "overrelax") return SinkhornAcceleration::overrelax;
+  if (text == "none") return SinkhornAcceleration::none;
+  throw InvalidArgument(
+      fmt::format("--acceleration: unknown value '{}' (expected overrelax or none)", text));
+}
+
+/// The options the flags ask for: only what was given is set; everything else keeps
+/// the library's defaults (SinkhornOptions{}), resolved by the library for the
+/// backend that runs.
 SinkhornOptions make_options(const SinkhornArgs& args) {
   SinkhornOptions o;
   o.eps = args.eps;
   o.eps_relative = args.eps_relative;
-  o.max_iter = args.max_iter;
-  o.tol = args.tol;
-  o.check_every = args.check_every;
-  // Epsilon scaling is on by default: it changes no fixed point (the entropic
-  // problem at eps has one solution), only how fast a small eps is reached. Start
-  // 1024 x eps above the target unless told otherwise (same units as --eps).
-  if (!args.no_eps_scaling) {
-    o.eps_init = args.eps_init_opt->count() > 0 ? args.eps_init : 1024.0 * args.eps;
-    o.eps_decay = args.eps_decay;
-  }
+  if (args.max_iter_opt->count() > 0) o.max_iter = args.max_iter;
+  if (args.tol_opt->count() > 0) o.tol = args.tol;
+  if (args.check_every_opt->count() > 0) o.check_every = args.check_every;
+  if (args.no_eps_scaling) o.eps_init = 0;
+  if (args.eps_init_opt->count() > 0) o.eps_init = args.eps_init;
+  if (args.eps_decay_opt->count() > 0) o.eps_decay = args.eps_decay;
+  if (!args.acceleration.empty()) o.acceleration = parse_acceleration(args.acceleration);
   o.rho_a = args.rho_a;
   o.rho_b = args.rho_b;
   o.backend = resolve_backend_flag(args.backend);
-  // The fp32 GPU backend cannot measure an L1 marginal error much below ~1e-5 (its
-  // potentials carry ~1e-7 relative round-off, divided by eps), so its default
-  // tolerance is 1e-4; the fp64 CPU reference keeps 1e-6. --tol overrides both.
-  const bool gpu =
-      o.backend == Backend::cuda || (o.backend == Backend::automatic && otgpu::cuda_available());
-  if (args.tol_opt->count() == 0 && gpu) o.tol = 1e-4;
   o.device = args.backend.device;
   o.cpu_threads = args.backend.threads;
   return o;
 }
 
+/// A live progress line on stderr (rewritten in place with \r), at most ~10 per
+/// second; finish() ends it with a newline so later output starts on a fresh line.
+class ProgressLine {
+ public:
+  bool operator()(const SinkhornProgress& p) {
+    const double now = p.elapsed_s;
+    if (shown_ && now - last_ < 0.1) return true;
+    last_ = now;
+    shown_ = true;
+    const std::string who =
+        p.problem >= 0 ? fmt::format("problem {}", p.problem) : std::string("batch");
+    std::fprintf(stderr,
+                 "\rotgpu: sinkhorn %s  iteration %d  eps %.3g  residual %.3g  %lld active  "
+                 "%.1f s   ",
+                 who.c_str(), p.iteration, p.eps, p.residual, static_cast<long long>(p.active),
+                 now);
+    std::fflush(stderr);
+    return true;
+  }
+  void finish() const {
+    if (shown_) std::fputs("\n", stderr);
+  }
+
+ private:
+  bool shown_ = false;
+  double last_ = 0;
+};
+
+/// One stderr line when some problem did not converge (exit 3 with --strict).
+int report_unconverged(const SinkhornResult& result, bool strict) {
+  std::int64_t bad = 0, first = -1;
+  for (std::size_t k = 0; k < result.problems.size(); ++k) {
+    if (result.problems[k].converged) continue;
+    if (first < 0) first = static_cast<std::int64_t>(k);
+    ++bad;
+  }
+  if (bad == 0) return 0;
+  const SinkhornReport& r = result.problems[static_cast<std::size_t>(first)];
+  std::fputs(fmt::format("otgpu: warning: {} of {} problem(s) did not converge (problem {}: "
+                         "residual {:.3g} > tol {:.3g} after {} iterations{}){}\n",
+                         bad, result.problems.size(), first, r.residual, result.tol, r.iterations,
+                         result.cancelled ? ", cancelled" : "",
+                         strict ? "" : "; --strict makes this an error")
+                 .c_str(),
+             stderr);
+  return strict ? 3 : 0;
+}
+
 void run_sinkhorn(const SinkhornArgs& args) {
   check_flag_combinations(args);
-  const SinkhornOptions options = make_options(args);
+  SinkhornOptions options = make_options(args);
   const std::uint64_t seed = parse_seed(args.seed);
   const LoadedProblem lp = load_problem(args);
   const SinkhornProblem& problem = lp.problem;
 
+  auto progress = std::make_shared<ProgressLine>();
+  if (args.progress || isatty(fileno(stderr)) != 0) {
+    options.progress = [progress](const SinkhornProgress& p) { return (*progress)(p); };
+  }
   const SinkhornResult result = sinkhorn(problem, options);
   const auto B = result.batch;
   std::vector<double> divergence;
   if (args.divergence) divergence = sinkhorn_divergence(problem, result, options);
+  progress->finish();
+  const int exit_code = report_unconverged(result, args.strict);
 
   if (!args.f_out.empty()) {
     write_output("--f-out", args.f_out, result.f, batched_shape(lp.batched, B, {result.n}));
@@ -262,16 +335,20 @@ void run_sinkhorn(const SinkhornArgs& args) {
       pj["iterations"] = r.iterations;
       pj["converged"] = r.converged;
       pj["eps"] = r.eps;
+      pj["tol"] = result.tol;
+      pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
       if (args.divergence) pj["sinkhorn_divergence"] = divergence[k];
       problems.push_back(std::move(pj));
     }
     out["problems"] = std::move(problems);
     print_json(out);
+    finish(exit_code);
     return;
   }
 
-  std::vector<std::string> headers = {
-      "problem", "ot_eps", "transport_cost", "marginal_error", "iterations", "converged", "eps"};
+  const bool unbalanced = std::isfinite(options.rho_a) || std::isfinite(options.rho_b);
+  std::vector<std::string> headers = {"problem",  "ot_eps",     "transport_cost", "marginal_error",
+                                      "residual", "iterations", "converged",      "eps"};
   if (args.divergence) headers.emplace_back("sinkhorn_divergence");
   Table table(headers);
   for (std::size_t k = 0; k < result.problems.size(); ++k) {
@@ -280,6 +357,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
                                     format_number(r.ot_eps),
                                     format_number(r.transport_cost),
                                     format_number(r.marginal_error),
+                                    format_number(r.residual),
                                     std::to_string(r.iterations),
                                     r.converged ? "yes" : "no",
                                     format_number(r.eps)};
@@ -294,6 +372,16 @@ void run_sinkhorn(const SinkhornArgs& args) {
   std::fputs(
       fmt::format("backend: {}  time: {:.3f} ms  {}\n", where, result.time_ms, sizes).c_str(),
       stdout);
+  if (unbalanced) {
+    // What "converged" tested: not the marginals, which the KL penalty only pulls at.
+    std::fputs(fmt::format("converged: residual <= tol = {:.3g}; unbalanced, so the residual is "
+                           "the fixed-point residual of the potentials and marginal_error "
+                           "(||P 1 - a||_1) may stay large\n",
+                           result.tol)
+                   .c_str(),
+               stdout);
+  }
+  finish(exit_code);
 }
 
 }  // namespace
@@ -312,13 +400,21 @@ void add_sinkhorn_command(CLI::App& app) {
                   "cost matrix C.npy: [n, m] or [B, n, m], instead of --x/--y");
   sub->add_option("--eps", args->eps, "entropic regularization (> 0, in cost units)")->required();
   sub->add_flag("--eps-relative", args->eps_relative, "eps is relative to the mean cost");
-  sub->add_option("--max-iter", args->max_iter,
-                  "iteration cap (default 100000; hitting it is reported, converged = false)");
+  args->max_iter_opt =
+      sub->add_option("--max-iter", args->max_iter,
+                      "iteration cap (default 100000; hitting it is reported, converged = false)");
   args->tol_opt = sub->add_option(
       "--tol", args->tol,
       "tolerance on the L1 marginal error (default 1e-6 on the CPU, 1e-4 on the fp32 GPU)");
-  sub->add_option("--check-every", args->check_every,
-                  "check convergence every K iterations (default 10; 0 = never)");
+  args->check_every_opt =
+      sub->add_option("--check-every", args->check_every,
+                      "check convergence every K iterations (default 10; 0 = never)");
+  sub->add_option("--acceleration", args->acceleration,
+                  "CPU iteration: overrelax (default, adaptive over-relaxation) or none");
+  sub->add_flag("--progress", args->progress,
+                "show a live progress line on stderr (default: only when stderr is a terminal)");
+  sub->add_flag("--strict", args->strict,
+                "exit with status 3 when a problem did not converge (default: a warning)");
   args->eps_init_opt = sub->add_option("--eps-init", args->eps_init,
                                        "epsilon scaling: start from this eps (same units as --eps; "
                                        "default 1024 x eps)");

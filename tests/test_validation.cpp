@@ -143,6 +143,47 @@ TEST(Validation, EpsScaling) {
   EXPECT_NO_THROW(solve(fx.problem(), off));
 }
 
+TEST(Validation, AutoSentinelsAndAcceleration) {
+  // kAuto (-1) is the only negative tol / eps_init accepted; it means "the library's
+  // default for the backend that runs".
+  Fixture fx;
+  auto o = cpu();
+  o.tol = otgpu::kAuto;
+  o.eps_init = otgpu::kAuto;
+  EXPECT_NO_THROW(solve(fx.problem(), o));
+  for (double bad : {-0.5, -2.0}) {
+    o = cpu();
+    o.eps_init = bad;
+    expect_error<otgpu::InvalidArgument>([&] { solve(fx.problem(), o); },
+                                         {"eps_init", fmt::format("{}", bad), "kAuto"});
+    o = cpu();
+    o.tol = bad;
+    expect_error<otgpu::InvalidArgument>([&] { solve(fx.problem(), o); },
+                                         {"tol", fmt::format("{}", bad), "kAuto"});
+  }
+  o = cpu();
+  o.acceleration = static_cast<otgpu::SinkhornAcceleration>(7);
+  expect_error<otgpu::InvalidArgument>([&] { solve(fx.problem(), o); }, {"acceleration", "7"});
+}
+
+TEST(Validation, PointCostOverflow) {
+  // Finite points whose squared distance overflows: one error naming the cost and the
+  // first pair (problem, i, j), for both point costs.
+  Fixture fx;
+  fx.x[(1 * 4 + 2) * 2 + 0] = 1e200;  // problem 1, i = 2
+  expect_error<otgpu::NonFiniteInput>([&] { solve(fx.problem()); },
+                                      {"cost", "overflows", "problem 1, i = 2, j = 0"});
+  auto p = fx.problem();
+  p.cost_kind = CostKind::euclidean;
+  fx.x[(1 * 4 + 2) * 2 + 0] = 1.7e308;
+  fx.y[(1 * 3 + 1) * 2 + 0] = -1.7e308;  // first overflow: x_0 against this y_1
+  expect_error<otgpu::NonFiniteInput>([&] { solve(p); }, {"cost", "|x_i - y_j|", "i = 0, j = 1"});
+  // Large but representable costs pass.
+  Fixture ok;
+  ok.x[0] = 1e150;
+  EXPECT_NO_THROW(otgpu::detail::validate_sinkhorn(ok.problem(), cpu()));
+}
+
 TEST(Validation, Rho) {
   Fixture fx;
   for (double bad : {0.0, -1.0, kNan, -kInf}) {

@@ -23,7 +23,8 @@ class CompensatedSum {
     }
     sum_ = t;
   }
-  double value() const noexcept { return sum_ + comp_; }
+  /// An overflowed sum stays inf (the compensation of inf - inf would turn it NaN).
+  double value() const noexcept { return std::isfinite(sum_) ? sum_ + comp_ : sum_; }
 
  private:
   double sum_ = 0.0;
@@ -38,7 +39,14 @@ inline double load_problem_element(const TensorView& v, bool batched, std::int64
   return load_as_double(v, i, k);
 }
 
-/// The number of OpenMP threads to use: `requested`, or all of them when 0.
+/// The number of OpenMP threads to use: `requested`, or, when 0, the hardware
+/// threads not already busy with other processes (at least 1). A team larger than
+/// the free cores is the worst case of OpenMP's spin-waiting barriers: a thread whose
+/// partner was descheduled spins away its own time slice at every half-iteration
+/// (3-9x slower than one thread on a loaded 2-core machine). The wait policy itself
+/// cannot be changed here: libgomp reads OMP_WAIT_POLICY once, before any constructor
+/// of this library runs, so a user who wants passive waiting sets it in the
+/// environment. Results never depend on the count.
 int resolve_threads(int requested) noexcept;
 
 /// Threads worth waking for a sweep of `work` cost entries: a parallel region costs
@@ -48,5 +56,10 @@ inline int threads_for_work(int threads, std::int64_t work) noexcept {
   constexpr std::int64_t kMinParallelWork = std::int64_t{1} << 16;
   return work >= kMinParallelWork ? threads : 1;
 }
+
+/// Hardware threads not running other work now: omp_get_max_threads() minus the
+/// runnable tasks of the system other than the caller (Linux /proc/loadavg, field
+/// 4, an instantaneous count), clamped to [1, max]. Elsewhere omp_get_max_threads().
+int idle_hardware_threads() noexcept;
 
 }  // namespace otgpu::cpu

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "cpu_numeric.h"
@@ -11,8 +12,23 @@
 
 namespace otgpu::cpu {
 
+int idle_hardware_threads() noexcept {
+  const int hw = std::max(1, omp_get_max_threads());
+  if (hw == 1) return 1;
+  std::FILE* file = std::fopen("/proc/loadavg", "r");
+  if (file == nullptr) return hw;
+  double l1 = 0, l5 = 0, l15 = 0;
+  long running = 0, total = 0;
+  const int got = std::fscanf(file, "%lf %lf %lf %ld/%ld", &l1, &l5, &l15, &running, &total);
+  std::fclose(file);
+  if (got != 5 || running < 1) return hw;
+  // `running` counts the calling thread itself.
+  const long others = running - 1;
+  return static_cast<int>(std::clamp<long>(hw - others, 1, hw));
+}
+
 int resolve_threads(int requested) noexcept {
-  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
+  return requested > 0 ? requested : idle_hardware_threads();
 }
 
 namespace {
@@ -97,6 +113,19 @@ double ProblemData::mean_cost() const {
     total.add(rs.value());
   }
   return total.value() / (static_cast<double>(n) * static_cast<double>(m));
+}
+
+CostRange ProblemData::cost_range() const {
+  std::vector<double> scratch(dense() ? 0 : static_cast<std::size_t>(m));
+  CostRange r{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()};
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double* row = cost_row(i, scratch.data());
+    for (std::int64_t j = 0; j < m; ++j) {
+      r.min = std::min(r.min, row[j]);
+      r.max = std::max(r.max, row[j]);
+    }
+  }
+  return r;
 }
 
 void rescale_b_to_mass_of_a(ProblemData& p) {

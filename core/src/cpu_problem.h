@@ -14,6 +14,11 @@ namespace otgpu::cpu {
 /// Largest cost matrix (plus its transpose) held in memory per problem.
 inline constexpr std::int64_t kMaxDenseCostBytes = std::int64_t{1} << 30;
 
+/// Smallest and largest C_ij of a problem.
+struct CostRange {
+  double min = 0, max = 0;
+};
+
 struct ProblemData {
   std::int64_t index = 0;  ///< problem number in the batch
   std::int64_t n = 0, m = 0, d = 0;
@@ -34,6 +39,8 @@ struct ProblemData {
   const double* cost_col(std::int64_t j, double* scratch) const noexcept;
   /// Unweighted mean of C over the n * m pairs.
   double mean_cost() const;
+  /// min and max of C over the n * m pairs (one pass).
+  CostRange cost_range() const;
 };
 
 /// Gathers problem `index`. `balanced` rescales b to the mass of a; C and C^T are

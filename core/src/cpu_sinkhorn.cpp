@@ -10,13 +10,18 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
+#include <mutex>
 #include <utility>
 
 #include "cpu_numeric.h"
 #include "cpu_problem.h"
+#include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
 #include "otgpu/error.h"
 
@@ -51,33 +56,84 @@ class Scratch {
 };
 
 /// The final per-row pass: ftilde (balanced f-update at eps from g), the row
-/// marginal r_i and the row's share of <P, C>.
+/// marginal r_i, the row's share of <P, C>, and the row's share of the mass defect
+/// eps sum_j b_j expm1((f_i + g_j - C_ij) / eps) (so that the dual value does not
+/// cancel at large eps, where every exponent is tiny).
 struct RowReport {
-  std::vector<double> ftilde, row_mass, row_cost;
+  std::vector<double> ftilde, row_mass, row_cost, row_defect;
+};
+
+/// What the problems of one solve share: the progress callback (serialized), the
+/// clock, the cancel flag and the count of problems still running.
+class SolveMonitor {
+ public:
+  SolveMonitor(const SinkhornOptions& o, std::int64_t batch)
+      : progress_(o.progress), active_(batch), t0_(std::chrono::steady_clock::now()) {}
+
+  bool cancelled() const noexcept { return cancelled_.load(std::memory_order_relaxed); }
+  void finished() noexcept { active_.fetch_sub(1, std::memory_order_relaxed); }
+
+  /// Reports one check; false when the solve is (now) cancelled.
+  bool report(std::int64_t problem, int iteration, double eps_t, double residual) {
+    if (!progress_) return !cancelled();
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (cancelled()) return false;
+    SinkhornProgress pr;
+    pr.problem = problem;
+    pr.iteration = iteration;
+    pr.eps = eps_t;
+    pr.residual = residual;
+    pr.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    pr.active = active_.load(std::memory_order_relaxed);
+    if (!progress_(pr)) cancelled_.store(true, std::memory_order_relaxed);
+    return !cancelled();
+  }
+
+ private:
+  const std::function<bool(const SinkhornProgress&)>& progress_;
+  std::atomic<std::int64_t> active_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mutex_;
+  std::chrono::steady_clock::time_point t0_;
 };
 
 class ProblemSolver {
  public:
   ProblemSolver(const ProblemData& p, const SinkhornOptions& o, double eps, double eps_init,
-                int threads)
+                int threads, SolveMonitor& monitor)
       : p_(p),
         o_(o),
         eps_(eps),
         eps_init_(eps_init),
         threads_(threads_for_work(threads, p.n * p.m)),
-        scratch_(threads_, std::max(p.n, p.m)) {}
+        scratch_(threads_, std::max(p.n, p.m)),
+        monitor_(monitor) {}
 
   /// Runs the iterations from the potentials in f, g (overwritten with the final ones).
   SinkhornReport solve(std::vector<double>& f, std::vector<double>& g) {
     const std::int64_t n = p_.n, m = p_.m;
     std::vector<double> f_new(static_cast<std::size_t>(n)), g_new(static_cast<std::size_t>(m));
     std::vector<double> ftilde(static_cast<std::size_t>(n));
+    // The restore point of the over-relaxation safeguard: potentials and f-update of
+    // the last accepted check.
+    std::vector<double> f_saved, g_saved, ftilde_saved;
+    detail::OverrelaxState accel;
+    const bool relax = o_.acceleration == SinkhornAcceleration::overrelax;
+    bool relaxed_once = false;
     const double lam_a = detail::unbalanced_lambda(o_.rho_a, eps_);
     bool have_ftilde = false, aborted = false, converged = false;
-    int iterations = 0;
+    int iterations = 0, since_check = 0, level_iters = 0;
+    double eps_t = eps_init_ > eps_ ? eps_init_ : eps_;
     for (int t = 0; t < o_.max_iter; ++t) {
-      const double eps_t =
-          eps_init_ > 0 ? std::max(eps_, eps_init_ * std::pow(o_.eps_decay, t)) : eps_;
+      if (monitor_.cancelled()) break;  // another problem's callback cancelled the solve
+      const bool at_target = eps_t == eps_;
+      const bool check_now = o_.check_every > 0 && (t + 1) % o_.check_every == 0 && at_target;
+      const bool last = t + 1 == o_.max_iter;
+      // Relaxation only at the target eps (the schedule moves the fixed point), and a
+      // plain g-update before every check and at the end: the column marginal of the
+      // plan is then exact and the row error is the whole marginal error.
+      const double w = at_target ? accel.omega : 1.0;
+      const double w_g = check_now || last ? 1.0 : w;
       const double lam_a_t = detail::unbalanced_lambda(o_.rho_a, eps_t);
       const double lam_b_t = detail::unbalanced_lambda(o_.rho_b, eps_t);
       if (have_ftilde) {
@@ -88,51 +144,163 @@ class ProblemSolver {
       } else {
         f_update(g, eps_t, lam_a_t, f_new);
       }
-      if (!all_finite(f_new)) {
-        aborted = true;
-        break;
+      relax_into(f, w, f_new);
+      bool finite = all_finite(f_new);
+      if (finite) {
+        std::swap(f, f_new);
+        g_update(f, eps_t, lam_b_t, g_new);
+        relax_into(g, w_g, g_new);
+        finite = all_finite(g_new);
+        if (finite) std::swap(g, g_new);
       }
-      std::swap(f, f_new);
-      g_update(f, eps_t, lam_b_t, g_new);
-      if (!all_finite(g_new)) {
-        aborted = true;
-        break;
-      }
-      std::swap(g, g_new);
       iterations = t + 1;
+      ++since_check;
       have_ftilde = false;
-      if (o_.check_every > 0 && (t + 1) % o_.check_every == 0 && eps_t == eps_) {
+      if (!finite) {
+        if (w > 1.0 && !f_saved.empty()) {
+          // The relaxed step left the range of double: a failed check.
+          detail::overrelax_check(accel, std::numeric_limits<double>::quiet_NaN(), since_check);
+          restore(f, g, ftilde, f_saved, g_saved, ftilde_saved);
+          have_ftilde = true;
+          since_check = 0;
+          continue;
+        }
+        aborted = true;
+        break;
+      }
+      if (!at_target) {
+        // One level of the eps schedule: stay until its own marginal error is loosely
+        // met (detail::eps_level_done), so that the potentials handed to the next
+        // level are those of this level's solution and not a transient.
+        f_update(g, eps_t, 1.0, ftilde);
+        const double res_t = residual_at(f, ftilde, lam_a_t, eps_t);
+        ++level_iters;
+        if (detail::eps_level_done(res_t, level_iters)) {
+          eps_t = std::max(eps_, eps_t * o_.eps_decay);
+          level_iters = 0;
+          if (eps_t == eps_) since_check = 0;
+        } else {
+          have_ftilde = true;  // the same eps_t next: reuse the f-update just made
+        }
+        continue;
+      }
+      if (check_now) {
         f_update(g, eps_, 1.0, ftilde);
         have_ftilde = true;
-        if (residual(f, ftilde, lam_a) <= o_.tol) {
+        const double res = residual(f, ftilde, lam_a);
+        if (!monitor_.report(p_.index, iterations, eps_t, res)) break;
+        if (res <= o_.tol) {
+          converged = true;
+          break;
+        }
+        if (relax) {
+          if (accel.omega > 1.0) relaxed_once = true;
+          if (detail::overrelax_check(accel, res, since_check) == detail::kOverrelaxRestore) {
+            restore(f, g, ftilde, f_saved, g_saved, ftilde_saved);
+          } else {
+            f_saved = f;
+            g_saved = g;
+            ftilde_saved = ftilde;
+          }
+        }
+        since_check = 0;
+      }
+    }
+
+    SinkhornReport rep = make_report(f, g, iterations);
+    // Without checks, or when the cap was hit between checks, the final residual
+    // decides; non-finite values never count as converged.
+    if (!converged && !aborted && !monitor_.cancelled()) converged = rep.residual <= o_.tol;
+    rep.converged = converged && std::isfinite(rep.ot_eps) && std::isfinite(rep.residual) &&
+                    rep.residual <= o_.tol;
+    rep.acceleration = relaxed_once || accel.omega > 1.0 ? SinkhornAcceleration::overrelax
+                                                         : SinkhornAcceleration::none;
+    rep.omega = accel.omega;
+    return rep;
+  }
+
+  /// The self-transport problem OT_eps(a, a) (x = y, b = a) by the symmetric update
+  /// f <- (f + T(f)) / 2, T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps): the
+  /// averaging damps the oscillation that alternating updates show on a symmetric
+  /// problem. f is returned as both potentials (f = g at the solution).
+  SinkhornReport solve_symmetric(std::vector<double>& f) {
+    const std::int64_t n = p_.n;
+    std::vector<double> tf(static_cast<std::size_t>(n));
+    bool converged = false, aborted = false;
+    int iterations = 0;
+    for (int t = 0; t < o_.max_iter; ++t) {
+      if (monitor_.cancelled()) break;
+      const double eps_t = eps_at(t);
+      g_update(f, eps_t, 1.0, tf);  // C is symmetric: the column update is T
+      if (!all_finite(tf)) {
+        aborted = true;
+        break;
+      }
+      iterations = t + 1;
+      const bool check_now = eps_t == eps_ && o_.check_every > 0 && (t + 1) % o_.check_every == 0;
+      if (check_now) {
+        // sum_i a_i |exp((f_i - T(f)_i)/eps) - 1| = ||P 1 - a||_1 of P(f, f), before
+        // the step (the step would only move f halfway to T(f)).
+        const double res = residual(f, tf, 1.0);
+        if (!monitor_.report(p_.index, iterations, eps_t, res)) break;
+        if (res <= o_.tol) {
           converged = true;
           break;
         }
       }
+      for (std::int64_t i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        f[k] = 0.5 * (f[k] + tf[k]);
+      }
     }
+    SinkhornReport rep = make_report(f, f, iterations);
+    if (!converged && !aborted && !monitor_.cancelled()) converged = rep.residual <= o_.tol;
+    rep.converged = converged && std::isfinite(rep.ot_eps) && rep.residual <= o_.tol;
+    return rep;
+  }
 
+ private:
+  double eps_at(int t) const {
+    return eps_init_ > eps_ ? std::max(eps_, eps_init_ * std::pow(o_.eps_decay, t)) : eps_;
+  }
+
+  /// out <- (1 - w) prev + w out (out holds the plain update).
+  static void relax_into(const std::vector<double>& prev, double w, std::vector<double>& out) {
+    if (w == 1.0) return;
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = (1.0 - w) * prev[i] + w * out[i];
+  }
+
+  static void restore(std::vector<double>& f, std::vector<double>& g, std::vector<double>& ft,
+                      const std::vector<double>& fs, const std::vector<double>& gs,
+                      const std::vector<double>& fts) {
+    f = fs;
+    g = gs;
+    ft = fts;
+  }
+
+  SinkhornReport make_report(const std::vector<double>& f, const std::vector<double>& g,
+                             int iterations) {
+    const double lam_a = detail::unbalanced_lambda(o_.rho_a, eps_);
     const RowReport rows = report_rows(f, g);
     SinkhornReport rep;
     rep.eps = eps_;
     rep.iterations = iterations;
     rep.residual = residual(f, rows.ftilde, lam_a);
     rep.marginal_error = residual(f, rows.ftilde, 1.0);
-    CompensatedSum mass_p, cost_p;
-    for (std::int64_t i = 0; i < n; ++i) {
-      mass_p.add(rows.row_mass[static_cast<std::size_t>(i)]);
-      cost_p.add(rows.row_cost[static_cast<std::size_t>(i)]);
+    CompensatedSum cost_p, defect;
+    for (std::int64_t i = 0; i < p_.n; ++i) {
+      const auto k = static_cast<std::size_t>(i);
+      cost_p.add(rows.row_cost[k]);
+      defect.add(rows.row_defect[k]);
     }
     rep.transport_cost = cost_p.value();
-    rep.ot_eps = dual_term(p_.a, f, o_.rho_a) + dual_term(p_.b, g, o_.rho_b) -
-                 eps_ * (mass_p.value() - p_.mass_a * p_.mass_b);
-    // Without checks, or when the cap was hit between checks, the final residual
-    // decides; non-finite values never count as converged.
-    if (!converged && !aborted) converged = rep.residual <= o_.tol;
-    rep.converged = converged && std::isfinite(rep.ot_eps) && std::isfinite(rep.residual);
+    // D(f, g) = F(f) + G(g) - eps (<a (x) b, exp((f + g - C)/eps)> - m_a m_b), the mass
+    // defect summed as expm1 terms: at large eps they are ~ -C/eps each and the
+    // difference of the two masses would cancel to nothing.
+    rep.ot_eps = dual_term(p_.a, f, o_.rho_a) + dual_term(p_.b, g, o_.rho_b) - defect.value();
     return rep;
   }
 
- private:
   /// out_i = lam * (-eps_t LSE_j(log b_j + (g_j - C_ij) / eps_t)).
   void f_update(const std::vector<double>& g, double eps_t, double lam, std::vector<double>& out) {
     const double inv = 1.0 / eps_t;
@@ -160,7 +328,13 @@ class ProblemSolver {
   /// sum_i a_i |exp((f_i - lam ftilde_i) / eps) - 1|; lam = 1 gives ||P 1 - a||_1.
   double residual(const std::vector<double>& f, const std::vector<double>& ftilde,
                   double lam) const {
-    const double inv = 1.0 / eps_;
+    return residual_at(f, ftilde, lam, eps_);
+  }
+
+  /// The same at another eps (a level of the schedule).
+  double residual_at(const std::vector<double>& f, const std::vector<double>& ftilde, double lam,
+                     double eps) const {
+    const double inv = 1.0 / eps;
     CompensatedSum sum;
     for (std::int64_t i = 0; i < p_.n; ++i) {
       const auto k = static_cast<std::size_t>(i);
@@ -176,6 +350,7 @@ class ProblemSolver {
     out.ftilde.resize(static_cast<std::size_t>(n));
     out.row_mass.resize(static_cast<std::size_t>(n));
     out.row_cost.resize(static_cast<std::size_t>(n));
+    out.row_defect.resize(static_cast<std::size_t>(n));
 #pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
     for (std::int64_t i = 0; i < n; ++i) {
       const auto k = static_cast<std::size_t>(i);
@@ -186,6 +361,16 @@ class ProblemSolver {
       const double mass = p_.a[k] > 0 ? p_.a[k] * std::exp((f[k] - out.ftilde[k]) * inv) : 0.0;
       out.row_mass[k] = mass;
       out.row_cost[k] = mass > 0 ? mass * (r.weighted_cost / r.sum) : 0.0;
+      double defect = 0.0;
+      if (p_.a[k] > 0) {
+        for (std::int64_t j = 0; j < m; ++j) {
+          const double bj = p_.b[static_cast<std::size_t>(j)];
+          if (bj > 0)
+            defect +=
+                bj * (eps_ * std::expm1((f[k] + g[static_cast<std::size_t>(j)] - c[j]) * inv));
+        }
+      }
+      out.row_defect[k] = p_.a[k] * defect;
     }
     return out;
   }
@@ -206,6 +391,7 @@ class ProblemSolver {
   double eps_, eps_init_;
   int threads_;
   Scratch scratch_;
+  SolveMonitor& monitor_;
 };
 
 /// eps actually used by problem p: options.eps, times the mean cost when relative.
@@ -223,6 +409,36 @@ double cost_scale(const ProblemData& p, const SinkhornOptions& o) {
                     o.eps, mean, p.index));
   }
   return mean;
+}
+
+/// Rejects an eps that fp64 cannot resolve against the costs of problem p (see
+/// detail::min_resolvable_eps and max_resolvable_eps), naming the range that works.
+void check_eps_resolvable(const ProblemData& p, const CostRange& range, const SinkhornOptions& o,
+                          double eps) {
+  constexpr double kUnitRoundoff = 0x1p-53;
+  const double max_abs = std::max(std::fabs(range.min), std::fabs(range.max));
+  const double spread = range.max - range.min;
+  const double lo = detail::min_resolvable_eps(max_abs, kUnitRoundoff);
+  const double hi = detail::max_resolvable_eps(spread, kUnitRoundoff);
+  const bool low = eps<lo, high = spread> 0 && eps > hi;
+  if (!low && !high) return;
+  const double per = eps / o.eps;  // absolute eps per unit of the given eps
+  throw InvalidArgument(fmt::format(
+      "eps: {} ({}absolute {:.3g}) is {} what float64 resolves in problem {}, whose costs span "
+      "[{:.3g}, {:.3g}]: {}. The working range is {:.3g} <= eps <= {:.3g} (3.3e-13 x max|C_ij| "
+      "to 5.6e14 x (max C - min C)){}",
+      o.eps, o.eps_relative ? "relative; " : "", eps, low ? "below" : "above", p.index, range.min,
+      range.max,
+      low ? "(f_i + g_j - C_ij) / eps would be rounding noise"
+          : "(g_j - C_ij) / eps would vanish below the rounding of log b_j, and with it the costs",
+      lo, hi,
+      o.eps_relative ? fmt::format(", i.e. a relative eps in [{:.3g}, {:.3g}]", lo / per, hi / per)
+                     : ""));
+}
+
+/// Start of the eps schedule of problem p (0: none), by the shared rule.
+double schedule_start(const CostRange& range, double eps, double eps_init) {
+  return detail::eps_schedule_start(eps, eps_init, range.max - range.min);
 }
 
 /// Runs `body(b, inner_threads)` for every problem: split over problems when there
@@ -334,19 +550,60 @@ SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
   result.g = options.g_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * m), 0.0)
                                     : options.g_init;
   result.problems.resize(static_cast<std::size_t>(B));
+  result.tol = options.tol;
 
+  SolveMonitor monitor(options, B);
   for_each_problem(B, n, m, threads, [&](std::int64_t b, int inner) {
     const ProblemData p = load_problem(problem, shape, b, balanced, dense_limit_bytes, inner);
     const double scale = cost_scale(p, options);
     const double eps = options.eps * scale;
-    const double eps_init = options.eps_init > 0 ? options.eps_init * scale : 0.0;
+    const CostRange range = p.cost_range();
+    check_eps_resolvable(p, range, options, eps);
+    const double eps_init =
+        schedule_start(range, eps, options.eps_init > 0 ? options.eps_init * scale : 0.0);
     const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
     std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
-    ProblemSolver solver(p, options, eps, eps_init, inner);
+    ProblemSolver solver(p, options, eps, eps_init, inner, monitor);
     result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
+    monitor.finished();
     std::copy(f.begin(), f.end(), f0);
     std::copy(g.begin(), g.end(), g0);
   });
+  result.cancelled = monitor.cancelled();
+  return result;
+}
+
+SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const SinkhornOptions& options,
+                                  const detail::SinkhornShape& shape) {
+  const int threads = resolve_threads(options.cpu_threads);
+  const std::int64_t B = shape.batch, n = shape.n;
+  SinkhornResult result;
+  result.backend = Backend::cpu;
+  result.batch = B;
+  result.n = result.m = n;
+  result.d = shape.d;
+  result.tol = options.tol;
+  result.f = options.f_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * n), 0.0)
+                                    : options.f_init;
+  result.problems.resize(static_cast<std::size_t>(B));
+  SolveMonitor monitor(options, B);
+  for_each_problem(B, n, n, threads, [&](std::int64_t b, int inner) {
+    const ProblemData p = load_problem(problem, shape, b, true, kMaxDenseCostBytes, inner);
+    const double scale = cost_scale(p, options);
+    const double eps = options.eps * scale;
+    const CostRange range = p.cost_range();
+    check_eps_resolvable(p, range, options, eps);
+    const double eps_init =
+        schedule_start(range, eps, options.eps_init > 0 ? options.eps_init * scale : 0.0);
+    const auto f0 = result.f.begin() + b * n;
+    std::vector<double> f(f0, f0 + n);
+    ProblemSolver solver(p, options, eps, eps_init, inner, monitor);
+    result.problems[static_cast<std::size_t>(b)] = solver.solve_symmetric(f);
+    monitor.finished();
+    std::copy(f.begin(), f.end(), f0);
+  });
+  result.g = result.f;
+  result.cancelled = monitor.cancelled();
   return result;
 }
 

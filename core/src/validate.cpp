@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "cpu_numeric.h"
 #include "otgpu/error.h"
@@ -134,6 +135,55 @@ std::vector<double> weight_masses(const TensorView& w, bool batched, std::int64_
   return masses;
 }
 
+/// The point-cloud cost must be finite for every pair: points near 1e200 are finite
+/// but |x - y|^2 overflows. A cheap bound (C_ij <= (R_x + R_y)^2 with R the radius
+/// around x_0) clears the usual case; only when it is not finite are the pairs
+/// scanned, to name the first one that overflows.
+void check_point_costs_finite(const SinkhornProblem& problem, const SinkhornShape& s) {
+  const bool batched = problem.x.rank == 3;
+  const bool squared = problem.cost_kind == CostKind::sqeuclidean;
+  std::vector<double> xi(static_cast<std::size_t>(s.d)), yj(static_cast<std::size_t>(s.d));
+  std::vector<double> x0(static_cast<std::size_t>(s.d));
+  auto load = [&](const TensorView& v, std::int64_t b, std::int64_t i, std::vector<double>& out) {
+    for (std::int64_t k = 0; k < s.d; ++k) {
+      out[static_cast<std::size_t>(k)] = cpu::load_problem_element(v, batched, b, i, k);
+    }
+  };
+  auto dist2 = [&](const std::vector<double>& u, const std::vector<double>& v) {
+    double acc = 0;
+    for (std::size_t k = 0; k < u.size(); ++k) acc += (u[k] - v[k]) * (u[k] - v[k]);
+    return acc;
+  };
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    load(problem.x, b, 0, x0);
+    double rx = 0, ry = 0;
+    for (std::int64_t i = 0; i < s.n; ++i) {
+      load(problem.x, b, i, xi);
+      rx = std::max(rx, std::sqrt(dist2(xi, x0)));
+    }
+    for (std::int64_t j = 0; j < s.m; ++j) {
+      load(problem.y, b, j, yj);
+      ry = std::max(ry, std::sqrt(dist2(yj, x0)));
+    }
+    const double bound = squared ? (rx + ry) * (rx + ry) : rx + ry;
+    if (std::isfinite(bound)) continue;
+    for (std::int64_t i = 0; i < s.n; ++i) {
+      load(problem.x, b, i, xi);
+      for (std::int64_t j = 0; j < s.m; ++j) {
+        load(problem.y, b, j, yj);
+        const double sq = dist2(xi, yj);
+        if (std::isfinite(sq)) continue;
+        const std::string where = batched ? fmt::format("problem {}, i = {}, j = {}", b, i, j)
+                                          : fmt::format("i = {}, j = {}", i, j);
+        throw NonFiniteInput(fmt::format(
+            "cost: C_ij = {} overflows to inf at {} (x and y are finite but too far apart for "
+            "float64; rescale the points, e.g. divide them by a common length)",
+            squared ? "|x_i - y_j|^2" : "|x_i - y_j|", where));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options) {
@@ -233,14 +283,16 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
   if (o.max_iter < 1) {
     throw InvalidArgument(fmt::format("max_iter: must be >= 1, got {}", o.max_iter));
   }
-  check_option(o.tol, "tol", "finite and >= 0", std::isfinite(o.tol) && o.tol >= 0);
+  check_option(o.tol, "tol", "finite and >= 0 (or kAuto = -1 for the backend's default)",
+               o.tol == kAuto || (std::isfinite(o.tol) && o.tol >= 0));
   if (o.check_every < 0) {
     throw InvalidArgument(
         fmt::format("check_every: must be >= 0 (0 = no checks), got {}", o.check_every));
   }
-  check_option(o.eps_init, "eps_init", "finite (<= 0 turns eps scaling off)",
-               std::isfinite(o.eps_init));
-  if (o.eps_init > 0 && !(o.eps_decay > 0 && o.eps_decay < 1)) {
+  check_option(o.eps_init, "eps_init",
+               "finite and >= 0 (0 turns eps scaling off; kAuto = -1 starts at 1024 x eps)",
+               o.eps_init == kAuto || (std::isfinite(o.eps_init) && o.eps_init >= 0));
+  if ((o.eps_init > 0 || o.eps_init == kAuto) && !(o.eps_decay > 0 && o.eps_decay < 1)) {
     throw InvalidArgument(
         fmt::format("eps_decay: must be in (0, 1) when eps scaling is on (eps_init = {}), got {}",
                     o.eps_init, o.eps_decay));
@@ -256,6 +308,11 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
   if (o.device < 0) {
     throw InvalidArgument(fmt::format("device: must be >= 0, got {}", o.device));
   }
+  if (o.acceleration != SinkhornAcceleration::none &&
+      o.acceleration != SinkhornAcceleration::overrelax) {
+    throw InvalidArgument(fmt::format("acceleration: unknown value {} (none or overrelax)",
+                                      static_cast<int>(o.acceleration)));
+  }
 
   // ---- data (host only: device data is checked on the device by the CUDA backend) ----
   if (s.space == MemorySpace::host) {
@@ -264,6 +321,7 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
     } else {
       check_all_finite(problem.x, "x");
       check_all_finite(problem.y, "y");
+      check_point_costs_finite(problem, s);
     }
     const auto mass_a = weight_masses(problem.a, s.a_batched, s.batch, "a");
     const auto mass_b = weight_masses(problem.b, s.b_batched, s.batch, "b");
@@ -285,6 +343,24 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
     }
   }
   return s;
+}
+
+SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend backend) {
+  SinkhornOptions o = options;
+  if (o.tol == kAuto) o.tol = default_tolerance(backend);
+  if (o.eps_init == kAuto) {
+    // 1024 x eps is ten halvings with the default decay. Past the range of double,
+    // scaling has nothing to offer (eps alone is already beyond any cost), and a warm
+    // start is presumably near the solution already: scaling would throw it away.
+    const double start = 1024.0 * o.eps;
+    const bool warm = !o.f_init.empty() || !o.g_init.empty();
+    o.eps_init = std::isfinite(start) && !warm ? start : 0.0;
+  }
+  return o;
+}
+
+double default_tolerance(Backend backend) noexcept {
+  return backend == Backend::cuda ? 1e-4 : 1e-6;
 }
 
 }  // namespace otgpu::detail

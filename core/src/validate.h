@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "otgpu/sinkhorn.h"
 
@@ -24,5 +25,16 @@ struct SinkhornShape {
 /// weights with positive mass and equal masses when balanced. Throws the typed
 /// errors of otgpu/error.h with messages naming the argument and the value.
 SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options);
+
+/// The library's defaults, in one place, for the backend that will run (cpu or
+/// cuda, already resolved): tol kAuto -> default_tolerance(backend); eps_init kAuto ->
+/// 1024 x eps (eps units; 0 when that is not finite or a warm start is given). Every
+/// other option is copied.
+/// Called by the dispatch before either backend runs, so both see concrete values.
+SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend backend);
+
+/// 1e-6 for the fp64 CPU, 1e-4 for the fp32 CUDA backend (its L1 residual has a floor
+/// near 1e-5 from the fp32 round-off of f / eps).
+double default_tolerance(Backend backend) noexcept;
 
 }  // namespace otgpu::detail

@@ -26,9 +26,12 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   const auto shape = detail::validate_sinkhorn(problem, options);
   const Backend backend =
       detail::resolve_backend(options.backend, options.device, shape.space, "sinkhorn");
+  // The library's defaults (tol, eps scaling) for the backend that runs, in one place.
+  const SinkhornOptions resolved = detail::resolve_sinkhorn_options(options, backend);
   const auto t0 = std::chrono::steady_clock::now();
-  SinkhornResult r = backend == Backend::cuda ? cuda_backend::sinkhorn(problem, options, shape)
-                                              : cpu::sinkhorn(problem, options, shape);
+  SinkhornResult r = backend == Backend::cuda ? cuda_backend::sinkhorn(problem, resolved, shape)
+                                              : cpu::sinkhorn(problem, resolved, shape);
+  r.tol = resolved.tol;
   r.time_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   g_solves.fetch_add(1, std::memory_order_relaxed);
@@ -190,6 +193,16 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const Si
     o.eps = xy.problems[b].eps;
     if (options.eps_relative && options.eps_init > 0) {
       o.eps_init = options.eps_init * (xy.problems[b].eps / options.eps);
+    }
+    if (xy.backend == Backend::cpu) {
+      // The symmetric update (a few dozen iterations where alternating ones take
+      // thousands on these problems); the CUDA driver runs the alternating one.
+      const auto self_shape = detail::validate_sinkhorn(p, o);
+      g_solves.fetch_add(1, std::memory_order_relaxed);
+      return cpu::sinkhorn_symmetric(p, detail::resolve_sinkhorn_options(o, Backend::cpu),
+                                     self_shape)
+          .problems[0]
+          .ot_eps;
     }
     return sinkhorn(p, o).problems[0].ot_eps;
   };

@@ -476,5 +476,96 @@ class BadInput(CliTestCase):
         self.assert_clean_failure(self.sinkhorn_with_x(self.xp, "--backend", "cuda"), "cuda")
 
 
+class Outcome(CliTestCase):
+    """Library defaults, the non-convergence warning, --strict, progress, and the
+    labels of what "converged" means."""
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(77)
+        self.x = rng.normal(size=(30, 2))
+        self.y = rng.normal(size=(25, 2)) + 0.5
+        self.xp = self.save("x.npy", self.x)
+        self.yp = self.save("y.npy", self.y)
+        self.base = ["sinkhorn", "--x", self.xp, "--y", self.yp, "--eps", "0.01",
+                     "--backend", "cpu"]
+
+    def test_library_defaults_converge_and_report_tol(self):
+        # No --tol, --max-iter or schedule flags: the library's defaults (fp64 CPU
+        # tol 1e-6) must converge, and the JSON says which tol was used.
+        out = self.run_json(self.base)
+        p = out["problems"][0]
+        self.assertTrue(p["converged"], p)
+        self.assertEqual(p["tol"], 1e-6)
+        self.assertLessEqual(p["marginal_error"], 1e-6)
+
+    def test_warning_when_a_problem_did_not_converge(self):
+        proc = self.run_ok([*self.base, "--max-iter", "5", "--json"])
+        out = json.loads(proc.stdout)
+        self.assertFalse(out["problems"][0]["converged"])
+        lines = proc.stderr.splitlines()
+        self.assertEqual(len(lines), 1, proc.stderr)
+        self.assertTrue(lines[0].startswith("otgpu: warning: 1 of 1 problem(s) did not "
+                                            "converge ("), lines[0])
+        self.assertIn("--strict", lines[0])
+
+    def test_strict_exits_3_after_writing_the_result(self):
+        f_out = self.path("f.npy")
+        proc = run_otgpu([*self.base, "--max-iter", "5", "--strict", "--json",
+                          "--f-out", f_out])
+        self.assertEqual(proc.returncode, 3, proc.stderr)
+        self.assertFalse(json.loads(proc.stdout)["problems"][0]["converged"])
+        self.assertIn("did not converge", proc.stderr)
+        self.assertEqual(np.load(f_out).shape, (30,))
+        # Converged problems: --strict changes nothing.
+        ok = run_otgpu([*self.base, "--strict"])
+        self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertEqual(ok.stderr, "")
+
+    def test_progress_goes_to_stderr_never_to_json_stdout(self):
+        proc = self.run_ok([*self.base[:5], "--eps", "0.0005", "--eps-relative",
+                            "--progress", "--json"])
+        json.loads(proc.stdout)  # stdout is exactly the JSON object
+        self.assertIn("otgpu: sinkhorn", proc.stderr)
+        self.assertIn("residual", proc.stderr)
+        # Not a terminal and no --progress: silent.
+        quiet = self.run_ok([*self.base, "--json"])
+        self.assertEqual(quiet.stderr, "")
+
+    def test_table_has_residual_and_labels_unbalanced_convergence(self):
+        proc = self.run_ok([*self.base, "--rho-a", "0.5", "--rho-b", "0.5"])
+        header = proc.stdout.splitlines()[0].split()
+        self.assertIn("residual", header)
+        row = dict(zip(header, proc.stdout.splitlines()[1].split()))
+        self.assertEqual(row["converged"], "yes")
+        self.assertGreater(float(row["marginal_error"]), 1e-3)
+        self.assertLessEqual(float(row["residual"]), 1e-6)
+        self.assertIn("converged: residual <= tol", proc.stdout)
+        self.assertIn("unbalanced", proc.stdout)
+
+    def test_acceleration_flag(self):
+        fast = self.run_json([*self.base, "--acceleration", "overrelax"])["problems"][0]
+        plain = self.run_json([*self.base, "--acceleration", "none"])["problems"][0]
+        self.assertTrue(fast["converged"] and plain["converged"])
+        self.assertLessEqual(fast["iterations"], plain["iterations"])
+        self.assertAlmostEqual(fast["ot_eps"], plain["ot_eps"], delta=1e-6 * abs(plain["ot_eps"]))
+        self.assert_clean_failure([*self.base, "--acceleration", "anderson"], "--acceleration")
+
+    def test_hostile_numbers_give_one_clear_error_or_a_correct_value(self):
+        big = self.save("big.npy", self.x * 1e200)
+        self.assert_clean_failure(["sinkhorn", "--x", big, "--y", self.save(
+            "bigy.npy", self.y * 1e200), "--eps", "0.1"], "cost", "overflows")
+        self.assert_clean_failure([*self.base[:5], "--eps", "1e-30", "--eps-relative"],
+                                  "eps", "working range")
+        self.assert_clean_failure([*self.base[:5], "--eps", "1e300", "--eps-relative"],
+                                  "eps", "working range")
+        # eps = 1e12 x the mean cost: OT_eps is the mean cost <a (x) b, C>.
+        C = ((self.x[:, None] - self.y[None]) ** 2).sum(-1)
+        p = self.run_json([*self.base[:5], "--eps", "1e12", "--eps-relative"])["problems"][0]
+        self.assertTrue(p["converged"])
+        self.assertAlmostEqual(p["ot_eps"], C.mean(), delta=1e-9 * C.mean())
+
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -159,6 +159,40 @@ class PotOracle(CliTestCase):
         self.compare(out["problems"][0], f[0], g[0], C, np.full(n, 1.0 / n),
                      np.full(m, 1.0 / m), eps, y, T[0])
 
+    def test_small_eps_library_schedule_and_overrelaxation(self):
+        # No schedule or acceleration flags: the library's eps schedule and the
+        # over-relaxed iteration must land on POT's plan (same fixed point).
+        rng = np.random.default_rng(18)
+        n, m, d = 30, 26, 2
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+        C = sqeuclidean(x, y)
+        eps = 1e-3 * C.mean()
+        out, f, g, T = self.run_solver(["--x", self.save("x.npy", x), "--y",
+                                        self.save("y.npy", y)], 1e-3, "--eps-relative")
+        self.compare(out["problems"][0], f[0], g[0], C, np.full(n, 1.0 / n),
+                     np.full(m, 1.0 / m), eps, y, T[0])
+
+    def test_divergence_against_three_pot_solves(self):
+        # S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2, each term from POT's plan;
+        # ours runs the symmetric update on the self terms.
+        rng = np.random.default_rng(19)
+        n, m, d, eps = 40, 33, 3, 1.0
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d)) + 0.4
+        a = rng.uniform(0.5, 1.5, n)
+        a /= a.sum()
+        b = np.full(m, 1.0 / m)
+        out = self.run_json(["sinkhorn", "--x", self.save("x.npy", x), "--y",
+                             self.save("y.npy", y), "--a", self.save("a.npy", a), "--eps",
+                             repr(eps), "--tol", "1e-11", "--divergence", "--backend", BACKEND],
+                            timeout=300)
+        terms = []
+        for (u, wu), (v, wv) in (((x, a), (y, b)), ((x, a), (x, a)), ((y, b), (y, b))):
+            Cuv = sqeuclidean(u, v)
+            terms.append(entropic_value(pot_plan(wu, wv, Cuv, eps), Cuv, wu, wv, eps))
+        ref = terms[0] - 0.5 * (terms[1] + terms[2])
+        got = out["problems"][0]["sinkhorn_divergence"]
+        self.assertAlmostEqual(got, ref, delta=1e-7 * abs(terms[0]))
+
     def test_unbalanced(self):
         rng = np.random.default_rng(9)
         n, m, d, eps, rho = 20, 24, 2, 0.25, 1.5

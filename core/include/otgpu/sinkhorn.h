@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -44,26 +45,71 @@ struct SinkhornProblem {
   CostKind cost_kind = CostKind::sqeuclidean;
 };
 
+/// Marks an option that the library resolves from the backend that runs (see
+/// SinkhornOptions::tol and eps_init). Only this exact value means "auto".
+inline constexpr double kAuto = -1.0;
+
+/// How the CPU iterates toward the fixed point. Every choice has the same fixed point
+/// (the entropic solution at eps); they differ in how fast it is reached.
+enum class SinkhornAcceleration : std::uint8_t {
+  /// Plain alternating log-domain updates f <- T_f(g), g <- T_g(f).
+  none,
+  /// Adaptive over-relaxation f <- (1 - w) f + w T_f(g) (same for g), w in [1, 2).
+  /// The first checks run plain Sinkhorn and measure its linear rate r per iteration;
+  /// then w = 2 / (1 + sqrt(1 - r)) (the optimal relaxation of the linearized
+  /// iteration, Thibault et al. 2021, Lehmann et al. 2022). Safeguard: a check whose
+  /// residual is not below the previous check's restores the potentials of that check
+  /// and halves w - 1; after three such failures the problem runs plain Sinkhorn. The
+  /// g-update of a check iteration and of the last iteration is plain (w = 1), so the
+  /// column marginal stays exact and the reported errors are those of the plan.
+  overrelax,
+};
+
+/// One convergence check, given to SinkhornOptions::progress.
+struct SinkhornProgress {
+  /// Problem the check belongs to, or -1 when it covers the whole batch (the CUDA
+  /// backend checks all problems at once; the CPU solves problems one by one or one
+  /// per thread and reports each problem's checks).
+  std::int64_t problem = -1;
+  int iteration = 0;        ///< iterations done by that problem (or batch); never decreases
+  double eps = 0;           ///< absolute eps_t of the last iteration
+  double residual = 0;      ///< the quantity compared with tol (max over the batch when -1)
+  double elapsed_s = 0;     ///< seconds since the solve started
+  std::int64_t active = 0;  ///< problems of the batch not finished yet
+};
+
 struct SinkhornOptions {
   /// Entropic regularization, in cost units (or times mean(C) when eps_relative).
+  /// Working range (fp64 CPU): eps >= 3.3e-13 x max|C_ij| of the problem; below it
+  /// (f_i + g_j - C_ij) / eps cannot be resolved and the call throws InvalidArgument
+  /// naming the range; likewise above 5.6e14 x (max C - min C), where the costs vanish
+  /// below the rounding of the updates. Up to there OT_eps is computed without
+  /// cancellation (it tends to <a (x) b, C> as eps grows).
   double eps = 0.01;
   /// eps (and eps_init) are multiplied by the mean of C_ij over i, j, per problem
   /// (as OTT-JAX does); the eps actually used is reported per problem.
   bool eps_relative = false;
   /// Iteration cap; hitting it is reported (converged = false), never thrown.
-  int max_iter = 1000;
+  int max_iter = 100000;
   /// Convergence when the L1 row-marginal error ||P 1 - a||_1 <= tol (balanced) or
   /// when the fixed-point residual sum_i a_i |exp((f_i - f_i^new)/eps) - 1| <= tol
-  /// (unbalanced, where the marginals are not matched exactly). The CUDA backend
-  /// computes in fp32: its residual has a floor of roughly 1e-5 (fp32 round-off of
-  /// f/eps), so ask it for 1e-4 or so, not for 1e-6.
-  double tol = 1e-6;
+  /// (unbalanced, where the marginals are not matched exactly). kAuto (the default)
+  /// resolves to the precision that runs: 1e-6 on the fp64 CPU, 1e-4 on the fp32 CUDA
+  /// backend (its residual has a floor of roughly 1e-5 from the fp32 round-off of
+  /// f/eps). The tol used is reported in SinkhornResult::tol. Otherwise finite >= 0.
+  double tol = kAuto;
   /// Convergence is measured every check_every iterations (it is free: the check
   /// reuses the next f-update). 0 disables checks: exactly max_iter iterations run.
   int check_every = 10;
-  /// Epsilon scaling: iteration t runs with eps_t = max(eps, eps_init * eps_decay^t).
-  /// eps_init <= 0 turns scaling off. Convergence is only declared at eps_t = eps.
-  double eps_init = 0.0;
+  /// Epsilon scaling, a continuation: eps_t starts at eps_init and is multiplied by
+  /// eps_decay each time the problem at eps_t is solved loosely (L1 residual <= 1e-2,
+  /// or 50 iterations), until eps_t = eps; convergence is only declared at eps.
+  /// kAuto (the default) starts at 1024 x eps (same units as eps); 0 turns scaling
+  /// off. Per problem, the CPU scales only when eps < 3e-3 x (max C - min C) and
+  /// never starts above 2 x (max C - min C): at larger eps scaling moves the start
+  /// without saving iterations, and on some problems (self-transport, small weighted
+  /// clouds) it cost many more. See otgpu/detail/accel.h for the rule and its data.
+  double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
   double rho_a = std::numeric_limits<double>::infinity();
@@ -71,9 +117,19 @@ struct SinkhornOptions {
   /// Warm start: when non-empty, initial potentials f [B*n] and g [B*m].
   std::vector<double> f_init;
   std::vector<double> g_init;
+  /// CPU iteration (the CUDA backend runs plain updates; each problem reports what ran).
+  SinkhornAcceleration acceleration = SinkhornAcceleration::overrelax;
+  /// Called at each convergence check (from one thread at a time, possibly not the
+  /// caller's). Returning false cancels the solve: every problem stops at its next
+  /// check and reports converged = false with the potentials it has. The CUDA backend
+  /// calls it at its lagged host reads of the device residuals (problem = -1).
+  std::function<bool(const SinkhornProgress&)> progress;
   Backend backend = Backend::automatic;
-  int device = 0;       ///< CUDA device ordinal
-  int cpu_threads = 0;  ///< CPU worker threads; 0 = hardware concurrency
+  int device = 0;  ///< CUDA device ordinal
+  /// CPU worker threads; 0 = automatic: one thread for a problem too small to repay
+  /// a parallel region, else the hardware threads not already busy (1-minute load
+  /// average). Results are bitwise identical for every thread count.
+  int cpu_threads = 0;
 };
 
 /// Per-problem outcome.
@@ -85,6 +141,10 @@ struct SinkhornReport {
   double residual = 0;        ///< the quantity compared with tol (== marginal_error if balanced)
   int iterations = 0;
   bool converged = false;
+  /// What ran: overrelax when any iteration used w > 1 (omega is the last w), none
+  /// when the problem ran plain updates only (asked for, or the safeguard fell back).
+  SinkhornAcceleration acceleration = SinkhornAcceleration::none;
+  double omega = 1.0;
 };
 
 struct SinkhornResult {
@@ -94,7 +154,9 @@ struct SinkhornResult {
   std::vector<double> f;  ///< [B, n] row-major
   std::vector<double> g;  ///< [B, m]
   std::vector<SinkhornReport> problems;
+  double tol = 0;  ///< the tolerance that was used (kAuto resolved)
   double time_ms = 0;
+  bool cancelled = false;  ///< the progress callback returned false
   /// Opaque state the solve keeps for the derived outputs of the same problem (CUDA
   /// backend: the staged fp32 problem, the potentials and eps in a device allocation
   /// of its own, about 4 (B n d' + B m d') + 12 (B n + B m) bytes, d' = d padded, or
@@ -131,6 +193,10 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 /// Debiased Sinkhorn divergence S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2
 /// per problem (point clouds only). With eps_relative, eps is fixed from the mean
 /// cost of the (a, b) problem and the same absolute eps is used for all three terms.
+/// On the CPU the self terms run the symmetric update f <- (f + T(f)) / 2 with
+/// T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps), whose fixed point is the
+/// potential of OT_eps(a, a) = 2 <a, f> and which needs a few dozen iterations where
+/// alternating updates need thousands.
 std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
                                         const SinkhornOptions& options = {});
 
