@@ -318,6 +318,21 @@ std::string with_flag_names(const std::string& message, const std::string& fn,
   return out;
 }
 
+std::vector<FlagName> sinkhorn_option_flag_names() {
+  return {{"eps", "--eps"},
+          {"eps_relative", "--eps-relative"},
+          {"tol", "--tol"},
+          {"max_iter", "--max-iter"},
+          {"check_every", "--check-every"},
+          {"eps_init", "--eps-init"},
+          {"eps_decay", "--eps-decay"},
+          {"rho_a", "--rho-a"},
+          {"rho_b", "--rho-b"},
+          {"cpu_threads", "--threads"},
+          {"device", "--device"},
+          {"backend", "--backend"}};
+}
+
 void rethrow_with_flag_names(const Error& e, const std::string& fn,
                              const std::vector<FlagName>& names) {
   const std::string m = with_flag_names(e.what(), fn, names);

@@ -141,6 +141,10 @@ struct FlagName {
 /// finite and >= 1, got 0.5".
 std::string with_flag_names(const std::string& message, const std::string& fn,
                             const std::vector<FlagName>& names);
+/// The SinkhornOptions fields as `otgpu sinkhorn` spells them (eps -> --eps, max_iter
+/// -> --max-iter, cpu_threads -> --threads, ...), for call_library around sinkhorn().
+/// Inputs (x, y, a, b, cost) are added by the caller with their files.
+std::vector<FlagName> sinkhorn_option_flag_names();
 /// Rethrows `e` as the same otgpu::Error type with with_flag_names(e.what(), ...).
 [[noreturn]] void rethrow_with_flag_names(const Error& e, const std::string& fn,
                                           const std::vector<FlagName>& names);
