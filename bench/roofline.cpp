@@ -199,7 +199,9 @@ void add_roofline_workloads(std::vector<Workload>& out) {
         add("cpu", "pair", ctx.cpu_pair_per_s, "pair/s",
             "the CPU solver's row sweep (scores, row max, exp only within e^-60 of the max) "
             "over an 8 MiB cost matrix with every exp but the max skipped: the most pairs/s "
-            "the CPU solver can reach");
+            "the CPU solver can reach. Limits are the best of several short runs in this "
+            "process; on a busy machine they can still come out low, and a row above 100% "
+            "says so");
       }});
 }
 
