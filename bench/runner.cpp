@@ -317,9 +317,8 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
   for (std::size_t c = 0; c < head.size(); ++c) {
     width[c] = head[c].size();
     for (std::size_t k = 0; k < cells.size(); ++k) {
-      // A skipped row's message spans the time..result columns: it sets no width.
+      // A skipped row's message spans the time..result columns: it sets no width there.
       if (!rows[k].skipped.empty() && c >= 2 && c <= 5) continue;
-      if (!rows[k].skipped.empty() && c == 1) continue;
       width[c] = std::max(width[c], cells[k][c].size());
     }
   }
@@ -328,9 +327,7 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
   for (auto w : width) total += w;
   if (total > kTableWidth) {
     width[1] = std::max<std::size_t>(12, width[1] - (total - kTableWidth));
-    for (std::size_t k = 0; k < cells.size(); ++k) {
-      if (rows[k].skipped.empty()) cells[k][1] = clip(cells[k][1], width[1]);
-    }
+    for (auto& row : cells) row[1] = clip(row[1], width[1]);
   }
   auto line = [&](const std::vector<std::string>& v, bool skipped) {
     std::string s;
@@ -340,10 +337,6 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
         // params + the message, over the columns they span.
         const std::size_t span = width[2] + width[3] + width[4] + width[5] + 6;
         s += fmt::format("{:<{}}  ", v[2], span);
-        continue;
-      }
-      if (skipped && c == 1) {
-        s += fmt::format("{:<{}}  ", clip(v[1], kTableWidth - width[0] - 30), width[1]);
         continue;
       }
       s += c + 1 < v.size() ? fmt::format("{:<{}}  ", v[c], width[c]) : v[c];
