@@ -1,6 +1,6 @@
-// The `otgpu bench` runner: the standard workloads (W1-W6 of the project's benchmark
-// definitions) registered by name, each producing rows that carry their figure next
-// to the measured limit that bounds it.
+// The `otgpu bench` runner: the standard workloads of docs/benchmarks.md (W1-W6,
+// TTS) registered by name, each producing rows that carry their figure next to the
+// measured limit that bounds it.
 #pragma once
 
 #include <nlohmann/json.hpp>

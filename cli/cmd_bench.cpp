@@ -1,6 +1,6 @@
-// `otgpu bench`: runs the standard workloads and prints each figure next to the
-// measured limit that bounds it, as a table (default), JSON or CSV; --plot draws
-// time against size with scripts/plot-bench.
+// `otgpu bench`: runs the standard workloads (docs/benchmarks.md) and prints each
+// figure next to the measured limit that bounds it, as a table (default), JSON or
+// CSV; --plot draws time against size with scripts/plot-bench.
 #include <fmt/format.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>

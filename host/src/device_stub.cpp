@@ -18,7 +18,7 @@ GpuContext::GpuContext(int device, void*) {
 GpuContext::~GpuContext() = default;
 int GpuContext::device() const noexcept { return -1; }
 void* GpuContext::stream() const noexcept { return nullptr; }
-void GpuContext::set_stream(void*) noexcept {}
+void GpuContext::set_stream(void*) {}
 std::size_t GpuContext::workspace_bytes() const noexcept { return 0; }
 void GpuContext::reserve(std::size_t) {}
 void GpuContext::synchronize() const {}

@@ -357,7 +357,7 @@ void dense_row_update(const float* C, const float* logB, const float* G, const f
   else
     dense_row_lse_kernel<false><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a, active,
                                                                   out, n, m, per_problem);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 std::size_t dense_col_workspace_bytes(std::int64_t B, std::int64_t n, std::int64_t m) {
@@ -398,12 +398,12 @@ void dense_col_update(const float* C, const float* logA, const float* F, const f
   else
     dense_col_lse_kernel<false><<<grid, kColThreads, 0, stream>>>(
         C, logA, F, eps, lambda_b, active, G, partial, n, m, s.tiles, s.nsplit, s.rows_per_split);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   if (s.nsplit > 1) {
     const unsigned mgrid = grid_size(who, (B * m + kMergeThreads - 1) / kMergeThreads);
     dense_col_merge_kernel<<<mgrid, kMergeThreads, 0, stream>>>(partial, eps, lambda_b, active, G,
                                                                 B, m, s.nsplit);
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
@@ -422,7 +422,7 @@ void dense_row_stats(const float* C, const float* logA, const float* logB, const
   const unsigned grid = grid_size(who, (B * n + kStatsWarps - 1) / kStatsWarps);
   dense_row_stats_kernel<<<grid, kStatsWarps * 32, 0, stream>>>(C, logA, logB, F, G, eps, row_mass,
                                                                 row_cost, B, n, m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

@@ -443,17 +443,16 @@ template <class Kernel>
 void prepare_dyn(Kernel kernel, std::size_t smem) {
   if (smem > 48 * 1024) {
     int dev = 0, limit = 0;
-    OTGPU_KERNEL_CHECK(cudaGetDevice(&dev));
-    OTGPU_KERNEL_CHECK(
-        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
+    OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (smem > static_cast<std::size_t>(limit)) {
       throw InvalidArgument(fmt::format(
           "online Sinkhorn: dimension too large: a tile needs {} bytes of shared memory, the "
           "device allows {}",
           smem, limit));
     }
-    OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
+    OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
   }
 }
 
@@ -516,11 +515,11 @@ void online_half_step(const OnlinePass& p, const float* lambda, float* out, cuda
   } else {
     launch_half<false>(p, lambda, out, stream);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   if (p.splits > 1) {
     const dim3 grid(static_cast<unsigned>((p.n_rows + 255) / 256), static_cast<unsigned>(p.B));
     merge_splits_kernel<<<grid, 256, 0, stream>>>(p, lambda, out);
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
@@ -576,7 +575,7 @@ void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStr
     prepare_dyn(online_row_stats_kernel<false>, smem);
     online_row_stats_kernel<false><<<row_grid(p), kThreads, smem, stream>>>(p, lse, cost_mean);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream) {
@@ -596,7 +595,7 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
       online_weighted_mean_kernel<false>
           <<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
     }
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
@@ -611,7 +610,7 @@ void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out,
     prepare_dyn(online_sample_kernel<false>, smem);
     online_sample_kernel<false><<<row_grid(p), kThreads, smem, stream>>>(p, seed, out);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

@@ -297,8 +297,6 @@ __device__ double block_sum(double v, double* red) {
   return total;
 }
 
-__device__ double lambda_of(double rho, double e) { return isinf(rho) ? 1.0 : rho / (rho + e); }
-
 /// D = 0: cost cached in shared memory (filled from C or from the points);
 /// D > 0: cost recomputed from the points, padded to dimension D.
 template <int D, bool kEuclid>
@@ -397,7 +395,7 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
   const double eps = p.eps[b];
   const double eps0 = p.eps_init != nullptr ? p.eps_init[b] : 0.0;
   const float eps_f = static_cast<float>(eps);
-  const float lam_a_target = static_cast<float>(lambda_of(p.rho_a, eps));
+  const float lam_a_target = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_a, eps));
   const int t_stop = min(p.t_end, p.max_iter);
 
   bool ftilde_valid = false;  // sFt holds the balanced f-update at (G, eps)
@@ -410,13 +408,12 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
     // running product drifts by an ulp per step, which can move the iteration at
     // which eps_t reaches eps (at_target is an exact comparison) and with it the
     // convergence checks. One double pow per iteration is noise next to 2 n m ex2.
-    const double et =
-        eps0 > 0.0 ? fmax(eps, eps0 * pow(p.eps_decay, static_cast<double>(t))) : eps;
+    const double et = ::otgpu::detail::scheduled_eps(eps, eps0, p.eps_decay, t);
     const bool at_target = et == eps;
     const float e = static_cast<float>(et);
     const float scale = kLog2e / e;
-    const float lam_a = static_cast<float>(lambda_of(p.rho_a, et));
-    const float lam_b = static_cast<float>(lambda_of(p.rho_b, et));
+    const float lam_a = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_a, et));
+    const float lam_b = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_b, et));
 
     // f-update. Right after a check, G and eps are those of the check, so the
     // update is lambda_a times the ftilde already computed.
@@ -439,8 +436,8 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
     // As the CPU reference: checks every check_every iterations at the target eps,
     // and a final measurement when the cap is reached (which decides convergence
     // without checks, or when the cap falls between checks).
-    const bool check = (p.check_every > 0 && (t + 1) % p.check_every == 0 && at_target) ||
-                       t + 1 == p.max_iter;
+    const bool check =
+        (p.check_every > 0 && (t + 1) % p.check_every == 0 && at_target) || t + 1 == p.max_iter;
     if (check) {
       // ftilde at the target eps, then R = sum_i a_i |exp((F_i - lambda_a ftilde_i)/eps) - 1|.
       const float scale_t = kLog2e / eps_f;
@@ -513,7 +510,7 @@ Variant choose_variant(CostKind cost, std::int64_t n, std::int64_t m, std::int64
 
 std::size_t smem_limit(int device) {
   int v = 0;
-  OTGPU_KERNEL_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return static_cast<std::size_t>(v);
 }
 
@@ -523,9 +520,11 @@ void check_shape(const char* who, CostKind cost, std::int64_t n, std::int64_t m,
   if (n <= 0 || n > kMaxSide)
     throw InvalidArgument(fmt::format("{}: rows n must be in [1, {}], got {}", who, kMaxSide, n));
   if (m <= 0 || m > kMaxSide)
-    throw InvalidArgument(fmt::format("{}: columns m must be in [1, {}], got {}", who, kMaxSide, m));
+    throw InvalidArgument(
+        fmt::format("{}: columns m must be in [1, {}], got {}", who, kMaxSide, m));
   if (cost != CostKind::matrix && (d <= 0 || d > kMaxSide))
-    throw InvalidArgument(fmt::format("{}: point dimension d must be in [1, {}], got {}", who, kMaxSide, d));
+    throw InvalidArgument(
+        fmt::format("{}: point dimension d must be in [1, {}], got {}", who, kMaxSide, d));
 }
 
 template <int D, bool kEuclid>
@@ -537,22 +536,28 @@ void launch(const SmallParams& p, unsigned blocks, std::size_t limit, cudaStream
   // launching a larger problem between our set and its launch. Always the device
   // limit (bytes <= limit was checked), so concurrent launchers agree. The
   // attribute caps the size only; occupancy follows the launch's own size.
-  OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(limit)));
+  OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(limit)));
   kernel<<<blocks, static_cast<unsigned>(p.layout.threads), bytes, stream>>>(p);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 template <bool kEuclid>
 void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t limit,
                    cudaStream_t stream) {
   switch (dim) {
-    case 1: return launch<1, kEuclid>(p, blocks, limit, stream);
-    case 2: return launch<2, kEuclid>(p, blocks, limit, stream);
-    case 4: return launch<4, kEuclid>(p, blocks, limit, stream);
-    case 8: return launch<8, kEuclid>(p, blocks, limit, stream);
-    case 16: return launch<16, kEuclid>(p, blocks, limit, stream);
-    case 32: return launch<32, kEuclid>(p, blocks, limit, stream);
+    case 1:
+      return launch<1, kEuclid>(p, blocks, limit, stream);
+    case 2:
+      return launch<2, kEuclid>(p, blocks, limit, stream);
+    case 4:
+      return launch<4, kEuclid>(p, blocks, limit, stream);
+    case 8:
+      return launch<8, kEuclid>(p, blocks, limit, stream);
+    case 16:
+      return launch<16, kEuclid>(p, blocks, limit, stream);
+    case 32:
+      return launch<32, kEuclid>(p, blocks, limit, stream);
     default:
       throw InvalidArgument(fmt::format("small_sinkhorn: no kernel for padded dimension {}", dim));
   }
@@ -560,14 +565,13 @@ void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t l
 
 }  // namespace
 
-std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m,
-                                    std::int64_t d, int device) {
+std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
+                                    int device) {
   check_shape("small_kernel_smem_bytes", cost, n, m, d);
   return choose_variant(cost, n, m, d, smem_limit(device)).layout.bytes();
 }
 
-bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
-                       int device) {
+bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d, int device) {
   check_shape("small_kernel_fits", cost, n, m, d);
   return choose_variant(cost, n, m, d, smem_limit(device)).fits;
 }
@@ -600,14 +604,15 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
     throw InvalidArgument(fmt::format("{}: iteration range [t_begin, t_end) = [{}, {}) is invalid",
                                       who, a.t_begin, a.t_end));
   if (!(a.eps_decay > 0.0) || !std::isfinite(a.eps_decay))
-    throw InvalidArgument(fmt::format("{}: eps_decay must be finite and > 0, got {}", who, a.eps_decay));
+    throw InvalidArgument(
+        fmt::format("{}: eps_decay must be finite and > 0, got {}", who, a.eps_decay));
   if (!(a.rho_a > 0.0))
     throw InvalidArgument(fmt::format("{}: rho_a must be > 0 (or +inf), got {}", who, a.rho_a));
   if (!(a.rho_b > 0.0))
     throw InvalidArgument(fmt::format("{}: rho_b must be > 0 (or +inf), got {}", who, a.rho_b));
 
   int device = 0;
-  OTGPU_KERNEL_CHECK(cudaGetDevice(&device));
+  OTGPU_CUDA_CHECK(cudaGetDevice(&device));
   const std::size_t limit = smem_limit(device);
   const Variant v = choose_variant(a.cost, a.n, a.m, a.d, limit);
   if (!v.fits)

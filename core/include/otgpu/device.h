@@ -30,8 +30,10 @@ class GpuContext {
 
   int device() const noexcept;
   void* stream() const noexcept;
-  /// Later calls are ordered on this stream.
-  void set_stream(void* stream) noexcept;
+  /// Later calls are ordered on this stream. Safe while work is in flight: the new
+  /// stream waits (on the device, no host sync) for the work queued on the old one, so
+  /// new calls never overwrite workspace the old calls still read.
+  void set_stream(void* stream);
   /// Current workspace size in bytes.
   std::size_t workspace_bytes() const noexcept;
   /// Grows the workspace to at least `bytes` now (synchronizes the device if it
