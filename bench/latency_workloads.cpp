@@ -38,17 +38,6 @@ struct Shape {
 constexpr Shape kShapes[] = {{64, 512, 32}, {64, 2048, 32}};
 constexpr int kMaxIter = 100000;
 
-Row skipped_row(const Shape& s, const char* why) {
-  Row r;
-  r.workload = "L1";
-  r.solver = "cuda-async";
-  r.backend = "cuda";
-  r.params = {{"B", s.B}, {"n", s.n}, {"m", s.n}, {"d", s.d}, {"max_iter", kMaxIter}};
-  r.time_unit = "ms/call";
-  r.note = why;
-  return r;
-}
-
 #ifdef OTGPU_WITH_CUDA
 
 void check(cudaError_t st, const char* what) {
@@ -139,17 +128,15 @@ void run_shape(const Context& ctx, const Shape& s, std::vector<Row>& rows) {
       r.workload = "L1";
       r.solver = plain ? "cuda-async-plain" : "cuda-async-graph";
       r.backend = "cuda";
-      r.params = {{"B", s.B},           {"n", s.n},
-                  {"m", s.n},           {"d", s.d},
-                  {"eps", o.eps},       {"max_iter", kMaxIter},
-                  {"iterations", most}, {"enqueue_ms", enqueue_ms},
-                  {"loop", loop}};
+      r.params = {{"B", s.B}, {"n", s.n},     {"m", s.n},
+                  {"d", s.d}, {"eps", o.eps}, {"max_iter", kMaxIter}};
+      r.result = {{"iterations", most}, {"enqueue_ms", enqueue_ms}, {"loop", loop}};
       r.ms = total_ms;
       r.time_unit = "ms/call";
-      r.note = fmt::format(
-          "end to end (events); enqueue {:.3f} ms (last run); {} iterations; "
-          "loop: {}",
-          enqueue_ms, most, loop);
+      r.notes.push_back(
+          fmt::format("end to end (events); enqueue {:.3f} ms (last run); {} iterations; "
+                      "loop: {}",
+                      enqueue_ms, most, loop));
       rows.push_back(std::move(r));
     }
   } catch (...) {
@@ -167,12 +154,10 @@ void run_shape(const Context& ctx, const Shape& s, std::vector<Row>& rows) {
 
 void run_l1(const Context& ctx, std::vector<Row>& rows) {
   for (const Shape& s : kShapes) {
-    if (ctx.cpu_only) {
-      rows.push_back(skipped_row(s, "skipped (--backend cpu)"));
-      continue;
-    }
-    if (!ctx.has_gpu) {
-      rows.push_back(skipped_row(s, "skipped (needs a GPU)"));
+    if (ctx.cpu_only || !ctx.has_gpu) {
+      rows.push_back(skipped_gpu_row(
+          ctx, "L1", "cuda-async",
+          {{"B", s.B}, {"n", s.n}, {"m", s.n}, {"d", s.d}, {"max_iter", kMaxIter}}));
       continue;
     }
 #ifdef OTGPU_WITH_CUDA

@@ -9,9 +9,10 @@ struct Limits {
   double exp_per_s = 0;
   double fma_flop_per_s = 0;
   double copy_bytes_per_s = 0;
+  double pair_per_s = 0;  ///< CPU only: the solver's row sweep with every exp skipped
 };
 
-/// CPU limits with all OpenMP threads (fp64 exp, fp64 FMA, memcpy). ~0.5 s.
+/// CPU limits with all OpenMP threads (fp64 exp, fp64 FMA, memcpy, pair sweep). ~1 s.
 Limits measure_cpu_limits();
 std::string cpu_model_name();
 

@@ -1,6 +1,7 @@
 // The `otgpu bench` runner: measures the rooflines (W5) first, runs the selected
 // workloads of docs/benchmarks.md, and reports each figure next to its bound.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -21,7 +22,21 @@ std::vector<Workload> all_workloads() {
   add_sinkhorn_workloads(w);
   add_sliced_workloads(w);
   add_latency_workloads(w);
+  add_solution_workloads(w);
   return w;
+}
+
+std::string Context::gpu_skip_reason() const { return cpu_only ? "--backend cpu" : "needs a GPU"; }
+
+Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,
+                    nlohmann::json params) {
+  Row r;
+  r.workload = std::move(workload);
+  r.solver = std::move(solver);
+  r.backend = "cuda";
+  r.params = std::move(params);
+  r.skipped = ctx.gpu_skip_reason();
+  return r;
 }
 
 double median_ms(const Context& ctx, const std::function<double()>& timed_run_ms) {
@@ -60,20 +75,53 @@ bool in_suite(const Workload& w, const std::string& suite) {
   return std::find(w.suites.begin(), w.suites.end(), suite) != w.suites.end();
 }
 
+std::string valid_names(const std::vector<Workload>& workloads) {
+  std::string ok, planned;
+  for (const auto& w : workloads) {
+    std::string& list = w.implemented() ? ok : planned;
+    if (!list.empty()) list += ", ";
+    list += w.name;
+  }
+  return planned.empty() ? "valid: " + ok
+                         : fmt::format("valid: {} ({}: not implemented yet)", ok, planned);
+}
+
 }  // namespace
 
+void check_workload_names(const std::vector<std::string>& only) {
+  const auto workloads = all_workloads();
+  for (const auto& name : only) {
+    const auto it = std::find_if(workloads.begin(), workloads.end(),
+                                 [&](const Workload& w) { return w.name == name; });
+    if (it == workloads.end()) {
+      throw InvalidArgument(
+          fmt::format("--workload: unknown workload '{}'; {} (see otgpu bench "
+                      "--list)",
+                      name, valid_names(workloads)));
+    }
+    if (!it->implemented()) {
+      throw InvalidArgument(fmt::format("--workload: {} ({}) is not implemented yet; {}", name,
+                                        it->description, valid_names(workloads)));
+    }
+  }
+}
+
 std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
+  check_workload_names(only);
   GpuInfo gpu;
-  ctx.has_gpu = !ctx.cpu_only && otgpu::cuda_available() && query_gpu(0, gpu);
+  ctx.gpu_usable = otgpu::cuda_available() && query_gpu(0, gpu);
+  ctx.has_gpu = !ctx.cpu_only && ctx.gpu_usable;
   if (ctx.gpu_only && !ctx.has_gpu) {
     throw DeviceUnavailable(
-        "bench --backend cuda: no usable CUDA device 0 (or built without CUDA)");
+        "--backend cuda: no usable CUDA device 0 (no NVIDIA GPU or driver found, or a build "
+        "without CUDA)");
   }
   ctx.cpu_name = cpu_model_name();
   const Limits cpu = measure_cpu_limits();
   ctx.cpu_exp_per_s = cpu.exp_per_s;
   ctx.cpu_fma_flop_per_s = cpu.fma_flop_per_s;
   ctx.cpu_copy_bytes_per_s = cpu.copy_bytes_per_s;
+  ctx.cpu_pair_per_s = cpu.pair_per_s;
   if (ctx.has_gpu) {
     ctx.device_name = gpu.name;
     const Limits g = measure_gpu_limits(0);
@@ -83,14 +131,9 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
   }
   ctx.build = build_info(ctx.has_gpu ? &gpu : nullptr);
 
-  const auto workloads = all_workloads();
-  for (const auto& name : only) {
-    const bool known = std::any_of(workloads.begin(), workloads.end(),
-                                   [&](const Workload& w) { return w.name == name; });
-    if (!known) throw InvalidArgument(fmt::format("bench --workload: unknown workload '{}'", name));
-  }
   std::vector<Row> rows;
-  for (const auto& w : workloads) {
+  for (const auto& w : all_workloads()) {
+    if (!w.implemented()) continue;
     const bool selected = only.empty() ? in_suite(w, ctx.suite)
                                        : std::find(only.begin(), only.end(), w.name) != only.end();
     if (!selected) continue;
@@ -98,35 +141,130 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
     std::vector<Row> produced;
     w.run(ctx, produced);
     for (auto& r : produced) {
+      // --backend cuda: the CPU limits stay (they describe the machine), CPU rows go.
       const bool is_gpu = r.backend == "cuda";
-      if ((ctx.cpu_only && is_gpu) || (ctx.gpu_only && !is_gpu && r.workload != "W5")) continue;
+      if (ctx.gpu_only && !is_gpu && r.workload != "W5") continue;
       rows.push_back(std::move(r));
     }
   }
   return rows;
 }
 
+std::string format_list() {
+  std::string out;
+  for (const auto& w : all_workloads()) {
+    if (!w.implemented()) {
+      out += fmt::format("{:<4} {:<11} not implemented yet: {}\n", w.name, "-", w.description);
+      continue;
+    }
+    out += fmt::format("{:<4} {:<11} {}\n", w.name, fmt::format("{}", fmt::join(w.suites, ",")),
+                       w.description);
+  }
+  return out;
+}
+
 namespace {
 
+constexpr std::size_t kTableWidth = 120;
+
+/// 3 significant digits with an SI prefix: 1.59e9 exp/s -> "1.59 Gexp/s".
 std::string si(double v, const std::string& unit) {
-  if (v == 0) return "-";
-  const char* prefixes[] = {"", "K", "M", "G", "T", "P"};
+  if (!(v > 0) || !std::isfinite(v)) return "-";
+  const char* prefixes[] = {"", "K", "M", "G", "T", "P", "E"};
   int k = 0;
-  while (std::abs(v) >= 1000 && k < 5) {
+  while (v >= 999.5 && k < 6) {
     v /= 1000;
     ++k;
   }
   return fmt::format("{:.3g} {}{}", v, prefixes[k], unit);
 }
 
+std::string value_text(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_float()) return fmt::format("{:.4g}", v.get<double>());
+  if (v.is_boolean()) return v.get<bool>() ? "yes" : "no";
+  return v.dump();
+}
+
+/// "B=64 n=m=512 d=32 eps=0.05": sizes first, n=m merged, then the rest.
 std::string params_text(const nlohmann::json& p) {
-  std::string s;
-  if (!p.is_object()) return s;
-  for (auto it = p.begin(); it != p.end(); ++it) {
-    if (!s.empty()) s += " ";
-    s += it.key() + "=" +
-         (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+  if (!p.is_object()) return "";
+  std::vector<std::string> parts;
+  std::vector<std::string> used;
+  auto take = [&](const char* key) {
+    if (!p.contains(key)) return;
+    parts.push_back(fmt::format("{}={}", key, value_text(p[key])));
+    used.emplace_back(key);
+  };
+  take("B");
+  if (p.contains("n") && p.contains("m") && p["n"] == p["m"]) {
+    parts.push_back(fmt::format("n=m={}", value_text(p["n"])));
+    used.emplace_back("n");
+    used.emplace_back("m");
+  } else {
+    take("n");
+    take("m");
   }
+  for (const char* k : {"d", "L", "p", "eps", "eps_rel"}) take(k);
+  for (auto it = p.begin(); it != p.end(); ++it) {
+    if (std::find(used.begin(), used.end(), it.key()) != used.end()) continue;
+    parts.push_back(fmt::format("{}={}", it.key(), value_text(it.value())));
+  }
+  std::string s;
+  for (const auto& part : parts) {
+    if (!s.empty()) s += " ";
+    s += part;
+  }
+  return s;
+}
+
+std::string result_text(const Row& r) {
+  const auto& res = r.result;
+  if (!res.is_object()) return "";
+  if (res.contains("converged"))
+    return res["converged"].get<bool>() ? "converged" : "NOT converged";
+  if (res.contains("sw2")) return fmt::format("sw2={}", value_text(res["sw2"]));
+  return "";
+}
+
+std::string figure_text(const Row& r) {
+  if (r.workload == "TTS" && r.result.contains("iterations")) {
+    return fmt::format("{} iter", r.result["iterations"].get<long long>());
+  }
+  return si(r.figure, r.figure_unit);
+}
+
+std::string bound_text(const Row& r) {
+  if (r.workload == "W5") return "(limit)";
+  if (r.roofline > 0 && r.figure > 0) {
+    return fmt::format("{:.3g}% of {}", 100.0 * r.ratio(), si(r.roofline, r.figure_unit));
+  }
+  return "-";
+}
+
+/// Words of `text` on lines of at most `width` characters, continuation lines
+/// indented by `indent` spaces.
+std::string wrap(const std::string& text, std::size_t width, std::size_t indent) {
+  std::string out, line;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    std::size_t end = text.find(' ', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string word = text.substr(pos, end - pos);
+    if (!line.empty() && line.size() + 1 + word.size() > width) {
+      out += line + "\n";
+      line = std::string(indent, ' ') + word;
+    } else {
+      if (!line.empty() && line.back() != ' ') line += " ";
+      line += word;
+    }
+    pos = end + 1;
+  }
+  return out + line + "\n";
+}
+
+std::string clip(std::string s, std::size_t width) {
+  if (s.size() > width) s = s.substr(0, width - 2) + "..";
   return s;
 }
 
@@ -135,7 +273,7 @@ std::string params_text(const nlohmann::json& p) {
 std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
   std::string out;
   out +=
-      fmt::format("otgpu bench — suite {} — commit {} ({}), CUDA {} [{}]\n", ctx.suite,
+      fmt::format("otgpu bench, suite {}, commit {} ({}), CUDA {} [{}]\n", ctx.suite,
                   ctx.build.value("commit", "?"), ctx.build.value("build_type", "?"),
                   ctx.build.value("cuda_toolkit", "?"), ctx.build.value("cuda_architectures", "?"));
   if (ctx.has_gpu) {
@@ -143,68 +281,203 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
                        ctx.build.value("sm_count", 0), ctx.build.value("sm_clock_mhz", 0),
                        ctx.build.value("mem_clock_mhz", 0));
   } else {
-    out += "GPU: none (CPU rows only)\n";
+    out +=
+        fmt::format("GPU: none used ({}); GPU rows are listed as skipped\n", ctx.gpu_skip_reason());
   }
-  out += fmt::format("CPU: {}\n\n", ctx.cpu_name);
-  const std::vector<std::string> head = {"workload", "solver",   "backend", "params", "time",
-                                         "figure",   "roofline", "ratio",   "note"};
+  out += fmt::format("CPU: {}\n", ctx.cpu_name);
+  out +=
+      fmt::format("Times: median of {} timed runs after {} warm-up\n\n", ctx.repeats, ctx.warmup);
+
+  // Footnotes numbered in order of first use.
+  std::vector<std::string> footnotes;
+  auto note_refs = [&](const Row& r) {
+    std::string refs;
+    for (const auto& n : r.notes) {
+      auto it = std::find(footnotes.begin(), footnotes.end(), n);
+      if (it == footnotes.end()) it = footnotes.insert(footnotes.end(), n);
+      if (!refs.empty()) refs += ",";
+      refs += std::to_string(it - footnotes.begin() + 1);
+    }
+    return refs;
+  };
+
+  const std::vector<std::string> head = {"solver",   "params", "time", "figure",
+                                         "vs bound", "result", "note"};
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows) {
-    cells.push_back({r.workload, r.solver, r.backend, params_text(r.params),
-                     r.ms > 0 ? fmt::format("{:.4g} {}", r.ms, r.time_unit) : "-",
-                     si(r.figure, r.figure_unit),
-                     r.roofline > 0 ? si(r.roofline, r.figure_unit) + " (" + r.bound + ")" : "-",
-                     r.roofline > 0 ? fmt::format("{:.1f}%", 100.0 * r.ratio()) : "-", r.note});
+    if (!r.skipped.empty()) {
+      cells.push_back({r.solver, clip(params_text(r.params), 34),
+                       fmt::format("skipped ({})", r.skipped), "", "", "", note_refs(r)});
+      continue;
+    }
+    cells.push_back({r.solver, params_text(r.params),
+                     r.ms > 0 ? fmt::format("{:.4g} {}", r.ms, r.time_unit) : "-", figure_text(r),
+                     bound_text(r), result_text(r), note_refs(r)});
   }
   std::vector<std::size_t> width(head.size());
   for (std::size_t c = 0; c < head.size(); ++c) {
     width[c] = head[c].size();
-    for (const auto& row : cells) width[c] = std::max(width[c], row[c].size());
+    for (std::size_t k = 0; k < cells.size(); ++k) {
+      // A skipped row's message spans the time..result columns: it sets no width there.
+      if (!rows[k].skipped.empty() && c >= 2 && c <= 5) continue;
+      width[c] = std::max(width[c], cells[k][c].size());
+    }
   }
-  auto line = [&](const std::vector<std::string>& v) {
+  // Fit kTableWidth: the params column gives way (the JSON keeps every parameter).
+  std::size_t total = 2 * (width.size() - 1);
+  for (auto w : width) total += w;
+  if (total > kTableWidth) {
+    width[1] = std::max<std::size_t>(12, width[1] - (total - kTableWidth));
+    for (auto& row : cells) row[1] = clip(row[1], width[1]);
+  }
+  auto line = [&](const std::vector<std::string>& v, bool skipped) {
     std::string s;
     for (std::size_t c = 0; c < v.size(); ++c) {
+      if (skipped && c >= 3 && c <= 5) continue;
+      if (skipped && c == 2) {
+        // params + the message, over the columns they span.
+        const std::size_t span = width[2] + width[3] + width[4] + width[5] + 6;
+        s += fmt::format("{:<{}}  ", v[2], span);
+        continue;
+      }
       s += c + 1 < v.size() ? fmt::format("{:<{}}  ", v[c], width[c]) : v[c];
     }
+    while (!s.empty() && s.back() == ' ') s.pop_back();
     return s + "\n";
   };
-  out += line(head);
+  out += line(head, false);
   std::vector<std::string> rule;
   for (auto w : width) rule.emplace_back(w, '-');
-  out += line(rule);
-  for (const auto& row : cells) out += line(row);
+  out += line(rule, false);
+  std::string current;
+  const auto workloads = all_workloads();
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    if (rows[k].workload != current) {
+      current = rows[k].workload;
+      std::string title = current;
+      for (const auto& w : workloads) {
+        if (w.name == current) title += ": " + w.description;
+      }
+      out += clip(title, kTableWidth) + "\n";
+    }
+    out += line(cells[k], !rows[k].skipped.empty());
+  }
+  if (!footnotes.empty()) {
+    out += "\n";
+    for (std::size_t k = 0; k < footnotes.size(); ++k) {
+      out += wrap(fmt::format("[{}] {}", k + 1, footnotes[k]), kTableWidth, 4);
+    }
+  }
   return out;
 }
 
+namespace {
+
+nlohmann::json number_or_null(double v) {
+  return v > 0 && std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
 nlohmann::json to_json(const Context& ctx, const std::vector<Row>& rows) {
   nlohmann::json j;
+  j["schema"] = "otgpu-bench/2";
   j["suite"] = ctx.suite;
   j["build"] = ctx.build;
   j["device"] = ctx.has_gpu ? ctx.device_name : std::string("none");
   j["cpu"] = ctx.cpu_name;
-  j["limits"] = {{"gpu_exp_per_s", ctx.exp_per_s},
-                 {"gpu_fma_flop_per_s", ctx.fma_flop_per_s},
-                 {"gpu_copy_bytes_per_s", ctx.copy_bytes_per_s},
-                 {"cpu_exp_per_s", ctx.cpu_exp_per_s},
-                 {"cpu_fma_flop_per_s", ctx.cpu_fma_flop_per_s},
-                 {"cpu_copy_bytes_per_s", ctx.cpu_copy_bytes_per_s}};
+  j["limits"] = {{"gpu_exp_per_s", number_or_null(ctx.exp_per_s)},
+                 {"gpu_fma_flop_per_s", number_or_null(ctx.fma_flop_per_s)},
+                 {"gpu_copy_bytes_per_s", number_or_null(ctx.copy_bytes_per_s)},
+                 {"cpu_exp_per_s", number_or_null(ctx.cpu_exp_per_s)},
+                 {"cpu_fma_flop_per_s", number_or_null(ctx.cpu_fma_flop_per_s)},
+                 {"cpu_copy_bytes_per_s", number_or_null(ctx.cpu_copy_bytes_per_s)},
+                 {"cpu_pair_per_s", number_or_null(ctx.cpu_pair_per_s)}};
   j["repeats"] = ctx.repeats;
+  j["warmup"] = ctx.warmup;
   auto& arr = j["rows"] = nlohmann::json::array();
   for (const auto& r : rows) {
+    const bool ran = r.skipped.empty();
     arr.push_back({{"workload", r.workload},
                    {"solver", r.solver},
                    {"backend", r.backend},
                    {"params", r.params},
-                   {"time_ms", r.ms},
+                   {"status", ran ? "ok" : "skipped"},
+                   {"skipped_reason", ran ? nlohmann::json(nullptr) : nlohmann::json(r.skipped)},
+                   {"time_ms", number_or_null(r.ms)},
                    {"time_unit", r.time_unit},
-                   {"figure", r.figure},
+                   {"figure", number_or_null(r.figure)},
                    {"figure_unit", r.figure_unit},
-                   {"roofline", r.roofline},
+                   {"roofline", number_or_null(r.roofline)},
                    {"bound", r.bound},
-                   {"ratio", r.ratio()},
-                   {"note", r.note}});
+                   {"ratio", number_or_null(r.ratio())},
+                   {"bound_ms", number_or_null(r.bound_ms())},
+                   {"result", r.result.is_null() ? nlohmann::json::object() : r.result},
+                   {"notes", r.notes}});
   }
   return j;
+}
+
+namespace {
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+std::string csv_number(double v) {
+  return v > 0 && std::isfinite(v) ? fmt::format("{}", v) : std::string();
+}
+
+/// "n=512;m=512;d=32": every key, full precision.
+std::string csv_pairs(const nlohmann::json& o) {
+  std::string s;
+  if (!o.is_object()) return s;
+  for (auto it = o.begin(); it != o.end(); ++it) {
+    if (!s.empty()) s += ";";
+    s += fmt::format("{}={}", it.key(),
+                     it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string to_csv(const std::vector<Row>& rows) {
+  std::string out =
+      "workload,solver,backend,status,params,time_ms,time_unit,figure,figure_unit,bound,"
+      "roofline,ratio,bound_ms,result,notes\n";
+  for (const auto& r : rows) {
+    std::string notes;
+    for (const auto& n : r.notes) {
+      if (!notes.empty()) notes += " | ";
+      notes += n;
+    }
+    const std::vector<std::string> f = {
+        r.workload,
+        r.solver,
+        r.backend,
+        r.skipped.empty() ? std::string("ok") : fmt::format("skipped: {}", r.skipped),
+        csv_pairs(r.params),
+        csv_number(r.ms),
+        r.time_unit,
+        csv_number(r.figure),
+        r.figure_unit,
+        r.bound,
+        csv_number(r.roofline),
+        csv_number(r.ratio()),
+        csv_number(r.bound_ms()),
+        csv_pairs(r.result),
+        notes};
+    for (std::size_t k = 0; k < f.size(); ++k) {
+      if (k > 0) out += ",";
+      out += csv_field(f[k]);
+    }
+    out += "\n";
+  }
+  return out;
 }
 
 }  // namespace otgpu::bench

@@ -75,7 +75,8 @@ void cpu_row(const Context& ctx, std::vector<Row>& rows) {
   row.workload = "W3";
   row.solver = "cpu-reference";
   row.backend = "cpu";
-  row.params = {{"n", n}, {"m", n}, {"d", d}, {"L", L}, {"p", 2}, {"sw2", value}};
+  row.params = {{"n", n}, {"m", n}, {"d", d}, {"L", L}, {"p", 2}};
+  row.result = {{"sw2", value}};
   row.ms = ms;
   row.time_unit = "ms/call";
   const double pm = median_of(proj_ms);
@@ -83,10 +84,12 @@ void cpu_row(const Context& ctx, std::vector<Row>& rows) {
   row.figure_unit = "FLOP/s";
   row.roofline = ctx.cpu_fma_flop_per_s;
   row.bound = "fma";
-  row.note = fmt::format(
-      "fp64 projections {:.2f} ms (figure: their FLOP rate), sort + merge {:.2f} ms; the "
-      "reference solver favours clarity (per-element strided loads), not speed",
-      pm, median_of(merge_ms));
+  row.result["projection_ms"] = pm;
+  row.result["sort_merge_ms"] = median_of(merge_ms);
+  row.notes.push_back(fmt::format(
+      "W3 CPU: figure = FLOP rate of the fp64 projections ({:.3g} ms of the call; sort + merge "
+      "{:.3g} ms); the reference favours clarity (per-element strided loads), not speed",
+      pm, median_of(merge_ms)));
   rows.push_back(std::move(row));
 }
 
@@ -143,40 +146,45 @@ void gpu_rows(const Context& ctx, std::vector<Row>& rows, std::int64_t n, std::i
     return t;
   });
   const double pm = median_of(proj_ms), sm = median_of(sort_ms), mm = median_of(merge_ms);
-  const nlohmann::json params = {{"n", n},           {"m", n}, {"d", d},
-                                 {"L", kDirections}, {"p", 2}, {"sw2", value}};
+  const nlohmann::json params = {{"n", n}, {"m", n}, {"d", d}, {"L", kDirections}, {"p", 2}};
   Row call;
   call.workload = "W3";
   call.solver = "cuda-sliced";
   call.backend = "cuda";
   call.params = params;
+  call.result = {{"sw2", value},
+                 {"directions_ms", median_of(dir_ms)},
+                 {"projection_ms", pm},
+                 {"sort_ms", sm},
+                 {"merge_ms", mm}};
   call.ms = ms;
   call.time_unit = "ms/call";
   call.figure = pm > 0 ? projection_flops(n, n, d, kDirections) / (pm * 1e-3) : 0;
   call.figure_unit = "FLOP/s";
   call.roofline = ctx.fma_flop_per_s;
   call.bound = "fma";
-  call.note = fmt::format(
-      "reference PyTorch matmul + sort on H100: {:.2f} ms (target 4x faster: {:.2f} ms); "
-      "figure = projection GEMM rate (fp32 SGEMM, no TF32); phases: directions {:.3f}, "
-      "projection {:.3f}, sort {:.3f}, merge {:.3f} ms; the rest is workspace and launch "
-      "overhead",
-      reference_ms, reference_ms / 4, median_of(dir_ms), pm, sm, mm);
+  call.notes.emplace_back(
+      "cuda-sliced: figure = projection GEMM rate (fp32 SGEMM, no TF32); the phases are in the "
+      "JSON result; the rest of the call is workspace and launch overhead");
+  call.notes.push_back(
+      fmt::format("W3 n={} d={}: reference PyTorch matmul + sort on H100 {:.3g} ms (target 4x "
+                  "faster: {:.3g} ms)",
+                  n, d, reference_ms, reference_ms / 4));
   rows.push_back(call);
 
   Row sort = call;
-  sort.solver = "cuda-sliced-sort+merge";
+  sort.solver = "cuda-sort+merge";
   sort.ms = sm + mm;
   sort.time_unit = "ms/call";
   sort.figure = sm + mm > 0 ? sort_merge_bytes(n, n, kDirections) / ((sm + mm) * 1e-3) : 0;
   sort.figure_unit = "B/s";
   sort.roofline = ctx.copy_bytes_per_s;
   sort.bound = "copy";
-  sort.note = fmt::format(
-      "CUB segmented radix sort (one block per (direction, side) segment, several passes) "
-      "+ one block per segment for the merge; bytes counted once (lower bound), so the "
-      "ratio overstates the efficiency; sort {:.3f} ms, merge {:.3f} ms",
-      sm, mm);
+  sort.notes.clear();
+  sort.notes.emplace_back(
+      "cuda-sort+merge: CUB segmented radix sort (one block per (direction, side) segment, "
+      "several passes) + one block per segment for the merge; time = sort + merge phases; "
+      "bytes counted once (a lower bound), so the ratio overstates the efficiency");
   rows.push_back(std::move(sort));
 }
 #endif
@@ -184,19 +192,25 @@ void gpu_rows(const Context& ctx, std::vector<Row>& rows, std::int64_t n, std::i
 }  // namespace
 
 void add_sliced_workloads(std::vector<Workload>& out) {
-  out.push_back(Workload{"W3",
-                         "sliced W2, L=256 directions (CPU row: n=4096, d=64, L=64)",
-                         {"quick", "full"},
-                         [](const Context& ctx, std::vector<Row>& rows) {
-                           if (!ctx.gpu_only) cpu_row(ctx, rows);
+  out.push_back(
+      Workload{"W3",
+               "sliced W2, L=256 directions (CPU row: n=4096, d=64, L=64)",
+               {"quick", "full"},
+               [](const Context& ctx, std::vector<Row>& rows) {
+                 if (!ctx.gpu_only) cpu_row(ctx, rows);
+                 if (!ctx.has_gpu) {
+                   rows.push_back(skipped_gpu_row(
+                       ctx, "W3", "cuda-sliced",
+                       {{"n", 65536}, {"m", 65536}, {"d", "64,3072"}, {"L", kDirections}}));
+                 }
 #ifdef OTGPU_WITH_CUDA
-                           if (ctx.has_gpu) {
-                             gpu_rows(ctx, rows, 65536, 64, 4.20);
-                             gpu_rows(ctx, rows, 65536, 3072, 8.09);
-                             if (ctx.suite == "full") gpu_rows(ctx, rows, 1048576, 64, 97.7);
-                           }
+                 if (ctx.has_gpu) {
+                   gpu_rows(ctx, rows, 65536, 64, 4.20);
+                   gpu_rows(ctx, rows, 65536, 3072, 8.09);
+                   if (ctx.suite == "full") gpu_rows(ctx, rows, 1048576, 64, 97.7);
+                 }
 #endif
-                         }});
+               }});
 }
 
 }  // namespace otgpu::bench

@@ -1,5 +1,6 @@
 // `otgpu gaussian`: closed-form OT between Gaussians N(m1, S1) and N(m2, S2) stored as
-// .npy files: W2^2, Bures^2, the entropic value (with --eps) and the Monge map.
+// .npy files: W2^2, Bures^2, the entropic value (with --eps) and the Monge map. Shapes,
+// values and options are checked by gaussian_ot; the command names the flags.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "commands.h"
 #include "common.h"
@@ -21,62 +23,39 @@ namespace {
 struct GaussianArgs {
   std::string m1_path, s1_path, m2_path, s2_path, map_out;
   double eps = 0;
-  bool json = false;
-  std::string backend = "auto";
-  int device = 0;
+  JsonFlags json;
+  BackendFlags backend;
 };
 
-/// The library names its inputs source.mean, ...; on the command line they are flags.
-std::string with_flag_names(std::string msg) {
-  const std::pair<const char*, const char*> names[] = {{"source.mean", "--m1 (source.mean)"},
-                                                       {"source.cov", "--s1 (source.cov)"},
-                                                       {"target.mean", "--m2 (target.mean)"},
-                                                       {"target.cov", "--s2 (target.cov)"}};
-  for (const auto& [from, to] : names) {
-    const std::string f(from), t(to);
-    for (std::size_t pos = msg.find(f); pos != std::string::npos;
-         pos = msg.find(f, pos + t.size())) {
-      msg.replace(pos, f.size(), t);
-    }
-  }
-  return msg;
-}
-
-GaussianOTResult solve(const GaussianBatch& src, const GaussianBatch& tgt,
-                       const GaussianOTOptions& options) {
-  // Same error types, messages with the flag names.
-  try {
-    return gaussian_ot(src, tgt, options);
-  } catch (const NonFiniteInput& e) {
-    throw NonFiniteInput(with_flag_names(e.what()));
-  } catch (const DTypeError& e) {
-    throw DTypeError(with_flag_names(e.what()));
-  } catch (const ShapeError& e) {
-    throw ShapeError(with_flag_names(e.what()));
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument(with_flag_names(e.what()));
-  }
-}
-
 void run_gaussian(const GaussianArgs& args) {
-  require_nonnegative_finite("--eps", args.eps);
-  BackendFlags flags;
-  flags.backend = args.backend;
-  flags.device = args.device;
-  const Backend backend = resolve_backend_flag(flags);
-  check_output_path("--map-out", args.map_out);
+  const Backend backend = resolve_backend_flag(args.backend);
+  check_outputs({{"--m1", args.m1_path},
+                 {"--s1", args.s1_path},
+                 {"--m2", args.m2_path},
+                 {"--s2", args.s2_path}},
+                {{"--map-out", args.map_out}, args.json.output()});
 
-  const NpyInput m1 = load_input("--m1", args.m1_path, 1, 2, "[d] or [B, d]");
-  const NpyInput s1 = load_input("--s1", args.s1_path, 2, 3, "[d, d] or [B, d, d]");
-  const NpyInput m2 = load_input("--m2", args.m2_path, 1, 2, "[d] or [B, d]");
-  const NpyInput s2 = load_input("--s2", args.s2_path, 2, 3, "[d, d] or [B, d, d]");
+  const NpyInput m1 = load_array("--m1", args.m1_path);
+  const NpyInput s1 = load_array("--s1", args.s1_path);
+  const NpyInput m2 = load_array("--m2", args.m2_path);
+  const NpyInput s2 = load_array("--s2", args.s2_path);
 
   GaussianOTOptions options;
   options.eps = args.eps;
   options.want_map = !args.map_out.empty();
   options.backend = backend;
-  options.device = args.device;
-  const GaussianOTResult r = solve({m1.view(), s1.view()}, {m2.view(), s2.view()}, options);
+  options.device = args.backend.device;
+  // The library names its inputs source.mean, ...; on the command line they are flags.
+  const std::vector<FlagName> names = {{"source.mean", m1.label(), true},
+                                       {"source.cov", s1.label(), true},
+                                       {"target.mean", m2.label(), true},
+                                       {"target.cov", s2.label(), true},
+                                       {"eps", "--eps"},
+                                       {"device", "--device"},
+                                       {"backend", "--backend"}};
+  const GaussianOTResult r = call_library("gaussian_ot", names, [&] {
+    return gaussian_ot({m1.view(), s1.view()}, {m2.view(), s2.view()}, options);
+  });
 
   if (options.want_map) {
     const bool batched = m1.rank() == 2 || s1.rank() == 3 || m2.rank() == 2 || s2.rank() == 3;
@@ -85,17 +64,23 @@ void run_gaussian(const GaussianArgs& args) {
   }
 
   const bool entropic = args.eps > 0;
-  if (args.json) {
+  if (args.json.to_stdout || !args.json.file.empty()) {
     nlohmann::json problems = nlohmann::json::array();
     for (std::size_t k = 0; k < r.w2_squared.size(); ++k) {
       nlohmann::json p{{"w2_squared", r.w2_squared[k]}, {"bures_squared", r.bures_squared[k]}};
       if (entropic) p["entropic"] = r.entropic[k];
       problems.push_back(std::move(p));
     }
-    print_json({{"backend", std::string(to_string(r.backend))},
-                {"time_ms", r.time_ms},
-                {"problems", problems}});
-    return;
+    emit_json(args.json,
+              {{"command", "gaussian"},
+               {"backend", std::string(to_string(r.backend))},
+               {"time_ms", r.time_ms},
+               {"B", r.batch},
+               {"d", r.d},
+               {"options",
+                {{"eps", args.eps}, {"map", options.want_map}, {"backend", args.backend.backend}}},
+               {"problems", problems}});
+    if (args.json.to_stdout) return;
   }
   std::fputs(fmt::format("Gaussian OT, d = {}, {} pair{}, {}backend {}, {:.3f} ms\n", r.d, r.batch,
                          r.batch == 1 ? "" : "s",
@@ -133,9 +118,8 @@ void add_gaussian_command(CLI::App& app) {
   sub->add_option("--eps", args->eps, "entropic regularization (default 0: unregularized W2 only)");
   sub->add_option("--map-out", args->map_out,
                   "write the Monge map matrices A, [d, d] or [B, d, d] float64 (.npy)");
-  sub->add_flag("--json", args->json, "print one JSON object instead of a table");
-  sub->add_option("--backend", args->backend, "auto (GPU when usable, default), cpu or cuda");
-  sub->add_option("--device", args->device, "CUDA device ordinal (default 0)");
+  add_json_flags(*sub, args->json);
+  add_backend_flags(*sub, args->backend, /*threads=*/false);
   sub->callback([args] { run_gaussian(*args); });
 }
 

@@ -47,7 +47,7 @@ struct SinkhornArgs {
   std::string f_out, g_out, map_out, grad_out, sample_out;
   std::string seed = "0";
   bool divergence = false;
-  bool json = false;
+  JsonFlags json;
 
   // Set when the flag was given (CLI11 fills these in after parsing).
   CLI::Option* cost_opt = nullptr;
@@ -121,11 +121,17 @@ void check_flag_combinations(const SinkhornArgs& args) {
   require_positive("--rho-a", args.rho_a);
   require_positive("--rho-b", args.rho_b);
 
-  check_output_path("--f-out", args.f_out);
-  check_output_path("--g-out", args.g_out);
-  check_output_path("--map-out", args.map_out);
-  check_output_path("--grad-out", args.grad_out);
-  check_output_path("--sample-out", args.sample_out);
+  check_outputs({{"--x", args.x},
+                 {"--y", args.y},
+                 {"--a", args.a},
+                 {"--b", args.b},
+                 {"--cost-matrix", args.cost_matrix}},
+                {{"--f-out", args.f_out},
+                 {"--g-out", args.g_out},
+                 {"--map-out", args.map_out},
+                 {"--grad-out", args.grad_out},
+                 {"--sample-out", args.sample_out},
+                 args.json.output()});
 }
 
 /// A weight file must be [n] (shared by the batch) or [B, n].
@@ -192,18 +198,6 @@ LoadedProblem load_problem(const SinkhornArgs& args) {
     p.b = lp.b.view();
   }
   return lp;
-}
-
-/// CLI11 would wrap "-1" into 2^64 - 1 for an unsigned option; a seed is parsed
-/// here so that anything but a plain unsigned 64-bit integer is an error.
-std::uint64_t parse_seed(const std::string& text) {
-  std::uint64_t v = 0;
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-  if (text.empty() || ec != std::errc() || ptr != end) {
-    throw InvalidArgument(fmt::format("--seed: expected an integer in [0, 2^64), got '{}'", text));
-  }
-  return v;
 }
 
 SinkhornAcceleration parse_acceleration(const std::string& text) {
@@ -320,10 +314,29 @@ void run_sinkhorn(const SinkhornArgs& args) {
                  batched_shape(lp.batched, B, {result.n}));
   }
 
-  if (args.json) {
+  if (args.json.to_stdout || !args.json.file.empty()) {
     nlohmann::json out;
+    out["command"] = "sinkhorn";
     out["backend"] = std::string(to_string(result.backend));
     out["time_ms"] = result.time_ms;
+    out["B"] = B;
+    out["n"] = result.n;
+    out["m"] = result.m;
+    out["d"] = lp.d > 0 ? nlohmann::json(lp.d) : nlohmann::json(nullptr);  // null: cost matrix
+    // The options that shaped the answer, as the solver ran them.
+    out["options"] = {{"eps", options.eps},
+                      {"eps_relative", options.eps_relative},
+                      {"tol", result.tol},
+                      {"max_iter", options.max_iter},
+                      {"check_every", options.check_every},
+                      {"eps_init", options.eps_init == kAuto ? nlohmann::json("auto")
+                                                             : nlohmann::json(options.eps_init)},
+                      {"eps_decay", options.eps_decay},
+                      {"rho_a", options.rho_a},
+                      {"rho_b", options.rho_b},
+                      {"cost", std::string(lp.cost.present() ? "matrix" : args.cost)},
+                      {"backend", args.backend.backend}};
+    if (!args.sample_out.empty()) out["options"]["seed"] = seed;
     auto problems = nlohmann::json::array();
     for (std::size_t k = 0; k < result.problems.size(); ++k) {
       const SinkhornReport& r = result.problems[k];
@@ -341,9 +354,11 @@ void run_sinkhorn(const SinkhornArgs& args) {
       problems.push_back(std::move(pj));
     }
     out["problems"] = std::move(problems);
-    print_json(out);
-    finish(exit_code);
-    return;
+    emit_json(args.json, out);
+    if (args.json.to_stdout) {
+      finish(exit_code);
+      return;
+    }
   }
 
   const bool unbalanced = std::isfinite(options.rho_a) || std::isfinite(options.rho_b);
@@ -435,7 +450,7 @@ void add_sinkhorn_command(CLI::App& app) {
                   "write one sampled partner index per source point ([n] or [B, n], int64)");
   args->seed_opt = sub->add_option("--seed", args->seed, "seed for --sample-out (default 0)");
   sub->add_flag("--divergence", args->divergence, "also report the debiased Sinkhorn divergence");
-  sub->add_flag("--json", args->json, "print one JSON object instead of a table");
+  add_json_flags(*sub, args->json);
   sub->callback([args] { run_sinkhorn(*args); });
 }
 

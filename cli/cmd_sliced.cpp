@@ -1,13 +1,15 @@
 // `otgpu sliced`: sliced (or max-sliced) Wasserstein distances of point clouds
-// stored as .npy files, with optional gradients.
+// stored as .npy files, with optional gradients. The command maps flags to
+// SlicedOptions and the library's errors to flag names; every check of shapes,
+// values and options is the library's (sliced_wasserstein validates them all).
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
-#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "common.h"
@@ -22,29 +24,29 @@ struct SlicedArgs {
   std::string x_path, y_path, a_path, b_path, directions_path, grad_out, grad_y_out;
   int projections = 64;
   double p = 2.0;
-  std::uint64_t seed = 0;
+  std::string seed = "0";
   bool max_sliced = false;
-  bool json = false;
+  JsonFlags json;
   BackendFlags backend;
 };
 
 void run_sliced(const SlicedArgs& args) {
-  require_at_least("--projections", args.projections, 1);
-  if (!(args.p >= 1.0) || !std::isfinite(args.p)) {
-    throw InvalidArgument(fmt::format("--p: must be a finite number >= 1, got {}", args.p));
-  }
   const Backend backend = resolve_backend_flag(args.backend);
-  check_output_path("--grad-out", args.grad_out);
-  check_output_path("--grad-y-out", args.grad_y_out);
+  const std::uint64_t seed = parse_seed(args.seed);
+  check_outputs(
+      {{"--x", args.x_path},
+       {"--y", args.y_path},
+       {"--a", args.a_path},
+       {"--b", args.b_path},
+       {"--directions", args.directions_path}},
+      {{"--grad-out", args.grad_out}, {"--grad-y-out", args.grad_y_out}, args.json.output()});
 
-  const NpyInput x = load_points("--x", args.x_path);
-  const NpyInput y = load_points("--y", args.y_path);
+  const NpyInput x = load_array("--x", args.x_path);
+  const NpyInput y = load_array("--y", args.y_path);
   NpyInput a, b, dirs;
-  if (!args.a_path.empty()) a = load_weights("--a", args.a_path);
-  if (!args.b_path.empty()) b = load_weights("--b", args.b_path);
-  if (!args.directions_path.empty()) {
-    dirs = load_input("--directions", args.directions_path, 2, 2, "[d, L]");
-  }
+  if (!args.a_path.empty()) a = load_array("--a", args.a_path);
+  if (!args.b_path.empty()) b = load_array("--b", args.b_path);
+  if (!args.directions_path.empty()) dirs = load_array("--directions", args.directions_path);
 
   SlicedProblem problem;
   problem.x = x.view();
@@ -54,7 +56,7 @@ void run_sliced(const SlicedArgs& args) {
   SlicedOptions options;
   options.projections = args.projections;
   options.p = args.p;
-  options.seed = args.seed;
+  options.seed = seed;
   options.max_sliced = args.max_sliced;
   options.backend = backend;
   options.device = args.backend.device;
@@ -62,7 +64,18 @@ void run_sliced(const SlicedArgs& args) {
   options.gradients = !args.grad_out.empty() || !args.grad_y_out.empty();
   if (dirs.present()) options.directions = dirs.view();
 
-  const SlicedResult r = sliced_wasserstein(problem, options);
+  std::vector<FlagName> names = {{"x", x.label()},
+                                 {"y", y.label()},
+                                 {"p", "--p"},
+                                 {"projections", "--projections"},
+                                 {"cpu_threads", "--threads"},
+                                 {"device", "--device"},
+                                 {"backend", "--backend"}};
+  if (a.present()) names.push_back({"a", a.label()});
+  if (b.present()) names.push_back({"b", b.label()});
+  if (dirs.present()) names.push_back({"directions", dirs.label()});
+  const SlicedResult r = call_library("sliced_wasserstein", names,
+                                      [&] { return sliced_wasserstein(problem, options); });
 
   const bool batched = x.rank() == 3;
   if (!args.grad_out.empty()) {
@@ -74,16 +87,37 @@ void run_sliced(const SlicedArgs& args) {
                  batched_shape(batched, r.batch, {r.m, r.d}));
   }
 
-  if (args.json) {
+  if (args.json.to_stdout || !args.json.file.empty()) {
     nlohmann::json problems = nlohmann::json::array();
-    for (double v : r.value) problems.push_back({{"sliced_wasserstein", v}});
-    print_json({{"backend", std::string(to_string(r.backend))},
-                {"time_ms", r.time_ms},
-                {"problems", problems}});
-    return;
+    for (std::size_t k = 0; k < r.value.size(); ++k) {
+      problems.push_back(
+          {{"sliced_wasserstein", r.value[k]}, {"sliced_wasserstein_pp", r.value_pp[k]}});
+    }
+    nlohmann::json opts = {{"p", args.p},
+                           {"L", r.projections},
+                           {"max_sliced", args.max_sliced},
+                           {"backend", args.backend.backend}};
+    // Explicit directions replace the seeded draw: the seed then shaped nothing.
+    if (dirs.present()) {
+      opts["directions"] = dirs.path;
+      opts["seed"] = nullptr;
+    } else {
+      opts["directions"] = nullptr;
+      opts["seed"] = seed;
+    }
+    emit_json(args.json, {{"command", "sliced"},
+                          {"backend", std::string(to_string(r.backend))},
+                          {"time_ms", r.time_ms},
+                          {"B", r.batch},
+                          {"n", r.n},
+                          {"m", r.m},
+                          {"d", r.d},
+                          {"options", opts},
+                          {"problems", problems}});
+    if (args.json.to_stdout) return;
   }
   const std::string source =
-      dirs.present() ? std::string("from --directions") : fmt::format("seed {}", args.seed);
+      dirs.present() ? std::string("from --directions") : fmt::format("seed {}", seed);
   std::fputs(fmt::format("{} Wasserstein, p = {}, L = {} directions ({}), backend {}, {:.3f} ms\n",
                          args.max_sliced ? "max-sliced" : "sliced", format_number(args.p),
                          r.projections, source, to_string(r.backend), r.time_ms)
@@ -112,7 +146,8 @@ void add_sliced_command(CLI::App& app) {
   sub->add_option("--projections,-L", args->projections,
                   "number of random directions (default 64)");
   sub->add_option("--p", args->p, "ground cost exponent p >= 1 (default 2)");
-  sub->add_option("--seed", args->seed, "seed of the directions (default 0)");
+  sub->add_option("--seed", args->seed,
+                  "seed of the directions, an integer in [0, 2^64) (default 0)");
   sub->add_option("--directions", args->directions_path,
                   "explicit directions [d, L] (.npy), normalized; overrides -L and --seed");
   sub->add_flag("--max-sliced", args->max_sliced,
@@ -121,7 +156,7 @@ void add_sliced_command(CLI::App& app) {
                   "write the gradient of SW_p^p w.r.t. x, [n, d] or [B, n, d] (.npy)");
   sub->add_option("--grad-y-out", args->grad_y_out,
                   "write the gradient of SW_p^p w.r.t. y, [m, d] or [B, m, d] (.npy)");
-  sub->add_flag("--json", args->json, "print one JSON object instead of a table");
+  add_json_flags(*sub, args->json);
   add_backend_flags(*sub, args->backend);
   sub->callback([args] { run_sliced(*args); });
 }

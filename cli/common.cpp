@@ -6,10 +6,14 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -93,6 +97,11 @@ NpyInput load_input(const std::string& flag, const std::string& path, int min_ra
   return in;
 }
 
+NpyInput load_array(const std::string& flag, const std::string& path) {
+  if (path.empty()) throw InvalidArgument(fmt::format("{}: empty file name", flag));
+  return NpyInput{flag, npy::printable_path(path), npy::load(path, flag)};
+}
+
 NpyInput load_points(const std::string& flag, const std::string& path) {
   return load_input(flag, npy::printable_path(path), 2, 3, "[n, d] or [B, n, d]",
                     ValueCheck::finite);
@@ -133,6 +142,68 @@ void check_output_path(const std::string& flag, const std::string& path, bool op
   }
 }
 
+namespace {
+
+/// What makes two paths one file: (device, inode) when it exists, else the canonical
+/// folder plus the file name (an output that is not there yet).
+struct FileIdentity {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::string canonical;
+
+  bool same_as(const FileIdentity& o) const {
+    if (exists != o.exists) return false;
+    return exists ? dev == o.dev && ino == o.ino : canonical == o.canonical;
+  }
+};
+
+FileIdentity identify(const std::string& path) {
+  FileIdentity id;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    id.exists = true;
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+    return id;
+  }
+  const auto slash = path.find_last_of('/');
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  char* dir = ::realpath(parent_dir(path).c_str(), nullptr);
+  id.canonical = dir != nullptr ? std::string(dir) + "/" + name : path;
+  std::free(dir);
+  return id;
+}
+
+}  // namespace
+
+void check_outputs(const std::vector<FlagPath>& inputs, const std::vector<FlagPath>& outputs) {
+  std::vector<std::pair<const FlagPath*, FileIdentity>> ins, outs;
+  for (const auto& in : inputs) {
+    if (!in.path.empty()) ins.emplace_back(&in, identify(in.path));
+  }
+  for (const auto& out : outputs) {
+    if (out.path.empty()) continue;
+    check_output_path(out.flag, out.path);
+    const FileIdentity id = identify(out.path);
+    for (const auto& [in, in_id] : ins) {
+      if (id.same_as(in_id)) {
+        throw InvalidArgument(fmt::format(
+            "{}: {} is the input file of {}; refusing to write over an input (choose another "
+            "output file)",
+            out.flag, npy::printable_path(out.path), in->flag));
+      }
+    }
+    for (const auto& [other, other_id] : outs) {
+      if (id.same_as(other_id)) {
+        throw InvalidArgument(fmt::format("{} and {} both name {}; give each output its own file",
+                                          other->flag, out.flag, npy::printable_path(out.path)));
+      }
+    }
+    outs.emplace_back(&out, id);
+  }
+}
+
 std::vector<std::int64_t> batched_shape(bool batched, std::int64_t batch,
                                         std::initializer_list<std::int64_t> rest) {
   std::vector<std::int64_t> shape;
@@ -161,6 +232,121 @@ void write_output(const std::string& flag, const std::string& path,
   }
 }
 
+std::uint64_t parse_u64(const std::string& flag, const std::string& text) {
+  std::uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end) {
+    throw InvalidArgument(fmt::format("{}: expected an integer in [0, {}], got '{}'", flag,
+                                      std::numeric_limits<std::uint64_t>::max(), text));
+  }
+  return v;
+}
+
+std::uint64_t parse_seed(const std::string& text) { return parse_u64("--seed", text); }
+
+void add_json_flags(CLI::App& sub, JsonFlags& flags) {
+  sub.add_flag("--json", flags.to_stdout,
+               "print one JSON object on stdout instead of the table (problem sizes, options "
+               "and results)");
+  sub.add_option("--json-file", flags.file,
+                 "also write that JSON object, indented, to this file (the table still prints)");
+}
+
+void emit_json(const JsonFlags& flags, const nlohmann::json& j) {
+  if (flags.to_stdout) print_json(j);
+  if (flags.file.empty()) return;
+  std::FILE* fh = std::fopen(flags.file.c_str(), "w");
+  if (fh == nullptr) {
+    throw IoError(fmt::format("--json-file: cannot write {}: {}", npy::printable_path(flags.file),
+                              std::strerror(errno)));
+  }
+  const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const bool ok = std::fwrite(text.data(), 1, text.size(), fh) == text.size();
+  if (std::fclose(fh) != 0 || !ok) {
+    throw IoError(fmt::format("--json-file: failed writing {}", npy::printable_path(flags.file)));
+  }
+}
+
+void reject_json_value(int argc, const char* const* argv) {
+  for (int k = 1; k < argc; ++k) {
+    const std::string arg = argv[k];
+    std::string value;
+    if (arg.rfind("--json=", 0) == 0) {
+      value = arg.substr(7);
+    } else if (arg == "--json" && k + 1 < argc && argv[k + 1][0] != '-') {
+      value = argv[k + 1];
+    } else {
+      continue;
+    }
+    throw InvalidArgument(fmt::format(
+        "--json takes no value (it prints the JSON object on stdout); to write it to {} use "
+        "--json-file {}",
+        npy::printable_path(value), npy::printable_path(value)));
+  }
+}
+
+std::string with_flag_names(const std::string& message, const std::string& fn,
+                            const std::vector<FlagName>& names) {
+  std::string msg = message;
+  if (!fn.empty() && msg.rfind(fn + ": ", 0) == 0) msg.erase(0, fn.size() + 2);
+  auto is_word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '.';
+  };
+  std::string out;
+  bool opening = true;
+  for (std::size_t i = 0; i < msg.size();) {
+    if (!is_word(msg[i])) {
+      out += msg[i++];
+      continue;
+    }
+    std::size_t j = i;
+    while (j < msg.size() && is_word(msg[j])) ++j;
+    std::string word = msg.substr(i, j - i);
+    std::size_t trail = 0;  // a sentence's full stop is not part of the name
+    while (trail < word.size() && word[word.size() - 1 - trail] == '.') ++trail;
+    const std::string dots = word.substr(word.size() - trail);
+    word.resize(word.size() - trail);
+    const auto hit = std::find_if(names.begin(), names.end(), [&](const FlagName& f) {
+      return f.name == word && (f.anywhere || opening);
+    });
+    out += hit != names.end() ? hit->flag : word;
+    out += dots;
+    opening = false;
+    i = j;
+  }
+  return out;
+}
+
+std::vector<FlagName> sinkhorn_option_flag_names() {
+  return {{"eps", "--eps"},
+          {"eps_relative", "--eps-relative"},
+          {"tol", "--tol"},
+          {"max_iter", "--max-iter"},
+          {"check_every", "--check-every"},
+          {"eps_init", "--eps-init"},
+          {"eps_decay", "--eps-decay"},
+          {"rho_a", "--rho-a"},
+          {"rho_b", "--rho-b"},
+          {"cpu_threads", "--threads"},
+          {"device", "--device"},
+          {"backend", "--backend"}};
+}
+
+void rethrow_with_flag_names(const Error& e, const std::string& fn,
+                             const std::vector<FlagName>& names) {
+  const std::string m = with_flag_names(e.what(), fn, names);
+  if (dynamic_cast<const NonFiniteInput*>(&e) != nullptr) throw NonFiniteInput(m);
+  if (dynamic_cast<const DTypeError*>(&e) != nullptr) throw DTypeError(m);
+  if (dynamic_cast<const ShapeError*>(&e) != nullptr) throw ShapeError(m);
+  if (dynamic_cast<const InvalidArgument*>(&e) != nullptr) throw InvalidArgument(m);
+  if (dynamic_cast<const DeviceUnavailable*>(&e) != nullptr) throw DeviceUnavailable(m);
+  if (const auto* c = dynamic_cast<const CudaError*>(&e)) throw CudaError(m, c->code());
+  if (dynamic_cast<const OutOfMemory*>(&e) != nullptr) throw OutOfMemory(m);
+  if (dynamic_cast<const IoError*>(&e) != nullptr) throw IoError(m);
+  throw Error(m);
+}
+
 void require_positive_finite(const std::string& flag, double value) {
   if (!(value > 0) || !std::isfinite(value)) {
     throw InvalidArgument(fmt::format("{}: must be a positive finite number, got {}", flag, value));
@@ -186,17 +372,39 @@ void require_at_least(const std::string& flag, long long value, long long minimu
   }
 }
 
-void add_backend_flags(CLI::App& sub, BackendFlags& flags) {
+namespace {
+
+/// A typed non-negative int flag: digits only, in [0, INT_MAX] (CLI11 alone would
+/// accept -1 and print its range as a 300-digit number).
+CLI::Validator non_negative_int() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        int v = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || v < 0) {
+          return fmt::format("expected an integer in [0, {}], got '{}'",
+                             std::numeric_limits<int>::max(), text);
+        }
+        return {};
+      },
+      "INT >= 0");
+}
+
+}  // namespace
+
+void add_backend_flags(CLI::App& sub, BackendFlags& flags, bool threads) {
   sub.add_option("--backend", flags.backend, "auto (GPU when usable, default), cpu or cuda");
-  sub.add_option("--device", flags.device, "CUDA device ordinal (default 0)");
-  sub.add_option("--threads", flags.threads, "CPU worker threads (default: all cores)");
+  sub.add_option("--device", flags.device, "CUDA device ordinal (default 0)")
+      ->check(non_negative_int());
+  if (threads) {
+    sub.add_option("--threads", flags.threads, "CPU worker threads (default: all cores)")
+        ->check(non_negative_int());
+  }
 }
 
 Backend resolve_backend_flag(const BackendFlags& flags) {
-  const Backend b = parse_backend(flags.backend, "--backend");
-  require_at_least("--device", flags.device, 0);
-  require_at_least("--threads", flags.threads, 0);
-  return b;
+  return parse_backend(flags.backend, "--backend");
 }
 
 CostKind parse_point_cost(const std::string& flag, const std::string& text) {

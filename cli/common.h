@@ -21,6 +21,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "npy.h"
+#include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
 #include "otgpu/types.h"
 
@@ -67,11 +68,26 @@ NpyInput load_points(const std::string& flag, const std::string& path);
 NpyInput load_weights(const std::string& flag, const std::string& path);
 /// Cost matrices: [n, m] or [B, n, m], finite.
 NpyInput load_cost_matrix(const std::string& flag, const std::string& path);
+/// Any .npy array (reader errors only): shapes and values are the library's to check.
+NpyInput load_array(const std::string& flag, const std::string& path);
 
 /// Fails early (before a long computation) when `path` cannot be an output file:
 /// empty, a directory, or in a folder that does not exist or is not writable.
 /// Does nothing for an empty path when `optional` (the output was not asked for).
 void check_output_path(const std::string& flag, const std::string& path, bool optional = true);
+
+/// A file named on the command line, and the flag that named it.
+struct FlagPath {
+  std::string flag;  ///< "--f-out"
+  std::string path;  ///< as given; empty = not asked for
+};
+
+/// Before anything runs: check_output_path for every output that was asked for, and
+/// refuses (InvalidArgument) an output that names the same file as an input (nothing
+/// is ever written over an input file) or as another output. "Same file" is the same
+/// (device, inode) for files that exist (links and "./x" vs "x" included), else the
+/// same canonical folder and file name. Empty paths are skipped.
+void check_outputs(const std::vector<FlagPath>& inputs, const std::vector<FlagPath>& outputs);
 
 /// [B, rest...] when `batched`, else [rest...].
 std::vector<std::int64_t> batched_shape(bool batched, std::int64_t batch,
@@ -83,6 +99,65 @@ void write_output(const std::string& flag, const std::string& path, const std::v
                   const std::vector<std::int64_t>& shape);
 void write_output(const std::string& flag, const std::string& path,
                   const std::vector<std::int64_t>& data, const std::vector<std::int64_t>& shape);
+
+// ---- typed flags ---------------------------------------------------------------
+
+/// An unsigned 64-bit integer written in decimal, nothing else (no sign, no
+/// fraction, no spaces): InvalidArgument "--seed: expected an integer in [0,
+/// 18446744073709551615], got '-1'" otherwise. CLI11 would wrap "-1" to 2^64 - 1.
+std::uint64_t parse_u64(const std::string& flag, const std::string& text);
+/// parse_u64 for --seed, the one seed parser of every command.
+std::uint64_t parse_seed(const std::string& text);
+
+/// --json (flag: the JSON object on stdout instead of the table) and --json-file FILE
+/// (the same object, indented, written to FILE; the table still goes to stdout).
+struct JsonFlags {
+  bool to_stdout = false;
+  std::string file;
+  FlagPath output() const { return {"--json-file", file}; }
+};
+void add_json_flags(CLI::App& sub, JsonFlags& flags);
+/// Prints and/or writes `j` as the flags ask (print_json for stdout).
+void emit_json(const JsonFlags& flags, const nlohmann::json& j);
+/// `--json FILE` (or --json=FILE) meant "write FILE" in older `otgpu bench`: now an
+/// InvalidArgument telling to use --json-file. Scans the raw arguments before CLI11
+/// (which would only say that FILE was not expected).
+void reject_json_value(int argc, const char* const* argv);
+
+// ---- library errors in the command's words ----------------------------------------
+
+/// How the library names an argument in its messages and what the command calls it.
+/// `anywhere`: replace every occurrence (for distinctive names like "source.mean");
+/// otherwise only the name that opens the message ("p must be ...": one-letter names
+/// like a, b, x, y, p are also English words further in).
+struct FlagName {
+  std::string name;  ///< "p", "source.mean"
+  std::string flag;  ///< "--p", "--m1 (m1.npy)"
+  bool anywhere = false;
+};
+
+/// The library's message with the "fn: " prefix dropped and argument names replaced
+/// by flags: "sliced_wasserstein: p must be finite and >= 1, got 0.5" -> "--p must be
+/// finite and >= 1, got 0.5".
+std::string with_flag_names(const std::string& message, const std::string& fn,
+                            const std::vector<FlagName>& names);
+/// The SinkhornOptions fields as `otgpu sinkhorn` spells them (eps -> --eps, max_iter
+/// -> --max-iter, cpu_threads -> --threads, ...), for call_library around sinkhorn().
+/// Inputs (x, y, a, b, cost) are added by the caller with their files.
+std::vector<FlagName> sinkhorn_option_flag_names();
+/// Rethrows `e` as the same otgpu::Error type with with_flag_names(e.what(), ...).
+[[noreturn]] void rethrow_with_flag_names(const Error& e, const std::string& fn,
+                                          const std::vector<FlagName>& names);
+/// Runs `call` (a library entry point); its errors come back in the command's words.
+template <class F>
+auto call_library(const std::string& fn, const std::vector<FlagName>& names, F&& call)
+    -> decltype(call()) {
+  try {
+    return call();
+  } catch (const Error& e) {
+    rethrow_with_flag_names(e, fn, names);
+  }
+}
 
 // ---- numeric flags (CLI11 only converts; these give the library-style message) --
 
@@ -102,9 +177,11 @@ struct BackendFlags {
   int device = 0;
   int threads = 0;
 };
-/// Registers --backend auto|cpu|cuda, --device I and --threads N on `sub`.
-void add_backend_flags(CLI::App& sub, BackendFlags& flags);
-/// Parses and checks the flags (throws InvalidArgument naming the flag).
+/// Registers --backend auto|cpu|cuda, --device I and (with `threads`) --threads N on
+/// `sub`; --device and --threads are typed non-negative integers (CLI11 rejects -1).
+void add_backend_flags(CLI::App& sub, BackendFlags& flags, bool threads = true);
+/// Maps --backend to the enum (InvalidArgument naming the flag for other text).
+/// Whether the backend can run is the library's question, not the command's.
 Backend resolve_backend_flag(const BackendFlags& flags);
 
 /// Parses --cost sqeuclidean|euclidean (the point-cloud costs; a matrix comes from a

@@ -7,6 +7,7 @@
 #include <new>
 
 #include "commands.h"
+#include "common.h"
 #include "otgpu/error.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   otgpu::cli::add_bench_command(app);
   otgpu::cli::add_plan_command(app);
   try {
+    otgpu::cli::reject_json_value(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

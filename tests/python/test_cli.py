@@ -60,7 +60,11 @@ class SinkhornOutputs(CliTestCase):
 
     def test_json_schema(self):
         out = self.run_json(self.base)
-        self.assertEqual(set(out), {"backend", "time_ms", "problems"})
+        self.assertEqual(set(out), {"command", "backend", "time_ms", "B", "n", "m", "d",
+                                    "options", "problems"})
+        self.assertEqual((out["B"], out["n"], out["m"], out["d"]), (1, self.n, self.m, self.d))
+        self.assertEqual((out["options"]["eps"], out["options"]["tol"],
+                          out["options"]["max_iter"]), (self.eps, 1e-11, 20000))
         self.assertIn(out["backend"], ("cpu", "cuda"))
         self.assertGreaterEqual(out["time_ms"], 0.0)
         self.assertEqual(len(out["problems"]), 1)

@@ -110,6 +110,18 @@ class GaussianCli(CliTestCase):
             np.testing.assert_allclose(a[k], a[k].T, atol=1e-13 * np.abs(a[k]).max())
             self.assertGreater(np.linalg.eigvalsh(a[k]).min(), 0)
 
+    def test_json_carries_sizes_and_options(self):
+        rng = np.random.default_rng(6)
+        B, d = 3, 4
+        out, _ = self.solve(rng.standard_normal(d), random_spd(rng, d),
+                            rng.standard_normal((B, d)),
+                            np.stack([random_spd(rng, d) for _ in range(B)]), eps=0.25,
+                            map_out=True)
+        self.assertEqual(set(out), {"command", "backend", "time_ms", "B", "d", "options",
+                                    "problems"})
+        self.assertEqual((out["command"], out["B"], out["d"]), ("gaussian", B, d))
+        self.assertEqual(out["options"], {"eps": 0.25, "map": True, "backend": BACKEND})
+
     def test_unbatched_map_is_two_dimensional_and_float32_inputs(self):
         rng = np.random.default_rng(3)
         d = 3
@@ -159,7 +171,8 @@ class GaussianCli(CliTestCase):
         not_psd = np.array([[1.0, 2.0], [2.0, 1.0]])
         base = lambda m1, s1, m2, s2: ["gaussian", *self.write_inputs(m1, s1, m2, s2),  # noqa: E731
                                        "--backend", BACKEND]
-        self.assert_clean_failure(base(ok_m, bad_sym, ok_m, ok_s), "--s1", "not symmetric")
+        self.assert_clean_failure(base(ok_m, bad_sym, ok_m, ok_s), "--s1 (", "s1.npy",
+                                  "not symmetric")
         self.assert_clean_failure(base(ok_m, ok_s, ok_m, not_psd), "--s2",
                                   "positive semi-definite", "smallest eigenvalue -1")
         self.assert_clean_failure(base(ok_m, ok_s, ok_m, np.stack([ok_s, not_psd])),
@@ -171,7 +184,12 @@ class GaussianCli(CliTestCase):
         self.assert_clean_failure(base(ok_m, np.zeros((2, 3)), ok_m, ok_s), "--s1", "square")
         self.assert_clean_failure(base(np.zeros((3, 2)), ok_s, ok_m, np.stack([ok_s] * 2)),
                                   "batch size")
-        self.assert_clean_failure([*base(ok_m, ok_s, ok_m, ok_s), "--eps", "-1"], "--eps", "-1")
+        # eps is checked by the library, named with the flag.
+        line = self.assert_clean_failure([*base(ok_m, ok_s, ok_m, ok_s), "--eps", "-1"], "--eps",
+                                         "-1")
+        self.assertTrue(line.startswith("otgpu: error: --eps must be"), line)
+        self.assertNotIn("gaussian_ot", line)
+        self.assert_clean_failure([*base(ok_m, ok_s, ok_m, ok_s), "--device", "-1"], "--device")
         self.assert_clean_failure(["gaussian", "--m1", self.path("missing.npy"), "--s1",
                                    self.save("s.npy", ok_s), "--m2", self.save("m.npy", ok_m),
                                    "--s2", self.save("s2.npy", ok_s)], "--m1", "missing.npy")

@@ -65,14 +65,25 @@ class SlicedCliTest(CliTestCase):
             for max_sliced in (False, True):
                 extra = ["--max-sliced"] if max_sliced else []
                 out = self.run_json([*args, "--p", p, *extra])
-                self.assertEqual(set(out), {"backend", "time_ms", "problems"})
+                self.assertEqual(set(out), {"command", "backend", "time_ms", "B", "n", "m", "d",
+                                            "options", "problems"})
+                self.assertEqual(out["command"], "sliced")
                 self.assertEqual(out["backend"], "cpu")
                 self.assertGreaterEqual(out["time_ms"], 0)
+                self.assertEqual((out["B"], out["n"], out["m"], out["d"]), (1, 60, 45, 4))
+                # Explicit directions: L is their count and the seed shaped nothing.
+                self.assertEqual(out["options"], {"p": p, "L": 20, "max_sliced": max_sliced,
+                                                  "backend": "cpu", "seed": None,
+                                                  "directions": args[10]})
                 self.assertEqual(len(out["problems"]), 1)
-                self.assertEqual(set(out["problems"][0]), {"sliced_wasserstein"})
-                want = sliced_pp(x, y, theta, a, b, p, max_sliced) ** (1 / p)
-                self.assertAlmostEqual(out["problems"][0]["sliced_wasserstein"], want,
+                got = out["problems"][0]
+                self.assertEqual(set(got), {"sliced_wasserstein", "sliced_wasserstein_pp"})
+                want_pp = sliced_pp(x, y, theta, a, b, p, max_sliced)
+                want = want_pp ** (1 / p)
+                self.assertAlmostEqual(got["sliced_wasserstein"], want,
                                        delta=1e-10 * (1 + want), msg=f"p={p} max={max_sliced}")
+                self.assertAlmostEqual(got["sliced_wasserstein_pp"], want_pp,
+                                       delta=1e-10 * (1 + want_pp), msg=f"p={p} max={max_sliced}")
 
     def test_batched_problems(self):
         B, n, m, d = 3, 30, 21, 5
@@ -140,7 +151,11 @@ class SlicedCliTest(CliTestCase):
         x = self.save("x.npy", self.rng.random((25, 6)).astype(np.float32))
         y = self.save("y.npy", self.rng.random((30, 6)))
         base = ["sliced", "--x", x, "--y", y, "--backend", "cpu", "-L", 16]
-        s1 = self.run_json([*base, "--seed", 7])["problems"][0]["sliced_wasserstein"]
+        seeded = self.run_json([*base, "--seed", 7])
+        self.assertEqual(seeded["options"]["seed"], 7)
+        self.assertEqual(seeded["options"]["L"], 16)
+        self.assertIsNone(seeded["options"]["directions"])
+        s1 = seeded["problems"][0]["sliced_wasserstein"]
         s2 = self.run_json([*base, "--seed", 7])["problems"][0]["sliced_wasserstein"]
         s3 = self.run_json([*base, "--seed", 8])["problems"][0]["sliced_wasserstein"]
         self.assertEqual(s1, s2)
@@ -155,8 +170,17 @@ class SlicedCliTest(CliTestCase):
         y = self.save("y.npy", self.rng.random((12, 3)))
         y4 = self.save("y4.npy", self.rng.random((12, 4)))
         base = ["sliced", "--x", x, "--y", y, "--backend", "cpu"]
-        self.assert_clean_failure([*base, "--p", 0.5], "--p", "0.5")
-        self.assert_clean_failure([*base, "-L", 0], "--projections", "0")
+        # The library checks the options; the message names the flag typed.
+        line = self.assert_clean_failure([*base, "--p", 0.5], "--p", "0.5")
+        self.assertTrue(line.startswith("otgpu: error: --p must be"), line)
+        self.assertNotIn("sliced_wasserstein", line)
+        line = self.assert_clean_failure([*base, "-L", 0], "--projections", "0")
+        self.assertTrue(line.startswith("otgpu: error: --projections must be"), line)
+        self.assert_clean_failure([*base, "--threads", -1], "--threads")
+        self.assert_clean_failure([*base, "--device", -1], "--device")
+        # Shapes and values are the library's to check; the file is named with the flag.
+        self.assert_clean_failure(["sliced", "--x", x, "--y", self.save("v.npy", np.ones(12)),
+                                   "--backend", "cpu"], "--y (", "v.npy")
         self.assert_clean_failure(["sliced", "--x", x, "--y", y4, "--backend", "cpu"], "y")
         self.assert_clean_failure(
             [*base, "--directions", self.save("bad_d.npy", self.rng.random((4, 5)))],
@@ -167,10 +191,12 @@ class SlicedCliTest(CliTestCase):
                                   "directions", "zero norm")
         neg = np.ones(10)
         neg[3] = -1
-        self.assert_clean_failure([*base, "--a", self.save("neg.npy", neg)], "--a")
+        self.assert_clean_failure([*base, "--a", self.save("neg.npy", neg)], "--a (", "neg.npy",
+                                  "negative")
         nan = self.rng.random((10, 3))
         nan[2, 1] = np.nan
-        self.assert_clean_failure(["sliced", "--x", self.save("nan.npy", nan), "--y", y], "--x")
+        self.assert_clean_failure(["sliced", "--x", self.save("nan.npy", nan), "--y", y],
+                                  "--x (", "nan.npy", "[2, 1]")
         self.assert_clean_failure([*base[:-2], "--backend", "gpu"], "--backend", "gpu")
         self.assert_clean_failure(["sliced", "--x", self.path("missing.npy"), "--y", y],
                                   "missing.npy")
