@@ -401,7 +401,19 @@ TEST(RuntimeGpu, BatchesAboveTheGridLimitRunOnEveryPath) {
   expect_close(otgpu::barycentric_map(p, restage), map_cpu, 1.0, "B=70000 map (staged)");
   expect_close(otgpu::gradient_x(p, gpu), otgpu::gradient_x(p, as_cpu(gpu)), 0.2,
                "B=70000 gradient", 1e-4);
-  EXPECT_EQ(otgpu::sample_partners(p, gpu, 5).size(), static_cast<std::size_t>(B * n));
+  // Partners are keyed by the problem's index in the whole batch, not in its chunk:
+  // the CPU draws the same ones (up to fp32 near-ties), past the boundary too.
+  const auto part_gpu = otgpu::sample_partners(p, gpu, 5);
+  const auto part_cpu = otgpu::sample_partners(p, as_cpu(gpu), 5);
+  ASSERT_EQ(part_gpu.size(), part_cpu.size());
+  std::size_t same = 0, same_tail = 0;
+  const auto tail = static_cast<std::size_t>(65535 * n);
+  for (std::size_t k = 0; k < part_gpu.size(); ++k) {
+    same += part_gpu[k] == part_cpu[k];
+    if (k >= tail) same_tail += part_gpu[k] == part_cpu[k];
+  }
+  EXPECT_GE(static_cast<double>(same), 0.97 * static_cast<double>(part_gpu.size()));
+  EXPECT_GE(static_cast<double>(same_tail), 0.97 * static_cast<double>(part_gpu.size() - tail));
 
   // Async on device views: the same numbers as the synchronous solve.
   DeviceBuffer<double> dx(c.x), dy(c.y);

@@ -33,7 +33,8 @@ struct OnlinePass {
   /// own blocks into a partial base-2 (max, sum) per row, then merged (flash-decoding)
   /// so that short row ranges still fill the GPU. splits > 1 needs `partials`.
   int splits = 1;
-  float* partials = nullptr;  ///< [B, splits, n_rows] float2 pairs (online_partials_floats)
+  float* partials = nullptr;      ///< [B, splits, n_rows] float2 pairs (online_partials_floats)
+  std::int64_t batch_offset = 0;  ///< sampling: problem b draws with key batch_offset + b
 };
 
 /// Rows one block of the half-step owns for padded dimension dp.
