@@ -450,6 +450,48 @@ TEST(RuntimeGpu, BatchesAboveTheGridLimitRunOnEveryPath) {
                "B=70000 dense g across the chunk boundary");
 }
 
+// Tiny problems (named Small so that scripts/gpu-check runs it under memcheck): raw
+// staging of host views, the kept state, chunks across the 65,535 boundary, async.
+TEST(RuntimeGpu, SmallProblemsAcrossTheChunkBoundary) {
+  REQUIRE_GPU();
+  const std::int64_t B = 65537, n = 3, m = 2, d = 1;
+  const Clouds c(B, n, m, d, 91);
+  std::vector<double> a = uniform(static_cast<std::size_t>(B * n), 92, 0.2, 1.0);
+  auto p = c.host();
+  p.a = TensorView::host(a.data(), {B, n});
+  auto o = fixed(Backend::cuda, 10);
+  o.rho_a = o.rho_b = 0.5;  // unbalanced: the masses of a and b differ
+  auto oc = o;
+  oc.backend = Backend::cpu;
+  const auto gpu = otgpu::sinkhorn(p, o);
+  const auto cpu = otgpu::sinkhorn(p, oc);
+  expect_close(gpu.f, cpu.f, 0.5, "small f");
+  expect_close(gpu.g, cpu.g, 0.5, "small g");
+  SinkhornResult restage = gpu;
+  restage.state.reset();
+  const auto grad_cpu = otgpu::gradient_x(p, as_cpu(gpu));
+  expect_close(otgpu::gradient_x(p, gpu), grad_cpu, 0.2, "small gradient (state)", 1e-4);
+  expect_close(otgpu::gradient_x(p, restage), grad_cpu, 0.2, "small gradient (staged)", 1e-4);
+  EXPECT_EQ(otgpu::sample_partners(p, gpu, 3).size(), static_cast<std::size_t>(B * n));
+
+  DeviceBuffer<double> dx(c.x), dy(c.y), da(a);
+  DeviceBuffer<float> df(static_cast<std::size_t>(B * n)), dg(static_cast<std::size_t>(B * m)),
+      dgrad(static_cast<std::size_t>(B * n * d));
+  SinkhornProblem pd;
+  pd.x = TensorView::device(dx.p, {B, n, d});
+  pd.y = TensorView::device(dy.p, {B, m, d});
+  pd.a = TensorView::device(da.p, {B, n});
+  otgpu::GpuContext ctx(0);
+  otgpu::sinkhorn_async(ctx, pd, o, {df.p, dg.p});
+  otgpu::gradient_x_async(ctx, pd, o, df.p, dg.p, dgrad.p);
+  ctx.synchronize();
+  const auto fa = df.download();
+  expect_close(std::vector<double>(fa.begin(), fa.end()), gpu.f, 0.01, "small async f");
+  const auto ga = dgrad.download();
+  expect_close(std::vector<double>(ga.begin(), ga.end()), grad_cpu, 0.2, "small async gradient",
+               1e-4);
+}
+
 TEST(RuntimeGpu, OnlinePathAboveTheGridLimit) {
   REQUIRE_GPU();
   // n, m > 512: the online kernels (problem index on grid y). The CPU checks the
