@@ -1,4 +1,4 @@
-// The `otgpu bench` runner: workloads of shared/BENCHMARKS.md registered by name,
+// The `otgpu bench` runner: workloads of docs/benchmarks.md registered by name,
 // each producing rows that carry their figure next to the roofline that bounds it.
 #pragma once
 

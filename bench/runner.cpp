@@ -1,5 +1,5 @@
 // The `otgpu bench` runner: measures the rooflines (W5) first, runs the selected
-// workloads of shared/BENCHMARKS.md, and reports each figure next to its bound.
+// workloads of docs/benchmarks.md, and reports each figure next to its bound.
 #include <fmt/format.h>
 
 #include <algorithm>

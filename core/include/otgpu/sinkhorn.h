@@ -1,6 +1,6 @@
 // Entropic optimal transport by log-domain Sinkhorn, batched, on the CPU or GPU.
 //
-// Conventions (one everywhere, see DESIGN.md):
+// Conventions (one everywhere, see docs/design.md):
 //   mu = sum_i a_i delta_{x_i}, nu = sum_j b_j delta_{y_j}, C_ij = c(x_i, y_j)
 //   P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
 //   f_i <- -lambda_a eps LSE_j(log b_j + (g_j - C_ij)/eps),  lambda_a = rho_a/(rho_a+eps)

@@ -93,6 +93,10 @@ class Context {
   /// cuBLAS / cuSOLVER handles, created on first use and bound to stream().
   cublasHandle_t blas();
   cusolverDnHandle_t solver();
+  /// cuSOLVER's Jacobi settings (at most 100 sweeps, tolerance machine accuracy) and
+  /// 64-bit API parameters, created on first use and kept with the solver handle.
+  syevjInfo_t syevj_info();
+  cusolverDnParams_t solver_params();
 
   /// Allocations (device workspace growths, pinned growths) and handle creations made by
   /// this context so far: a test reads it to prove a call of a known size allocates
@@ -113,6 +117,8 @@ class Context {
   cudaEvent_t poll_events_[2] = {nullptr, nullptr};
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
+  syevjInfo_t syevj_ = nullptr;
+  cusolverDnParams_t params_ = nullptr;
   std::int64_t allocations_ = 0;
 };
 

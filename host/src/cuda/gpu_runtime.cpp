@@ -108,6 +108,8 @@ Context::~Context() {
   }
   if (blas_ != nullptr) (void)cublasDestroy(blas_);
   if (solver_ != nullptr) (void)cusolverDnDestroy(solver_);
+  if (syevj_ != nullptr) (void)cusolverDnDestroySyevjInfo(syevj_);
+  if (params_ != nullptr) (void)cusolverDnDestroyParams(params_);
   if (pin_event_ != nullptr) (void)cudaEventDestroy(pin_event_);
   if (switch_event_ != nullptr) (void)cudaEventDestroy(switch_event_);
   cudaGetLastError();
@@ -198,6 +200,25 @@ cusolverDnHandle_t Context::solver() {
   }
   OTGPU_CUDA_CHECK(cusolverDnSetStream(solver_, stream_));
   return solver_;
+}
+
+syevjInfo_t Context::syevj_info() {
+  if (syevj_ == nullptr) {
+    OTGPU_CUDA_CHECK(cusolverDnCreateSyevjInfo(&syevj_));
+    ++allocations_;
+    // The sweep cap is stated, not inherited: a matrix that needs more reports
+    // info > 0 and fails the call.
+    OTGPU_CUDA_CHECK(cusolverDnXsyevjSetMaxSweeps(syevj_, 100));
+  }
+  return syevj_;
+}
+
+cusolverDnParams_t Context::solver_params() {
+  if (params_ == nullptr) {
+    OTGPU_CUDA_CHECK(cusolverDnCreateParams(&params_));
+    ++allocations_;
+  }
+  return params_;
 }
 
 Context& thread_context(int device) {

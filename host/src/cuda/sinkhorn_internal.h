@@ -27,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "gpu_context_impl.h"
 #include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
@@ -58,15 +59,6 @@ struct EventView {
   cudaEvent_t e = nullptr;
   cudaEvent_t get() const { return e; }
 };
-
-}  // namespace otgpu::cuda_backend
-
-/// The public context is the runtime's Context (otgpu_host/gpu_runtime.h).
-struct otgpu::GpuContext::Impl : runtime::Context {
-  using runtime::Context::Context;
-};
-
-namespace otgpu::cuda_backend {
 
 /// Largest batch one launch handles: kernels put the problem index on grid y (at most
 /// 65,535 blocks on every CUDA device), so larger batches run in chunks of at most this
