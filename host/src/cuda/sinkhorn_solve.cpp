@@ -93,8 +93,7 @@ SolveState::~SolveState() {
 namespace {
 
 runtime::Context& context_of(GpuContext* ctx, int device) {
-  runtime::Context& c = ctx != nullptr ? static_cast<runtime::Context&>(ctx->impl())
-                                       : runtime::thread_context(device);
+  runtime::Context& c = runtime::context_or_thread(ctx, device);
   c.activate();
   return c;
 }
