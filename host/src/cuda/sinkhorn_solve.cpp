@@ -220,7 +220,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   poller.pinned.p = slots;
   poller.ev[0].e = ctx.poll_event(0);
   poller.ev[1].e = ctx.poll_event(1);
-  enqueue_iterations(c.d, o, ctx.device(), s, &poller);
+  enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);
   state.chunks.push_back(keep_state(pl, c, begin, s));
 
