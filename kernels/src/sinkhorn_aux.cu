@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "grid.cuh"
 #include "otgpu/detail/math.h"
 #include "otgpu/error.h"
 #include "otgpu_kernels/sinkhorn_aux.h"
@@ -242,10 +243,7 @@ __global__ void finish_gradient_kernel(const float* __restrict__ X, const float*
   }
 }
 
-unsigned grid_for(std::int64_t total) {
-  const std::int64_t blocks = (total + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
+unsigned grid_for(std::int64_t total) { return detail::grid_stride_blocks(total, kBlock); }
 
 void check_sizes(std::int64_t B, std::int64_t n, std::int64_t m, const char* what) {
   if (B <= 0 || n <= 0 || m <= 0) {
