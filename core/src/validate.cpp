@@ -353,8 +353,11 @@ SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend
     // scaling has nothing to offer (eps alone is already beyond any cost), and a warm
     // start is presumably near the solution already: scaling would throw it away.
     const double start = 1024.0 * o.eps;
+    // The CUDA driver still runs the former one-iteration-per-level schedule, which
+    // can cost more iterations than none (see otgpu/detail/accel.h): it scales when
+    // asked to, not by default, until it runs the continuation rule there.
     const bool warm = !o.f_init.empty() || !o.g_init.empty();
-    o.eps_init = std::isfinite(start) && !warm ? start : 0.0;
+    o.eps_init = std::isfinite(start) && !warm && backend != Backend::cuda ? start : 0.0;
   }
   return o;
 }

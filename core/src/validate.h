@@ -28,8 +28,9 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
 
 /// The library's defaults, in one place, for the backend that will run (cpu or
 /// cuda, already resolved): tol kAuto -> default_tolerance(backend); eps_init kAuto ->
-/// 1024 x eps (eps units; 0 when that is not finite or a warm start is given). Every
-/// other option is copied.
+/// 1024 x eps on the CPU (eps units; 0 when that is not finite, a warm start is given,
+/// or the backend is cuda, whose driver does not run the continuation schedule yet).
+/// Every other option is copied.
 /// Called by the dispatch before either backend runs, so both see concrete values.
 SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend backend);
 

@@ -103,11 +103,12 @@ struct SinkhornOptions {
   /// Epsilon scaling, a continuation: eps_t starts at eps_init and is multiplied by
   /// eps_decay each time the problem at eps_t is solved loosely (L1 residual <= 1e-2,
   /// or 50 iterations), until eps_t = eps; convergence is only declared at eps.
-  /// kAuto (the default) starts at 1024 x eps (same units as eps); 0 turns scaling
-  /// off. Per problem, the CPU scales only when eps < 3e-3 x (max C - min C) and
-  /// never starts above 2 x (max C - min C): at larger eps scaling moves the start
-  /// without saving iterations, and on some problems (self-transport, small weighted
-  /// clouds) it cost many more. See otgpu/detail/accel.h for the rule and its data.
+  /// kAuto (the default) starts at 1024 x eps (same units as eps) on the CPU and is
+  /// off on the CUDA backend (its driver runs the former one-iteration-per-level
+  /// schedule, used only when eps_init is given); 0 turns scaling off. Per problem, the CPU scales
+  /// only when eps < 3e-3 x (max C - min C) and never starts above 2 x (max C - min C): at larger
+  /// eps scaling moves the start without saving iterations, and on some problems (self-transport,
+  /// small weighted clouds) it cost many more. See otgpu/detail/accel.h for the rule and its data.
   double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
