@@ -1,4 +1,4 @@
-// The `otgpu bench` runner: workloads of shared/BENCHMARKS.md registered by name,
+// The `otgpu bench` runner: workloads of docs/benchmarks.md registered by name,
 // each producing rows that carry their figure next to the roofline that bounds it.
 #pragma once
 
@@ -63,6 +63,7 @@ std::vector<Workload> all_workloads();
 void add_roofline_workloads(std::vector<Workload>& out);  // roofline.cpp (W5)
 void add_sinkhorn_workloads(std::vector<Workload>& out);  // sinkhorn_workloads.cpp (W1, W1d, W2)
 void add_sliced_workloads(std::vector<Workload>& out);    // sliced_workloads.cpp (W3)
+void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
 
 /// Median of timed runs of fn (milliseconds), after ctx.warmup untimed runs.
 double median_ms(const Context& ctx, const std::function<double()>& timed_run_ms);

@@ -1,5 +1,5 @@
 // The `otgpu bench` runner: measures the rooflines (W5) first, runs the selected
-// workloads of shared/BENCHMARKS.md, and reports each figure next to its bound.
+// workloads of docs/benchmarks.md, and reports each figure next to its bound.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -20,6 +20,7 @@ std::vector<Workload> all_workloads() {
   add_roofline_workloads(w);
   add_sinkhorn_workloads(w);
   add_sliced_workloads(w);
+  add_latency_workloads(w);
   return w;
 }
 

@@ -1,5 +1,5 @@
 // W1 (online point-cloud Sinkhorn), W1d (dense cost held in memory) and W2 (many
-// small problems) of shared/BENCHMARKS.md, through the public API.
+// small problems) of docs/benchmarks.md, through the public API.
 //
 // Timing: a solve of exactly N iterations (check_every = 0) minus a solve of one
 // iteration, divided by N - 1: what remains is the iteration loop alone, without the
@@ -32,7 +32,7 @@ struct Points {
   std::vector<float> x, y;
 };
 
-/// X ~ U[0,1)^d, Y ~ U[0,1)^d + 0.1, seeded (BENCHMARKS.md).
+/// X ~ U[0,1)^d, Y ~ U[0,1)^d + 0.1, seeded (docs/benchmarks.md).
 Points make_points(std::int64_t B, std::int64_t n, std::int64_t m, std::int64_t d,
                    std::uint64_t seed) {
   std::mt19937_64 rng(seed);

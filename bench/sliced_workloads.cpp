@@ -1,4 +1,4 @@
-// W3 of shared/BENCHMARKS.md: sliced W2 with L = 256 directions.
+// W3 of docs/benchmarks.md: sliced W2 with L = 256 directions.
 //
 // GPU rows (device-resident fp32 inputs, as a training step has them): one row per
 // size with the time per call and the projection GEMM against the FMA roofline, and
@@ -26,7 +26,7 @@ namespace {
 
 constexpr int kDirections = 256;
 
-/// X entries U[0,1), Y entries U[0,1) + 0.1 (BENCHMARKS.md data), fp32.
+/// X entries U[0,1), Y entries U[0,1) + 0.1 (docs/benchmarks.md data), fp32.
 void make_data(std::int64_t n, std::int64_t d, std::vector<float>& x, std::vector<float>& y) {
   std::mt19937_64 gen(20240607);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);

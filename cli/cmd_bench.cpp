@@ -1,4 +1,4 @@
-// `otgpu bench`: runs the standard workloads (shared/BENCHMARKS.md) and prints each
+// `otgpu bench`: runs the standard workloads (docs/benchmarks.md) and prints each
 // figure next to the roofline that bounds it; --json FILE writes every row.
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>

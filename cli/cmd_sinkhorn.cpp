@@ -297,7 +297,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
   const SinkhornResult result = sinkhorn(problem, options);
   const auto B = result.batch;
   std::vector<double> divergence;
-  if (args.divergence) divergence = sinkhorn_divergence(problem, options);
+  if (args.divergence) divergence = sinkhorn_divergence(problem, result, options);
   progress->finish();
   const int exit_code = report_unconverged(result, args.strict);
 

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   otgpu::cli::add_sliced_command(app);
   otgpu::cli::add_gaussian_command(app);
   otgpu::cli::add_bench_command(app);
+  otgpu::cli::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

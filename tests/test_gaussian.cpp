@@ -18,6 +18,7 @@
 
 #include "cpu_gaussian.h"
 #include "gaussian_test_util.h"
+#include "gaussian_validate.h"
 #include "otgpu/error.h"
 #include "otgpu/gaussian.h"
 #include "otgpu/sinkhorn.h"
@@ -733,6 +734,66 @@ TEST(GaussianValidation, NonFiniteShapesAndOptions) {
   bad_device.device = -2;
   msg = error_of<otgpu::InvalidArgument>([&] { gaussian_pair(m, s, m, s, bad_device); });
   expect_mentions(msg, {"device", "-2"});
+}
+
+TEST(GaussianValidation, PackedPairsAreTheSymmetricPartsInCOrder) {
+  // Covariance blocks read through strides (every other float of an interleaved
+  // buffer), asymmetric within the tolerance: the packed blocks are (S + S^T) / 2,
+  // formed here independently, and the means come out in C order.
+  const std::int64_t B = 2, d = 3;
+  std::vector<float> s_mem(static_cast<std::size_t>(2 * B * d * d), -7.0f);
+  std::vector<double> expected(static_cast<std::size_t>(B * d * d));
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t i = 0; i < d; ++i) {
+      for (std::int64_t j = 0; j < d; ++j) {
+        const float base = i == j ? 2.0f + static_cast<float>(b) : 0.25f;
+        const float skew = i < j ? 3e-7f : 0.0f;  // relative 1e-7 < kGaussianSymmetryRelTol
+        s_mem[static_cast<std::size_t>(2 * ((b * d + i) * d + j))] = base + skew;
+      }
+    }
+    for (std::int64_t i = 0; i < d; ++i) {
+      for (std::int64_t j = 0; j < d; ++j) {
+        const auto at = [&](std::int64_t r, std::int64_t c) {
+          return static_cast<double>(s_mem[static_cast<std::size_t>(2 * ((b * d + r) * d + c))]);
+        };
+        expected[static_cast<std::size_t>((b * d + i) * d + j)] =
+            i == j
+                ? at(i, i)
+                : 0.5 * (at(std::min(i, j), std::max(i, j)) + at(std::max(i, j), std::min(i, j)));
+      }
+    }
+  }
+  TensorView cov = TensorView::host(s_mem.data(), {B, d, d});
+  cov.strides = {2 * d * d, 2 * d, 2};
+  const std::vector<double> means{1, 2, 3, 4, 5, 6};  // [d, B] memory read as [B, d]
+  TensorView mean = TensorView::host(means.data(), {B, d});
+  mean.strides = {1, B, 0};
+  const std::vector<double> m2{0, 0, 0};
+  const std::vector<double> s2{1, 0, 0, 0, 1, 0, 0, 0, 1};
+  const GaussianBatch src{mean, cov};
+  const GaussianBatch tgt{TensorView::host(m2.data(), {d}), TensorView::host(s2.data(), {d, d})};
+  const auto shape = otgpu::detail::validate_gaussian_shapes(src, tgt, cpu_options());
+  EXPECT_EQ(shape.batch, B);
+  EXPECT_EQ(shape.count_s1, B);
+  EXPECT_EQ(shape.count_s2, 1);
+  otgpu::detail::validate_gaussian_values(src, tgt, shape);
+  const auto pairs = otgpu::detail::pack_gaussian_pairs(src, tgt, shape);
+  EXPECT_EQ(pairs.s1, expected);
+  EXPECT_EQ(pairs.m1, (std::vector<double>{1, 3, 5, 2, 4, 6}));
+  EXPECT_EQ(pairs.s2, s2);
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t i = 0; i < d; ++i) {
+      for (std::int64_t j = 0; j < d; ++j) {
+        EXPECT_EQ(pairs.s1[static_cast<std::size_t>((b * d + i) * d + j)],
+                  pairs.s1[static_cast<std::size_t>((b * d + j) * d + i)]);
+      }
+    }
+  }
+  // Values are only read from host memory: a device view must be read back first.
+  GaussianBatch on_device = src;
+  on_device.mean.space = otgpu::MemorySpace::device;
+  EXPECT_THROW(otgpu::detail::validate_gaussian_values(on_device, tgt, shape),
+               otgpu::InvalidArgument);
 }
 
 TEST(GaussianValidation, CudaBackendWithoutADeviceIsDeviceUnavailable) {

@@ -9,21 +9,12 @@
 #include <vector>
 
 #include "otgpu/error.h"
+#include "otgpu_kernels/cuda_check.h"
 #include "roofline.h"
 
 namespace otgpu::bench {
 
 namespace {
-
-#define ROOF_CHECK(expr)                                                                           \
-  do {                                                                                             \
-    cudaError_t _e = (expr);                                                                       \
-    if (_e != cudaSuccess) {                                                                       \
-      throw otgpu::CudaError(                                                                      \
-          fmt::format("{} failed: {} ({}:{})", #expr, cudaGetErrorString(_e), __FILE__, __LINE__), \
-          static_cast<int>(_e));                                                                   \
-    }                                                                                              \
-  } while (0)
 
 constexpr int kChains = 8;
 constexpr int kSteps = 1024;
@@ -77,23 +68,23 @@ __global__ void copy_kernel(const float4* __restrict__ src, float4* __restrict__
 template <class Launch>
 double median_kernel_ms(Launch&& launch, int repeats) {
   cudaEvent_t t0, t1;
-  ROOF_CHECK(cudaEventCreate(&t0));
-  ROOF_CHECK(cudaEventCreate(&t1));
+  OTGPU_CUDA_CHECK(cudaEventCreate(&t0));
+  OTGPU_CUDA_CHECK(cudaEventCreate(&t1));
   launch();  // warm-up
-  ROOF_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   std::vector<double> ms;
   for (int r = 0; r < repeats; ++r) {
-    ROOF_CHECK(cudaEventRecord(t0));
+    OTGPU_CUDA_CHECK(cudaEventRecord(t0));
     launch();
-    ROOF_CHECK(cudaEventRecord(t1));
-    ROOF_CHECK(cudaEventSynchronize(t1));
-    ROOF_CHECK(cudaGetLastError());
+    OTGPU_CUDA_CHECK(cudaEventRecord(t1));
+    OTGPU_CUDA_CHECK(cudaEventSynchronize(t1));
+    OTGPU_LAUNCH_CHECK();
     float e = 0;
-    ROOF_CHECK(cudaEventElapsedTime(&e, t0, t1));
+    OTGPU_CUDA_CHECK(cudaEventElapsedTime(&e, t0, t1));
     ms.push_back(e);
   }
-  ROOF_CHECK(cudaEventDestroy(t0));
-  ROOF_CHECK(cudaEventDestroy(t1));
+  OTGPU_CUDA_CHECK(cudaEventDestroy(t0));
+  OTGPU_CUDA_CHECK(cudaEventDestroy(t1));
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
@@ -126,11 +117,11 @@ bool query_gpu(int device, GpuInfo& info) {
 }
 
 Limits measure_gpu_limits(int device) {
-  ROOF_CHECK(cudaSetDevice(device));
+  OTGPU_CUDA_CHECK(cudaSetDevice(device));
   int sms = 0;
-  ROOF_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   float* sink = nullptr;
-  ROOF_CHECK(cudaMalloc(&sink, kThreads * sizeof(float)));
+  OTGPU_CUDA_CHECK(cudaMalloc(&sink, kThreads * sizeof(float)));
   Limits lim;
   const int blocks = sms * 16;  // 16 x 256 threads: enough warps to cover MUFU/FMA latency
   const double per_launch =
@@ -144,15 +135,15 @@ Limits measure_gpu_limits(int device) {
 
   const std::size_t bytes = std::size_t{1} << 30;  // 1 GiB each way: far past the 50 MB L2
   float4 *src = nullptr, *dst = nullptr;
-  ROOF_CHECK(cudaMalloc(&src, bytes));
-  ROOF_CHECK(cudaMalloc(&dst, bytes));
-  ROOF_CHECK(cudaMemset(src, 0, bytes));
+  OTGPU_CUDA_CHECK(cudaMalloc(&src, bytes));
+  OTGPU_CUDA_CHECK(cudaMalloc(&dst, bytes));
+  OTGPU_CUDA_CHECK(cudaMemset(src, 0, bytes));
   const std::size_t n4 = bytes / sizeof(float4);
   const double copy_ms = median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
   lim.copy_bytes_per_s = 2.0 * static_cast<double>(bytes) / (copy_ms * 1e-3);
-  ROOF_CHECK(cudaFree(src));
-  ROOF_CHECK(cudaFree(dst));
-  ROOF_CHECK(cudaFree(sink));
+  OTGPU_CUDA_CHECK(cudaFree(src));
+  OTGPU_CUDA_CHECK(cudaFree(dst));
+  OTGPU_CUDA_CHECK(cudaFree(sink));
   return lim;
 }
 

@@ -21,19 +21,20 @@ namespace {
 int device_count() noexcept { return 0; }
 void require_device(int device) { unavailable(device); }
 SinkhornResult sinkhorn(const SinkhornProblem&, const SinkhornOptions& o,
-                        const detail::SinkhornShape&) {
+                        const detail::SinkhornShape&, GpuContext*) {
   unavailable(o.device);
 }
 std::vector<double> barycentric_map(const SinkhornProblem&, const SinkhornResult&,
-                                    const detail::SinkhornShape&, int device) {
+                                    const detail::SinkhornShape&, int device, GpuContext*) {
   unavailable(device);
 }
 std::vector<double> gradient_x(const SinkhornProblem&, const SinkhornResult&,
-                               const detail::SinkhornShape&, int device) {
+                               const detail::SinkhornShape&, int device, GpuContext*) {
   unavailable(device);
 }
 std::vector<std::int64_t> sample_partners(const SinkhornProblem&, const SinkhornResult&,
-                                          const detail::SinkhornShape&, std::uint64_t, int device) {
+                                          const detail::SinkhornShape&, std::uint64_t, int device,
+                                          GpuContext*) {
   unavailable(device);
 }
 

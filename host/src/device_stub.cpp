@@ -18,10 +18,11 @@ GpuContext::GpuContext(int device, void*) {
 GpuContext::~GpuContext() = default;
 int GpuContext::device() const noexcept { return -1; }
 void* GpuContext::stream() const noexcept { return nullptr; }
-void GpuContext::set_stream(void*) noexcept {}
+void GpuContext::set_stream(void*) {}
 std::size_t GpuContext::workspace_bytes() const noexcept { return 0; }
 void GpuContext::reserve(std::size_t) {}
 void GpuContext::synchronize() const {}
+std::int64_t GpuContext::allocations() const noexcept { return 0; }
 
 std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem&, const SinkhornOptions&) {
   throw DeviceUnavailable("sinkhorn_async: this libotgpu was built without CUDA");

@@ -8,21 +8,12 @@
 
 namespace otgpu::cuda_backend {
 
-namespace {
-[[noreturn]] void gaussian_unavailable(int device) {
+GaussianOTResult gaussian_ot(GpuContext*, const GaussianBatch&, const GaussianBatch&,
+                             const detail::GaussianShape&, const GaussianOTOptions& options) {
   throw DeviceUnavailable(
       fmt::format("gaussian_ot: backend cuda: CUDA device {} unavailable: this libotgpu was built "
                   "without CUDA (configure with OTGPU_CUDA=ON and a CUDA toolkit)",
-                  device));
-}
-}  // namespace
-
-GaussianOTResult gaussian_ot(const detail::GaussianPairs&, const GaussianOTOptions& options) {
-  gaussian_unavailable(options.device);
-}
-
-std::vector<double> download_as_double(const TensorView&, int device) {
-  gaussian_unavailable(device);
+                  options.device));
 }
 
 }  // namespace otgpu::cuda_backend

@@ -1,9 +1,11 @@
 // Public Sinkhorn entry points: validate, pick the backend, dispatch.
 #include <fmt/format.h>
 
+#include <atomic>
 #include <chrono>
 
 #include "cpu_sinkhorn.h"
+#include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
 #include "otgpu_host/backend.h"
@@ -11,6 +13,12 @@
 #include "validate.h"
 
 namespace otgpu {
+
+namespace {
+std::atomic<std::int64_t> g_solves{0};
+}  // namespace
+
+std::int64_t detail::solve_count() noexcept { return g_solves.load(std::memory_order_relaxed); }
 
 bool cuda_available() noexcept { return cuda_backend::device_count() > 0; }
 
@@ -26,6 +34,21 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
   r.tol = resolved.tol;
   r.time_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  g_solves.fetch_add(1, std::memory_order_relaxed);
+  return r;
+}
+
+SinkhornResult sinkhorn(GpuContext& ctx, const SinkhornProblem& problem,
+                        const SinkhornOptions& options) {
+  SinkhornOptions o = options;
+  o.backend = Backend::cuda;
+  o.device = ctx.device();
+  const auto shape = detail::validate_sinkhorn(problem, o);
+  const auto t0 = std::chrono::steady_clock::now();
+  SinkhornResult r = cuda_backend::sinkhorn(problem, o, shape, &ctx);
+  r.time_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  g_solves.fetch_add(1, std::memory_order_relaxed);
   return r;
 }
 
@@ -82,13 +105,53 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
   return cpu::sample_partners(problem, result, shape, seed);
 }
 
-std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
+namespace {
+
+void require_cuda_result(const SinkhornResult& result, const char* what) {
+  if (result.backend != Backend::cuda) {
+    throw InvalidArgument(fmt::format(
+        "{}: the GpuContext overload needs a result of the cuda backend, got backend {}", what,
+        to_string(result.backend)));
+  }
+}
+
+}  // namespace
+
+std::vector<double> barycentric_map(GpuContext& ctx, const SinkhornProblem& problem,
+                                    const SinkhornResult& result) {
+  const auto shape = validate_derived(problem, result, true, "barycentric_map");
+  require_cuda_result(result, "barycentric_map");
+  return cuda_backend::barycentric_map(problem, result, shape, ctx.device(), &ctx);
+}
+
+std::vector<double> gradient_x(GpuContext& ctx, const SinkhornProblem& problem,
+                               const SinkhornResult& result) {
+  const auto shape = validate_derived(problem, result, true, "gradient_x");
+  require_cuda_result(result, "gradient_x");
+  return cuda_backend::gradient_x(problem, result, shape, ctx.device(), &ctx);
+}
+
+std::vector<std::int64_t> sample_partners(GpuContext& ctx, const SinkhornProblem& problem,
+                                          const SinkhornResult& result, std::uint64_t seed) {
+  const auto shape = validate_derived(problem, result, false, "sample_partners");
+  require_cuda_result(result, "sample_partners");
+  return cuda_backend::sample_partners(problem, result, shape, seed, ctx.device(), &ctx);
+}
+
+std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const SinkhornResult& xy,
                                         const SinkhornOptions& options) {
   if (problem.cost_kind == CostKind::matrix) {
     throw InvalidArgument(
         "sinkhorn_divergence: needs point clouds x and y (cost_kind matrix has no C(x, x))");
   }
-  const SinkhornResult xy = sinkhorn(problem, options);
+  const auto shape = detail::validate_sinkhorn(problem, options);
+  if (xy.batch != shape.batch || xy.n != shape.n || xy.m != shape.m ||
+      xy.problems.size() != static_cast<std::size_t>(shape.batch)) {
+    throw ShapeError(fmt::format(
+        "sinkhorn_divergence: result xy (B={}, n={}, m={}, {} reports) does not belong to the "
+        "problem (B={}, n={}, m={})",
+        xy.batch, xy.n, xy.m, xy.problems.size(), shape.batch, shape.n, shape.m));
+  }
   // The self terms use the absolute eps of the (x, y) problem, per problem; when the
   // batch's eps differ, each problem is solved on its own.
   SinkhornOptions self = options;
@@ -134,8 +197,10 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
     if (xy.backend == Backend::cpu) {
       // The symmetric update (a few dozen iterations where alternating ones take
       // thousands on these problems); the CUDA driver runs the alternating one.
-      const auto shape = detail::validate_sinkhorn(p, o);
-      return cpu::sinkhorn_symmetric(p, detail::resolve_sinkhorn_options(o, Backend::cpu), shape)
+      const auto self_shape = detail::validate_sinkhorn(p, o);
+      g_solves.fetch_add(1, std::memory_order_relaxed);
+      return cpu::sinkhorn_symmetric(p, detail::resolve_sinkhorn_options(o, Backend::cpu),
+                                     self_shape)
           .problems[0]
           .ot_eps;
     }
@@ -147,6 +212,15 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
     out[b] = xy.problems[b].ot_eps - 0.5 * (xx + yy);
   }
   return out;
+}
+
+std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
+                                        const SinkhornOptions& options) {
+  if (problem.cost_kind == CostKind::matrix) {
+    throw InvalidArgument(
+        "sinkhorn_divergence: needs point clouds x and y (cost_kind matrix has no C(x, x))");
+  }
+  return sinkhorn_divergence(problem, sinkhorn(problem, options), options);
 }
 
 }  // namespace otgpu

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "cpu_sliced.h"
+#include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu/sliced.h"
 #include "otgpu_host/backend.h"
@@ -17,13 +18,21 @@ namespace otgpu {
 
 namespace {
 
-SlicedResult run_sliced(const SlicedProblem& problem, const SlicedOptions& options,
+/// ctx == nullptr: the backend the options ask for (the CUDA path on the calling
+/// thread's cached context); else the CUDA path on ctx.
+SlicedResult run_sliced(GpuContext* ctx, const SlicedProblem& problem, const SlicedOptions& options,
                         std::string_view fn) {
+  if (ctx != nullptr && options.backend == Backend::cpu) {
+    throw InvalidArgument(
+        fmt::format("{}: a GpuContext runs on the GPU; options.backend cpu is not allowed", fn));
+  }
   const auto shape = detail::validate_sliced(problem, options, fn);
-  const Backend backend = detail::resolve_backend(options.backend, options.device, shape.space, fn);
+  const Backend backend =
+      ctx != nullptr ? Backend::cuda
+                     : detail::resolve_backend(options.backend, options.device, shape.space, fn);
   const auto t0 = std::chrono::steady_clock::now();
   SlicedResult r = backend == Backend::cuda
-                       ? cuda_backend::sliced_wasserstein(problem, options, shape)
+                       ? cuda_backend::sliced_wasserstein(ctx, problem, options, shape)
                        : cpu::sliced_wasserstein(problem, options, shape);
   detail::finalize_sliced_value(r, options);
   r.time_ms =
@@ -58,7 +67,12 @@ SlicedProblem problem_1d(const TensorView& x, const TensorView& y, const TensorV
 }  // namespace
 
 SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOptions& options) {
-  return run_sliced(problem, options, "sliced_wasserstein");
+  return run_sliced(nullptr, problem, options, "sliced_wasserstein");
+}
+
+SlicedResult sliced_wasserstein(GpuContext& ctx, const SlicedProblem& problem,
+                                const SlicedOptions& options) {
+  return run_sliced(&ctx, problem, options, "sliced_wasserstein");
 }
 
 std::vector<double> wasserstein_1d(const TensorView& x, const TensorView& y, const TensorView& a,
@@ -78,7 +92,7 @@ std::vector<double> wasserstein_1d(const TensorView& x, const TensorView& y, con
     o.directions = TensorView{};
     o.projections = 1;
   }
-  return run_sliced(pr, o, fn).value_pp;
+  return run_sliced(nullptr, pr, o, fn).value_pp;
 }
 
 std::vector<Coupling1D> monotone_coupling_1d(const TensorView& x, const TensorView& y,

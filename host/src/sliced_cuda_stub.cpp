@@ -8,7 +8,7 @@
 
 namespace otgpu::cuda_backend {
 
-SlicedResult sliced_wasserstein(const SlicedProblem&, const SlicedOptions& options,
+SlicedResult sliced_wasserstein(GpuContext*, const SlicedProblem&, const SlicedOptions& options,
                                 const detail::SlicedShape&) {
   throw DeviceUnavailable(
       fmt::format("backend cuda: CUDA device {} unavailable: this libotgpu was built without CUDA "

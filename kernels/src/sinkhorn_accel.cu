@@ -103,7 +103,7 @@ void sinkhorn_overrelax(float* F, const float* F_old, const double* omega, const
   const std::int64_t total = B * n;
   if (total <= 0) return;
   overrelax_kernel<<<blocks_for(total), kBlock, 0, stream>>>(F, F_old, omega, active, n, total);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void sinkhorn_symmetric_average(float* F, const float* Ft, const int* active, std::int64_t B,
@@ -111,7 +111,7 @@ void sinkhorn_symmetric_average(float* F, const float* Ft, const int* active, st
   const std::int64_t total = B * n;
   if (total <= 0) return;
   symmetric_average_kernel<<<blocks_for(total), kBlock, 0, stream>>>(F, Ft, active, n, total);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void sinkhorn_overrelax_rule(const double* residual, int period, const int* active, double* omega,
@@ -120,7 +120,7 @@ void sinkhorn_overrelax_rule(const double* residual, int period, const int* acti
   if (B <= 0) return;
   overrelax_rule_kernel<<<blocks_for(B), kBlock, 0, stream>>>(
       residual, period, active, omega, prev_residual, prev_rate, failures, restore, B);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void sinkhorn_overrelax_commit(float* F, float* G, float* F_saved, float* G_saved,
@@ -128,9 +128,9 @@ void sinkhorn_overrelax_commit(float* F, float* G, float* F_saved, float* G_save
                                std::int64_t n, std::int64_t m, cudaStream_t stream) {
   if (B <= 0) return;
   commit_kernel<<<blocks_for(B * n), kBlock, 0, stream>>>(F, F_saved, restore, active, n, B * n);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   commit_kernel<<<blocks_for(B * m), kBlock, 0, stream>>>(G, G_saved, restore, active, m, B * m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

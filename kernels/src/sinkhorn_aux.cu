@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kBlock)
   __shared__ double shared[kBlock / 32];
   const std::int64_t b = blockIdx.x;
   const double e = eps[b];
-  const double lam_a = isinf(rho_a) ? 1.0 : rho_a / (rho_a + e);
+  const double lam_a = ::otgpu::detail::unbalanced_lambda(rho_a, e);
   double err = 0, cost = 0, mass = 0, res = 0, fa = 0, ma = 0;
   for (std::int64_t i = threadIdx.x; i < n; i += kBlock) {
     const std::int64_t k = b * n + i;
@@ -264,7 +264,7 @@ void sinkhorn_check_residual(const double* a, const float* F, const float* Ft, c
   check_sizes(B, n, 1, "sinkhorn_check_residual");
   check_residual_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(
       a, F, Ft, eps, lambda_a, tol, iteration, active, iterations, residual, active_count, n);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void sinkhorn_finalize(const double* a, const double* b, const float* F, const float* G,
@@ -278,7 +278,7 @@ void sinkhorn_finalize(const double* a, const double* b, const float* F, const f
   }
   finalize_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(
       a, b, F, G, Ft, cmean, row_mass, row_cost, eps, rho_a, rho_b, out4, n, m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void dense_sample(const float* C, const float* logB, const float* G, const float* eps,
@@ -288,7 +288,7 @@ void dense_sample(const float* C, const float* logB, const float* G, const float
   if (B > 65535) throw InvalidArgument(fmt::format("dense_sample: batch B={} exceeds 65535", B));
   const dim3 grid(static_cast<unsigned>((n + kBlock - 1) / kBlock), static_cast<unsigned>(B));
   dense_sample_kernel<<<grid, kBlock, 0, stream>>>(C, logB, G, eps, seed, out, n, m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64_t B,
@@ -296,11 +296,11 @@ void mean_euclidean_cost(const float* X, const float* Y, double* out, std::int64
   check_sizes(B, n, m, "mean_euclidean_cost");
   if (B > 65535)
     throw InvalidArgument(fmt::format("mean_euclidean_cost: batch B={} exceeds 65535", B));
-  OTGPU_KERNEL_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
+  OTGPU_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
   const std::int64_t blocks = (n + kBlock - 1) / kBlock;
   const dim3 grid(static_cast<unsigned>(blocks < 1024 ? blocks : 1024), static_cast<unsigned>(B));
   mean_euclid_kernel<<<grid, kBlock, 0, stream>>>(X, Y, out, n, m, dp);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void mean_matrix_cost(const float* C, std::int64_t B, std::int64_t nm, double* out,
@@ -308,35 +308,35 @@ void mean_matrix_cost(const float* C, std::int64_t B, std::int64_t nm, double* o
   check_sizes(B, nm, 1, "mean_matrix_cost");
   if (B > 65535)
     throw InvalidArgument(fmt::format("mean_matrix_cost: batch B={} exceeds 65535", B));
-  OTGPU_KERNEL_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
+  OTGPU_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<std::size_t>(B) * sizeof(double), stream));
   const std::int64_t blocks = (nm + kBlock - 1) / kBlock;
   const dim3 grid(static_cast<unsigned>(blocks < 1024 ? blocks : 1024), static_cast<unsigned>(B));
   mean_matrix_kernel<<<grid, kBlock, 0, stream>>>(C, out, nm);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void find_nonfinite(const float* p, std::int64_t count, unsigned long long* first,
                     cudaStream_t stream) {
   // All bytes 0xff: ~0ull, the "none found" value atomicMin lowers.
-  OTGPU_KERNEL_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
+  OTGPU_CUDA_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
   if (count <= 0) return;
   nonfinite_kernel<<<grid_for(count), kBlock, 0, stream>>>(p, count, first);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void check_weights(const double* w, std::int64_t B, std::int64_t len, double* mass,
                    unsigned long long* first, cudaStream_t stream) {
   check_sizes(B, len, 1, "check_weights");
-  OTGPU_KERNEL_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
+  OTGPU_CUDA_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), stream));
   check_weights_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(w, len, mass, first);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void mass_ratio(const double* a, const double* b, std::int64_t B, std::int64_t n, std::int64_t m,
                 double tol_rel, double* ratio, cudaStream_t stream) {
   check_sizes(B, n, m, "mass_ratio");
   mass_ratio_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(a, b, n, m, tol_rel, ratio);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void finish_map(const float* T, const double* center, float* out, std::int64_t B, std::int64_t n,
@@ -344,7 +344,7 @@ void finish_map(const float* T, const double* center, float* out, std::int64_t B
   check_sizes(B, n, d, "finish_map");
   const std::int64_t total = B * n * d;
   finish_map_kernel<<<grid_for(total), kBlock, 0, stream>>>(T, center, out, n, d, dp, total);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void finish_gradient(const float* X, const float* V, const double* a, const float* F,
@@ -355,7 +355,7 @@ void finish_gradient(const float* X, const float* V, const double* a, const floa
   const std::int64_t total = B * n * d;
   finish_gradient_kernel<<<grid_for(total), kBlock, 0, stream>>>(X, V, a, F, Ft, eps, ratio, euclid,
                                                                  out, n, d, dp, total);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

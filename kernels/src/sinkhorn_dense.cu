@@ -4,6 +4,7 @@
 // ex2 (chunks of 8 scores share one rescale), far below the MUFU and FMA limits at
 // the copy bandwidth (H100: ~0.7e12 elements/s against ~3.7e12 ex2/s).
 #include "otgpu_kernels/sinkhorn_dense.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
 
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -33,10 +34,9 @@ using detail::scaled_term;
 // column term v_j = log2e*logB_j + G_j*scale is loaded and formed once per warp and
 // reused for all its rows, and every lane keeps kRowsPerWarp x 2 float4 loads of C
 // in flight (Little's law: ~32 KB per SM with two blocks per SM).
-constexpr int kRowWarps = 4;
-constexpr int kRowsPerWarp = 4;
-constexpr int kRowsPerBlock = kRowWarps * kRowsPerWarp;
-constexpr int kRowThreads = kRowWarps * 32;
+constexpr int kRowsPerWarp = geometry::kDenseRowsPerWarp;
+constexpr int kRowsPerBlock = geometry::kDenseRowsPerBlock;
+constexpr int kRowThreads = geometry::kDenseRowThreads;
 // Columns one lane step covers: vector path 32 lanes x 2 float4, scalar path 32 x 8.
 constexpr int kRowStep = 256;
 
@@ -147,28 +147,14 @@ __global__ void __launch_bounds__(kRowThreads)
 // threads of a warp read consecutive columns of one row, so C is read row-major and
 // coalesced. Partial (max, sum) per (row range, column) go to the workspace unless
 // one range covers all rows.
-constexpr int kColThreads = 128;
-constexpr int kColTile = kColThreads * 4;
+constexpr int kColThreads = geometry::kDenseColThreads;
+constexpr int kColTile = geometry::kDenseColTile;
 constexpr int kColRowChunk = 8;
-// Enough blocks for several waves on a 132-SM GPU at 16 blocks of 128 threads per SM.
-constexpr std::int64_t kColTargetBlocks = 2048;
-constexpr std::int64_t kColMinRows = 32;
 
-struct ColSplit {
-  std::int64_t tiles;
-  std::int64_t nsplit;
-  std::int64_t rows_per_split;
-};
+using ColSplit = geometry::DenseColSplit;
 
 ColSplit col_split(std::int64_t B, std::int64_t n, std::int64_t m) {
-  ColSplit s{};
-  s.tiles = (m + kColTile - 1) / kColTile;
-  const std::int64_t max_split = std::max<std::int64_t>(1, (n + kColMinRows - 1) / kColMinRows);
-  const std::int64_t want = (kColTargetBlocks + B * s.tiles - 1) / (B * s.tiles);
-  const std::int64_t nsplit = std::clamp<std::int64_t>(want, 1, max_split);
-  s.rows_per_split = (n + nsplit - 1) / nsplit;
-  s.nsplit = (n + s.rows_per_split - 1) / s.rows_per_split;  // no empty range
-  return s;
+  return geometry::dense_col_split(B, n, m);
 }
 
 template <bool kVec>
@@ -357,14 +343,13 @@ void dense_row_update(const float* C, const float* logB, const float* G, const f
   else
     dense_row_lse_kernel<false><<<grid, kRowThreads, 0, stream>>>(C, logB, G, eps, lambda_a, active,
                                                                   out, n, m, per_problem);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 std::size_t dense_col_workspace_bytes(std::int64_t B, std::int64_t n, std::int64_t m) {
   check_sizes("dense_col_workspace_bytes", B, n, m);
-  const ColSplit s = col_split(B, n, m);
-  if (s.nsplit == 1) return 0;
-  return static_cast<std::size_t>(B * s.nsplit * m) * sizeof(float2);
+  static_assert(sizeof(float2) == 2 * sizeof(float), "partials are (max, sum) float pairs");
+  return geometry::dense_col_workspace_bytes(B, n, m);
 }
 
 void dense_col_update(const float* C, const float* logA, const float* F, const float* eps,
@@ -398,12 +383,12 @@ void dense_col_update(const float* C, const float* logA, const float* F, const f
   else
     dense_col_lse_kernel<false><<<grid, kColThreads, 0, stream>>>(
         C, logA, F, eps, lambda_b, active, G, partial, n, m, s.tiles, s.nsplit, s.rows_per_split);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   if (s.nsplit > 1) {
     const unsigned mgrid = grid_size(who, (B * m + kMergeThreads - 1) / kMergeThreads);
     dense_col_merge_kernel<<<mgrid, kMergeThreads, 0, stream>>>(partial, eps, lambda_b, active, G,
                                                                 B, m, s.nsplit);
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
@@ -422,7 +407,7 @@ void dense_row_stats(const float* C, const float* logA, const float* logB, const
   const unsigned grid = grid_size(who, (B * n + kStatsWarps - 1) / kStatsWarps);
   dense_row_stats_kernel<<<grid, kStatsWarps * 32, 0, stream>>>(C, logA, logB, F, G, eps, row_mass,
                                                                 row_cost, B, n, m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

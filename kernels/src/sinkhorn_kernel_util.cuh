@@ -8,7 +8,9 @@
 
 #include <cmath>
 
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
+#include "otgpu_kernels/cuda_check.h"
 
 namespace otgpu::kernels::detail {
 
@@ -16,13 +18,6 @@ namespace otgpu::kernels::detail {
 // log2(e)/eps folds into one multiply and the exponential is a single ex2.approx.
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-[[noreturn]] inline void throw_cuda(cudaError_t code, const char* what, const char* file,
-                                    int line) {
-  throw CudaError(fmt::format("{} failed: {} ({}) at {}:{}", what, cudaGetErrorString(code),
-                              static_cast<int>(code), file, line),
-                  static_cast<int>(code));
-}
 
 // MUFU.EX2 directly: exp2f() adds range handling we do not need (arguments are
 // <= 0 after the max shift, and ex2.approx.ftz(-inf) is +0).
@@ -107,10 +102,3 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
 }
 
 }  // namespace otgpu::kernels::detail
-
-#define OTGPU_KERNEL_CHECK(expr)                                                             \
-  do {                                                                                       \
-    const cudaError_t otgpu_kernel_status_ = (expr);                                         \
-    if (otgpu_kernel_status_ != cudaSuccess)                                                 \
-      ::otgpu::kernels::detail::throw_cuda(otgpu_kernel_status_, #expr, __FILE__, __LINE__); \
-  } while (0)

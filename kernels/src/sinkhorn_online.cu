@@ -22,7 +22,8 @@
 // inspection, which matters more while it cannot be profiled here.
 //
 // Flash-decoding: when the row blocks alone cannot fill the GPU (short n, B = 1), the
-// column range is split over blockIdx.z (online_splits); each split writes a partial
+// column range is split over blockIdx.z (the host planner chooses how many); each split
+// writes a partial
 // (max, sum) per row and a small kernel merges them.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -31,6 +32,7 @@
 
 #include "otgpu/detail/math.h"
 #include "otgpu/error.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
 #include "otgpu_kernels/sinkhorn_online.h"
 #include "sinkhorn_kernel_util.cuh"
 
@@ -48,17 +50,16 @@ using detail::lse2_value;
 using detail::potential_from_lse2;
 using detail::scaled_term;
 
-constexpr int kThreads = 128;  // threads per block
-constexpr int kTJ = 64;        // columns per shared-memory tile
-constexpr int kChunk = 8;      // scores per rescale of the running sum
-constexpr int kMaxGridY = 65535;
-constexpr int kMaxSplits = 1024;
+constexpr int kThreads = geometry::kOnlineThreads;  // threads per block
+constexpr int kTJ = geometry::kOnlineTileCols;      // columns per shared-memory tile
+constexpr int kChunk = 8;                           // scores per rescale of the running sum
+constexpr std::int64_t kMaxGridY = geometry::kMaxBatchPerLaunch;
+constexpr int kMaxSplits = geometry::kOnlineMaxSplits;
 
 /// Columns per split, a whole number of tiles so that no tile straddles two splits
 /// (only the global last tile is short).
 __host__ __device__ __forceinline__ std::int64_t split_span(std::int64_t n_cols, int splits) {
-  const std::int64_t tiles = (n_cols + kTJ - 1) / kTJ;
-  return (tiles + splits - 1) / splits * kTJ;
+  return geometry::online_split_span(n_cols, splits);
 }
 
 /// Column range [begin, end) of split z (empty past the end: an identity partial).
@@ -89,7 +90,7 @@ __device__ __forceinline__ void write_row(const OnlinePass& p, std::int64_t b, s
 /// shared-memory read of y_j is otherwise one load per exponential.
 template <int DP>
 constexpr int rows_per_thread() {
-  return DP <= 4 ? 4 : (DP <= 16 ? 2 : 1);
+  return geometry::online_rows_per_thread(DP);
 }
 
 template <int DP, bool kEuclid>
@@ -434,26 +435,23 @@ void check_pass(const OnlinePass& p, const char* what) {
   }
 }
 
-std::size_t dyn_smem_bytes(int dp) {
-  return (static_cast<std::size_t>(kTJ) * static_cast<std::size_t>(dp) + kTJ) * sizeof(float);
-}
+std::size_t dyn_smem_bytes(int dp) { return geometry::online_smem_bytes(dp); }
 
 /// Opts a dynamic-shared-memory kernel in to more than 48 KB when dp needs it.
 template <class Kernel>
 void prepare_dyn(Kernel kernel, std::size_t smem) {
   if (smem > 48 * 1024) {
     int dev = 0, limit = 0;
-    OTGPU_KERNEL_CHECK(cudaGetDevice(&dev));
-    OTGPU_KERNEL_CHECK(
-        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
+    OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (smem > static_cast<std::size_t>(limit)) {
       throw InvalidArgument(fmt::format(
           "online Sinkhorn: dimension too large: a tile needs {} bytes of shared memory, the "
           "device allows {}",
           smem, limit));
     }
-    OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
+    OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
   }
 }
 
@@ -516,54 +514,52 @@ void online_half_step(const OnlinePass& p, const float* lambda, float* out, cuda
   } else {
     launch_half<false>(p, lambda, out, stream);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   if (p.splits > 1) {
     const dim3 grid(static_cast<unsigned>((p.n_rows + 255) / 256), static_cast<unsigned>(p.B));
     merge_splits_kernel<<<grid, 256, 0, stream>>>(p, lambda, out);
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
-std::int64_t online_rows_per_block(int dp) {
+namespace {
+
+template <int DP>
+OnlineKernelHandle fixed_handle() {
+  return {reinterpret_cast<const void*>(&online_half_step_kernel<DP, false>), 0};
+}
+
+}  // namespace
+
+OnlineKernelHandle online_half_step_handle(int dp) {
   switch (dp) {
     case 1:
-      return kThreads * rows_per_thread<1>();
+      return fixed_handle<1>();
     case 2:
-      return kThreads * rows_per_thread<2>();
+      return fixed_handle<2>();
     case 4:
-      return kThreads * rows_per_thread<4>();
+      return fixed_handle<4>();
     case 8:
-      return kThreads * rows_per_thread<8>();
+      return fixed_handle<8>();
     case 16:
-      return kThreads * rows_per_thread<16>();
+      return fixed_handle<16>();
     case 32:
-      return kThreads * rows_per_thread<32>();
+      return fixed_handle<32>();
     case 64:
-      return kThreads * rows_per_thread<64>();
+      return fixed_handle<64>();
     default:
-      return kThreads;  // the dynamic-dimension kernel: one row per thread
+      break;
   }
-}
-
-int online_splits(const OnlinePass& p, int sm_count) {
-  if (p.B <= 0 || p.n_rows <= 0 || p.n_cols <= 0 || sm_count <= 0) return 1;
-  const std::int64_t rpb = online_rows_per_block(p.dp);
-  const std::int64_t blocks = (p.n_rows + rpb - 1) / rpb * p.B;
-  // ~8 blocks of 128 threads per SM: half occupancy, enough warps to hide the
-  // shared-memory and MUFU latencies at these register counts.
-  const std::int64_t target = 8 * static_cast<std::int64_t>(sm_count);
-  if (blocks >= target) return 1;
-  std::int64_t s = (target + blocks - 1) / blocks;
-  const std::int64_t tiles = (p.n_cols + kTJ - 1) / kTJ;
-  if (s > tiles / 2) s = tiles / 2;  // a split below two tiles costs more than it gains
-  if (s > kMaxSplits) s = kMaxSplits;
-  return s < 2 ? 1 : static_cast<int>(s);
-}
-
-std::size_t online_partials_floats(const OnlinePass& p) {
-  if (p.splits <= 1) return 0;
-  return 2 * static_cast<std::size_t>(p.B) * static_cast<std::size_t>(p.splits) *
-         static_cast<std::size_t>(p.n_rows);
+  if (dp <= 0 || dp % 4 != 0) {
+    throw InvalidArgument(fmt::format(
+        "online_half_step_handle: padded dimension dp={} must be a power of two up to 64 or a "
+        "multiple of 4",
+        dp));
+  }
+  const std::size_t smem = dyn_smem_bytes(dp);
+  // The opt-in must precede the occupancy query, or a tile above 48 KB counts as 0 blocks.
+  prepare_dyn(online_half_step_dyn_kernel<false>, smem);
+  return {reinterpret_cast<const void*>(&online_half_step_dyn_kernel<false>), smem};
 }
 
 void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStream_t stream) {
@@ -576,7 +572,7 @@ void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStr
     prepare_dyn(online_row_stats_kernel<false>, smem);
     online_row_stats_kernel<false><<<row_grid(p), kThreads, smem, stream>>>(p, lse, cost_mean);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream) {
@@ -596,7 +592,7 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
       online_weighted_mean_kernel<false>
           <<<row_grid(p), kThreads, smem, stream>>>(p, mode, k0, kc, out);
     }
-    OTGPU_KERNEL_CHECK(cudaGetLastError());
+    OTGPU_LAUNCH_CHECK();
   }
 }
 
@@ -611,7 +607,7 @@ void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out,
     prepare_dyn(online_sample_kernel<false>, smem);
     online_sample_kernel<false><<<row_grid(p), kThreads, smem, stream>>>(p, seed, out);
   }
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include "otgpu/error.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
 #include "sinkhorn_kernel_util.cuh"
 
 namespace otgpu::kernels {
@@ -47,69 +48,10 @@ using detail::lse2_value;
 using detail::potential_from_lse2;
 using detail::scaled_term;
 
-constexpr int kMaxThreads = 512;
-constexpr int kMaxOnlineDim = 32;
+using geometry::kSmallMaxThreads;
+using geometry::SmallLayout;
+using geometry::SmallVariant;
 constexpr int kChunk = 8;  // scores per rescale of the running sum
-
-/// Shared-memory layout of one block, in floats from the start of dynamic shared
-/// memory; every region starts on a 16-byte boundary (float4 loads of points).
-struct SmallLayout {
-  int threads = 0;
-  int dim = 0;  ///< padded point dimension of the recomputing variant; 0 = cached cost
-  int ld = 0;   ///< row stride of the cached cost (odd: conflict-free rows and columns)
-  int f = 0, g = 0, log_a = 0, log_b = 0, w = 0, ftilde = 0, scratch = 0, red = 0;
-  int x = 0, y = 0, norm_x = 0, norm_y = 0, cost = 0;
-  std::int64_t floats = 0;
-  std::size_t bytes() const { return static_cast<std::size_t>(floats) * sizeof(float); }
-};
-
-std::int64_t align4(std::int64_t v) { return (v + 3) / 4 * 4; }
-
-int threads_for(std::int64_t n, std::int64_t m) {
-  // A power of two, so that the source slices of a pass divide the block evenly.
-  int t = 64;
-  while (t < std::max(n, m) && t < kMaxThreads) t *= 2;
-  return t;
-}
-
-int padded_dim(std::int64_t d) {
-  int p = 1;
-  while (p < d) p *= 2;
-  return p;
-}
-
-SmallLayout make_layout(std::int64_t n, std::int64_t m, int dim, bool cached) {
-  SmallLayout L;
-  L.threads = threads_for(n, m);
-  L.dim = cached ? 0 : dim;
-  L.ld = cached ? static_cast<int>(m | 1) : 0;
-  std::int64_t at = 0;
-  auto take = [&at](std::int64_t count) {
-    const std::int64_t start = at;
-    at += align4(count);
-    return static_cast<int>(start);
-  };
-  L.f = take(n);
-  L.g = take(m);
-  L.log_a = take(n);
-  L.log_b = take(m);
-  L.w = take(std::max(n, m));
-  L.ftilde = take(n);
-  L.scratch = take(2 * std::int64_t{L.threads});  // one Lse2 per thread
-  L.red = take(2 * 33);                           // 33 doubles for the residual sum
-  if (cached) {
-    L.cost = take(n * L.ld);
-  } else {
-    L.x = take(n * dim);
-    L.y = take(m * dim);
-    if (dim >= 8) {
-      L.norm_x = take(n);
-      L.norm_y = take(m);
-    }
-  }
-  L.floats = at;
-  return L;
-}
 
 struct SmallParams {
   const float* X;
@@ -297,12 +239,10 @@ __device__ double block_sum(double v, double* red) {
   return total;
 }
 
-__device__ double lambda_of(double rho, double e) { return isinf(rho) ? 1.0 : rho / (rho + e); }
-
 /// D = 0: cost cached in shared memory (filled from C or from the points);
 /// D > 0: cost recomputed from the points, padded to dimension D.
 template <int D, bool kEuclid>
-__global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams p) {
+__global__ void __launch_bounds__(kSmallMaxThreads) small_sinkhorn_kernel(SmallParams p) {
   extern __shared__ float4 smem_f4[];
   float* smem = reinterpret_cast<float*>(smem_f4);
   const int b = static_cast<int>(blockIdx.x);
@@ -397,7 +337,7 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
   const double eps = p.eps[b];
   const double eps0 = p.eps_init != nullptr ? p.eps_init[b] : 0.0;
   const float eps_f = static_cast<float>(eps);
-  const float lam_a_target = static_cast<float>(lambda_of(p.rho_a, eps));
+  const float lam_a_target = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_a, eps));
   const int t_stop = min(p.t_end, p.max_iter);
 
   bool ftilde_valid = false;  // sFt holds the balanced f-update at (G, eps)
@@ -410,13 +350,12 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
     // running product drifts by an ulp per step, which can move the iteration at
     // which eps_t reaches eps (at_target is an exact comparison) and with it the
     // convergence checks. One double pow per iteration is noise next to 2 n m ex2.
-    const double et =
-        eps0 > 0.0 ? fmax(eps, eps0 * pow(p.eps_decay, static_cast<double>(t))) : eps;
+    const double et = ::otgpu::detail::scheduled_eps(eps, eps0, p.eps_decay, t);
     const bool at_target = et == eps;
     const float e = static_cast<float>(et);
     const float scale = kLog2e / e;
-    const float lam_a = static_cast<float>(lambda_of(p.rho_a, et));
-    const float lam_b = static_cast<float>(lambda_of(p.rho_b, et));
+    const float lam_a = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_a, et));
+    const float lam_b = static_cast<float>(::otgpu::detail::unbalanced_lambda(p.rho_b, et));
 
     // f-update. Right after a check, G and eps are those of the check, so the
     // update is lambda_a times the ftilde already computed.
@@ -439,8 +378,8 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
     // As the CPU reference: checks every check_every iterations at the target eps,
     // and a final measurement when the cap is reached (which decides convergence
     // without checks, or when the cap falls between checks).
-    const bool check = (p.check_every > 0 && (t + 1) % p.check_every == 0 && at_target) ||
-                       t + 1 == p.max_iter;
+    const bool check =
+        (p.check_every > 0 && (t + 1) % p.check_every == 0 && at_target) || t + 1 == p.max_iter;
     if (check) {
       // ftilde at the target eps, then R = sum_i a_i |exp((F_i - lambda_a ftilde_i)/eps) - 1|.
       const float scale_t = kLog2e / eps_f;
@@ -481,39 +420,9 @@ __global__ void __launch_bounds__(kMaxThreads) small_sinkhorn_kernel(SmallParams
 
 // ---- host side --------------------------------------------------------------------
 
-struct Variant {
-  bool cached = false;
-  int dim = 0;
-  SmallLayout layout;
-  bool fits = false;
-};
-
-Variant choose_variant(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
-                       std::size_t limit) {
-  Variant cached_v;
-  cached_v.cached = true;
-  cached_v.layout = make_layout(n, m, 0, true);
-  cached_v.fits = cached_v.layout.bytes() <= limit;
-  if (cost == CostKind::matrix) return cached_v;
-
-  Variant online_v;
-  if (d <= kMaxOnlineDim) {
-    online_v.dim = padded_dim(d);
-    online_v.layout = make_layout(n, m, online_v.dim, false);
-    online_v.fits = online_v.layout.bytes() <= limit;
-  }
-  // With d >= 8 a cached score is one LDS against d FMAs; with d <= 4 recomputing
-  // is cheaper than the non-broadcast LDS and keeps many blocks per SM.
-  if (cached_v.fits && (d >= 8 || !online_v.fits)) return cached_v;
-  if (online_v.fits) return online_v;
-  // Nothing fits: report the smaller need.
-  if (d <= kMaxOnlineDim && online_v.layout.bytes() < cached_v.layout.bytes()) return online_v;
-  return cached_v;
-}
-
 std::size_t smem_limit(int device) {
   int v = 0;
-  OTGPU_KERNEL_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return static_cast<std::size_t>(v);
 }
 
@@ -523,9 +432,11 @@ void check_shape(const char* who, CostKind cost, std::int64_t n, std::int64_t m,
   if (n <= 0 || n > kMaxSide)
     throw InvalidArgument(fmt::format("{}: rows n must be in [1, {}], got {}", who, kMaxSide, n));
   if (m <= 0 || m > kMaxSide)
-    throw InvalidArgument(fmt::format("{}: columns m must be in [1, {}], got {}", who, kMaxSide, m));
+    throw InvalidArgument(
+        fmt::format("{}: columns m must be in [1, {}], got {}", who, kMaxSide, m));
   if (cost != CostKind::matrix && (d <= 0 || d > kMaxSide))
-    throw InvalidArgument(fmt::format("{}: point dimension d must be in [1, {}], got {}", who, kMaxSide, d));
+    throw InvalidArgument(
+        fmt::format("{}: point dimension d must be in [1, {}], got {}", who, kMaxSide, d));
 }
 
 template <int D, bool kEuclid>
@@ -537,22 +448,28 @@ void launch(const SmallParams& p, unsigned blocks, std::size_t limit, cudaStream
   // launching a larger problem between our set and its launch. Always the device
   // limit (bytes <= limit was checked), so concurrent launchers agree. The
   // attribute caps the size only; occupancy follows the launch's own size.
-  OTGPU_KERNEL_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(limit)));
+  OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(limit)));
   kernel<<<blocks, static_cast<unsigned>(p.layout.threads), bytes, stream>>>(p);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 template <bool kEuclid>
 void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t limit,
                    cudaStream_t stream) {
   switch (dim) {
-    case 1: return launch<1, kEuclid>(p, blocks, limit, stream);
-    case 2: return launch<2, kEuclid>(p, blocks, limit, stream);
-    case 4: return launch<4, kEuclid>(p, blocks, limit, stream);
-    case 8: return launch<8, kEuclid>(p, blocks, limit, stream);
-    case 16: return launch<16, kEuclid>(p, blocks, limit, stream);
-    case 32: return launch<32, kEuclid>(p, blocks, limit, stream);
+    case 1:
+      return launch<1, kEuclid>(p, blocks, limit, stream);
+    case 2:
+      return launch<2, kEuclid>(p, blocks, limit, stream);
+    case 4:
+      return launch<4, kEuclid>(p, blocks, limit, stream);
+    case 8:
+      return launch<8, kEuclid>(p, blocks, limit, stream);
+    case 16:
+      return launch<16, kEuclid>(p, blocks, limit, stream);
+    case 32:
+      return launch<32, kEuclid>(p, blocks, limit, stream);
     default:
       throw InvalidArgument(fmt::format("small_sinkhorn: no kernel for padded dimension {}", dim));
   }
@@ -560,16 +477,16 @@ void launch_points(const SmallParams& p, int dim, unsigned blocks, std::size_t l
 
 }  // namespace
 
-std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m,
-                                    std::int64_t d, int device) {
+std::size_t small_kernel_smem_bytes(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
+                                    int device) {
   check_shape("small_kernel_smem_bytes", cost, n, m, d);
-  return choose_variant(cost, n, m, d, smem_limit(device)).layout.bytes();
+  return geometry::small_variant(cost != CostKind::matrix, n, m, d, smem_limit(device))
+      .layout.bytes();
 }
 
-bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d,
-                       int device) {
+bool small_kernel_fits(CostKind cost, std::int64_t n, std::int64_t m, std::int64_t d, int device) {
   check_shape("small_kernel_fits", cost, n, m, d);
-  return choose_variant(cost, n, m, d, smem_limit(device)).fits;
+  return geometry::small_variant(cost != CostKind::matrix, n, m, d, smem_limit(device)).fits;
 }
 
 void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
@@ -600,16 +517,17 @@ void small_sinkhorn(const SmallSinkhornArgs& a, cudaStream_t stream) {
     throw InvalidArgument(fmt::format("{}: iteration range [t_begin, t_end) = [{}, {}) is invalid",
                                       who, a.t_begin, a.t_end));
   if (!(a.eps_decay > 0.0) || !std::isfinite(a.eps_decay))
-    throw InvalidArgument(fmt::format("{}: eps_decay must be finite and > 0, got {}", who, a.eps_decay));
+    throw InvalidArgument(
+        fmt::format("{}: eps_decay must be finite and > 0, got {}", who, a.eps_decay));
   if (!(a.rho_a > 0.0))
     throw InvalidArgument(fmt::format("{}: rho_a must be > 0 (or +inf), got {}", who, a.rho_a));
   if (!(a.rho_b > 0.0))
     throw InvalidArgument(fmt::format("{}: rho_b must be > 0 (or +inf), got {}", who, a.rho_b));
 
   int device = 0;
-  OTGPU_KERNEL_CHECK(cudaGetDevice(&device));
+  OTGPU_CUDA_CHECK(cudaGetDevice(&device));
   const std::size_t limit = smem_limit(device);
-  const Variant v = choose_variant(a.cost, a.n, a.m, a.d, limit);
+  const SmallVariant v = geometry::small_variant(a.cost != CostKind::matrix, a.n, a.m, a.d, limit);
   if (!v.fits)
     throw InvalidArgument(fmt::format(
         "{}: problem n={} m={} d={} needs {} bytes of shared memory per block, device {} allows {}"

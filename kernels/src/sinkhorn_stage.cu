@@ -148,10 +148,10 @@ __global__ void eps_table_kernel(const double* __restrict__ mean_cost, double ep
   const double scale = mean_cost != nullptr ? mean_cost[b] : 1.0;
   const double e = eps * scale, e0 = eps_init * scale;
   for (int t = 0; t <= K; ++t) {
-    const double et = eps_init > 0 ? fmax(e, e0 * pow(decay, static_cast<double>(t))) : e;
+    const double et = ::otgpu::detail::scheduled_eps(e, e0, decay, t);
     eps_tab[t * B + b] = static_cast<float>(et);
-    lam_a[t * B + b] = static_cast<float>(isinf(rho_a) ? 1.0 : rho_a / (rho_a + et));
-    lam_b[t * B + b] = static_cast<float>(isinf(rho_b) ? 1.0 : rho_b / (rho_b + et));
+    lam_a[t * B + b] = static_cast<float>(::otgpu::detail::unbalanced_lambda(rho_a, et));
+    lam_b[t * B + b] = static_cast<float>(::otgpu::detail::unbalanced_lambda(rho_b, et));
   }
   if (target_eps != nullptr) target_eps[b] = static_cast<float>(e);
   if (init_eps != nullptr) init_eps[b] = static_cast<float>(eps_init > 0 ? e0 : 0.0);
@@ -186,52 +186,52 @@ void check_batch(std::int64_t B, const char* what) {
 void fill_ints(int* p, int value, std::int64_t count, cudaStream_t stream) {
   if (count <= 0) return;
   fill_ints_kernel<<<grid_for(count), kBlock, 0, stream>>>(p, value, count);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void copy_column(const double* src4, int k, double* out, std::int64_t B, cudaStream_t stream) {
   if (out == nullptr || B <= 0) return;
   copy_column_kernel<<<grid_for(B), kBlock, 0, stream>>>(src4, k, out, B);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void stage_points(const StridedSource& src, std::int64_t B, std::int64_t rows, std::int64_t d,
                   int dp, float* dst, cudaStream_t stream) {
   check_batch(B, "stage_points");
   stage_points_kernel<<<grid_for(B * rows * dp), kBlock, 0, stream>>>(src, B, rows, d, dp, dst);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void center_points(float* X, float* Y, double* center, std::int64_t B, std::int64_t n,
                    std::int64_t m, int dp, cudaStream_t stream) {
   check_batch(B, "center_points");
   mean_rows_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(Y, center, m, dp);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   subtract_center_kernel<<<grid_for(B * n * dp), kBlock, 0, stream>>>(X, center, B, n, dp);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
   subtract_center_kernel<<<grid_for(B * m * dp), kBlock, 0, stream>>>(Y, center, B, m, dp);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void stage_weights(const StridedSource& src, std::int64_t B, std::int64_t len, double* w,
                    float* logw, cudaStream_t stream) {
   check_batch(B, "stage_weights");
   stage_weights_kernel<<<grid_for(B * len), kBlock, 0, stream>>>(src, B, len, w, logw);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void balance_weights(const double* a, double* b, float* logB, std::int64_t B, std::int64_t n,
                      std::int64_t m, cudaStream_t stream) {
   check_batch(B, "balance_weights");
   balance_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(a, b, logB, n, m);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void mean_sqeuclidean_cost(const float* X, const float* Y, double* out, std::int64_t B,
                            std::int64_t n, std::int64_t m, int dp, cudaStream_t stream) {
   check_batch(B, "mean_sqeuclidean_cost");
   mean_sq_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(X, Y, out, n, m, dp);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 void make_eps_tables(const double* mean_cost, double eps, double eps_init, double decay,
@@ -242,7 +242,7 @@ void make_eps_tables(const double* mean_cost, double eps, double eps_init, doubl
   eps_table_kernel<<<grid_for(B), kBlock, 0, stream>>>(mean_cost, eps, eps_init, decay, rho_a,
                                                        rho_b, K, eps_tab, lam_a_tab, lam_b_tab,
                                                        target_eps, init_eps, B);
-  OTGPU_KERNEL_CHECK(cudaGetLastError());
+  OTGPU_LAUNCH_CHECK();
 }
 
 }  // namespace otgpu::kernels

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gaussian_test_util.h"
@@ -16,6 +17,9 @@
 
 #ifdef OTGPU_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda/gpu_context_impl.h"
+#include "otgpu/device.h"
 #endif
 
 namespace {
@@ -199,6 +203,106 @@ TEST(GaussianGpu, DeviceMemoryInputsMatchHostInputs) {
   (void)cudaFree(ds1);
   (void)cudaFree(dm2);
   (void)cudaFree(ds2);
+}
+
+TEST(GaussianGpu, ContextMatchesCpuAndAllocatesOnce) {
+  SKIP_WITHOUT_GPU();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  {
+    otgpu::GpuContext ctx(0, stream);
+    // d = 8: syevjBatched; d = 40: one Xsyevd per matrix.
+    for (const std::int64_t d : {8, 40}) {
+      std::int64_t allocations = -1;
+      for (int rep = 0; rep < 2; ++rep) {
+        const Data data = make_data(5, d, true, rep == 0, 700 + static_cast<unsigned>(d) + rep);
+        const auto cpu =
+            otgpu::gaussian_ot(data.source(), data.target(), options_for(Backend::cpu, 0.3, true));
+        const auto gpu = otgpu::gaussian_ot(ctx, data.source(), data.target(),
+                                            options_for(Backend::automatic, 0.3, true));
+        ASSERT_EQ(gpu.backend, Backend::cuda);
+        const double tol = 1e-9 * data.trace_scale;
+        for (std::size_t k = 0; k < cpu.w2_squared.size(); ++k) {
+          EXPECT_NEAR(gpu.w2_squared[k], cpu.w2_squared[k], tol) << "pair " << k << " d " << d;
+          EXPECT_NEAR(gpu.entropic[k], cpu.entropic[k], tol + 1e-12 * std::fabs(cpu.entropic[k]));
+        }
+        EXPECT_LT(otgpu_test::max_abs_diff(gpu.map_matrix, cpu.map_matrix),
+                  1e-8 * otgpu_test::max_abs(cpu.map_matrix));
+        // rep 0 (batched target) sizes the workspace and the staging memory; rep 1
+        // (shared target) needs less of both: it allocates nothing.
+        if (rep == 0) allocations = ctx.impl().allocations();
+        if (rep == 1) {
+          EXPECT_EQ(ctx.impl().allocations(), allocations) << "d " << d;
+        }
+      }
+    }
+    EXPECT_THROW(otgpu::gaussian_ot(ctx, make_data(1, 2, false, false, 1).source(),
+                                    make_data(1, 2, false, false, 2).target(),
+                                    options_for(Backend::cpu, 0.0, false)),
+                 otgpu::InvalidArgument);
+  }
+  (void)cudaStreamDestroy(stream);
+}
+
+TEST(GaussianGpu, HostStridedFloatInputsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  // Covariances in f32 read with stride 2 out of an interleaved buffer (raw copy to
+  // the device, gathered and symmetrized there); both backends read the same floats.
+  const Data data = make_data(4, 6, true, true, 811);
+  const std::int64_t B = data.B, d = data.d;
+  std::vector<float> s1f(2 * data.s1.size()), s2f(data.s2.begin(), data.s2.end());
+  for (std::size_t k = 0; k < data.s1.size(); ++k) s1f[2 * k] = static_cast<float>(data.s1[k]);
+  // f32 rounding breaks symmetry by ~1e-7 relative at most: within the tolerance.
+  TensorView s1v = TensorView::host(s1f.data(), {B, d, d});
+  s1v.strides = {2 * d * d, 2 * d, 2};
+  const GaussianBatch src{TensorView::host(data.m1.data(), {B, d}), s1v};
+  const GaussianBatch tgt{TensorView::host(data.m2.data(), {B, d}),
+                          TensorView::host(s2f.data(), {B, d, d})};
+  const auto cpu = otgpu::gaussian_ot(src, tgt, options_for(Backend::cpu, 0.0, true));
+  const auto gpu = otgpu::gaussian_ot(src, tgt, options_for(Backend::cuda, 0.0, true));
+  for (std::size_t k = 0; k < cpu.w2_squared.size(); ++k) {
+    EXPECT_NEAR(gpu.w2_squared[k], cpu.w2_squared[k], 1e-9 * data.trace_scale) << "pair " << k;
+  }
+  EXPECT_LT(otgpu_test::max_abs_diff(gpu.map_matrix, cpu.map_matrix),
+            1e-8 * otgpu_test::max_abs(cpu.map_matrix));
+}
+
+TEST(GaussianGpu, DeviceValuesAreValidatedThroughTheContext) {
+  SKIP_WITHOUT_GPU();
+  const Data data = make_data(3, 3, true, true, 901);
+  std::vector<double> s1 = data.s1;
+  s1[9 + 4] = std::nan("");  // pair 1, element [1, 1]
+  double *dm = nullptr, *ds = nullptr;
+  ASSERT_EQ(cudaMalloc(&dm, data.m1.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&ds, s1.size() * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dm, data.m1.data(), data.m1.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(ds, s1.data(), s1.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  const GaussianBatch src{TensorView::device(dm, {3, 3}), TensorView::device(ds, {3, 3, 3})};
+  otgpu::GpuContext ctx(0);
+  try {
+    (void)otgpu::gaussian_ot(ctx, src, src, options_for(Backend::cuda, 0.0, false));
+    ADD_FAILURE() << "a NaN in device memory was not reported";
+  } catch (const otgpu::NonFiniteInput& e) {
+    EXPECT_NE(std::string(e.what()).find("source.cov of pair 1: element [1, 1]"), std::string::npos)
+        << e.what();
+  }
+  // A negative eigenvalue well beyond the tolerance: -diag(1, 1, 1) for pair 2.
+  s1 = data.s1;
+  for (int k = 0; k < 9; ++k) s1[18 + k] = (k % 4 == 0) ? -1.0 : 0.0;
+  ASSERT_EQ(cudaMemcpy(ds, s1.data(), s1.size() * sizeof(double), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  try {
+    (void)otgpu::gaussian_ot(ctx, src, src, options_for(Backend::cuda, 0.0, false));
+    ADD_FAILURE() << "a non-PSD covariance in device memory was not reported";
+  } catch (const otgpu::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("source.cov of pair 2 is not positive semi-definite"),
+              std::string::npos)
+        << e.what();
+  }
+  (void)cudaFree(dm);
+  (void)cudaFree(ds);
 }
 #endif
 

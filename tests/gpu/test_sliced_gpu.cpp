@@ -2,6 +2,7 @@
 // the same seed; fp32 projections on the GPU, fp64 on the CPU).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -12,6 +13,9 @@
 
 #ifdef OTGPU_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda/gpu_context_impl.h"
+#include "otgpu/device.h"
 #endif
 
 namespace {
@@ -328,6 +332,145 @@ TEST(SlicedGpu, DeviceMemoryFloatZeroCopyAndStrided) {
   cudaFree(dyp);
   cudaFree(dap);
   cudaFree(dbp);
+}
+
+TEST(SlicedGpu, HostDoubleStridedInputsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  // Host views the kernels cannot read as they are: f64 points read with stride 2
+  // out of an interleaved buffer, f32 weights with stride 3. They are copied raw
+  // (strides and all) to the device and laid out there.
+  const std::int64_t B = 2, n = 301, m = 177, d = 5;
+  const auto x = uniform_vec(static_cast<std::size_t>(2 * B * n * d), 31);
+  const auto y = uniform_vec(static_cast<std::size_t>(B * m * d), 32, -0.5, 1.5);
+  const auto a = uniform_vec(static_cast<std::size_t>(3 * n), 33, 0.1, 1.0);
+  const std::vector<float> af(a.begin(), a.end());
+  SlicedProblem pr;
+  pr.x = TensorView::host(x.data(), {B, n, d});
+  pr.x.strides = {2 * n * d, 2 * d, 2};
+  pr.y = TensorView::host(y.data(), {B, m, d});
+  pr.a = TensorView::host(af.data(), {n});
+  pr.a.strides = {3, 0, 0};
+  SlicedOptions o;
+  o.projections = 13;
+  o.seed = 9;
+  o.gradients = true;
+  o.backend = Backend::cpu;
+  const auto c = otgpu::sliced_wasserstein(pr, o);
+  o.backend = Backend::cuda;
+  const auto g = otgpu::sliced_wasserstein(pr, o);
+  ASSERT_EQ(g.per_direction.size(), c.per_direction.size());
+  for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
+    EXPECT_NEAR(g.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k]) << "term " << k;
+  }
+  EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
+  EXPECT_LT(rel_l2(g.grad_y, c.grad_y), 2e-3);
+}
+
+TEST(SlicedGpu, ContextStreamOrderingAndNoAllocationAfterFirstCall) {
+  SKIP_WITHOUT_GPU();
+  const std::int64_t B = 3, n = 500, m = 400, d = 6;
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  otgpu::GpuContext ctx(0, stream);
+  const auto& rt = ctx.impl();
+
+  auto run = [&](unsigned seed, bool max_sliced) {
+    const auto x = uniform_vec(static_cast<std::size_t>(B * n * d), seed);
+    const auto y = uniform_vec(static_cast<std::size_t>(B * m * d), seed + 1, 0.2, 1.2);
+    const std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+    float *dx = nullptr, *hx = nullptr;
+    ASSERT_EQ(cudaMalloc(&dx, xf.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dx, 0, xf.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMallocHost(&hx, xf.size() * sizeof(float)), cudaSuccess);
+    std::copy(xf.begin(), xf.end(), hx);
+    // x is written on the context's (non-blocking) stream right before the call: the
+    // call must be ordered after that copy, or it reads zeros.
+    ASSERT_EQ(cudaMemcpyAsync(dx, hx, xf.size() * sizeof(float), cudaMemcpyHostToDevice, stream),
+              cudaSuccess);
+    SlicedProblem dp, hp;
+    dp.x = TensorView::device(dx, {B, n, d});
+    hp.x = TensorView::host(xf.data(), {B, n, d});
+    hp.y = TensorView::host(yf.data(), {B, m, d});
+    float* dy = nullptr;
+    ASSERT_EQ(cudaMalloc(&dy, yf.size() * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(dy, yf.data(), yf.size() * sizeof(float), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    dp.y = TensorView::device(dy, {B, m, d});
+    SlicedOptions o;
+    o.projections = 24;
+    o.seed = seed;
+    o.gradients = true;
+    o.max_sliced = max_sliced;
+    o.backend = Backend::cpu;
+    const auto c = otgpu::sliced_wasserstein(hp, o);
+    o.backend = Backend::automatic;
+    o.device = 12345;  // ignored: the context fixes the device
+    const auto g = otgpu::sliced_wasserstein(ctx, dp, o);
+    EXPECT_EQ(g.backend, Backend::cuda);
+    ASSERT_EQ(g.per_direction.size(), c.per_direction.size());
+    for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
+      EXPECT_NEAR(g.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k])
+          << "term " << k;
+    }
+    EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
+    // The same problem from host memory on the same context.
+    o.device = 0;
+    const auto h = otgpu::sliced_wasserstein(ctx, hp, o);
+    EXPECT_EQ(h.per_direction, g.per_direction);
+    (void)cudaFree(dx);
+    (void)cudaFree(dy);
+    (void)cudaFreeHost(hx);
+  };
+  run(5, false);
+  run(6, true);  // max-sliced: a second pass and a second upload through staging
+  const auto allocations = rt.allocations();
+  const auto workspace = ctx.workspace_bytes();
+  EXPECT_GT(allocations, 0);
+  run(7, false);
+  run(8, true);
+  EXPECT_EQ(rt.allocations(), allocations) << "a call of a known size allocated";
+  EXPECT_EQ(ctx.workspace_bytes(), workspace);
+  // backend cpu with a context is refused.
+  SlicedOptions o;
+  o.backend = Backend::cpu;
+  const std::vector<float> p(12, 0.5f);
+  SlicedProblem pr;
+  pr.x = TensorView::host(p.data(), {6, 2});
+  pr.y = TensorView::host(p.data(), {6, 2});
+  EXPECT_THROW(otgpu::sliced_wasserstein(ctx, pr, o), otgpu::InvalidArgument);
+  ctx.synchronize();
+  (void)cudaStreamDestroy(stream);
+}
+
+TEST(SlicedGpu, ContextReleasesItsMemory) {
+  SKIP_WITHOUT_GPU();
+  // A problem whose workspace is hundreds of MiB: held while the context lives,
+  // returned when it is destroyed.
+  const std::int64_t n = std::int64_t{1} << 20, d = 4;
+  const auto x = uniform_vec(static_cast<std::size_t>(n * d), 41);
+  const std::vector<float> xf(x.begin(), x.end());
+  SlicedProblem pr;
+  pr.x = TensorView::host(xf.data(), {n, d});
+  pr.y = TensorView::host(xf.data(), {n, d});
+  SlicedOptions o;
+  o.projections = 16;
+  std::size_t free0 = 0, free1 = 0, free2 = 0, total = 0;
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+  std::size_t held = 0;
+  {
+    otgpu::GpuContext ctx(0);
+    const auto r = otgpu::sliced_wasserstein(ctx, pr, o);
+    EXPECT_NEAR(r.value[0], 0.0, 1e-12);  // x against itself
+    held = ctx.workspace_bytes();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(cudaMemGetInfo(&free2, &total), cudaSuccess);
+  EXPECT_GT(held, std::size_t{256} << 20);
+  EXPECT_LT(free1 + held / 2, free0) << "the workspace is not held by the context";
+  EXPECT_GT(free2 + (std::size_t{128} << 20), free0) << "the workspace outlived the context";
 }
 #endif
 

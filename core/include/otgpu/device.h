@@ -7,11 +7,23 @@
 //   otgpu::sinkhorn_async(ctx, problem, options, out); // returns at once
 //
 // Plain C++: the stream is passed as void* (a cudaStream_t); no CUDA header here.
+//
+// Stream semantics. Every call taking a GpuContext queues its work on ctx's stream,
+// in order, after whatever the caller queued there before the call: inputs in device
+// memory may be written by the caller's kernels or copies on that stream right before
+// the call. The synchronous calls (sinkhorn, barycentric_map, gradient_x,
+// sample_partners with a context, and the ones of otgpu/sinkhorn.h without one, which
+// use a cached per-thread context on the device's legacy default stream, ordered after
+// the work of every blocking stream) wait for their work before they return; the
+// *_async calls return at once. Contexts reuse their workspace and pinned staging
+// memory: after the first call of a size no call allocates, creates a stream or a
+// handle (batches above 65,535 problems run in chunks of at most that many).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "otgpu/sinkhorn.h"
 
@@ -30,8 +42,10 @@ class GpuContext {
 
   int device() const noexcept;
   void* stream() const noexcept;
-  /// Later calls are ordered on this stream.
-  void set_stream(void* stream) noexcept;
+  /// Later calls are ordered on this stream. Safe while work is in flight: the new
+  /// stream waits (on the device, no host sync) for the work queued on the old one, so
+  /// new calls never overwrite workspace the old calls still read.
+  void set_stream(void* stream);
   /// Current workspace size in bytes.
   std::size_t workspace_bytes() const noexcept;
   /// Grows the workspace to at least `bytes` now (synchronizes the device if it
@@ -39,6 +53,9 @@ class GpuContext {
   void reserve(std::size_t bytes);
   /// Blocks until all work queued on the context's stream has finished.
   void synchronize() const;
+  /// Allocations (workspace and pinned growths) and handle creations made by the
+  /// context so far: after the first call of a size, repeated calls add none.
+  std::int64_t allocations() const noexcept;
 
   struct Impl;
   Impl& impl() noexcept { return *impl_; }
@@ -46,6 +63,25 @@ class GpuContext {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+/// The synchronous solve of otgpu/sinkhorn.h on ctx's device and stream (backend cuda;
+/// options.backend and options.device are ignored). Views may be in host memory
+/// (copied raw into the context's pinned staging memory, then staged on the device by
+/// the same kernels as device views) or device memory (read on ctx's stream, after the
+/// caller's earlier work there). The result keeps the staged problem (result.state)
+/// for the derived outputs below.
+SinkhornResult sinkhorn(GpuContext& ctx, const SinkhornProblem& problem,
+                        const SinkhornOptions& options = {});
+
+/// The derived outputs of otgpu/sinkhorn.h, on ctx's stream (result must come from the
+/// CUDA backend). With result.state from a solve of the same problem they reuse the
+/// staged problem and the potentials on the device; else they stage it again.
+std::vector<double> barycentric_map(GpuContext& ctx, const SinkhornProblem& problem,
+                                    const SinkhornResult& result);
+std::vector<double> gradient_x(GpuContext& ctx, const SinkhornProblem& problem,
+                               const SinkhornResult& result);
+std::vector<std::int64_t> sample_partners(GpuContext& ctx, const SinkhornProblem& problem,
+                                          const SinkhornResult& result, std::uint64_t seed);
 
 /// Caller-owned device buffers that sinkhorn_async writes (fp32 potentials; the
 /// per-problem report arrays are optional: nullptr skips them).

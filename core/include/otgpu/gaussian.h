@@ -31,6 +31,8 @@
 
 namespace otgpu {
 
+class GpuContext;  // otgpu/device.h
+
 /// A batch of Gaussians. mean is [d] or [B, d]; cov is [d, d] or [B, d, d], symmetric
 /// positive semi-definite. A rank-lower tensor (no batch dimension) is shared by every
 /// pair, so one source can be compared with B targets, or B means can share one
@@ -69,5 +71,15 @@ struct GaussianOTResult {
 /// finite) and DeviceUnavailable when `backend = cuda` cannot run.
 GaussianOTResult gaussian_ot(const GaussianBatch& source, const GaussianBatch& target,
                              const GaussianOTOptions& options = {});
+
+/// The same on the GPU of `ctx` (otgpu/device.h), ordered on its stream after the
+/// work queued there before the call, with the context's workspace, pinned staging
+/// memory and cuBLAS / cuSOLVER handles: after the first call of a size, a call
+/// allocates nothing. options.device is ignored (the context fixes the device);
+/// options.backend must be automatic or cuda. Synchronous: returns when the results
+/// are on the host. (The call without a context uses a cached context per host
+/// thread and device, on the legacy default stream.)
+GaussianOTResult gaussian_ot(GpuContext& ctx, const GaussianBatch& source,
+                             const GaussianBatch& target, const GaussianOTOptions& options = {});
 
 }  // namespace otgpu

@@ -1,6 +1,6 @@
 // Entropic optimal transport by log-domain Sinkhorn, batched, on the CPU or GPU.
 //
-// Conventions (one everywhere, see DESIGN.md):
+// Conventions (one everywhere, see docs/design.md):
 //   mu = sum_i a_i delta_{x_i}, nu = sum_j b_j delta_{y_j}, C_ij = c(x_i, y_j)
 //   P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
 //   f_i <- -lambda_a eps LSE_j(log b_j + (g_j - C_ij)/eps),  lambda_a = rho_a/(rho_a+eps)
@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "otgpu/types.h"
@@ -160,6 +161,15 @@ struct SinkhornResult {
   double tol = 0;  ///< the tolerance that was used (kAuto resolved)
   double time_ms = 0;
   bool cancelled = false;  ///< the progress callback returned false
+  /// Opaque state the solve keeps for the derived outputs of the same problem (CUDA
+  /// backend: the staged fp32 problem, the potentials and eps in a device allocation
+  /// of its own, about 4 (B n d' + B m d') + 12 (B n + B m) bytes, d' = d padded, or
+  /// 4 B n m for a cost matrix; freed when the last copy of the result dies). The
+  /// derived outputs use it when they are given the same problem (same data pointers,
+  /// shapes and strides; the data must not have changed) and then read the potentials
+  /// from it, not from f and g. Reset it to release the memory early; without it the
+  /// derived outputs stage the problem again. Null on the CPU backend.
+  std::shared_ptr<const void> state;
 };
 
 /// Solves the batch. Throws InvalidArgument/ShapeError/DTypeError/NonFiniteInput on
@@ -196,5 +206,25 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
 
 /// True when the library was built with CUDA and at least one device is usable.
 bool cuda_available() noexcept;
+
+/// The debiased divergence from an existing (x, y) solve `xy` of `problem` with
+/// `options`: only the two self terms OT_eps(a,a) and OT_eps(b,b) are solved (2 B
+/// solves), with the absolute eps xy reports per problem. Throws ShapeError when xy
+/// does not belong to the problem. The overload above solves (x, y) once, then calls
+/// this one.
+std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const SinkhornResult& xy,
+                                        const SinkhornOptions& options = {});
+
+// Stream semantics of the synchronous calls on the CUDA backend: their work is queued
+// on the legacy default stream of the device (the GpuContext overloads in
+// otgpu/device.h: on the context's stream), after whatever the caller queued there
+// before (inputs in device memory may be written by the caller's kernels right before
+// the call), and they return once it has completed.
+
+namespace detail {
+/// Number of Sinkhorn solves run in this process so far (every otgpu::sinkhorn call
+/// that reached a backend, the ones sinkhorn_divergence makes included), for tests.
+std::int64_t solve_count() noexcept;
+}  // namespace detail
 
 }  // namespace otgpu

@@ -1,7 +1,7 @@
 // Exact one-dimensional optimal transport and sliced Wasserstein distances,
 // batched, on the CPU or the GPU.
 //
-// Conventions (one everywhere, see DESIGN.md):
+// Conventions (one everywhere, see docs/design.md):
 //   mu = sum_i a_i delta_{x_i}, nu = sum_j b_j delta_{y_j}, ground cost |u - v|^p.
 //   Balanced 1-D OT needs equal masses: both measures are normalized to probability
 //   measures (a / sum a, b / sum b), as POT's wasserstein_1d does. Weights may be
@@ -20,6 +20,8 @@
 #include "otgpu/types.h"
 
 namespace otgpu {
+
+class GpuContext;  // otgpu/device.h
 
 /// One transported piece of a 1-D coupling: mass moved from x_i to y_j (i, j are
 /// the caller's indices, not sorted ranks).
@@ -121,10 +123,20 @@ struct SlicedResult {
 /// Computes the sliced (or max-sliced) Wasserstein distance of each problem of the
 /// batch. Throws InvalidArgument / ShapeError / DTypeError / NonFiniteInput on bad
 /// input and DeviceUnavailable when `backend = cuda` cannot run. Backend::automatic
-/// uses CUDA when a device is present, else the CPU. The CUDA path runs on a
-/// blocking stream of its own (so it is ordered after work queued on the legacy
-/// default stream) and returns synchronized: results are host vectors.
+/// uses CUDA when a device is present, else the CPU. The CUDA path runs on the
+/// calling thread's cached context of options.device, on the legacy default stream
+/// (so it is ordered after work queued on the device's blocking streams), and returns
+/// synchronized: results are host vectors.
 SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOptions& options = {});
+
+/// The same on the GPU of `ctx` (otgpu/device.h), ordered on its stream after the
+/// work queued there before the call (device inputs may be written by the caller's
+/// kernels right before it), with the context's workspace, pinned staging memory and
+/// cuBLAS handle: after the first call of a size, a call allocates nothing.
+/// options.device is ignored (the context fixes the device); options.backend must
+/// be automatic or cuda. Synchronous: returns when the results are on the host.
+SlicedResult sliced_wasserstein(GpuContext& ctx, const SlicedProblem& problem,
+                                const SlicedOptions& options = {});
 
 /// The L random unit directions sliced_wasserstein draws for (d, seed), [d, L]
 /// row-major (column l is theta_l), computed on the host.

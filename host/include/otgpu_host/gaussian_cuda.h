@@ -1,23 +1,27 @@
 // The CUDA Gaussian OT path as seen by the dispatch layer. Implemented in
-// host/src/cuda/gaussian_cuda.cu when the build has CUDA, and by
+// host/src/cuda/gaussian_cuda.cpp when the build has CUDA, and by
 // host/src/gaussian_cuda_stub.cpp otherwise (DeviceUnavailable). Never includes a
 // CUDA header.
 #pragma once
 
-#include <vector>
-
-#include "gaussian_pairs.h"
+#include "gaussian_validate.h"
 #include "otgpu/gaussian.h"
+
+namespace otgpu {
+class GpuContext;
+}
 
 namespace otgpu::cuda_backend {
 
-/// Closed-form Gaussian OT of every validated pair on options.device, in float64
-/// (cuSOLVER eigen-decompositions, cuBLAS products). Synchronous: returns host
-/// vectors. Fills everything but time_ms.
-GaussianOTResult gaussian_ot(const detail::GaussianPairs& pairs, const GaussianOTOptions& options);
-
-/// The elements of a device-memory view (rank 1..3, any strides, f32/f64) as a
-/// contiguous C-order float64 host vector, so that the validation can read them.
-std::vector<double> download_as_double(const TensorView& view, int device);
+/// Closed-form Gaussian OT of every pair in float64 (cuSOLVER eigen-decompositions,
+/// cuBLAS products) on ctx's device and stream, or, when ctx is null, on the calling
+/// thread's cached context of options.device. `shape` comes from
+/// detail::validate_gaussian_shapes; the element values are checked here
+/// (detail::validate_gaussian_values; device views are read back through the
+/// context's pinned staging memory once). Synchronous: returns host vectors, with
+/// time_ms measured from the end of the validation.
+GaussianOTResult gaussian_ot(GpuContext* ctx, const GaussianBatch& source,
+                             const GaussianBatch& target, const detail::GaussianShape& shape,
+                             const GaussianOTOptions& options);
 
 }  // namespace otgpu::cuda_backend

@@ -33,19 +33,22 @@ struct OnlinePass {
   /// own blocks into a partial base-2 (max, sum) per row, then merged (flash-decoding)
   /// so that short row ranges still fill the GPU. splits > 1 needs `partials`.
   int splits = 1;
-  float* partials = nullptr;  ///< [B, splits, n_rows] float2 pairs (online_partials_floats)
+  float* partials = nullptr;  ///< [B, splits, n_rows] float2 pairs
+                              ///< (geometry::online_partials_floats)
 };
 
-/// Rows one block of the half-step owns for padded dimension dp.
-std::int64_t online_rows_per_block(int dp);
-
-/// Column splits for a half-step on a device with `sm_count` SMs: enough blocks for
-/// about 8 per SM (1 when the row blocks alone do), each split at least two column
-/// tiles long. A pure function of the shape, so the driver can size `partials`.
-int online_splits(const OnlinePass& p, int sm_count);
-
-/// Floats of `partials` a half-step with p.splits needs (0 when p.splits == 1).
-std::size_t online_partials_floats(const OnlinePass& p);
+/// The compiled half-step kernel a launch with padded dimension dp runs (the
+/// sqeuclidean instance; the euclidean one differs by a sqrt per pair) and the dynamic
+/// shared memory it launches with: what the host planner's occupancy query
+/// (cudaOccupancyMaxActiveBlocksPerMultiprocessor, geometry::kOnlineThreads threads)
+/// needs. Rows per block, tiles and split spans are in sinkhorn_geometry.h; the split
+/// count is the host planner's (otgpu_host/planner.h). Opts the dynamic-dimension
+/// kernel in to its shared memory; throws InvalidArgument when dp cannot be launched.
+struct OnlineKernelHandle {
+  const void* function = nullptr;
+  std::size_t dynamic_smem = 0;
+};
+OnlineKernelHandle online_half_step_handle(int dp);
 
 /// Half-step: out[b,i] = -lambda[b] eps[b] LSE_j(col_logw_j + (col_pot_j - C_ij)/eps[b]).
 /// lambda == nullptr means 1 (the balanced update, used for the residual).

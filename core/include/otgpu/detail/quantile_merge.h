@@ -1,5 +1,5 @@
 // Exact 1-D optimal transport by merging two quantile functions, shared verbatim by
-// the CPU reference and the CUDA kernels (DESIGN.md: "1D quantile merge").
+// the CPU reference and the CUDA kernels (docs/design.md: "1-D OT and sliced Wasserstein").
 //
 // Inputs are the two sorted supports u_0 <= ... <= u_{n-1}, v_0 <= ... <= v_{m-1}
 // and their normalized cumulative weights ca(i) = (a_0 + ... + a_i) / sum(a) (so

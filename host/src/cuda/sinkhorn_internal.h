@@ -1,0 +1,358 @@
+// Internal to the CUDA Sinkhorn backend: the device-side layout of one solve and the
+// functions the backend's translation units share (plan, staging, loop, solve,
+// context). Not installed.
+//
+// Flow of one solve: the inputs are staged into the canonical fp32 layout on the
+// device (points padded to dp coordinates and centered on the mean of y, costs being
+// translation invariant; weights in double and log form), the planner picks one of
+// three kernels:
+//   - small: n, m <= 512 and the problem fits in shared memory: one block per
+//     problem runs the whole loop (sinkhorn_small.cu);
+//   - dense: a cost matrix was given (sinkhorn_dense.cu);
+//   - online: point clouds, C recomputed on the fly (sinkhorn_online.cu).
+// The online/dense loop never synchronizes per iteration: every check_every
+// iterations a device kernel measures the residual, retires converged problems
+// (their blocks exit at once afterwards) and counts the active ones.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gpu_context_impl.h"
+#include "otgpu/detail/sinkhorn_rules.h"
+#include "otgpu/device.h"
+#include "otgpu/error.h"
+#include "otgpu_host/cuda_backend.h"
+#include "otgpu_host/gpu_runtime.h"
+#include "otgpu_host/planner.h"
+#include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/sinkhorn_aux.h"
+#include "otgpu_kernels/sinkhorn_dense.h"
+#include "otgpu_kernels/sinkhorn_geometry.h"
+#include "otgpu_kernels/sinkhorn_loop.h"
+#include "otgpu_kernels/sinkhorn_online.h"
+#include "otgpu_kernels/sinkhorn_small.h"
+#include "otgpu_kernels/sinkhorn_stage.h"
+#include "validate.h"
+
+namespace otgpu::cuda_backend {
+
+// ------------------------------------------------------------ launch limits --
+
+/// Most problems one launch of the online / dense half-steps and of the aux kernels
+/// may carry: the batch is the grid's y axis (gridDim.y <= 65,535 on every device the
+/// backend supports). A larger batch is solved in chunks of at most this many problems
+/// (the planner's batch_chunks); the small kernel puts the batch on x and has no limit.
+constexpr std::int64_t max_batch_per_launch() { return kernels::geometry::kMaxBatchPerLaunch; }
+
+// ------------------------------------------------------------------ resources --
+
+// Every call runs on a runtime::Context (the caller's GpuContext or the thread's
+// cached one): no stream, buffer, pinned memory or event is created per call.
+
+/// Pinned host ints owned by the Context (Context::poll_slots), for lagged reads.
+struct PinnedView {
+  int* p = nullptr;
+  int* get() const { return p; }
+};
+
+/// An event owned by the Context (Context::poll_event).
+struct EventView {
+  cudaEvent_t e = nullptr;
+  cudaEvent_t get() const { return e; }
+};
+
+// ------------------------------------------------------------------- layouts --
+
+/// Non-owning views of the canonical device arrays of one solve.
+struct DeviceSolve {
+  CostKind cost = CostKind::sqeuclidean;
+  std::int64_t B = 0, n = 0, m = 0;
+  int dp = 0;
+  const float *X = nullptr, *Y = nullptr, *C = nullptr;
+  const float *logA = nullptr, *logB = nullptr;
+  const double *a = nullptr, *b = nullptr;
+  float *F = nullptr, *G = nullptr, *Ft = nullptr;
+  int K = 0;  ///< rows 0..K of the eps / lambda tables ([K + 1, B])
+  const float *eps_tab = nullptr, *lam_a_tab = nullptr, *lam_b_tab = nullptr;
+  const float *small_eps = nullptr, *small_eps_init = nullptr;  ///< [B] for the small kernel
+  int *active = nullptr, *iters = nullptr, *count = nullptr;
+  double* res = nullptr;
+  float* small_res = nullptr;
+  int* small_conv = nullptr;
+  void* col_ws = nullptr;
+  std::size_t col_ws_bytes = 0;
+  float *cmean = nullptr, *lse = nullptr, *row_mass = nullptr, *row_cost = nullptr;
+  double* out4 = nullptr;
+  int f_splits = 1, g_splits = 1;  ///< column splits of the f- and g-half-steps (the plan's)
+  float* partials = nullptr;       ///< split partials of the online half-steps
+  std::size_t partials_floats = 0;
+  int* loop = nullptr;  ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
+
+  bool points() const { return cost != CostKind::matrix; }
+  const float* eps_target() const {
+    return eps_tab + static_cast<std::size_t>(K) * static_cast<std::size_t>(B);
+  }
+  const float* lam_a_target() const {
+    return lam_a_tab + static_cast<std::size_t>(K) * static_cast<std::size_t>(B);
+  }
+  kernels::OnlinePass online(bool f_side, const float* eps, const int* act) const {
+    kernels::OnlinePass p;
+    p.cost = cost;
+    p.rows = f_side ? X : Y;
+    p.cols = f_side ? Y : X;
+    p.col_logw = f_side ? logB : logA;
+    p.col_pot = f_side ? G : F;
+    p.eps = eps;
+    p.active = act;
+    p.B = B;
+    p.n_rows = f_side ? n : m;
+    p.n_cols = f_side ? m : n;
+    p.dp = dp;
+    p.splits = f_side ? f_splits : g_splits;
+    p.partials = partials;
+    // Sized by the plan with the same rule; never write past the buffer.
+    if (kernels::geometry::online_partials_floats(p.B, p.n_rows, p.splits) > partials_floats ||
+        partials == nullptr)
+      p.splits = 1;
+    if (p.splits == 1) p.partials = nullptr;
+    return p;
+  }
+};
+
+/// Sizes of the arrays a DeviceSolve points to (the host-canonical path; the device
+/// paths carve planner::layout_workspace).
+struct SolveSizes {
+  std::size_t X = 0, Y = 0, C = 0, nB = 0, mB = 0, B = 0, tab = 0, col_ws = 0, partials = 0;
+  int f_splits = 1, g_splits = 1;
+};
+
+/// Host-side polling of the active count for early exit (the synchronous API).
+struct Poller {
+  PinnedView pinned;  ///< 2 ints (Context::poll_slots)
+  EventView ev[2];
+  int checks = 0;
+};
+
+constexpr std::size_t kAlign = 256;
+
+/// Bump allocator over one device buffer; with base == nullptr it only counts.
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <class T>
+  T* take(std::size_t count) {
+    if (count == 0) return nullptr;
+    off_ = (off_ + kAlign - 1) / kAlign * kAlign;
+    T* p = base_ != nullptr ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+    off_ += count * sizeof(T);
+    return p;
+  }
+  std::size_t used() const { return off_; }
+
+ private:
+  unsigned char* base_;
+  std::size_t off_ = 0;
+};
+
+/// What the driver decided for one call: the planner's answer plus the staging facts.
+struct DevicePlan {
+  detail::SinkhornShape shape;
+  CostKind cost = CostKind::sqeuclidean;
+  int dp = 0;
+  int K = 0;
+  bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
+  planner::Plan plan;       ///< kernel, splits, workspace layout, chunks
+};
+
+/// The arrays of a device-side solve or derived output, carved from one buffer.
+struct Carved {
+  DeviceSolve d;
+  double* center = nullptr;           ///< [B, dp] translation applied to x and y
+  double* mean = nullptr;             ///< [B] mean cost (eps_relative)
+  unsigned long long* bad = nullptr;  ///< [4] first bad flat index: x or cost, y, a, b
+  double* mass = nullptr;             ///< [2B] masses of a, then of b
+  float* T = nullptr;                 ///< [B, n, dp] weighted means (derived outputs)
+  double* ratio = nullptr;            ///< [B] balancing factor of b (derived outputs)
+};
+
+enum class DerivedKind { map, gradient, sample };
+
+// ---------------------------------------------------------- plan (sinkhorn_plan.cpp) --
+
+int padded_dim(std::int64_t d);
+
+/// Number of scaling iterations before eps_t reaches the target (the same for every
+/// problem: relative eps scales eps and eps_init alike).
+int scaling_steps(const SinkhornOptions& o);
+
+/// The small (one block per problem) kernel runs this solve.
+bool small_path(const DeviceSolve& s, int device);
+
+/// The planner's view of `device` (planner::query_device, cached per device; free
+/// memory not queried: allocation failures report it).
+const planner::DeviceProps& device_planner_props(int device);
+
+int device_sm_count(int device);
+
+/// Sizes of the host-canonical path's arrays, with the plan's column splits.
+SolveSizes solve_sizes(CostKind cost, std::int64_t B, std::int64_t n, std::int64_t m, int dp, int K,
+                       bool stage_cost, int device);
+
+DevicePlan plan_device(const SinkhornProblem& problem, const SinkhornOptions& o,
+                       const detail::SinkhornShape& shape, int device, bool solve);
+
+/// Lays out the arrays (or only counts bytes). own_fg: F and G live in the buffer
+/// (else the caller provides them); derived: scratch of the derived outputs.
+Carved carve(Carver& cv, const DevicePlan& pl, bool own_fg, bool derived);
+
+std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
+
+// ---------------------------------------------------------- loop (sinkhorn_loop.cpp) --
+
+/// Enqueues the iterations (the loop of the CPU reference, iteration for iteration):
+/// the eps-scaling prefix up to the first check as plain launches, then check periods
+/// (check_every iterations and the check, the check's f-update reused as the next
+/// F), then the iterations after the last whole period.
+/// With a poller (synchronous API): the periods replay one captured CUDA graph and the
+/// host reads the active count one period late, stopping once it is zero. Without
+/// (stream-ordered API): one conditional WHILE graph runs the periods until the
+/// device finds no active problem; the host never waits. Either falls back to plain
+/// launches (d.loop == nullptr, check_every == 0, no conditional nodes in the driver,
+/// a capture that fails, or OTGPU_LOOP=plain in the environment). The graphs are
+/// cached in `ctx` (nullptr: runtime::thread_context(device)) and re-instantiated
+/// only when the shape or a pointer they bake in changes. planner::last_loop_strategy()
+/// says which ran.
+void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
+                        Poller* poller, runtime::Context* ctx = nullptr);
+
+/// Enqueues the final report at the target eps for every problem (active flags
+/// ignored) into d.out4 [B, 4].
+void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s);
+
+// -------------------------------------------------------- staging (sinkhorn_stage.cpp) --
+//
+// One road for host and device views: host views are copied raw (the bytes they span,
+// any dtype and strides) through the context's pinned staging memory into the
+// workspace, then every view is staged, checked and centered by the same kernels.
+// The device checks also run for host views (already checked for finiteness on the
+// host): one code path, and they catch finite fp64 values outside the fp32 range.
+
+void set_device(int device);
+
+/// Bytes from v.data to the end of the last element v spans (strides >= 0).
+std::size_t view_span_bytes(const TensorView& v);
+
+/// Host bytes to copy to the device in one transfer, each into its own aligned slot of
+/// one device region.
+class RawUpload {
+ public:
+  /// Adds a span; returns its index for device().
+  std::size_t add(const void* host, std::size_t bytes);
+  /// Bytes of the device region (slots aligned to kAlign).
+  std::size_t bytes() const { return total_; }
+  /// Packs the spans into ctx's pinned staging memory and queues one copy to `region`
+  /// (bytes() long) on ctx's stream.
+  void run(runtime::Context& ctx, void* region);
+  /// Device address of span k (after run).
+  const void* device(std::size_t k) const;
+
+ private:
+  struct Span {
+    const void* host;
+    std::size_t bytes, offset;
+  };
+  std::vector<Span> spans_;
+  std::size_t total_ = 0;
+  unsigned char* region_ = nullptr;
+};
+
+/// Adds the host views of `problem` to `up`; device_problem() then gives the problem
+/// with those views pointing at their raw copies (same dtype, shape and strides).
+struct HostViews {
+  std::size_t slot[5] = {0, 0, 0, 0, 0};  ///< x, y, cost, a, b
+  bool host[5] = {false, false, false, false, false};
+};
+HostViews add_host_views(const SinkhornProblem& problem, RawUpload& up);
+SinkhornProblem device_problem(const SinkhornProblem& problem, const HostViews& hv,
+                               const RawUpload& up);
+
+/// dst[k] = float(src[k]) for k < count: fp64 values uploaded raw (warm starts,
+/// potentials and eps of a result) converted on the device.
+void convert_doubles(const void* src, std::int64_t count, float* dst, cudaStream_t s);
+
+kernels::StridedSource source(const TensorView& v);
+
+/// Phase 1: the caller's tensors into the canonical arrays (points padded, not yet
+/// centered; costs copied unless contiguous fp32; weights in double and log form).
+void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, DeviceSolve& d,
+                  cudaStream_t s);
+
+/// Enqueues the data checks on the staged (not yet centered) arrays.
+void enqueue_checks(const DevicePlan& pl, const Carved& c, cudaStream_t s);
+
+/// Phase 2: centers the points (costs are translation invariant) and computes the
+/// mean cost per problem into c.mean when eps is relative.
+void stage_center(const DevicePlan& pl, const Carved& c, bool relative, cudaStream_t s);
+
+/// Phase 3 (solves): balances b, builds the eps / lambda tables, resets the flags.
+void stage_schedule(const SinkhornOptions& o, const DevicePlan& pl, const Carved& c,
+                    cudaStream_t s);
+
+/// Reads the device-side checks back (one synchronization of s) and throws what the
+/// host validation throws for the same data. Returns the mean costs when relative.
+std::vector<double> check_device_inputs(const SinkhornProblem& problem, const DevicePlan& pl,
+                                        const Carved& c, bool balanced, bool relative,
+                                        cudaStream_t s);
+
+/// Starts F and G from the raw fp64 copies of options.f_init / g_init (nullptr: zeros).
+void init_potentials(const void* f_init, const void* g_init, const DeviceSolve& d, cudaStream_t s);
+
+// -------------------------------------------------------- solve (sinkhorn_solve.cpp) --
+
+/// What a synchronous solve keeps for the derived outputs (SinkhornResult::state): per
+/// batch chunk, one stream-ordered device allocation of its own (never the context's
+/// workspace, which the next call reuses) holding the staged problem as solved
+/// (centered fp32 points or the fp32 cost, weights in double and log form with b
+/// rescaled when balanced, the centers), the fp32 potentials and the target eps.
+/// Freed stream-ordered on the legacy default stream when the last result copy dies:
+/// every synchronous call has completed its work by then.
+struct SolveState {
+  SinkhornProblem key;  ///< the views the solve was given (pointers, shapes, strides)
+  int device = 0;
+  struct Chunk {
+    std::int64_t begin = 0, count = 0;
+    void* mem = nullptr;
+    const float *X = nullptr, *Y = nullptr, *C = nullptr, *logA = nullptr, *logB = nullptr;
+    const double *a = nullptr, *b = nullptr, *center = nullptr;
+    const float *F = nullptr, *G = nullptr, *eps = nullptr;
+  };
+  std::vector<Chunk> chunks;
+  SolveState() = default;
+  SolveState(const SolveState&) = delete;
+  SolveState& operator=(const SolveState&) = delete;
+  ~SolveState();
+};
+
+/// The host result from the downloaded arrays; scale[b]: eps of problem b / options.eps.
+SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape& sh,
+                           const std::vector<float>& f, const std::vector<float>& g,
+                           const std::vector<double>& out4, const std::vector<int>& iters,
+                           const std::vector<double>& scale);
+
+/// Enqueues one derived output from staged data (points centered, target eps in row
+/// 0 of the eps table, d.F / d.G set). out: float [B, n, d] (map, gradient) or
+/// int64 [B, n] (sample). ratio: b's balancing factor per problem (nullptr: 1).
+void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, const double* ratio,
+                     std::uint64_t seed, void* out, cudaStream_t s);
+
+}  // namespace otgpu::cuda_backend

@@ -1,0 +1,428 @@
+// The iteration loop of the CUDA Sinkhorn backend: the half-steps, the periodic
+// convergence checks (whose f-update is reused as the next F), the check periods
+// captured once as a CUDA graph (replayed by the synchronous API, looped on the device
+// by a conditional WHILE node for the stream-ordered API) and the final report.
+//
+// Iteration schedule (identical to the CPU reference's, iteration for iteration):
+//   t = 0 .. max_iter-1: F = f-update(G, eps_t, lambda_a), G = g-update(F, eps_t, lambda_b);
+//   a check after iteration t when check_every > 0, (t+1) % check_every == 0 and t >= K.
+// The loop is cut into
+//   prefix  [0, t0): plain launches, ending with the first check (t0 - 1 = t_first);
+//   periods [t0 + p ce, t0 + (p+1) ce), p < P: each starts with F = lambda_a Ft (the
+//           previous check's f-update at the target eps) and ends with a check;
+//   tail    [t0 + P ce, max_iter): fewer than ce iterations, no check.
+#include <cstdlib>
+#include <string_view>
+
+#include "sinkhorn_internal.h"
+
+namespace otgpu::cuda_backend {
+
+namespace {
+
+/// OTGPU_LOOP=plain forces plain launches (tests and the bench's "before" row).
+bool forced_plain() {
+  const char* e = std::getenv("OTGPU_LOOP");
+  return e != nullptr && std::string_view(e) == "plain";
+}
+
+/// One iteration t (f- then g-update) at row min(t, K) of the eps tables. reuse: the
+/// previous iteration ended with a check at the target eps: F = lambda_a Ft.
+void enqueue_iteration(const DeviceSolve& d, int t, bool reuse, cudaStream_t s) {
+  const auto B = static_cast<std::size_t>(d.B);
+  const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
+  const float* e = d.eps_tab + row;
+  const float* la = d.lam_a_tab + row;
+  const float* lb = d.lam_b_tab + row;
+  if (reuse) {
+    kernels::loop_reuse_f(d.Ft, la, d.active, d.F, d.B, d.n, s);
+  } else if (d.points()) {
+    kernels::online_half_step(d.online(true, e, d.active), la, d.F, s);
+  } else {
+    kernels::dense_row_update(d.C, d.logB, d.G, e, la, d.active, d.F, d.B, d.n, d.m, s);
+  }
+  if (d.points()) {
+    kernels::online_half_step(d.online(false, e, d.active), lb, d.G, s);
+  } else {
+    kernels::dense_col_update(d.C, d.logA, d.F, e, lb, d.active, d.G, d.col_ws, d.col_ws_bytes, d.B,
+                              d.n, d.m, s);
+  }
+}
+
+/// The check after an iteration: Ft = the balanced f-update at the target eps, the
+/// residual, retirement and the active count (of iteration state[0] + offset).
+void enqueue_check(const DeviceSolve& d, const SinkhornOptions& o, const int* state, int offset,
+                   cudaStream_t s) {
+  const float* eps_target = d.eps_target();
+  if (d.points()) {
+    kernels::online_half_step(d.online(true, eps_target, d.active), nullptr, d.Ft, s);
+  } else {
+    kernels::dense_row_update(d.C, d.logB, d.G, eps_target, nullptr, d.active, d.Ft, d.B, d.n, d.m,
+                              s);
+  }
+  OTGPU_CUDA_CHECK(cudaMemsetAsync(d.count, 0, sizeof(int), s));
+  kernels::loop_check_residual(d.a, d.F, d.Ft, eps_target, d.lam_a_target(), o.tol, state, offset,
+                               d.active, d.iters, d.res, d.count, d.B, d.n, s);
+}
+
+/// One check period of ce iterations at the target eps, after a check.
+void enqueue_period(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s) {
+  for (int k = 0; k < o.check_every; ++k) enqueue_iteration(d, d.K, k == 0, s);
+  enqueue_check(d, o, d.loop, o.check_every, s);
+}
+
+/// After a check: queues the copy of the active count and reads the previous check's
+/// (one period late, so the GPU never idles). True when that count was zero.
+bool poll(const DeviceSolve& d, Poller* poller, cudaStream_t s) {
+  if (poller == nullptr) return false;
+  const int slot = poller->checks % 2;
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned.get() + slot, d.count, sizeof(int),
+                                   cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaEventRecord(poller->ev[slot].get(), s));
+  bool done = false;
+  if (poller->checks > 0) {
+    const int prev = 1 - slot;
+    OTGPU_CUDA_CHECK(cudaEventSynchronize(poller->ev[prev].get()));
+    // PROGRESS CALLBACK (SinkhornOptions::progress, wired by the lead after the merge):
+    // invoke it here with the lagged active count poller->pinned.get()[prev], the
+    // iteration of that check and the elapsed time; eps is the target eps.
+    done = poller->pinned.get()[prev] == 0;
+  }
+  ++poller->checks;
+  return done;
+}
+
+/// Plain launches of iterations [t_begin, t_end). reuse_first: iteration t_begin
+/// follows a check. Returns true when the poller saw every problem retired.
+bool plain_iterations(const DeviceSolve& d, const SinkhornOptions& o, int t_begin, int t_end,
+                      bool reuse_first, cudaStream_t s, Poller* poller) {
+  bool after_check = reuse_first;
+  for (int t = t_begin; t < t_end; ++t) {
+    enqueue_iteration(d, t, after_check, s);
+    after_check = o.check_every > 0 && (t + 1) % o.check_every == 0 && t >= d.K;
+    if (!after_check) continue;
+    enqueue_check(d, o, nullptr, t + 1, s);
+    if (poll(d, poller, s)) return true;
+  }
+  return false;
+}
+
+// ------------------------------------------------------------------ graphs ----
+
+/// One cached executable graph and what it bakes in.
+struct GraphEntry {
+  std::vector<std::uint64_t> key;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaEvent_t done = nullptr;  ///< recorded after the last launch of exec
+  bool launched = false;
+
+  GraphEntry() = default;
+  GraphEntry(const GraphEntry&) = delete;
+  GraphEntry& operator=(const GraphEntry&) = delete;
+  ~GraphEntry() {
+    if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    if (done != nullptr) (void)cudaEventDestroy(done);
+  }
+};
+
+/// The loop's graphs, kept in the runtime context (Context::loop_cache).
+struct LoopCache final : runtime::Context::Cache {
+  cudaStream_t capture = nullptr;  ///< capture-only stream (the legacy stream cannot capture)
+  GraphEntry period;               ///< one check period (synchronous API)
+  GraphEntry looped;               ///< gate + WHILE(period) (stream-ordered API)
+  ~LoopCache() override {
+    if (capture != nullptr) (void)cudaStreamDestroy(capture);
+  }
+};
+
+LoopCache& loop_cache(runtime::Context& ctx) {
+  auto& slot = ctx.loop_cache();
+  if (!slot) slot = std::make_unique<LoopCache>();
+  auto& cache = static_cast<LoopCache&>(*slot);
+  if (cache.capture == nullptr)
+    OTGPU_CUDA_CHECK(cudaStreamCreateWithFlags(&cache.capture, cudaStreamNonBlocking));
+  return cache;
+}
+
+template <class T>
+std::uint64_t bits(T v) {
+  std::uint64_t out = 0;
+  static_assert(sizeof(T) <= sizeof(out));
+  std::memcpy(&out, &v, sizeof(T));
+  return out;
+}
+
+/// Everything a period graph bakes in: sizes, options, splits and pointers.
+std::vector<std::uint64_t> graph_key(const DeviceSolve& d, const SinkhornOptions& o, int mode,
+                                     int t_limit) {
+  return {bits(mode),        bits(d.B),
+          bits(d.n),         bits(d.m),
+          bits(d.dp),        bits(static_cast<int>(d.cost)),
+          bits(d.K),         bits(o.check_every),
+          bits(o.tol),       bits(t_limit),
+          bits(d.f_splits),  bits(d.g_splits),
+          bits(d.X),         bits(d.Y),
+          bits(d.C),         bits(d.logA),
+          bits(d.logB),      bits(d.a),
+          bits(d.F),         bits(d.G),
+          bits(d.Ft),        bits(d.eps_tab),
+          bits(d.lam_a_tab), bits(d.lam_b_tab),
+          bits(d.active),    bits(d.iters),
+          bits(d.res),       bits(d.count),
+          bits(d.col_ws),    bits(d.col_ws_bytes),
+          bits(d.partials),  bits(d.partials_floats),
+          bits(d.loop)};
+}
+
+/// Records fn's launches on the capture stream into `graph` (nullptr: a new graph,
+/// returned). Ends the capture whatever happens, so the stream is never left capturing.
+template <class Fn>
+cudaGraph_t capture(cudaStream_t cs, cudaGraph_t graph, Fn&& fn) {
+  if (graph != nullptr) {
+    OTGPU_CUDA_CHECK(cudaStreamBeginCaptureToGraph(cs, graph, nullptr, nullptr, 0,
+                                                   cudaStreamCaptureModeThreadLocal));
+  } else {
+    OTGPU_CUDA_CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal));
+  }
+  try {
+    fn(cs);
+  } catch (...) {
+    cudaGraph_t broken = nullptr;
+    (void)cudaStreamEndCapture(cs, &broken);
+    if (graph == nullptr && broken != nullptr) (void)cudaGraphDestroy(broken);
+    (void)cudaGetLastError();
+    throw;
+  }
+  cudaGraph_t out = nullptr;
+  OTGPU_CUDA_CHECK(cudaStreamEndCapture(cs, &out));
+  return out;
+}
+
+/// Makes e.exec run `graph` (whose key is `key`): cudaGraphExecUpdate when allowed
+/// and the topology permits, else a new instantiation once the old one's launches are
+/// done (destroying an executable graph in flight is undefined). Conditional nodes
+/// cannot be updated (their handle belongs to the graph that created it), so the
+/// looped graph passes update = false and a changed key costs one wait for the
+/// previous call's loop.
+void install(GraphEntry& e, cudaGraph_t graph, std::vector<std::uint64_t> key, bool update) {
+  if (e.exec != nullptr && update) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(e.exec, graph, &info) == cudaSuccess) {
+      if (e.graph != nullptr) (void)cudaGraphDestroy(e.graph);
+      e.graph = graph;
+      e.key = std::move(key);
+      return;
+    }
+    (void)cudaGetLastError();
+  }
+  if (e.exec != nullptr) {
+    // The old executable may still run on some stream.
+    if (e.launched) OTGPU_CUDA_CHECK(cudaEventSynchronize(e.done));
+    (void)cudaGraphExecDestroy(e.exec);
+    e.exec = nullptr;
+  }
+  if (e.graph != nullptr) (void)cudaGraphDestroy(e.graph);
+  e.graph = graph;
+  e.key.clear();
+  OTGPU_CUDA_CHECK(cudaGraphInstantiate(&e.exec, graph, 0));
+  if (e.done == nullptr)
+    OTGPU_CUDA_CHECK(cudaEventCreateWithFlags(&e.done, cudaEventDisableTiming));
+  e.launched = false;
+  e.key = std::move(key);
+}
+
+/// The period graph of the synchronous API: one check period, then state += ce.
+GraphEntry& period_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornOptions& o,
+                         int t_limit) {
+  auto key = graph_key(d, o, 0, t_limit);
+  GraphEntry& e = cache.period;
+  if (e.exec != nullptr && e.key == key) return e;
+  cudaGraph_t g = capture(cache.capture, nullptr, [&](cudaStream_t cs) {
+    enqueue_period(d, o, cs);
+    kernels::loop_advance(d.loop, o.check_every, cs);
+  });
+  try {
+    install(e, g, std::move(key), true);
+  } catch (...) {
+    if (e.graph != g) (void)cudaGraphDestroy(g);
+    throw;
+  }
+  return e;
+}
+
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12040
+/// The looped graph of the stream-ordered API: gate -> WHILE { period; gate }.
+GraphEntry& looped_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornOptions& o,
+                         int t_limit) {
+  auto key = graph_key(d, o, 1, t_limit);
+  GraphEntry& e = cache.looped;
+  if (e.exec != nullptr && e.key == key) return e;
+  const int ce = o.check_every;
+  cudaGraph_t parent = nullptr;
+  OTGPU_CUDA_CHECK(cudaGraphCreate(&parent, 0));
+  try {
+    cudaGraphConditionalHandle handle = 0;
+    OTGPU_CUDA_CHECK(cudaGraphConditionalHandleCreate(&handle, parent, 0, 0));
+    // The first gate reads the prefix's check: no period runs when nothing is active.
+    (void)capture(cache.capture, parent, [&](cudaStream_t cs) {
+      kernels::loop_gate(handle, d.loop, 0, ce, d.count, t_limit, cs);
+    });
+    std::size_t count = 0;
+    OTGPU_CUDA_CHECK(cudaGraphGetNodes(parent, nullptr, &count));
+    std::vector<cudaGraphNode_t> roots(count);
+    OTGPU_CUDA_CHECK(cudaGraphGetNodes(parent, roots.data(), &count));
+    cudaGraphNodeParams cp{};
+    cp.type = cudaGraphNodeTypeConditional;
+    cp.conditional.handle = handle;
+    cp.conditional.type = cudaGraphCondTypeWhile;
+    cp.conditional.size = 1;
+    cudaGraphNode_t node = nullptr;
+#if CUDART_VERSION >= 13000
+    OTGPU_CUDA_CHECK(cudaGraphAddNode(&node, parent, roots.data(), nullptr, count, &cp));
+#else  // 12.4 - 12.x: no edge data in cudaGraphAddNode
+    OTGPU_CUDA_CHECK(cudaGraphAddNode(&node, parent, roots.data(), count, &cp));
+#endif
+    cudaGraph_t body = cp.conditional.phGraph_out[0];
+    (void)capture(cache.capture, body, [&](cudaStream_t cs) {
+      enqueue_period(d, o, cs);
+      kernels::loop_gate(handle, d.loop, ce, ce, d.count, t_limit, cs);
+    });
+    install(e, parent, std::move(key), false);
+  } catch (...) {
+    if (e.graph != parent) (void)cudaGraphDestroy(parent);
+    throw;
+  }
+  return e;
+}
+#endif
+
+void launch(GraphEntry& e, cudaStream_t s) {
+  OTGPU_CUDA_CHECK(cudaGraphLaunch(e.exec, s));
+  e.launched = true;
+}
+
+void finish(GraphEntry& e, cudaStream_t s) { OTGPU_CUDA_CHECK(cudaEventRecord(e.done, s)); }
+
+}  // namespace
+
+void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
+                        Poller* poller, runtime::Context* ctx) {
+  if (small_path(d, device)) {
+    kernels::SmallSinkhornArgs args;
+    args.cost = d.cost;
+    args.X = d.X;
+    args.Y = d.Y;
+    args.logA = d.logA;
+    args.logB = d.logB;
+    args.F = d.F;
+    args.G = d.G;
+    args.eps = d.small_eps;
+    args.eps_init = o.eps_init > 0 ? d.small_eps_init : nullptr;
+    args.eps_decay = o.eps_decay;
+    args.rho_a = o.rho_a;
+    args.rho_b = o.rho_b;
+    args.tol = o.tol;
+    args.max_iter = o.max_iter;
+    args.check_every = o.check_every;
+    args.t_begin = 0;
+    args.t_end = o.max_iter;
+    args.active = d.active;
+    args.iterations = d.iters;
+    args.residual = d.small_res;
+    args.converged = d.small_conv;
+    args.B = d.B;
+    args.n = d.n;
+    args.m = d.m;
+    args.d = d.dp;
+    kernels::small_sinkhorn(args, s);
+    planner::set_last_loop_strategy("in-kernel");
+    return;
+  }
+  const int ce = o.check_every;
+  const char* why = nullptr;
+  const planner::LoopSchedule sched = planner::loop_schedule(d.K, ce, o.max_iter);
+  const int t0 = sched.t0, periods = sched.periods;
+  if (ce == 0) {
+    why = "no checks";
+  } else if (periods == 0) {
+    why = "no whole check period";
+  } else if (d.loop == nullptr) {
+    why = "no device loop state";
+  } else if (forced_plain()) {
+    why = "OTGPU_LOOP=plain";
+  } else if (poller == nullptr && !kernels::loop_conditional_supported()) {
+    why = "no conditional graph nodes in this driver";
+  }
+  if (why != nullptr) {
+    (void)plain_iterations(d, o, 0, o.max_iter, false, s, poller);
+    planner::set_last_loop_strategy(std::string("plain: ") + why);
+    return;
+  }
+  runtime::Context& context = ctx != nullptr ? *ctx : runtime::thread_context(device);
+  LoopCache& cache = loop_cache(context);
+  const int t_limit = sched.t_limit;
+
+  // Build the graph first: a capture that fails leaves the plain loop intact.
+  GraphEntry* entry = nullptr;
+  std::string strategy;
+  try {
+    if (poller != nullptr) {
+      entry = &period_graph(cache, d, o, t_limit);
+      strategy = "graph";
+    } else {
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12040
+      entry = &looped_graph(cache, d, o, t_limit);
+      strategy = "conditional-while";
+#endif
+    }
+  } catch (const CudaError& err) {
+    (void)cudaGetLastError();
+    entry = nullptr;
+    strategy = std::string("plain: graph capture failed: ") + err.what();
+  }
+  if (entry == nullptr) {
+    (void)plain_iterations(d, o, 0, o.max_iter, false, s, poller);
+    planner::set_last_loop_strategy(strategy.empty() ? "plain" : strategy);
+    return;
+  }
+
+  if (plain_iterations(d, o, 0, t0, false, s, poller)) {
+    planner::set_last_loop_strategy(strategy);
+    return;
+  }
+  kernels::loop_set_iteration(d.loop, t0, s);
+  bool stopped = false;
+  if (poller != nullptr) {
+    for (int p = 0; p < periods && !stopped; ++p) {
+      launch(*entry, s);
+      stopped = poll(d, poller, s);
+    }
+  } else {
+    launch(*entry, s);  // the device runs the periods while problems are active
+  }
+  finish(*entry, s);
+  if (!stopped) (void)plain_iterations(d, o, t_limit, o.max_iter, true, s, poller);
+  planner::set_last_loop_strategy(strategy);
+}
+
+/// Enqueues the final report at the target eps for every problem (active flags
+/// ignored) into d.out4 [B, 4].
+void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s) {
+  const float* eps_target = d.eps_target();
+  if (d.points()) {
+    const auto fp = d.online(true, eps_target, nullptr);
+    kernels::online_half_step(fp, nullptr, d.Ft, s);
+    kernels::online_row_stats(fp, d.lse, d.cmean, s);
+  } else {
+    kernels::dense_row_update(d.C, d.logB, d.G, eps_target, nullptr, nullptr, d.Ft, d.B, d.n, d.m,
+                              s);
+    kernels::dense_row_stats(d.C, d.logA, d.logB, d.F, d.G, eps_target, d.row_mass, d.row_cost, d.B,
+                             d.n, d.m, s);
+  }
+  kernels::sinkhorn_finalize(d.a, d.b, d.F, d.G, d.Ft, d.points() ? d.cmean : nullptr, d.row_mass,
+                             d.row_cost, eps_target, o.rho_a, o.rho_b, d.out4, d.B, d.n, d.m, s);
+}
+
+}  // namespace otgpu::cuda_backend

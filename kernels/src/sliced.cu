@@ -1,0 +1,268 @@
+// Kernels of the CUDA sliced Wasserstein path (otgpu_kernels/sliced.h).
+//
+// Per chunk of directions the host projects with a GEMM that writes [Lc, B*n]
+// directly, so each (direction, problem) pair is a contiguous segment; CUB's
+// segmented radix sort orders each segment; one thread block per segment runs the
+// shared quantile merge (detail/quantile_merge.h), its threads splitting the merge
+// by merge path, and writes W_p^p and the per-point derivatives.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include "otgpu/detail/directions.h"
+#include "otgpu/detail/quantile_merge.h"
+#include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/sliced.h"
+
+namespace otgpu::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(std::int64_t total) {
+  const std::int64_t blocks = (total + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535 * 8));
+}
+
+/// Unit directions, transposed: theta_t[l * d + k] = theta_l[k]. One block per
+/// direction; `given` (double [d, L] row-major) or, when null, the seed's Gaussians.
+__global__ void __launch_bounds__(kThreads)
+    directions_kernel(const double* __restrict__ given, std::uint64_t seed, std::int64_t d,
+                      std::int64_t L, float* __restrict__ theta_t) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ double inv_norm;
+  const std::int64_t l = blockIdx.x;
+  auto coord = [&](std::int64_t k) {
+    return given != nullptr
+               ? given[k * L + l]
+               : ::otgpu::detail::direction_gaussian(seed, static_cast<std::uint64_t>(l),
+                                                     static_cast<std::uint64_t>(k));
+  };
+  double sq = 0;
+  for (std::int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+    const double t = coord(k);
+    sq += t * t;
+  }
+  const double total = Reduce(tmp).Sum(sq);
+  if (threadIdx.x == 0) inv_norm = total > 0 ? 1.0 / sqrt(total) : 0.0;
+  __syncthreads();
+  for (std::int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+    theta_t[l * d + k] = static_cast<float>(coord(k) * inv_norm);
+  }
+}
+
+/// Value of each sort element: its index inside its segment of length len.
+__global__ void __launch_bounds__(kThreads)
+    segment_iota_kernel(int* __restrict__ out, std::int64_t len, std::int64_t total) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    out[e] = static_cast<int>(e % len);
+  }
+}
+
+/// offsets[s] = s * len, s = 0..segments (begin of s, and end of s - 1). The caller
+/// guarantees segments * len <= INT_MAX; s itself can reach INT_MAX, so index in 64 bits.
+__global__ void __launch_bounds__(kThreads)
+    segment_offsets_kernel(int* __restrict__ offsets, int len, int segments) {
+  const std::int64_t s = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (s <= segments) offsets[s] = static_cast<int>(s * len);
+}
+
+/// Prefix sums (in sorted order) of the weights of one segment, written to prefix[];
+/// the whole block takes part. Tiles of kThreads items; the running carry makes the
+/// scan continue across tiles.
+__device__ void block_sorted_prefix(const double* __restrict__ w, const int* __restrict__ perm,
+                                    std::int64_t len, double* __restrict__ prefix) {
+  using Scan = cub::BlockScan<double, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  double carry = 0;
+  for (std::int64_t base = 0; base < len; base += kThreads) {
+    const std::int64_t r = base + threadIdx.x;
+    const double item = r < len ? w[perm[r]] : 0.0;
+    double incl = 0, aggregate = 0;
+    Scan(tmp).InclusiveSum(item, incl, aggregate);
+    if (r < len) prefix[r] = carry + incl;
+    carry += aggregate;
+    __syncthreads();  // tmp is reused by the next tile
+  }
+}
+
+/// One block per segment s = lc * B + b (direction l0 + lc, problem b): the quantile
+/// merge of the sorted projections of x and y. Thread t walks merge steps
+/// [t K, (t + 1) K) of the n + m - 1 steps, starting from the merge-path split.
+/// Derivatives of W_p^p w.r.t. each projected point are added (in the caller's
+/// point order) to dx / dy when they are non-null.
+template <bool kWeightedA, bool kWeightedB>
+__global__ void __launch_bounds__(kThreads)
+    merge_kernel(const float* __restrict__ ux, const int* __restrict__ perm_x,
+                 const float* __restrict__ vy, const int* __restrict__ perm_y, std::int64_t n,
+                 std::int64_t m, std::int64_t B, std::int64_t L, std::int64_t l0, double p,
+                 const double* __restrict__ wa, bool a_batched, const double* __restrict__ wb,
+                 bool b_batched, double* __restrict__ prefix_x, double* __restrict__ prefix_y,
+                 double* __restrict__ cost_out, float* __restrict__ dx, float* __restrict__ dy) {
+  const std::int64_t s = blockIdx.x;
+  const std::int64_t lc = s / B;
+  const std::int64_t b = s % B;
+  const float* u = ux + s * n;
+  const int* pu = perm_x + s * n;
+  const float* v = vy + s * m;
+  const int* pv = perm_y + s * m;
+
+  double total_a = 1.0, total_b = 1.0;
+  if constexpr (kWeightedA) {
+    block_sorted_prefix(wa + (a_batched ? b * n : 0), pu, n, prefix_x + s * n);
+  }
+  if constexpr (kWeightedB) {
+    block_sorted_prefix(wb + (b_batched ? b * m : 0), pv, m, prefix_y + s * m);
+  }
+  if constexpr (kWeightedA || kWeightedB) {
+    __syncthreads();  // the prefix sums written above are read by every thread
+  }
+  if constexpr (kWeightedA) total_a = prefix_x[s * n + n - 1];
+  if constexpr (kWeightedB) total_b = prefix_y[s * m + m - 1];
+
+  const auto ca = [&] {
+    if constexpr (kWeightedA) {
+      return ::otgpu::detail::PrefixCumulative{prefix_x + s * n, total_a};
+    } else {
+      return ::otgpu::detail::UniformCumulative{n};
+    }
+  }();
+  const auto cb = [&] {
+    if constexpr (kWeightedB) {
+      return ::otgpu::detail::PrefixCumulative{prefix_y + s * m, total_b};
+    } else {
+      return ::otgpu::detail::UniformCumulative{m};
+    }
+  }();
+
+  const std::int64_t steps = n + m - 1;
+  const std::int64_t per_thread = (steps + kThreads - 1) / kThreads;
+  const std::int64_t k0 = static_cast<std::int64_t>(threadIdx.x) * per_thread;
+  double cost = 0;
+  if (k0 < steps) {
+    const std::int64_t i0 = ::otgpu::detail::merge_path_split(ca, n, cb, m, k0);
+    const bool grads = dx != nullptr;
+    // Consecutive pieces often share i (or j): add their derivatives locally and
+    // flush once per point, not once per piece.
+    std::int64_t cur_i = -1, cur_j = -1;
+    double acc_i = 0, acc_j = 0;
+    float* gx = grads ? dx + s * n : nullptr;
+    float* gy = grads ? dy + s * m : nullptr;
+    ::otgpu::detail::quantile_merge_walk(
+        ca, n, cb, m, i0, k0 - i0, per_thread < steps - k0 ? per_thread : steps - k0,
+        [&](std::int64_t i, std::int64_t j, double mass) {
+          const double diff = static_cast<double>(u[i]) - static_cast<double>(v[j]);
+          cost += mass * ::otgpu::detail::ground_cost_1d(diff, p);
+          if (grads) {
+            const double g = mass * ::otgpu::detail::ground_cost_1d_derivative(diff, p);
+            if (i != cur_i) {
+              if (cur_i >= 0 && acc_i != 0) atomicAdd(gx + pu[cur_i], static_cast<float>(acc_i));
+              cur_i = i;
+              acc_i = 0;
+            }
+            if (j != cur_j) {
+              if (cur_j >= 0 && acc_j != 0) atomicAdd(gy + pv[cur_j], static_cast<float>(acc_j));
+              cur_j = j;
+              acc_j = 0;
+            }
+            acc_i += g;
+            acc_j -= g;
+          }
+        });
+    if (grads) {
+      if (cur_i >= 0 && acc_i != 0) atomicAdd(gx + pu[cur_i], static_cast<float>(acc_i));
+      if (cur_j >= 0 && acc_j != 0) atomicAdd(gy + pv[cur_j], static_cast<float>(acc_j));
+    }
+  }
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage red;
+  const double total = Reduce(red).Sum(cost);
+  if (threadIdx.x == 0) cost_out[b * L + l0 + lc] = total;
+}
+
+/// d[e] *= weight of the term (problem b, direction l0 + lc) that element e belongs to.
+__global__ void __launch_bounds__(kThreads)
+    scale_terms_kernel(float* __restrict__ d, std::int64_t len, std::int64_t B, std::int64_t L,
+                       std::int64_t l0, const float* __restrict__ term_w, std::int64_t total) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t s = e / len;
+    d[e] *= term_w[(s % B) * L + l0 + s / B];
+  }
+}
+
+}  // namespace
+
+void sliced_directions(const double* given, std::uint64_t seed, std::int64_t d, std::int64_t L,
+                       float* theta_t, cudaStream_t stream) {
+  if (L <= 0) return;
+  directions_kernel<<<static_cast<unsigned>(L), kThreads, 0, stream>>>(given, seed, d, L, theta_t);
+  OTGPU_LAUNCH_CHECK();
+}
+
+void sliced_segments(int* vals, int* offsets, std::int64_t len, int segments, cudaStream_t stream) {
+  const std::int64_t items = static_cast<std::int64_t>(segments) * len;
+  if (items > 0) {
+    segment_iota_kernel<<<grid_for(items), kThreads, 0, stream>>>(vals, len, items);
+    OTGPU_LAUNCH_CHECK();
+  }
+  segment_offsets_kernel<<<static_cast<unsigned>((static_cast<std::int64_t>(segments) + kThreads) /
+                                                 kThreads),
+                           kThreads, 0, stream>>>(offsets, static_cast<int>(len), segments);
+  OTGPU_LAUNCH_CHECK();
+}
+
+std::size_t sliced_sort_temp_bytes(std::int64_t items, int segments) {
+  std::size_t bytes = 0;
+  // A size query: CUB reads no pointer and launches nothing.
+  OTGPU_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+      static_cast<const int*>(nullptr), static_cast<int*>(nullptr), static_cast<int>(items),
+      segments, static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), 0, 32));
+  return bytes;
+}
+
+void sliced_sort(void* temp, std::size_t temp_bytes, const float* keys_in, float* keys_out,
+                 const int* vals_in, int* vals_out, std::int64_t items, int segments,
+                 const int* offsets, cudaStream_t stream) {
+  std::size_t bytes = temp_bytes;
+  OTGPU_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(
+      temp, bytes, keys_in, keys_out, vals_in, vals_out, static_cast<int>(items), segments, offsets,
+      offsets + 1, 0, 32, stream));
+}
+
+void sliced_merge(const SlicedMerge& a, cudaStream_t stream) {
+  if (a.segments <= 0) return;
+  auto launch = [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(a.segments), kThreads, 0, stream>>>(
+        a.ux, a.perm_x, a.vy, a.perm_y, a.n, a.m, a.B, a.L, a.l0, a.p, a.wa, a.a_batched, a.wb,
+        a.b_batched, a.prefix_x, a.prefix_y, a.cost, a.dx, a.dy);
+    OTGPU_LAUNCH_CHECK();
+  };
+  const bool weighted_a = a.wa != nullptr, weighted_b = a.wb != nullptr;
+  if (weighted_a && weighted_b) {
+    launch(merge_kernel<true, true>);
+  } else if (weighted_a) {
+    launch(merge_kernel<true, false>);
+  } else if (weighted_b) {
+    launch(merge_kernel<false, true>);
+  } else {
+    launch(merge_kernel<false, false>);
+  }
+}
+
+void sliced_scale_terms(float* d, std::int64_t len, std::int64_t B, std::int64_t L, std::int64_t l0,
+                        const float* term_w, std::int64_t total, cudaStream_t stream) {
+  if (total <= 0) return;
+  scale_terms_kernel<<<grid_for(total), kThreads, 0, stream>>>(d, len, B, L, l0, term_w, total);
+  OTGPU_LAUNCH_CHECK();
+}
+
+}  // namespace otgpu::kernels
