@@ -102,16 +102,16 @@ struct SinkhornOptions {
   /// Convergence is measured every check_every iterations (it is free: the check
   /// reuses the next f-update). 0 disables checks: exactly max_iter iterations run.
   int check_every = 10;
-  /// Epsilon scaling, a continuation: eps_t starts at eps_init and is multiplied by
-  /// eps_decay each time the problem at eps_t is solved loosely (L1 residual <= 1e-2,
-  /// or 50 iterations), until eps_t = eps; convergence is only declared at eps.
-  /// kAuto (the default) starts at 1024 x eps (same units as eps) on the CPU and is
-  /// off on the CUDA backend (its driver runs the former one-iteration-per-level
-  /// schedule, used only when eps_init is given); 0 turns scaling off. Per problem,
-  /// the CPU scales only when eps < 3e-3 x (max C - min C) and never starts above
-  /// 2 x (max C - min C): at larger eps scaling moves the start without saving
-  /// iterations, and on some problems (self-transport, small weighted clouds) it cost
-  /// many more. See otgpu/detail/accel.h for the rule and the data behind it.
+  /// Epsilon scaling. An explicit eps_init > eps runs eps_t = max(eps, eps_init *
+  /// eps_decay^t), one iteration per level (both backends). kAuto (the default) runs,
+  /// on the CPU, a continuation from 1024 x eps: eps_t is multiplied by eps_decay
+  /// each time the problem at eps_t is solved loosely (L1 residual <= 1e-2, or 50
+  /// iterations), and only when eps < 3e-3 x (max C - min C), never starting above
+  /// 2 x (max C - min C). At larger eps scaling moves the start without saving
+  /// iterations, and the one-iteration-per-level schedule cost many more on some
+  /// problems (self-transport, small weighted clouds): see otgpu/detail/accel.h for
+  /// the rule and its data. kAuto is off on the CUDA backend until its driver runs
+  /// that rule; 0 turns scaling off. Convergence is only declared at eps.
   double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
