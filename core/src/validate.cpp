@@ -349,12 +349,13 @@ SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend
   SinkhornOptions o = options;
   if (o.tol == kAuto) o.tol = default_tolerance(backend);
   if (o.eps_init == kAuto) {
-    // 1024 x eps is ten halvings with the default decay. Past the range of double,
-    // scaling has nothing to offer (eps alone is already beyond any cost), and a warm
-    // start is presumably near the solution already: scaling would throw it away.
-    const double start = 1024.0 * o.eps;
+    // The CPU keeps kAuto: its solver runs the continuation schedule from 1024 x eps
+    // where it pays (per problem, from the costs). The CUDA driver runs only the
+    // geometric schedule, which can cost more iterations than none (see
+    // otgpu/detail/accel.h): it scales when asked to, not by default. A warm start is
+    // presumably near the solution already: scaling would throw it away.
     const bool warm = !o.f_init.empty() || !o.g_init.empty();
-    o.eps_init = std::isfinite(start) && !warm ? start : 0.0;
+    if (warm || backend == Backend::cuda) o.eps_init = 0.0;
   }
   return o;
 }

@@ -148,6 +148,7 @@ SinkhornOptions options(double rho = std::numeric_limits<double>::infinity()) {
   o.max_iter = 20000;
   o.rho_a = o.rho_b = rho;
   o.backend = Backend::cuda;
+  o.acceleration = otgpu::SinkhornAcceleration::none;  // the CPU reference runs plain updates
   return o;
 }
 

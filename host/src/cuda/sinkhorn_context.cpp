@@ -131,7 +131,8 @@ std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
                                            const SinkhornOptions& options) {
   const auto shape = device_shape(problem, options, "sinkhorn_async_workspace_bytes");
   cuda_backend::require_device(options.device);
-  return async_bytes(problem, options, shape, options.device);
+  return async_bytes(problem, detail::resolve_sinkhorn_options(options, Backend::cuda), shape,
+                     options.device);
 }
 
 namespace {
@@ -139,8 +140,10 @@ void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const Sin
                  const detail::SinkhornShape& shape, const DeviceSinkhornOutputs& out);
 }  // namespace
 
-void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& o,
+void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& options,
                     const DeviceSinkhornOutputs& out) {
+  // The library's defaults (tol kAuto -> 1e-4, eps scaling) resolved as for sinkhorn().
+  const SinkhornOptions o = detail::resolve_sinkhorn_options(options, Backend::cuda);
   if (out.f == nullptr || out.g == nullptr) {
     throw InvalidArgument("sinkhorn_async: outputs.f and outputs.g must be device buffers");
   }
