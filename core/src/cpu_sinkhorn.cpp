@@ -23,6 +23,7 @@
 #include "cpu_problem.h"
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cpu {
@@ -269,9 +270,7 @@ class ProblemSolver {
   }
 
  private:
-  double eps_at(int t) const {
-    return eps_init_ > eps_ ? std::max(eps_, eps_init_ * std::pow(o_.eps_decay, t)) : eps_;
-  }
+  double eps_at(int t) const { return detail::scheduled_eps(eps_, eps_init_, o_.eps_decay, t); }
 
   /// out <- (1 - w) prev + w out (out holds the plain update).
   static void relax_into(const std::vector<double>& prev, double w, std::vector<double>& out) {
@@ -518,7 +517,7 @@ void check_potentials(const SinkhornResult& result, std::int64_t b, const char* 
 ProblemData derived_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
                             std::int64_t b, int threads) {
   ProblemData p = load_problem(problem, shape, b, false, 0, threads);
-  if (std::fabs(p.mass_a - p.mass_b) <= 1e-5 * std::max(p.mass_a, p.mass_b)) {
+  if (detail::masses_match(p.mass_a, p.mass_b)) {
     rescale_b_to_mass_of_a(p);
   }
   return p;

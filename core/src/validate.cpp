@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu_numeric.h"
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 
 namespace otgpu::detail {
@@ -330,7 +331,7 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
       for (std::int64_t b = 0; b < s.batch; ++b) {
         const double ma = mass_a[mass_a.size() == 1 ? 0 : static_cast<std::size_t>(b)];
         const double mb = mass_b[mass_b.size() == 1 ? 0 : static_cast<std::size_t>(b)];
-        if (std::fabs(ma - mb) > 1e-5 * std::max(ma, mb)) {
+        if (!detail::masses_match(ma, mb)) {
           throw InvalidArgument(fmt::format(
               "a, b: problem {} has mass(a) = {} and mass(b) = {}; a balanced problem "
               "(rho_a = rho_b = inf) needs equal masses (relative 1e-5); set rho_a / rho_b "
