@@ -294,9 +294,10 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
                "finite and >= 0 (0 turns eps scaling off; kAuto = -1 starts at 1024 x eps)",
                o.eps_init == kAuto || (std::isfinite(o.eps_init) && o.eps_init >= 0));
   if ((o.eps_init > 0 || o.eps_init == kAuto) && !(o.eps_decay > 0 && o.eps_decay < 1)) {
-    throw InvalidArgument(
-        fmt::format("eps_decay: must be in (0, 1) when eps scaling is on (eps_init = {}), got {}",
-                    o.eps_init, o.eps_decay));
+    throw InvalidArgument(fmt::format(
+        "eps_decay: must be in (0, 1) when eps scaling is on (eps_init {}), got {}",
+        o.eps_init == kAuto ? std::string("automatic") : fmt::format("= {}", o.eps_init),
+        o.eps_decay));
   }
   check_option(o.rho_a, "rho_a", "> 0 (+inf for a hard marginal constraint)", o.rho_a > 0);
   check_option(o.rho_b, "rho_b", "> 0 (+inf for a hard marginal constraint)", o.rho_b > 0);
