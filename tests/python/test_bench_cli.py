@@ -115,10 +115,16 @@ class BenchRun(unittest.TestCase):
         self.assertEqual([r["status"] for r in self.rows_of("W1d")], ["skipped"])
 
     def test_time_to_solution_rows(self):
-        tts = [r for r in self.rows_of("TTS") if r["status"] == "ok"]
+        ran = [r for r in self.rows_of("TTS") if r["status"] == "ok"]
+        self.assertEqual([r["solver"] for r in ran], ["cpu-default", "cpu-plain"] * 3)
+        tts = [r for r in ran if r["solver"] == "cpu-default"]
+        plain = [r for r in ran if r["solver"] == "cpu-plain"]
         self.assertEqual([r["params"]["eps_rel"] for r in tts], [0.1, 0.01, 0.001])
+        for d, p in zip(tts, plain):
+            self.assertEqual(p["params"], d["params"])
+            self.assertAlmostEqual(p["result"]["plain_over_default"],
+                                   p["result"]["iterations"] / d["result"]["iterations"])
         for r in tts:
-            self.assertEqual(r["solver"], "cpu-default")
             self.assertGreater(r["time_ms"], 0)
             self.assertIsInstance(r["result"]["iterations"], int)
             self.assertGreater(r["result"]["iterations"], 0)
