@@ -3,7 +3,11 @@
 // the O(nm) loops and double in the per-problem reductions; the CPU is fp64
 // throughout. Runs compare iteration for iteration (check_every = 0, fixed
 // max_iter) so the iterates match up to fp32 round-off, except where a converged
-// solve is the point.
+// solve is the point. Every comparison states the iteration it compares: plain
+// updates (acceleration = none; the CPU default over-relaxes), no eps scaling
+// (eps_init = 0; the library default scales, and the CPU's continuation schedule is
+// not the GPU's per-iteration table, see SinkhornOptions::eps_init) and an explicit
+// tol (kAuto resolves to 1e-6 on the CPU and 1e-4 on the GPU).
 #include <gtest/gtest.h>
 
 #ifdef OTGPU_WITH_CUDA
@@ -104,6 +108,9 @@ SinkhornOptions fixed_iterations(const Case& k, Backend be) {
   o.eps_relative = true;
   o.max_iter = k.iters;
   o.check_every = 0;
+  o.eps_init = 0;
+  o.acceleration = otgpu::SinkhornAcceleration::none;
+  o.tol = 1e-4;
   o.rho_a = o.rho_b = k.rho;
   o.backend = be;
   return o;
@@ -184,6 +191,10 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
     o.eps_relative = true;
     o.tol = 1e-4;
     o.max_iter = 2000;
+    // The same iteration on both sides, so that the stopping checks can be compared:
+    // plain updates from a cold start at eps.
+    o.eps_init = 0;
+    o.acceleration = otgpu::SinkhornAcceleration::none;
     o.backend = Backend::cpu;
     const auto cpu = otgpu::sinkhorn(D.p, o);
     o.backend = Backend::cuda;
@@ -201,6 +212,10 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
   }
 }
 
+/// eps scaling on both backends reaches the same converged answer. The schedules
+/// differ (GPU: eps_t = max(eps, eps_init decay^t), one iteration per level; CPU: a
+/// continuation that stays at each level until it is loosely solved), so only the
+/// converged values are compared, not iteration counts.
 TEST(SinkhornGpu, EpsScalingSmallEps) {
   REQUIRE_GPU();
   Case k{"scaling", 1, 800, 800, 2};
@@ -212,6 +227,7 @@ TEST(SinkhornGpu, EpsScalingSmallEps) {
   o.eps_decay = 0.7;
   o.tol = 1e-3;
   o.max_iter = 3000;
+  o.acceleration = otgpu::SinkhornAcceleration::none;
   o.backend = Backend::cuda;
   const auto gpu = otgpu::sinkhorn(D.p, o);
   EXPECT_TRUE(std::isfinite(gpu.problems[0].ot_eps));
@@ -268,6 +284,7 @@ TEST(SinkhornGpu, SampledPartnersHaveThePlanDistribution) {
   p.y = TensorView::host(y.data(), {m, 1});
   SinkhornOptions o;
   o.eps = 0.05;
+  o.eps_init = 0;  // 10 iterations at eps itself (the default would scale from 1024 eps)
   o.backend = Backend::cuda;
   o.max_iter = 10;
   const auto r = otgpu::sinkhorn(p, o);

@@ -109,6 +109,11 @@ struct SinkhornOptions {
   /// never starts above 2 x (max C - min C): at larger eps scaling moves the start
   /// without saving iterations, and on some problems (self-transport, small weighted
   /// clouds) it cost many more. See otgpu/detail/accel.h for the rule and its data.
+  /// The CUDA backend does not run this continuation yet: it uses the per-iteration
+  /// table eps_t = max(eps, eps_init eps_decay^t) (one iteration per level, from
+  /// eps_init whatever the cost spread) and checks convergence only once eps_t = eps,
+  /// so with scaling on, GPU and CPU iterates differ before the fixed point; compare
+  /// them iteration for iteration only with eps_init = 0.
   double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
