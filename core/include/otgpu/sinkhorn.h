@@ -127,7 +127,13 @@ struct SinkhornOptions {
   /// Called at each convergence check (from one thread at a time, possibly not the
   /// caller's). Returning false cancels the solve: every problem stops at its next
   /// check and reports converged = false with the potentials it has. The CUDA backend
-  /// calls it at its lagged host reads of the device residuals (problem = -1).
+  /// calls it at its lagged host reads of the device residuals (problem = -1): the
+  /// synchronous calls on the online/dense kernels, one call per check, one check
+  /// period late (residual: the largest of the batch at that check; active: the
+  /// problems not retired by it); returning false stops enqueueing after the check
+  /// period already queued, so unfinished problems report one period more than the
+  /// iteration reported. The small kernel (whole loop on the device, n, m <= 512)
+  /// and sinkhorn_async never read the device from the host and never call it.
   std::function<bool(const SinkhornProgress&)> progress;
   Backend backend = Backend::automatic;
   int device = 0;  ///< CUDA device ordinal
