@@ -22,7 +22,10 @@
 #include <string>
 #include <vector>
 
+#include "cpu_sinkhorn.h"
 #include "otgpu/otgpu.h"
+#include "otgpu_host/cuda_backend.h"
+#include "validate.h"
 
 namespace {
 
@@ -209,6 +212,49 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
                   1e-3 * std::abs(cpu.problems[b].ot_eps));
       EXPECT_LE(std::abs(gpu.problems[b].iterations - cpu.problems[b].iterations), 10);
     }
+  }
+}
+
+/// The self-transport solve of the divergence (symmetric update) on the GPU against
+/// the CPU's: iteration for iteration (fixed count, no checks), then converged (the
+/// same check schedule, stopping within one period of each other).
+TEST(SinkhornGpu, SymmetricSelfTermMatchesCpu) {
+  REQUIRE_GPU();
+  for (const std::int64_t n : {300, 2000}) {  // small-kernel plan and online plan
+    SCOPED_TRACE(n);
+    Case k{"self", 1, n, n, 2, CostKind::sqeuclidean, 0.05, true};
+    Data D = make(k, 77);
+    D.p.y = D.p.x;
+    D.p.b = D.p.a;
+    SinkhornOptions o;
+    o.eps = 0.02;  // absolute, as the divergence passes it (mean cost ~ 1/3)
+    o.eps_init = 0;
+    o.check_every = 0;
+    o.max_iter = 30;
+    o.tol = 1e-4;
+    const auto shape = otgpu::detail::validate_sinkhorn(D.p, o);
+    auto cuda_opts = otgpu::detail::resolve_sinkhorn_options(o, Backend::cuda);
+    auto cpu_opts = otgpu::detail::resolve_sinkhorn_options(o, Backend::cpu);
+    const auto g30 = otgpu::cuda_backend::sinkhorn_symmetric(D.p, cuda_opts, shape);
+    const auto c30 = otgpu::cpu::sinkhorn_symmetric(D.p, cpu_opts, shape);
+    ASSERT_EQ(g30.backend, Backend::cuda);
+    expect_potentials_close(g30.f, c30.f, 1.0 / 3.0, "f after 30 iterations");
+    EXPECT_EQ(g30.problems[0].iterations, 30);
+    EXPECT_NEAR(g30.problems[0].ot_eps, c30.problems[0].ot_eps,
+                3e-4 + 1e-4 * std::abs(c30.problems[0].ot_eps));
+    // Converged: OT_eps(a, a) = 2 <a, f> within the fp32 floor, in a few dozen
+    // iterations (alternating updates need thousands on these problems).
+    cuda_opts.check_every = cpu_opts.check_every = 10;
+    cuda_opts.max_iter = cpu_opts.max_iter = 5000;
+    const auto g = otgpu::cuda_backend::sinkhorn_symmetric(D.p, cuda_opts, shape);
+    const auto c = otgpu::cpu::sinkhorn_symmetric(D.p, cpu_opts, shape);
+    EXPECT_TRUE(g.problems[0].converged) << "residual " << g.problems[0].residual;
+    EXPECT_TRUE(c.problems[0].converged) << "residual " << c.problems[0].residual;
+    EXPECT_LE(std::abs(g.problems[0].iterations - c.problems[0].iterations), 10);
+    EXPECT_LT(g.problems[0].iterations, 500);
+    EXPECT_NEAR(g.problems[0].ot_eps, c.problems[0].ot_eps,
+                1e-3 * std::abs(c.problems[0].ot_eps) + 1e-5);
+    expect_potentials_close(g.g, g.f, 0.0, "g = f");
   }
 }
 

@@ -204,7 +204,8 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 /// Debiased Sinkhorn divergence S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2
 /// per problem (point clouds only). With eps_relative, eps is fixed from the mean
 /// cost of the (a, b) problem and the same absolute eps is used for all three terms.
-/// On the CPU the self terms run the symmetric update f <- (f + T(f)) / 2 with
+/// The self terms run (on the backend of the (x, y) solve; the CUDA one never calls
+/// options.progress for them) the symmetric update f <- (f + T(f)) / 2 with
 /// T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps), whose fixed point is the
 /// potential of OT_eps(a, a) = 2 <a, f> and which needs a few dozen iterations where
 /// alternating updates need thousands.
