@@ -215,6 +215,27 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
   }
 }
 
+/// Each problem reports what ran: the CUDA loop has no over-relaxation yet, so the
+/// default (acceleration = overrelax) runs plain updates there and says so.
+TEST(SinkhornGpu, ReportsThePlainIterationThatRan) {
+  REQUIRE_GPU();
+  for (const std::int64_t n : {60, 2000}) {  // small-kernel path and online path
+    Case k{"what_ran", 2, n, n + 3, 2};
+    Data D = make(k, 13);
+    SinkhornOptions o;
+    o.eps = 0.05;
+    o.eps_relative = true;
+    o.backend = Backend::cuda;
+    ASSERT_EQ(o.acceleration, otgpu::SinkhornAcceleration::overrelax);
+    const auto r = otgpu::sinkhorn(D.p, o);
+    for (const auto& rep : r.problems) {
+      EXPECT_EQ(rep.acceleration, otgpu::SinkhornAcceleration::none) << "n=" << n;
+      EXPECT_EQ(rep.omega, 1.0) << "n=" << n;
+      EXPECT_TRUE(rep.converged) << "n=" << n << " residual " << rep.residual;
+    }
+  }
+}
+
 /// The self-transport solve of the divergence (symmetric update) on the GPU against
 /// the CPU's: iteration for iteration (fixed count, no checks), then converged (the
 /// same check schedule, stopping within one period of each other).
