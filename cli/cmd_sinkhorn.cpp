@@ -108,18 +108,10 @@ void check_flag_combinations(const SinkhornArgs& args) {
     throw InvalidArgument("--seed is only used with --sample-out");
   }
 
-  // Parsing only: a number given to a flag must be one the flag can mean (the
-  // library checks the options it receives again, with its own names).
-  require_positive_finite("--eps", args.eps);
-  if (args.max_iter_opt->count() > 0) require_at_least("--max-iter", args.max_iter, 1);
+  // -1 is the library's "automatic" value of tol and eps_init (kAuto): a -1 typed by
+  // the user must be an error, not a silent default, and only the command can tell.
   if (args.tol_opt->count() > 0) require_nonnegative_finite("--tol", args.tol);
-  if (args.check_every_opt->count() > 0) require_at_least("--check-every", args.check_every, 0);
   if (args.eps_init_opt->count() > 0) require_positive_finite("--eps-init", args.eps_init);
-  if (args.eps_decay_opt->count() > 0 && !(args.eps_decay > 0 && args.eps_decay < 1)) {
-    throw InvalidArgument(fmt::format("--eps-decay: must be in (0, 1), got {}", args.eps_decay));
-  }
-  require_positive("--rho-a", args.rho_a);
-  require_positive("--rho-b", args.rho_b);
 
   check_outputs({{"--x", args.x},
                  {"--y", args.y},
@@ -288,7 +280,18 @@ void run_sinkhorn(const SinkhornArgs& args) {
   if (args.progress || isatty(fileno(stderr)) != 0) {
     options.progress = [progress](const SinkhornProgress& p) { return (*progress)(p); };
   }
-  const SinkhornResult result = sinkhorn(problem, options);
+  // The library validates the options and the data; its messages come back in the
+  // command's words (eps -> --eps, x -> --x (X.npy), ...).
+  std::vector<FlagName> names = sinkhorn_option_flag_names();
+  for (const auto& [name, in] : {std::pair<const char*, const NpyInput*>{"x", &lp.x},
+                                 {"y", &lp.y},
+                                 {"cost", &lp.cost},
+                                 {"a", &lp.a},
+                                 {"b", &lp.b}}) {
+    if (in->present()) names.push_back({name, in->label()});
+  }
+  const SinkhornResult result =
+      call_library("sinkhorn", names, [&] { return sinkhorn(problem, options); });
   const auto B = result.batch;
   std::vector<double> divergence;
   if (args.divergence) divergence = sinkhorn_divergence(problem, result, options);

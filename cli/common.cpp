@@ -398,7 +398,9 @@ void add_backend_flags(CLI::App& sub, BackendFlags& flags, bool threads) {
   sub.add_option("--device", flags.device, "CUDA device ordinal (default 0)")
       ->check(non_negative_int());
   if (threads) {
-    sub.add_option("--threads", flags.threads, "CPU worker threads (default: all cores)")
+    sub.add_option(
+           "--threads", flags.threads,
+           "CPU worker threads (default 0: the idle hardware threads, one for small problems)")
         ->check(non_negative_int());
   }
 }

@@ -23,6 +23,7 @@
 #include "cpu_problem.h"
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cpu {
@@ -99,12 +100,16 @@ class SolveMonitor {
 
 class ProblemSolver {
  public:
+  /// eps_init > eps starts a schedule: the continuation (levels solved loosely) when
+  /// `continuation`, else the geometric eps_t = max(eps, eps_init decay^t) of one
+  /// iteration per level, which the CUDA driver runs too.
   ProblemSolver(const ProblemData& p, const SinkhornOptions& o, double eps, double eps_init,
-                int threads, SolveMonitor& monitor)
+                bool continuation, int threads, SolveMonitor& monitor)
       : p_(p),
         o_(o),
         eps_(eps),
         eps_init_(eps_init),
+        continuation_(continuation),
         threads_(threads_for_work(threads, p.n * p.m)),
         scratch_(threads_, std::max(p.n, p.m)),
         monitor_(monitor) {}
@@ -167,6 +172,11 @@ class ProblemSolver {
         }
         aborted = true;
         break;
+      }
+      if (!at_target && !continuation_) {
+        eps_t = eps_at(t + 1);
+        if (eps_t == eps_) since_check = 0;
+        continue;
       }
       if (!at_target) {
         // One level of the eps schedule: stay until its own marginal error is loosely
@@ -260,9 +270,7 @@ class ProblemSolver {
   }
 
  private:
-  double eps_at(int t) const {
-    return eps_init_ > eps_ ? std::max(eps_, eps_init_ * std::pow(o_.eps_decay, t)) : eps_;
-  }
+  double eps_at(int t) const { return detail::scheduled_eps(eps_, eps_init_, o_.eps_decay, t); }
 
   /// out <- (1 - w) prev + w out (out holds the plain update).
   static void relax_into(const std::vector<double>& prev, double w, std::vector<double>& out) {
@@ -389,6 +397,7 @@ class ProblemSolver {
   const ProblemData& p_;
   const SinkhornOptions& o_;
   double eps_, eps_init_;
+  bool continuation_;
   int threads_;
   Scratch scratch_;
   SolveMonitor& monitor_;
@@ -436,9 +445,21 @@ void check_eps_resolvable(const ProblemData& p, const CostRange& range, const Si
                      : ""));
 }
 
-/// Start of the eps schedule of problem p (0: none), by the shared rule.
-double schedule_start(const CostRange& range, double eps, double eps_init) {
-  return detail::eps_schedule_start(eps, eps_init, range.max - range.min);
+/// The eps schedule of problem p: an explicit eps_init runs the geometric schedule
+/// from eps_init (x the cost scale when relative), as asked and as the CUDA driver
+/// runs it; kAuto runs the continuation from 1024 x eps where the shared rule
+/// (detail::eps_schedule_start) says scaling pays. start 0: no scaling.
+struct Schedule {
+  double start = 0;
+  bool continuation = false;
+};
+Schedule schedule_of(const CostRange& range, const SinkhornOptions& o, double eps, double scale) {
+  if (o.eps_init == kAuto) {
+    const double start = 1024.0 * eps;
+    if (!std::isfinite(start)) return {};
+    return {detail::eps_schedule_start(eps, start, range.max - range.min), true};
+  }
+  return {o.eps_init > 0 ? o.eps_init * scale : 0.0, false};
 }
 
 /// Runs `body(b, inner_threads)` for every problem: split over problems when there
@@ -496,7 +517,7 @@ void check_potentials(const SinkhornResult& result, std::int64_t b, const char* 
 ProblemData derived_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
                             std::int64_t b, int threads) {
   ProblemData p = load_problem(problem, shape, b, false, 0, threads);
-  if (std::fabs(p.mass_a - p.mass_b) <= 1e-5 * std::max(p.mass_a, p.mass_b)) {
+  if (detail::masses_match(p.mass_a, p.mass_b)) {
     rescale_b_to_mass_of_a(p);
   }
   return p;
@@ -559,11 +580,10 @@ SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
     const double eps = options.eps * scale;
     const CostRange range = p.cost_range();
     check_eps_resolvable(p, range, options, eps);
-    const double eps_init =
-        schedule_start(range, eps, options.eps_init > 0 ? options.eps_init * scale : 0.0);
+    const Schedule sched = schedule_of(range, options, eps, scale);
     const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
     std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
-    ProblemSolver solver(p, options, eps, eps_init, inner, monitor);
+    ProblemSolver solver(p, options, eps, sched.start, sched.continuation, inner, monitor);
     result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
     monitor.finished();
     std::copy(f.begin(), f.end(), f0);
@@ -593,11 +613,10 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
     const double eps = options.eps * scale;
     const CostRange range = p.cost_range();
     check_eps_resolvable(p, range, options, eps);
-    const double eps_init =
-        schedule_start(range, eps, options.eps_init > 0 ? options.eps_init * scale : 0.0);
+    const Schedule sched = schedule_of(range, options, eps, scale);
     const auto f0 = result.f.begin() + b * n;
     std::vector<double> f(f0, f0 + n);
-    ProblemSolver solver(p, options, eps, eps_init, inner, monitor);
+    ProblemSolver solver(p, options, eps, sched.start, false, inner, monitor);
     result.problems[static_cast<std::size_t>(b)] = solver.solve_symmetric(f);
     monitor.finished();
     std::copy(f.begin(), f.end(), f0);

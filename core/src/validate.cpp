@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu_numeric.h"
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 
 namespace otgpu::detail {
@@ -293,9 +294,10 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
                "finite and >= 0 (0 turns eps scaling off; kAuto = -1 starts at 1024 x eps)",
                o.eps_init == kAuto || (std::isfinite(o.eps_init) && o.eps_init >= 0));
   if ((o.eps_init > 0 || o.eps_init == kAuto) && !(o.eps_decay > 0 && o.eps_decay < 1)) {
-    throw InvalidArgument(
-        fmt::format("eps_decay: must be in (0, 1) when eps scaling is on (eps_init = {}), got {}",
-                    o.eps_init, o.eps_decay));
+    throw InvalidArgument(fmt::format(
+        "eps_decay: must be in (0, 1) when eps scaling is on (eps_init {}), got {}",
+        o.eps_init == kAuto ? std::string("automatic") : fmt::format("= {}", o.eps_init),
+        o.eps_decay));
   }
   check_option(o.rho_a, "rho_a", "> 0 (+inf for a hard marginal constraint)", o.rho_a > 0);
   check_option(o.rho_b, "rho_b", "> 0 (+inf for a hard marginal constraint)", o.rho_b > 0);
@@ -330,7 +332,7 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
       for (std::int64_t b = 0; b < s.batch; ++b) {
         const double ma = mass_a[mass_a.size() == 1 ? 0 : static_cast<std::size_t>(b)];
         const double mb = mass_b[mass_b.size() == 1 ? 0 : static_cast<std::size_t>(b)];
-        if (std::fabs(ma - mb) > 1e-5 * std::max(ma, mb)) {
+        if (!detail::masses_match(ma, mb)) {
           throw InvalidArgument(fmt::format(
               "a, b: problem {} has mass(a) = {} and mass(b) = {}; a balanced problem "
               "(rho_a = rho_b = inf) needs equal masses (relative 1e-5); set rho_a / rho_b "
@@ -349,12 +351,13 @@ SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend
   SinkhornOptions o = options;
   if (o.tol == kAuto) o.tol = default_tolerance(backend);
   if (o.eps_init == kAuto) {
-    // 1024 x eps is ten halvings with the default decay. Past the range of double,
-    // scaling has nothing to offer (eps alone is already beyond any cost), and a warm
-    // start is presumably near the solution already: scaling would throw it away.
-    const double start = 1024.0 * o.eps;
+    // The CPU keeps kAuto: its solver runs the continuation schedule from 1024 x eps
+    // where it pays (per problem, from the costs). The CUDA driver runs only the
+    // geometric schedule, which can cost more iterations than none (see
+    // otgpu/detail/accel.h): it scales when asked to, not by default. A warm start is
+    // presumably near the solution already: scaling would throw it away.
     const bool warm = !o.f_init.empty() || !o.g_init.empty();
-    o.eps_init = std::isfinite(start) && !warm ? start : 0.0;
+    if (warm || backend == Backend::cuda) o.eps_init = 0.0;
   }
   return o;
 }

@@ -27,10 +27,10 @@ struct SinkhornShape {
 SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options);
 
 /// The library's defaults, in one place, for the backend that will run (cpu or
-/// cuda, already resolved): tol kAuto -> default_tolerance(backend); eps_init kAuto ->
-/// 1024 x eps (eps units; 0 when that is not finite or a warm start is given). Every
-/// other option is copied.
-/// Called by the dispatch before either backend runs, so both see concrete values.
+/// cuda, already resolved): tol kAuto -> default_tolerance(backend); eps_init kAuto
+/// -> 0 (no scaling) on cuda or with a warm start, else kept: the CPU solver runs its
+/// continuation schedule from 1024 x eps where the costs say it pays. Every other
+/// option is copied. Called by the dispatch before either backend runs.
 SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend backend);
 
 /// 1e-6 for the fp64 CPU, 1e-4 for the fp32 CUDA backend (its L1 residual has a floor

@@ -44,8 +44,12 @@ SinkhornResult sinkhorn(GpuContext& ctx, const SinkhornProblem& problem,
   o.backend = Backend::cuda;
   o.device = ctx.device();
   const auto shape = detail::validate_sinkhorn(problem, o);
+  // The same defaults as every other entry point (a kAuto tol must never reach the
+  // device: no residual is <= -1).
+  o = detail::resolve_sinkhorn_options(o, Backend::cuda);
   const auto t0 = std::chrono::steady_clock::now();
   SinkhornResult r = cuda_backend::sinkhorn(problem, o, shape, &ctx);
+  r.tol = o.tol;
   r.time_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   g_solves.fetch_add(1, std::memory_order_relaxed);

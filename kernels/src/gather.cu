@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "grid.cuh"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/gather.h"
 
@@ -16,8 +17,7 @@ namespace {
 constexpr int kThreads = 256;
 
 unsigned grid_for(std::int64_t total) {
-  const std::int64_t blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535 * 8));
+  return detail::grid_stride_blocks(total, kThreads, 65535 * 8);
 }
 
 __device__ __forceinline__ double load(const Strided3& s, std::int64_t i0, std::int64_t i1,

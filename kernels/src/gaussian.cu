@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
 
+#include "grid.cuh"
 #include "otgpu/detail/gaussian_math.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/gaussian.h"
@@ -18,8 +19,7 @@ constexpr int kThreads = 256;
 constexpr int kReduceThreads = 128;
 
 unsigned grid_for(std::int64_t total) {
-  const std::int64_t blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535 * 16));
+  return detail::grid_stride_blocks(total, kThreads, 65535 * 16);
 }
 
 /// tr of each of `count` d x d matrices.

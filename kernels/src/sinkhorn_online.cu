@@ -401,7 +401,7 @@ __global__ void __launch_bounds__(kThreads)
         // Base-2 score plus the Gumbel variate in base 2 (argmax is scale invariant).
         const float s = fmaf(-scale, c, hs[jj]) +
                         kLog2e * static_cast<float>(otgpu::detail::gumbel(
-                                     seed, static_cast<std::uint64_t>(b),
+                                     seed, static_cast<std::uint64_t>(p.batch_offset + b),
                                      static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)));
         if (s > best) {
           best = s;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "grid.cuh"
 #include "otgpu/error.h"
 #include "otgpu_kernels/sinkhorn_stage.h"
 #include "sinkhorn_kernel_util.cuh"
@@ -170,10 +171,7 @@ __global__ void copy_column_kernel(const double* __restrict__ src4, int k, doubl
   if (b < B) out[b] = src4[b * 4 + k];
 }
 
-unsigned grid_for(std::int64_t total) {
-  const std::int64_t blocks = (total + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
+unsigned grid_for(std::int64_t total) { return detail::grid_stride_blocks(total, kBlock); }
 
 void check_batch(std::int64_t B, const char* what) {
   if (B <= 0 || B > 2147483647LL) {

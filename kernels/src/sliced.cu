@@ -13,6 +13,7 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 
+#include "grid.cuh"
 #include "otgpu/detail/directions.h"
 #include "otgpu/detail/quantile_merge.h"
 #include "otgpu_kernels/cuda_check.h"
@@ -25,8 +26,7 @@ namespace {
 constexpr int kThreads = 256;
 
 unsigned grid_for(std::int64_t total) {
-  const std::int64_t blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 65535 * 8));
+  return detail::grid_stride_blocks(total, kThreads, 65535 * 8);
 }
 
 /// Unit directions, transposed: theta_t[l * d + k] = theta_l[k]. One block per

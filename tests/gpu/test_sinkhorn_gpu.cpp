@@ -5,9 +5,9 @@
 // max_iter) so the iterates match up to fp32 round-off, except where a converged
 // solve is the point. Every comparison states the iteration it compares: plain
 // updates (acceleration = none; the CPU default over-relaxes), no eps scaling
-// (eps_init = 0; the library default scales, and the CPU's continuation schedule is
-// not the GPU's per-iteration table, see SinkhornOptions::eps_init) and an explicit
-// tol (kAuto resolves to 1e-6 on the CPU and 1e-4 on the GPU).
+// (eps_init = 0; the default kAuto runs the CPU's continuation schedule and no scaling
+// on the GPU, see SinkhornOptions::eps_init) and an explicit tol (kAuto resolves to
+// 1e-6 on the CPU and 1e-4 on the GPU).
 #include <gtest/gtest.h>
 
 #ifdef OTGPU_WITH_CUDA
@@ -279,10 +279,8 @@ TEST(SinkhornGpu, SymmetricSelfTermMatchesCpu) {
   }
 }
 
-/// eps scaling on both backends reaches the same converged answer. The schedules
-/// differ (GPU: eps_t = max(eps, eps_init decay^t), one iteration per level; CPU: a
-/// continuation that stays at each level until it is loosely solved), so only the
-/// converged values are compared, not iteration counts.
+/// An explicit eps schedule (eps_t = max(eps, eps_init decay^t), one iteration per
+/// level, on both backends) reaches the same converged answer on both.
 TEST(SinkhornGpu, EpsScalingSmallEps) {
   REQUIRE_GPU();
   Case k{"scaling", 1, 800, 800, 2};

@@ -57,7 +57,8 @@ enum class SinkhornAcceleration : std::uint8_t {
   /// Adaptive over-relaxation f <- (1 - w) f + w T_f(g) (same for g), w in [1, 2).
   /// The first checks run plain Sinkhorn and measure its linear rate r per iteration;
   /// then w = 2 / (1 + sqrt(1 - r)) (the optimal relaxation of the linearized
-  /// iteration, Thibault et al. 2021, Lehmann et al. 2022). Safeguard: a check whose
+  /// iteration, Thibault et al. 2021, Lehmann et al. 2022), raised as later checks
+  /// measure a slower rate. Needs check_every > 0. Safeguard: a check whose
   /// residual is not below the previous check's restores the potentials of that check
   /// and halves w - 1; after three such failures the problem runs plain Sinkhorn. The
   /// g-update of a check iteration and of the last iteration is plain (w = 1), so the
@@ -101,19 +102,16 @@ struct SinkhornOptions {
   /// Convergence is measured every check_every iterations (it is free: the check
   /// reuses the next f-update). 0 disables checks: exactly max_iter iterations run.
   int check_every = 10;
-  /// Epsilon scaling, a continuation: eps_t starts at eps_init and is multiplied by
-  /// eps_decay each time the problem at eps_t is solved loosely (L1 residual <= 1e-2,
-  /// or 50 iterations), until eps_t = eps; convergence is only declared at eps.
-  /// kAuto (the default) starts at 1024 x eps (same units as eps); 0 turns scaling
-  /// off. Per problem, the CPU scales only when eps < 3e-3 x (max C - min C) and
-  /// never starts above 2 x (max C - min C): at larger eps scaling moves the start
-  /// without saving iterations, and on some problems (self-transport, small weighted
-  /// clouds) it cost many more. See otgpu/detail/accel.h for the rule and its data.
-  /// The CUDA backend does not run this continuation yet: it uses the per-iteration
-  /// table eps_t = max(eps, eps_init eps_decay^t) (one iteration per level, from
-  /// eps_init whatever the cost spread) and checks convergence only once eps_t = eps,
-  /// so with scaling on, GPU and CPU iterates differ before the fixed point; compare
-  /// them iteration for iteration only with eps_init = 0.
+  /// Epsilon scaling. An explicit eps_init > eps runs eps_t = max(eps, eps_init *
+  /// eps_decay^t), one iteration per level (both backends). kAuto (the default) runs,
+  /// on the CPU, a continuation from 1024 x eps: eps_t is multiplied by eps_decay
+  /// each time the problem at eps_t is solved loosely (L1 residual <= 1e-2, or 50
+  /// iterations), and only when eps < 3e-3 x (max C - min C), never starting above
+  /// 2 x (max C - min C). At larger eps scaling moves the start without saving
+  /// iterations, and the one-iteration-per-level schedule cost many more on some
+  /// problems (self-transport, small weighted clouds): see otgpu/detail/accel.h for
+  /// the rule and its data. kAuto is off on the CUDA backend until its driver runs
+  /// that rule; 0 turns scaling off. Convergence is only declared at eps.
   double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
@@ -138,8 +136,9 @@ struct SinkhornOptions {
   Backend backend = Backend::automatic;
   int device = 0;  ///< CUDA device ordinal
   /// CPU worker threads; 0 = automatic: one thread for a problem too small to repay
-  /// a parallel region, else the hardware threads not already busy (1-minute load
-  /// average). Results are bitwise identical for every thread count.
+  /// a parallel region, else the hardware threads not running other tasks at the
+  /// call (Linux: runnable tasks in /proc/loadavg), so that a loaded machine does not
+  /// pay for spin-waiting barriers. Results are bitwise identical for every count.
   int cpu_threads = 0;
 };
 

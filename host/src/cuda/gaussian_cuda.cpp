@@ -42,18 +42,6 @@ namespace {
 /// cusolverDn<t>syevjBatched handles matrices up to 32 x 32.
 constexpr std::int64_t kSyevjBatchedMaxN = 32;
 
-/// Bump allocator over the single workspace; every buffer 256-byte aligned.
-struct Carve {
-  std::size_t offset = 0;
-  char* base = nullptr;
-  template <class T>
-  T* take(std::int64_t count) {
-    const std::size_t at = (offset + 255) & ~std::size_t{255};
-    offset = at + static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * sizeof(T);
-    return base == nullptr ? nullptr : reinterpret_cast<T*>(base + at);
-  }
-};
-
 /// The eigensolver of `count` symmetric d x d matrices and its device workspace.
 struct Eigen {
   bool batched = false;        ///< syevjBatched (d <= 32) or one Xsyevd per matrix

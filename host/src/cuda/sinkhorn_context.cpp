@@ -55,7 +55,7 @@ detail::SinkhornShape device_shape(const SinkhornProblem& problem, const Sinkhor
 
 void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem& problem,
                    const SinkhornOptions& o, const detail::SinkhornShape& shape, const float* f,
-                   const float* g, std::uint64_t seed, void* out);
+                   const float* g, std::uint64_t seed, void* out, std::int64_t batch_offset);
 
 void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& problem,
                    const SinkhornOptions& o, const float* f, const float* g, std::uint64_t seed,
@@ -79,13 +79,13 @@ void derived_async(GpuContext& ctx, DerivedKind what, const SinkhornProblem& pro
                             : static_cast<void*>(static_cast<float*>(out) + bc.begin * per);
     derived_chunk(im, what, cuda_backend::slice_batch(problem, shape, bc.begin, bc.count), o,
                   chunk_shape(shape, bc), offset(f, bc.begin * shape.n), g + bc.begin * shape.m,
-                  seed, o_out);
+                  seed, o_out, bc.begin);
   }
 }
 
 void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem& problem,
                    const SinkhornOptions& o, const detail::SinkhornShape& shape, const float* f,
-                   const float* g, std::uint64_t seed, void* out) {
+                   const float* g, std::uint64_t seed, void* out, std::int64_t batch_offset) {
   const auto pl = cuda_backend::plan_device(problem, o, shape, im.device(), false);
   void* const ws = im.workspace(cuda_backend::carved_bytes(pl, false, true));
   const cudaStream_t s = im.stream();
@@ -105,7 +105,8 @@ void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem
     kernels::mass_ratio(c.d.a, c.d.b, shape.batch, shape.n, shape.m,
                         std::numeric_limits<double>::infinity(), c.ratio, s);
   }
-  cuda_backend::enqueue_derived(what, pl, c, balanced ? c.ratio : nullptr, seed, out, s);
+  cuda_backend::enqueue_derived(what, pl, c, balanced ? c.ratio : nullptr, seed, out, s,
+                                batch_offset);
 }
 
 /// Workspace of a solve and of its derived outputs: sinkhorn_async grows to it, so a
@@ -130,7 +131,8 @@ std::size_t sinkhorn_async_workspace_bytes(const SinkhornProblem& problem,
                                            const SinkhornOptions& options) {
   const auto shape = device_shape(problem, options, "sinkhorn_async_workspace_bytes");
   cuda_backend::require_device(options.device);
-  return async_bytes(problem, options, shape, options.device);
+  return async_bytes(problem, detail::resolve_sinkhorn_options(options, Backend::cuda), shape,
+                     options.device);
 }
 
 namespace {
@@ -138,8 +140,10 @@ void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const Sin
                  const detail::SinkhornShape& shape, const DeviceSinkhornOutputs& out);
 }  // namespace
 
-void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& o,
+void sinkhorn_async(GpuContext& ctx, const SinkhornProblem& problem, const SinkhornOptions& options,
                     const DeviceSinkhornOutputs& out) {
+  // The library's defaults (tol kAuto -> 1e-4, eps scaling) resolved as for sinkhorn().
+  const SinkhornOptions o = detail::resolve_sinkhorn_options(options, Backend::cuda);
   if (out.f == nullptr || out.g == nullptr) {
     throw InvalidArgument("sinkhorn_async: outputs.f and outputs.g must be device buffers");
   }

@@ -365,7 +365,8 @@ SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape
 /// Enqueues one derived output from staged data (points centered, target eps in row
 /// 0 of the eps table, d.F / d.G set). out: float [B, n, d] (map, gradient) or
 /// int64 [B, n] (sample). ratio: b's balancing factor per problem (nullptr: 1).
+/// batch_offset: index of problem 0 in the whole batch (the sampling key of a chunk).
 void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, const double* ratio,
-                     std::uint64_t seed, void* out, cudaStream_t s);
+                     std::uint64_t seed, void* out, cudaStream_t s, std::int64_t batch_offset = 0);
 
 }  // namespace otgpu::cuda_backend

@@ -43,7 +43,7 @@ SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape
 /// 0 of the eps table, d.F / d.G set). out: float [B, n, d] (map, gradient) or
 /// int64 [B, n] (sample). ratio: b's balancing factor per problem (nullptr: 1).
 void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, const double* ratio,
-                     std::uint64_t seed, void* out, cudaStream_t s) {
+                     std::uint64_t seed, void* out, cudaStream_t s, std::int64_t batch_offset) {
   const DeviceSolve& d = c.d;
   const auto& sh = pl.shape;
   const float* eps = d.eps_tab;
@@ -63,17 +63,22 @@ void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, co
     case DerivedKind::sample:
       if (pl.cost == CostKind::matrix) {
         kernels::dense_sample(d.C, d.logB, d.G, eps, seed, static_cast<std::int64_t*>(out),
-                              sh.batch, sh.n, sh.m, s);
+                              sh.batch, sh.n, sh.m, s, batch_offset);
       } else {
-        kernels::online_sample(d.online(true, eps, nullptr), seed, static_cast<std::int64_t*>(out),
-                               s);
+        kernels::OnlinePass p = d.online(true, eps, nullptr);
+        p.batch_offset = batch_offset;
+        kernels::online_sample(p, seed, static_cast<std::int64_t*>(out), s);
       }
       return;
   }
 }
 
 SolveState::~SolveState() {
-  // Never throws; statuses are ignored on purpose (this may run at process exit).
+  // Never throws; statuses are ignored on purpose (this may run at process exit). The
+  // calling thread's current device is restored: the last copy of a result may die on
+  // any thread.
+  int current = 0;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device;
   if (cudaSetDevice(device) != cudaSuccess) {
     cudaGetLastError();
     return;
@@ -81,14 +86,14 @@ SolveState::~SolveState() {
   for (const Chunk& ch : chunks) {
     if (ch.mem != nullptr) (void)cudaFreeAsync(ch.mem, nullptr);
   }
+  if (restore) (void)cudaSetDevice(current);
   cudaGetLastError();
 }
 
 namespace {
 
 runtime::Context& context_of(GpuContext* ctx, int device) {
-  runtime::Context& c = ctx != nullptr ? static_cast<runtime::Context&>(ctx->impl())
-                                       : runtime::thread_context(device);
+  runtime::Context& c = runtime::context_or_thread(ctx, device);
   c.activate();
   return c;
 }
@@ -216,7 +221,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   poller.ev[0].e = ctx.poll_event(0);
   poller.ev[1].e = ctx.poll_event(1);
   poller.eps = o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
-  enqueue_iterations(c.d, o, ctx.device(), s, &poller);
+  enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);
   state.chunks.push_back(keep_state(pl, c, begin, s));
 
@@ -341,7 +346,7 @@ std::vector<Out> derived(DerivedKind what, const SinkhornProblem& problem,
         ratio = c.ratio;
       }
     }
-    enqueue_derived(what, pl, c, ratio, seed, dOut, s);
+    enqueue_derived(what, pl, c, ratio, seed, dOut, s, bc.begin);
     OTGPU_CUDA_CHECK(cudaMemcpyAsync(out.data() + static_cast<std::size_t>(bc.begin * per), dOut,
                                      count * sizeof(Out), cudaMemcpyDeviceToHost, s));
     OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));

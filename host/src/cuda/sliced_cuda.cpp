@@ -40,18 +40,6 @@ namespace {
 /// workspace (about 48 bytes per element at most) and keeps CUB's int sizes safe.
 constexpr std::int64_t kChunkElements = std::int64_t{1} << 26;
 
-/// Bump allocator over the single workspace; every buffer 256-byte aligned.
-struct Carve {
-  std::size_t offset = 0;
-  char* base = nullptr;
-  template <class T>
-  T* take(std::int64_t count) {
-    const std::size_t at = (offset + 255) & ~std::size_t{255};
-    offset = at + static_cast<std::size_t>(std::max<std::int64_t>(count, 0)) * sizeof(T);
-    return base == nullptr ? nullptr : reinterpret_cast<T*>(base + at);
-  }
-};
-
 /// Timing events of one call, destroyed on every exit path.
 class Events {
  public:

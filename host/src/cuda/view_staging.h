@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,21 @@
 #include "otgpu_kernels/gather.h"
 
 namespace otgpu::cuda_backend {
+
+/// Bump allocator over one workspace (counting only while base is null); every buffer
+/// 256-byte aligned and at least one element long, so that no pointer it hands out is
+/// null once the workspace exists (library calls such as cuSOLVER's reject null
+/// buffers even when they are empty).
+struct Carve {
+  std::size_t offset = 0;
+  char* base = nullptr;
+  template <class T>
+  T* take(std::int64_t count) {
+    const std::size_t at = (offset + 255) & ~std::size_t{255};
+    offset = at + static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * sizeof(T);
+    return base == nullptr ? nullptr : reinterpret_cast<T*>(base + at);
+  }
+};
 
 /// Bytes from the first to one past the last element a view touches (strides are
 /// validated non-negative): the raw span copied as is.

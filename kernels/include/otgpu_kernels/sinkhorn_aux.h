@@ -35,10 +35,11 @@ void sinkhorn_finalize(const double* a, const double* b, const float* F, const f
                        cudaStream_t stream);
 
 /// Gumbel-max sampling on a dense cost: out[b,i] = argmax_j logB_j + (G_j - C_ij)/eps
-/// + gumbel(seed, b, i, j), skipping zero weights.
+/// + gumbel(seed, batch_offset + b, i, j), skipping zero weights (batch_offset: index
+/// of problem 0 in the caller's batch, so that chunks draw what the whole batch would).
 void dense_sample(const float* C, const float* logB, const float* G, const float* eps,
                   std::uint64_t seed, std::int64_t* out, std::int64_t B, std::int64_t n,
-                  std::int64_t m, cudaStream_t stream);
+                  std::int64_t m, cudaStream_t stream, std::int64_t batch_offset = 0);
 
 /// Mean Euclidean cost sum_{i,j} |x_i - y_j| / (n m) per problem, in double, for
 /// eps_relative (the squared Euclidean mean has a closed form on the host).

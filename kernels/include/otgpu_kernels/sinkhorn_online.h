@@ -33,8 +33,9 @@ struct OnlinePass {
   /// own blocks into a partial base-2 (max, sum) per row, then merged (flash-decoding)
   /// so that short row ranges still fill the GPU. splits > 1 needs `partials`.
   int splits = 1;
-  float* partials = nullptr;  ///< [B, splits, n_rows] float2 pairs
-                              ///< (geometry::online_partials_floats)
+  float* partials = nullptr;      ///< [B, splits, n_rows] float2 pairs
+                                  ///< (geometry::online_partials_floats)
+  std::int64_t batch_offset = 0;  ///< sampling: problem b draws with key batch_offset + b
 };
 
 /// The compiled half-step kernel a launch with padded dimension dp runs (the
