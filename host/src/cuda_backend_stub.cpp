@@ -38,6 +38,11 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem&, const Sinkhorn
   unavailable(device);
 }
 
+SinkhornResult sinkhorn_symmetric(const SinkhornProblem&, const SinkhornOptions& options,
+                                  const detail::SinkhornShape&) {
+  unavailable(options.device);
+}
+
 }  // namespace otgpu::cuda_backend
 
 #endif  // OTGPU_WITH_CUDA

@@ -198,17 +198,21 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const Si
     if (options.eps_relative && options.eps_init > 0) {
       o.eps_init = options.eps_init * (xy.problems[b].eps / options.eps);
     }
+    // The symmetric update (a few dozen iterations where alternating ones take
+    // thousands on these problems), on the backend of the (x, y) solve.
+    const auto self_shape = detail::validate_sinkhorn(p, o);
+    g_solves.fetch_add(1, std::memory_order_relaxed);
     if (xy.backend == Backend::cpu) {
-      // The symmetric update (a few dozen iterations where alternating ones take
-      // thousands on these problems); the CUDA driver runs the alternating one.
-      const auto self_shape = detail::validate_sinkhorn(p, o);
-      g_solves.fetch_add(1, std::memory_order_relaxed);
       return cpu::sinkhorn_symmetric(p, detail::resolve_sinkhorn_options(o, Backend::cpu),
                                      self_shape)
           .problems[0]
           .ot_eps;
     }
-    return sinkhorn(p, o).problems[0].ot_eps;
+    o.device = xy.device >= 0 ? xy.device : o.device;
+    return cuda_backend::sinkhorn_symmetric(p, detail::resolve_sinkhorn_options(o, Backend::cuda),
+                                            self_shape)
+        .problems[0]
+        .ot_eps;
   };
   for (std::size_t b = 0; b < B; ++b) {
     const double xx = self_term(problem.x, problem.a, b);

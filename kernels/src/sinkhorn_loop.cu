@@ -40,7 +40,8 @@ __global__ void __launch_bounds__(kBlock)
                  const float* __restrict__ Ft, const float* __restrict__ eps,
                  const float* __restrict__ lambda_a, double tol, const int* __restrict__ state,
                  int offset, int* __restrict__ active, int* __restrict__ iterations,
-                 double* __restrict__ residual, int* __restrict__ active_count, std::int64_t n) {
+                 double* __restrict__ residual, int* __restrict__ active_count,
+                 double* __restrict__ max_residual, std::int64_t n) {
   __shared__ double shared[kBlock / 32];
   const std::int64_t b = blockIdx.x;
   if (active[b] == 0) return;  // uniform over the block
@@ -54,6 +55,11 @@ __global__ void __launch_bounds__(kBlock)
   r = block_sum<kBlock>(r, shared);
   if (threadIdx.x == 0) {
     residual[b] = r;
+    if (max_residual != nullptr) {
+      // r >= 0 (or NaN): unsigned order of the bits is the order of the values.
+      atomicMax(reinterpret_cast<unsigned long long*>(max_residual),
+                static_cast<unsigned long long>(__double_as_longlong(r)));
+    }
     if (r <= tol) {
       active[b] = 0;
       iterations[b] = (state != nullptr ? state[0] : 0) + offset;
@@ -61,6 +67,12 @@ __global__ void __launch_bounds__(kBlock)
       atomicAdd(active_count, 1);
     }
   }
+}
+
+__global__ void stop_unfinished_kernel(const int* __restrict__ active, int* __restrict__ iterations,
+                                       int t, std::int64_t B) {
+  const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (b < B && active[b] != 0) iterations[b] = t;
 }
 
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12040
@@ -106,10 +118,22 @@ void loop_reuse_f(const float* Ft, const float* lambda_a, const int* active, flo
 void loop_check_residual(const double* a, const float* F, const float* Ft, const float* eps,
                          const float* lambda_a, double tol, const int* state, int offset,
                          int* active, int* iterations, double* residual, int* active_count,
-                         std::int64_t B, std::int64_t n, cudaStream_t stream) {
+                         double* max_residual, std::int64_t B, std::int64_t n,
+                         cudaStream_t stream) {
   check_batch(B, n, "loop_check_residual");
   check_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(
-      a, F, Ft, eps, lambda_a, tol, state, offset, active, iterations, residual, active_count, n);
+      a, F, Ft, eps, lambda_a, tol, state, offset, active, iterations, residual, active_count,
+      max_residual, n);
+  OTGPU_LAUNCH_CHECK();
+}
+
+void loop_stop_unfinished(const int* active, int* iterations, int t, std::int64_t B,
+                          cudaStream_t stream) {
+  check_batch(B, 1, "loop_stop_unfinished");
+  if (active == nullptr || iterations == nullptr)
+    throw InvalidArgument("loop_stop_unfinished: active and iterations must not be null");
+  stop_unfinished_kernel<<<static_cast<unsigned>((B + kBlock - 1) / kBlock), kBlock, 0, stream>>>(
+      active, iterations, t, B);
   OTGPU_LAUNCH_CHECK();
 }
 

@@ -230,7 +230,7 @@ TEST(DeviceLoop, ReusedCheckMatchesTheCpuIterationForIteration) {
     o.max_iter = 97;
     const SinkhornResult gpu = otgpu::sinkhorn(p.device, o);
     EXPECT_EQ(otgpu::planner::last_loop_strategy(), "graph");
-    o.backend = Backend::cpu;
+    o.backend = Backend::cpu;  // an explicit eps_init: the same geometric table on the CPU
     const SinkhornResult cpu = otgpu::sinkhorn(p.host, o);
     double scale = 0;
     for (const auto& r : cpu.problems) scale = std::max(scale, r.eps / o.eps);
@@ -318,6 +318,106 @@ TEST(DeviceLoop, MaxIterReachedIsReported) {
   }
   for (std::size_t k = 0; k < a.f.size(); ++k)
     ASSERT_EQ(static_cast<double>(a.f[k]), sync.f[k]) << "f[" << k << "]";
+}
+
+/// The progress callback of the synchronous loop: one call per check, read one
+/// period late, with the batch's largest residual at that check.
+TEST(DeviceLoop, ProgressReportsEachCheckOnePeriodLate) {
+  REQUIRE_GPU();
+  Problem p(2, 1000, 900, 3, CostKind::sqeuclidean, 61);
+  SinkhornOptions o = options();
+  o.eps_init = 0;  // checks after iterations 10, 20, ..., 100
+  o.tol = 1e-12;   // out of fp32 reach: nothing retires
+  o.max_iter = 100;
+  std::vector<otgpu::SinkhornProgress> seen;
+  o.progress = [&seen](const otgpu::SinkhornProgress& pr) {
+    seen.push_back(pr);
+    return true;
+  };
+  const SinkhornResult r = otgpu::sinkhorn(p.device, o);
+  EXPECT_EQ(otgpu::planner::last_loop_strategy(), "graph");
+  EXPECT_FALSE(r.cancelled);
+  // Ten checks; the read of check k happens after check k+1 is queued, so the last
+  // check (iteration 100) is never reported.
+  ASSERT_EQ(seen.size(), 9u);
+  const double eps = std::max(r.problems[0].eps, r.problems[1].eps);
+  for (std::size_t k = 0; k < seen.size(); ++k) {
+    EXPECT_EQ(seen[k].problem, -1);
+    EXPECT_EQ(seen[k].iteration, static_cast<int>(10 * (k + 1)));
+    EXPECT_DOUBLE_EQ(seen[k].eps, eps);
+    EXPECT_EQ(seen[k].active, 2);
+    EXPECT_TRUE(std::isfinite(seen[k].residual) && seen[k].residual > 0) << seen[k].residual;
+    if (k > 0) {
+      EXPECT_GE(seen[k].elapsed_s, seen[k - 1].elapsed_s);
+    }
+  }
+  EXPECT_GE(seen[0].elapsed_s, 0.0);
+  // The residual of check k is the final residual of a solve stopped there (the same
+  // quantity, measured by the report kernel instead of the check kernel).
+  for (const int at : {10, 50}) {
+    SinkhornOptions stop = o;
+    stop.progress = nullptr;
+    stop.max_iter = at;
+    stop.check_every = 0;
+    const SinkhornResult s = otgpu::sinkhorn(p.device, stop);
+    const double want = std::max(s.problems[0].residual, s.problems[1].residual);
+    const double got = seen[static_cast<std::size_t>(at / 10 - 1)].residual;
+    EXPECT_NEAR(got, want, 1e-3 * want + 1e-7) << "check after iteration " << at;
+  }
+}
+
+TEST(DeviceLoop, ProgressReturningFalseCancelsAfterTheQueuedPeriod) {
+  REQUIRE_GPU();
+  Problem p(2, 1000, 900, 3, CostKind::sqeuclidean, 67);
+  SinkhornOptions o = options();
+  o.eps_init = 0;
+  o.tol = 1e-12;
+  o.max_iter = 100;
+  int calls = 0;
+  o.progress = [&calls](const otgpu::SinkhornProgress&) {
+    ++calls;
+    return false;
+  };
+  const SinkhornResult r = otgpu::sinkhorn(p.device, o);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(r.cancelled);
+  // The first read (check 10) comes once check 20 is queued: 20 iterations ran, the
+  // same ones as an uncancelled 20-iteration solve, bit for bit.
+  SinkhornOptions twenty = o;
+  twenty.progress = nullptr;
+  twenty.max_iter = 20;
+  const SinkhornResult ref = otgpu::sinkhorn(p.device, twenty);
+  EXPECT_FALSE(ref.cancelled);
+  for (std::size_t b = 0; b < r.problems.size(); ++b) {
+    EXPECT_FALSE(r.problems[b].converged) << "problem " << b;
+    EXPECT_EQ(r.problems[b].iterations, 20) << "problem " << b;
+  }
+  ASSERT_EQ(r.f.size(), ref.f.size());
+  for (std::size_t k = 0; k < r.f.size(); ++k) ASSERT_EQ(r.f[k], ref.f[k]) << "f[" << k << "]";
+  // A callback that keeps returning true changes nothing: the problems converge
+  // (tol 1e-3, well before iteration 5000) and the solve is not cancelled.
+  SinkhornOptions late = options();
+  late.eps_init = 0;
+  late.progress = [](const otgpu::SinkhornProgress& pr) { return pr.iteration < 5000; };
+  const SinkhornResult done = otgpu::sinkhorn(p.device, late);
+  EXPECT_FALSE(done.cancelled);
+  for (const auto& rep : done.problems) EXPECT_TRUE(rep.converged);
+}
+
+/// The small kernel runs the whole loop on the device: no host reads, no callback.
+TEST(DeviceLoop, SmallKernelNeverCallsProgress) {
+  REQUIRE_GPU();
+  Problem p(2, 60, 50, 2, CostKind::sqeuclidean, 71);
+  SinkhornOptions o = options();
+  int calls = 0;
+  o.progress = [&calls](const otgpu::SinkhornProgress&) {
+    ++calls;
+    return true;
+  };
+  const SinkhornResult r = otgpu::sinkhorn(p.device, o);
+  EXPECT_EQ(otgpu::planner::last_loop_strategy(), "in-kernel");
+  EXPECT_EQ(calls, 0);
+  for (const auto& rep : r.problems) EXPECT_TRUE(rep.converged);
 }
 
 }  // namespace

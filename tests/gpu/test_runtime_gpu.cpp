@@ -69,6 +69,11 @@ SinkhornOptions fixed(Backend be, int iters = 30) {
   o.eps_relative = true;
   o.max_iter = iters;
   o.check_every = 0;
+  // GPU and CPU compared iteration for iteration: plain updates at eps from the start
+  // (the library defaults over-relax on the CPU and scale eps on both, differently).
+  o.eps_init = 0;
+  o.acceleration = otgpu::SinkhornAcceleration::none;
+  o.tol = 1e-4;
   o.backend = be;
   return o;
 }

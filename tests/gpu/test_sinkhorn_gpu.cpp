@@ -3,7 +3,11 @@
 // the O(nm) loops and double in the per-problem reductions; the CPU is fp64
 // throughout. Runs compare iteration for iteration (check_every = 0, fixed
 // max_iter) so the iterates match up to fp32 round-off, except where a converged
-// solve is the point.
+// solve is the point. Every comparison states the iteration it compares: plain
+// updates (acceleration = none; the CPU default over-relaxes), no eps scaling
+// (eps_init = 0; the default kAuto runs the CPU's continuation schedule and no scaling
+// on the GPU, see SinkhornOptions::eps_init) and an explicit tol (kAuto resolves to
+// 1e-6 on the CPU and 1e-4 on the GPU).
 #include <gtest/gtest.h>
 
 #ifdef OTGPU_WITH_CUDA
@@ -18,7 +22,10 @@
 #include <string>
 #include <vector>
 
+#include "cpu_sinkhorn.h"
 #include "otgpu/otgpu.h"
+#include "otgpu_host/cuda_backend.h"
+#include "validate.h"
 
 namespace {
 
@@ -104,10 +111,11 @@ SinkhornOptions fixed_iterations(const Case& k, Backend be) {
   o.eps_relative = true;
   o.max_iter = k.iters;
   o.check_every = 0;
+  o.eps_init = 0;
+  o.acceleration = otgpu::SinkhornAcceleration::none;
+  o.tol = 1e-4;
   o.rho_a = o.rho_b = k.rho;
   o.backend = be;
-  o.eps_init = 0;  // the same plain iterates on both backends
-  o.acceleration = otgpu::SinkhornAcceleration::none;
   return o;
 }
 
@@ -186,7 +194,9 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
     o.eps_relative = true;
     o.tol = 1e-4;
     o.max_iter = 2000;
-    o.eps_init = 0;  // compare plain iterations: the CPU defaults differ from the driver's
+    // The same iteration on both sides, so that the stopping checks can be compared:
+    // plain updates from a cold start at eps.
+    o.eps_init = 0;
     o.acceleration = otgpu::SinkhornAcceleration::none;
     o.backend = Backend::cpu;
     const auto cpu = otgpu::sinkhorn(D.p, o);
@@ -205,6 +215,72 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
   }
 }
 
+/// Each problem reports what ran: the CUDA loop has no over-relaxation yet, so the
+/// default (acceleration = overrelax) runs plain updates there and says so.
+TEST(SinkhornGpu, ReportsThePlainIterationThatRan) {
+  REQUIRE_GPU();
+  for (const std::int64_t n : {60, 2000}) {  // small-kernel path and online path
+    Case k{"what_ran", 2, n, n + 3, 2};
+    Data D = make(k, 13);
+    SinkhornOptions o;
+    o.eps = 0.05;
+    o.eps_relative = true;
+    o.backend = Backend::cuda;
+    ASSERT_EQ(o.acceleration, otgpu::SinkhornAcceleration::overrelax);
+    const auto r = otgpu::sinkhorn(D.p, o);
+    for (const auto& rep : r.problems) {
+      EXPECT_EQ(rep.acceleration, otgpu::SinkhornAcceleration::none) << "n=" << n;
+      EXPECT_EQ(rep.omega, 1.0) << "n=" << n;
+      EXPECT_TRUE(rep.converged) << "n=" << n << " residual " << rep.residual;
+    }
+  }
+}
+
+/// The self-transport solve of the divergence (symmetric update) on the GPU against
+/// the CPU's: iteration for iteration (fixed count, no checks), then converged (the
+/// same check schedule, stopping within one period of each other).
+TEST(SinkhornGpu, SymmetricSelfTermMatchesCpu) {
+  REQUIRE_GPU();
+  for (const std::int64_t n : {300, 2000}) {  // small-kernel plan and online plan
+    SCOPED_TRACE(n);
+    Case k{"self", 1, n, n, 2, CostKind::sqeuclidean, 0.05, true};
+    Data D = make(k, 77);
+    D.p.y = D.p.x;
+    D.p.b = D.p.a;
+    SinkhornOptions o;
+    o.eps = 0.02;  // absolute, as the divergence passes it (mean cost ~ 1/3)
+    o.eps_init = 0;
+    o.check_every = 0;
+    o.max_iter = 30;
+    o.tol = 1e-4;
+    const auto shape = otgpu::detail::validate_sinkhorn(D.p, o);
+    auto cuda_opts = otgpu::detail::resolve_sinkhorn_options(o, Backend::cuda);
+    auto cpu_opts = otgpu::detail::resolve_sinkhorn_options(o, Backend::cpu);
+    const auto g30 = otgpu::cuda_backend::sinkhorn_symmetric(D.p, cuda_opts, shape);
+    const auto c30 = otgpu::cpu::sinkhorn_symmetric(D.p, cpu_opts, shape);
+    ASSERT_EQ(g30.backend, Backend::cuda);
+    expect_potentials_close(g30.f, c30.f, 1.0 / 3.0, "f after 30 iterations");
+    EXPECT_EQ(g30.problems[0].iterations, 30);
+    EXPECT_NEAR(g30.problems[0].ot_eps, c30.problems[0].ot_eps,
+                3e-4 + 1e-4 * std::abs(c30.problems[0].ot_eps));
+    // Converged: OT_eps(a, a) = 2 <a, f> within the fp32 floor, in a few dozen
+    // iterations (alternating updates need thousands on these problems).
+    cuda_opts.check_every = cpu_opts.check_every = 10;
+    cuda_opts.max_iter = cpu_opts.max_iter = 5000;
+    const auto g = otgpu::cuda_backend::sinkhorn_symmetric(D.p, cuda_opts, shape);
+    const auto c = otgpu::cpu::sinkhorn_symmetric(D.p, cpu_opts, shape);
+    EXPECT_TRUE(g.problems[0].converged) << "residual " << g.problems[0].residual;
+    EXPECT_TRUE(c.problems[0].converged) << "residual " << c.problems[0].residual;
+    EXPECT_LE(std::abs(g.problems[0].iterations - c.problems[0].iterations), 10);
+    EXPECT_LT(g.problems[0].iterations, 500);
+    EXPECT_NEAR(g.problems[0].ot_eps, c.problems[0].ot_eps,
+                1e-3 * std::abs(c.problems[0].ot_eps) + 1e-5);
+    expect_potentials_close(g.g, g.f, 0.0, "g = f");
+  }
+}
+
+/// An explicit eps schedule (eps_t = max(eps, eps_init decay^t), one iteration per
+/// level, on both backends) reaches the same converged answer on both.
 TEST(SinkhornGpu, EpsScalingSmallEps) {
   REQUIRE_GPU();
   Case k{"scaling", 1, 800, 800, 2};
@@ -216,6 +292,7 @@ TEST(SinkhornGpu, EpsScalingSmallEps) {
   o.eps_decay = 0.7;
   o.tol = 1e-3;
   o.max_iter = 3000;
+  o.acceleration = otgpu::SinkhornAcceleration::none;
   o.backend = Backend::cuda;
   const auto gpu = otgpu::sinkhorn(D.p, o);
   EXPECT_TRUE(std::isfinite(gpu.problems[0].ot_eps));
@@ -272,6 +349,7 @@ TEST(SinkhornGpu, SampledPartnersHaveThePlanDistribution) {
   p.y = TensorView::host(y.data(), {m, 1});
   SinkhornOptions o;
   o.eps = 0.05;
+  o.eps_init = 0;  // 10 iterations at eps itself (the default would scale from 1024 eps)
   o.backend = Backend::cuda;
   o.max_iter = 10;
   const auto r = otgpu::sinkhorn(p, o);

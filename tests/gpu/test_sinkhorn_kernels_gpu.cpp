@@ -34,9 +34,11 @@ bool have_device() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-#define SKIP_WITHOUT_DEVICE()                                   \
-  do {                                                          \
-    if (!have_device()) { GTEST_SKIP() << "no usable CUDA device"; } \
+#define SKIP_WITHOUT_DEVICE()                  \
+  do {                                         \
+    if (!have_device()) {                      \
+      GTEST_SKIP() << "no usable CUDA device"; \
+    }                                          \
   } while (0)
 
 void cuda_ok(cudaError_t e, const char* what) {
@@ -95,8 +97,9 @@ std::vector<float> log_weights(std::mt19937& rng, int64_t B, int64_t len, int ze
     }
     for (int64_t i = 0; i < len; ++i) {
       const double wi = w[static_cast<std::size_t>(i)];
-      out[static_cast<std::size_t>(b * len + i)] =
-          wi == 0.0 ? -std::numeric_limits<float>::infinity() : static_cast<float>(std::log(wi / total));
+      out[static_cast<std::size_t>(b * len + i)] = wi == 0.0
+                                                       ? -std::numeric_limits<float>::infinity()
+                                                       : static_cast<float>(std::log(wi / total));
     }
   }
   return out;
@@ -137,7 +140,8 @@ std::vector<double> ref_row_update(const std::vector<float>& C, const std::vecto
         const double lb = logB[static_cast<std::size_t>(b * m + j)];
         if (lb == -kInf) continue;
         acc.push(lb + (G[static_cast<std::size_t>(b * m + j)] -
-                       double{C[static_cast<std::size_t>((b * n + i) * m + j)]}) / e);
+                       double{C[static_cast<std::size_t>((b * n + i) * m + j)]}) /
+                          e);
       }
       F[static_cast<std::size_t>(b * n + i)] = potential(acc.value(), lam, e);
     }
@@ -159,7 +163,8 @@ std::vector<double> ref_col_update(const std::vector<float>& C, const std::vecto
         const double la = logA[static_cast<std::size_t>(b * n + i)];
         if (la == -kInf) continue;
         acc.push(la + (F[static_cast<std::size_t>(b * n + i)] -
-                       double{C[static_cast<std::size_t>((b * n + i) * m + j)]}) / e);
+                       double{C[static_cast<std::size_t>((b * n + i) * m + j)]}) /
+                          e);
       }
       G[static_cast<std::size_t>(b * m + j)] = potential(acc.value(), lam, e);
     }
@@ -242,8 +247,8 @@ TEST_P(DenseHalfSteps, RowAndColumnMatchDoubleReference) {
   otgpu::kernels::dense_row_update(dC.get() + off, dLB.get() + off, dG.get() + off, dEps.get(),
                                    lam_ptr, dActive.get(), dOutF.get(), B, n, m, nullptr);
   otgpu::kernels::dense_col_update(dC.get() + off, dLA.get() + off, dF.get() + off, dEps.get(),
-                                   lam_ptr, dActive.get(), dOutG.get(), dWs.get(), ws_bytes, B,
-                                   n, m, nullptr);
+                                   lam_ptr, dActive.get(), dOutG.get(), dWs.get(), ws_bytes, B, n,
+                                   m, nullptr);
   cuda_ok(cudaDeviceSynchronize(), "sync");
 
   auto refF = ref_row_update(C, logB, G0, eps, c.use_lambda ? &lambda : nullptr, B, n, m);
@@ -270,7 +275,9 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(DenseRowStats, MatchesDoubleReference) {
   SKIP_WITHOUT_DEVICE();
   for (const auto& [B, n, m] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1},
-                                {3, 33, 1000}, {1, 1000, 4099}, {3, 5, 33}}) {
+                                {3, 33, 1000},
+                                {1, 1000, 4099},
+                                {3, 5, 33}}) {
     SCOPED_TRACE("B=" + std::to_string(B) + " n=" + std::to_string(n) + " m=" + std::to_string(m));
     std::mt19937 rng(static_cast<unsigned>(7 * B + 13 * n + m));
     const auto C = uniform(rng, static_cast<std::size_t>(B * n * m), 0.0f, 1.0f);
@@ -283,11 +290,11 @@ TEST(DenseRowStats, MatchesDoubleReference) {
     DeviceBuffer<float> dMass(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
     DeviceBuffer<float> dCost(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
     DeviceBuffer<float> dMass2(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
-    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(),
-                                    dEps.get(), dMass.get(), dCost.get(), B, n, m, nullptr);
+    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(), dEps.get(),
+                                    dMass.get(), dCost.get(), B, n, m, nullptr);
     // row_cost may be null when only the masses are wanted.
-    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(),
-                                    dEps.get(), dMass2.get(), nullptr, B, n, m, nullptr);
+    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(), dEps.get(),
+                                    dMass2.get(), nullptr, B, n, m, nullptr);
     cuda_ok(cudaDeviceSynchronize(), "sync");
     EXPECT_EQ(dMass2.download(), dMass.download());
     std::vector<double> mass(static_cast<std::size_t>(B * n)), cost(mass.size());
@@ -299,7 +306,8 @@ TEST(DenseRowStats, MatchesDoubleReference) {
           const double p = std::exp(double{logA[static_cast<std::size_t>(b * n + i)]} +
                                     logB[static_cast<std::size_t>(b * m + j)] +
                                     (double{F[static_cast<std::size_t>(b * n + i)]} +
-                                     G[static_cast<std::size_t>(b * m + j)] - c) / 0.1);
+                                     G[static_cast<std::size_t>(b * m + j)] - c) /
+                                        0.1);
           s += p;
           sc += p * c;
         }
@@ -357,7 +365,8 @@ RefResult ref_solve(const std::vector<double>& C, const float* logA, const float
       LseD acc;
       for (int64_t j = 0; j < m; ++j)
         if (logB[j] != -std::numeric_limits<float>::infinity())
-          acc.push(logB[j] + (r.G[static_cast<std::size_t>(j)] - C[static_cast<std::size_t>(i * m + j)]) / e);
+          acc.push(logB[j] +
+                   (r.G[static_cast<std::size_t>(j)] - C[static_cast<std::size_t>(i * m + j)]) / e);
       out[static_cast<std::size_t>(i)] = potential(acc.value(), lam, e);
     }
   };
@@ -366,7 +375,8 @@ RefResult ref_solve(const std::vector<double>& C, const float* logA, const float
       LseD acc;
       for (int64_t i = 0; i < n; ++i)
         if (logA[i] != -std::numeric_limits<float>::infinity())
-          acc.push(logA[i] + (r.F[static_cast<std::size_t>(i)] - C[static_cast<std::size_t>(i * m + j)]) / e);
+          acc.push(logA[i] +
+                   (r.F[static_cast<std::size_t>(i)] - C[static_cast<std::size_t>(i * m + j)]) / e);
       r.G[static_cast<std::size_t>(j)] = potential(acc.value(), lam, e);
     }
   };
@@ -377,8 +387,10 @@ RefResult ref_solve(const std::vector<double>& C, const float* logA, const float
     double R = 0;
     for (int64_t i = 0; i < n; ++i)
       if (logA[i] != -std::numeric_limits<float>::infinity())
-        R += std::exp(double{logA[i]}) *
-             std::abs(std::exp((r.F[static_cast<std::size_t>(i)] - la * ft[static_cast<std::size_t>(i)]) / eps) - 1.0);
+        R += std::exp(double{logA[i]}) * std::abs(std::exp((r.F[static_cast<std::size_t>(i)] -
+                                                            la * ft[static_cast<std::size_t>(i)]) /
+                                                           eps) -
+                                                  1.0);
     return R;
   };
   for (int t = 0; t < s.max_iter; ++t) {
@@ -450,15 +462,18 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
   }
   const auto logA = log_weights(rng, B, n, 6);
   const auto logB = log_weights(rng, B, m, 9);
-  std::vector<float> F0(static_cast<std::size_t>(B * n), 0.0f), G0(static_cast<std::size_t>(B * m), 0.0f);
+  std::vector<float> F0(static_cast<std::size_t>(B * n), 0.0f),
+      G0(static_cast<std::size_t>(B * m), 0.0f);
   // Mean sqeuclidean cost grows like d/6: keep eps / mean cost comparable across d.
-  const double cost_scale = c.cost == CostKind::matrix ? 0.5
+  const double cost_scale = c.cost == CostKind::matrix      ? 0.5
                             : c.cost == CostKind::euclidean ? std::sqrt(double(d) / 6.0 + 0.01)
                                                             : double(d) / 6.0 + 0.01;
   std::vector<float> eps(static_cast<std::size_t>(B)), eps_init(static_cast<std::size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
-    eps[static_cast<std::size_t>(b)] = static_cast<float>(cost_scale * (0.05 + 0.05 * double(b % 3)));
-    eps_init[static_cast<std::size_t>(b)] = c.eps_scaling ? 16.0f * eps[static_cast<std::size_t>(b)] : 0.0f;
+    eps[static_cast<std::size_t>(b)] =
+        static_cast<float>(cost_scale * (0.05 + 0.05 * double(b % 3)));
+    eps_init[static_cast<std::size_t>(b)] =
+        c.eps_scaling ? 16.0f * eps[static_cast<std::size_t>(b)] : 0.0f;
   }
   std::vector<int> active(static_cast<std::size_t>(B), 1);
   if (B > 2) active[2] = 0;  // untouched
@@ -519,7 +534,8 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
       EXPECT_EQ(conv[sb], -7);
       EXPECT_EQ(res[sb], kSentinel);
       EXPECT_EQ(act[sb], 0);
-      for (int64_t i = 0; i < n; ++i) EXPECT_EQ(F[sb * static_cast<std::size_t>(n) + static_cast<std::size_t>(i)], 0.0f);
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(F[sb * static_cast<std::size_t>(n) + static_cast<std::size_t>(i)], 0.0f);
       continue;
     }
     const auto Cb = cost_matrix(c.cost, X.empty() ? nullptr : X.data() + b * n * d,
@@ -535,12 +551,12 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
       SolveSpec fixed = c.spec;
       fixed.max_iter = iters[sb];
       fixed.check_every = 0;
-      const RefResult at_gpu = ref_solve(Cb, logA.data() + b * n, logB.data() + b * m,
-                                         F0.data() + b * n, G0.data() + b * m, eps[sb],
-                                         eps_init[sb], fixed, n, m);
+      const RefResult at_gpu =
+          ref_solve(Cb, logA.data() + b * n, logB.data() + b * m, F0.data() + b * n,
+                    G0.data() + b * m, eps[sb], eps_init[sb], fixed, n, m);
       if (conv[sb] == 1) {
-        EXPECT_LE(at_gpu.residual, 1.5 * c.spec.tol) << "gpu stopped at " << iters[sb]
-                                                     << ", reference at " << ref.iterations;
+        EXPECT_LE(at_gpu.residual, 1.5 * c.spec.tol)
+            << "gpu stopped at " << iters[sb] << ", reference at " << ref.iterations;
         // A stop happens only at a check (or at the cap).
         EXPECT_TRUE(iters[sb] == c.spec.max_iter ||
                     (c.spec.check_every > 0 && iters[sb] % c.spec.check_every == 0))
@@ -548,16 +564,15 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
       } else {
         // Not converged: the GPU must have run to the cap.
         EXPECT_EQ(iters[sb], c.spec.max_iter) << "reference stopped at " << ref.iterations;
-        EXPECT_GE(ref.residual, c.spec.tol / 1.5) << "gpu ran to " << iters[sb]
-                                                  << ", reference stopped at " << ref.iterations;
+        EXPECT_GE(ref.residual, c.spec.tol / 1.5)
+            << "gpu ran to " << iters[sb] << ", reference stopped at " << ref.iterations;
       }
       ref = at_gpu;
       EXPECT_NEAR(res[sb], ref.residual, 0.05 * ref.residual + 3e-5);
     } else {
       // fp32 puts a floor of ~1e-5 under R: a residual within 50% of tol may land
       // on either side of it.
-      const bool borderline =
-          ref.residual >= c.spec.tol / 1.5 && ref.residual <= 1.5 * c.spec.tol;
+      const bool borderline = ref.residual >= c.spec.tol / 1.5 && ref.residual <= 1.5 * c.spec.tol;
       if (!borderline) {
         EXPECT_EQ(conv[sb], ref.converged ? 1 : 0);
       }
@@ -606,23 +621,29 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         // recomputed cost, d = 2 (W2 small case shape), tails n = 33, m = 5
         SmallCase{CostKind::sqeuclidean, 3, 33, 5, 2, fixed_iters(40), false, 0, "sq_d2_fixed"},
-        SmallCase{CostKind::sqeuclidean, 4, 128, 128, 2, converge(1e-4, 10, 500), false, 0, "sq_d2_128_converge"},
+        SmallCase{CostKind::sqeuclidean, 4, 128, 128, 2, converge(1e-4, 10, 500), false, 0,
+                  "sq_d2_128_converge"},
         // d = 3 padded to 4, euclidean, n = m = 1
         SmallCase{CostKind::euclidean, 3, 5, 33, 3, fixed_iters(30), false, 0, "eu_d3_fixed"},
         SmallCase{CostKind::sqeuclidean, 1, 1, 1, 1, fixed_iters(3), false, 0, "sq_1x1"},
         // d = 32 at n = m = 128: the cost matrix is cached in shared memory
-        SmallCase{CostKind::sqeuclidean, 3, 128, 128, 32, converge(1e-4, 5, 300), true, 0, "sq_d32_cached_scaling"},
+        SmallCase{CostKind::sqeuclidean, 3, 128, 128, 32, converge(1e-4, 5, 300), true, 0,
+                  "sq_d32_cached_scaling"},
         // d = 32 at 500 x 500 (1 MB of cost does not fit): recomputed with |x|^2+|y|^2-2<x,y>
-        SmallCase{CostKind::sqeuclidean, 2, 500, 499, 32, fixed_iters(20), false, 0, "sq_d32_online"},
+        SmallCase{CostKind::sqeuclidean, 2, 500, 499, 32, fixed_iters(20), false, 0,
+                  "sq_d32_online"},
         // d = 10 padded to 16, recomputed (300 x 301 cost does not fit), euclidean
         SmallCase{CostKind::euclidean, 1, 300, 301, 10, fixed_iters(15), false, 0, "eu_d10_online"},
         // dense matrix, unbalanced, eps scaling, convergence, several launches
-        SmallCase{CostKind::matrix, 3, 33, 100, 0, unbalanced(1.0, 2.0, converge(1e-4, 5, 400)), true, 7, "matrix_unbalanced_chunked"},
+        SmallCase{CostKind::matrix, 3, 33, 100, 0, unbalanced(1.0, 2.0, converge(1e-4, 5, 400)),
+                  true, 7, "matrix_unbalanced_chunked"},
         SmallCase{CostKind::matrix, 3, 1000, 5, 0, converge(1e-4, 3, 200), false, 0, "matrix_tall"},
-        SmallCase{CostKind::sqeuclidean, 3, 1000, 37, 2, fixed_iters(25), true, 4, "sq_d2_1000_chunked"},
+        SmallCase{CostKind::sqeuclidean, 3, 1000, 37, 2, fixed_iters(25), true, 4,
+                  "sq_d2_1000_chunked"},
         // eps scaling with a decay that is not a power of two (eps_t reaches eps by
         // rounding), checks and chunks that do not line up
-        SmallCase{CostKind::sqeuclidean, 3, 64, 48, 2, with_decay(0.7, converge(1e-4, 4, 300)), true, 5, "sq_d2_decay07_chunked"},
+        SmallCase{CostKind::sqeuclidean, 3, 64, 48, 2, with_decay(0.7, converge(1e-4, 4, 300)),
+                  true, 5, "sq_d2_decay07_chunked"},
         // euclidean cost cached in shared memory from the points (d >= 8)
         SmallCase{CostKind::euclidean, 2, 64, 80, 16, fixed_iters(20), false, 0, "eu_d16_cached"}),
     [](const ::testing::TestParamInfo<SmallCase>& p) { return std::string(p.param.name); });

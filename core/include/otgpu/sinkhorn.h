@@ -125,7 +125,13 @@ struct SinkhornOptions {
   /// Called at each convergence check (from one thread at a time, possibly not the
   /// caller's). Returning false cancels the solve: every problem stops at its next
   /// check and reports converged = false with the potentials it has. The CUDA backend
-  /// calls it at its lagged host reads of the device residuals (problem = -1).
+  /// calls it at its lagged host reads of the device residuals (problem = -1): the
+  /// synchronous calls on the online/dense kernels, one call per check, one check
+  /// period late (residual: the largest of the batch at that check; active: the
+  /// problems not retired by it); returning false stops enqueueing after the check
+  /// period already queued, so unfinished problems report one period more than the
+  /// iteration reported. The small kernel (whole loop on the device, n, m <= 512)
+  /// and sinkhorn_async never read the device from the host and never call it.
   std::function<bool(const SinkhornProgress&)> progress;
   Backend backend = Backend::automatic;
   int device = 0;  ///< CUDA device ordinal
@@ -197,7 +203,8 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 /// Debiased Sinkhorn divergence S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2
 /// per problem (point clouds only). With eps_relative, eps is fixed from the mean
 /// cost of the (a, b) problem and the same absolute eps is used for all three terms.
-/// On the CPU the self terms run the symmetric update f <- (f + T(f)) / 2 with
+/// The self terms run (on the backend of the (x, y) solve; the CUDA one never calls
+/// options.progress for them) the symmetric update f <- (f + T(f)) / 2 with
 /// T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps), whose fixed point is the
 /// potential of OT_eps(a, a) = 2 <a, f> and which needs a few dozen iterations where
 /// alternating updates need thousands.

@@ -33,6 +33,12 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
                                           const detail::SinkhornShape& shape, std::uint64_t seed,
                                           int device, GpuContext* ctx = nullptr);
 
+/// The self-transport problem OT_eps(a, a) (problem.y = x, b = a, B <= 65,535) by the
+/// symmetric update f <- (f + T(f)) / 2, as cpu::sinkhorn_symmetric (host/src/cuda/
+/// sinkhorn_symmetric.cpp); options resolved for the CUDA backend. f is both potentials.
+SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const SinkhornOptions& options,
+                                  const detail::SinkhornShape& shape);
+
 // ---- batch chunks and problem identity (plain C++, host/src/backend.cpp) ----
 
 /// Problems [begin, begin + count) of a batch.

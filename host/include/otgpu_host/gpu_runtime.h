@@ -85,9 +85,10 @@ class Context {
   void staging_done();
   std::size_t staging_bytes() const noexcept { return pin_bytes_; }
 
-  /// Two pinned ints with one event each, for reads of device counters one period late
-  /// (the synchronous Sinkhorn's convergence poll), created on first use. The event k
-  /// marks the copy into slot k; callers record it on stream() after that copy.
+  /// Two pinned slots with one event each, for reads of device counters one period late
+  /// (the synchronous Sinkhorn's convergence poll), created on first use: ints [0], [1]
+  /// and doubles at (double*)(p + 4) [0], [1] (the largest residual of the check). The
+  /// event k marks the copies into slot k; callers record it on stream() after them.
   int* poll_slots();
   cudaEvent_t poll_event(int k) const noexcept { return poll_events_[k & 1]; }
 

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -174,9 +175,9 @@ int* Context::poll_slots() {
       if (e == nullptr) OTGPU_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     void* p = nullptr;
-    OTGPU_CUDA_CHECK(cudaMallocHost(&p, 2 * sizeof(int)));
+    OTGPU_CUDA_CHECK(cudaMallocHost(&p, 8 * sizeof(int)));  // 2 ints, pad, 2 doubles
     poll_ = static_cast<int*>(p);
-    poll_[0] = poll_[1] = 0;
+    std::memset(p, 0, 8 * sizeof(int));
     ++allocations_;
   }
   return poll_;

@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -97,6 +98,8 @@ struct DeviceSolve {
   float* partials = nullptr;       ///< split partials of the online half-steps
   std::size_t partials_floats = 0;
   int* loop = nullptr;  ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
+  /// The largest residual of the last check (in the loop state), nullptr without one.
+  double* check_max() const { return kernels::loop_max_residual(loop); }
 
   bool points() const { return cost != CostKind::matrix; }
   const float* eps_target() const {
@@ -136,11 +139,21 @@ struct SolveSizes {
   int f_splits = 1, g_splits = 1;
 };
 
-/// Host-side polling of the active count for early exit (the synchronous API).
+/// Host-side polling of the active count for early exit (the synchronous API), and
+/// the progress callback at each lagged read.
 struct Poller {
-  PinnedView pinned;  ///< 2 ints (Context::poll_slots)
+  PinnedView pinned;  ///< 2 ints, then 2 doubles at pinned.p + 4 (Context::poll_slots)
   EventView ev[2];
   int checks = 0;
+  int iteration[2] = {0, 0};  ///< the iteration of the check copied into each slot
+  /// SinkhornProgress::eps: the target eps (the largest of the batch when eps_relative).
+  double eps = 0;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  /// The progress callback returned false: no more iterations were enqueued after
+  /// iteration stopped_at, and the problems active then stay unfinished.
+  bool cancelled = false;
+  int stopped_at = 0;
+  double* pinned_max() const { return reinterpret_cast<double*>(pinned.get() + 4); }
 };
 
 constexpr std::size_t kAlign = 256;

@@ -11,7 +11,12 @@
 //   periods [t0 + p ce, t0 + (p+1) ce), p < P: each starts with F = lambda_a Ft (the
 //           previous check's f-update at the target eps) and ends with a check;
 //   tail    [t0 + P ce, max_iter): fewer than ce iterations, no check.
+// The synchronous API reads each check's active count and largest residual one period
+// late (poll) and hands them to SinkhornOptions::progress; a callback returning false
+// stops the enqueueing there.
+#include <chrono>
 #include <cstdlib>
+#include <limits>
 #include <string_view>
 
 #include "sinkhorn_internal.h"
@@ -61,8 +66,10 @@ void enqueue_check(const DeviceSolve& d, const SinkhornOptions& o, const int* st
                               s);
   }
   OTGPU_CUDA_CHECK(cudaMemsetAsync(d.count, 0, sizeof(int), s));
+  if (d.check_max() != nullptr)
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(d.check_max(), 0, sizeof(double), s));
   kernels::loop_check_residual(d.a, d.F, d.Ft, eps_target, d.lam_a_target(), o.tol, state, offset,
-                               d.active, d.iters, d.res, d.count, d.B, d.n, s);
+                               d.active, d.iters, d.res, d.count, d.check_max(), d.B, d.n, s);
 }
 
 /// One check period of ce iterations at the target eps, after a check.
@@ -71,22 +78,45 @@ void enqueue_period(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t
   enqueue_check(d, o, d.loop, o.check_every, s);
 }
 
-/// After a check: queues the copy of the active count and reads the previous check's
-/// (one period late, so the GPU never idles). True when that count was zero.
-bool poll(const DeviceSolve& d, Poller* poller, cudaStream_t s) {
+/// After the check of iteration `iteration`: queues the copy of its active count and
+/// largest residual, and reads the previous check's (one period late, so the GPU never
+/// idles), which it hands to the progress callback. True when that count was zero or
+/// the callback cancelled the solve (poller->cancelled).
+bool poll(const DeviceSolve& d, const SinkhornOptions& o, int iteration, Poller* poller,
+          cudaStream_t s) {
   if (poller == nullptr) return false;
   const int slot = poller->checks % 2;
   OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned.get() + slot, d.count, sizeof(int),
                                    cudaMemcpyDeviceToHost, s));
+  if (d.check_max() != nullptr) {
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned_max() + slot, d.check_max(), sizeof(double),
+                                     cudaMemcpyDeviceToHost, s));
+  }
   OTGPU_CUDA_CHECK(cudaEventRecord(poller->ev[slot].get(), s));
+  poller->iteration[slot] = iteration;
   bool done = false;
   if (poller->checks > 0) {
     const int prev = 1 - slot;
     OTGPU_CUDA_CHECK(cudaEventSynchronize(poller->ev[prev].get()));
-    // PROGRESS CALLBACK (SinkhornOptions::progress, wired by the lead after the merge):
-    // invoke it here with the lagged active count poller->pinned.get()[prev], the
-    // iteration of that check and the elapsed time; eps is the target eps.
-    done = poller->pinned.get()[prev] == 0;
+    const int active = poller->pinned.get()[prev];
+    if (o.progress) {
+      SinkhornProgress pr;
+      pr.problem = -1;
+      pr.iteration = poller->iteration[prev];
+      pr.eps = poller->eps;
+      pr.residual = d.check_max() != nullptr ? poller->pinned_max()[prev]
+                                             : std::numeric_limits<double>::quiet_NaN();
+      pr.elapsed_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - poller->start).count();
+      pr.active = active;
+      if (!o.progress(pr)) {
+        // Iterations up to `iteration` are queued already; nothing after them.
+        poller->cancelled = true;
+        poller->stopped_at = iteration;
+        done = true;
+      }
+    }
+    done = done || active == 0;
   }
   ++poller->checks;
   return done;
@@ -102,9 +132,16 @@ bool plain_iterations(const DeviceSolve& d, const SinkhornOptions& o, int t_begi
     after_check = o.check_every > 0 && (t + 1) % o.check_every == 0 && t >= d.K;
     if (!after_check) continue;
     enqueue_check(d, o, nullptr, t + 1, s);
-    if (poll(d, poller, s)) return true;
+    if (poll(d, o, t + 1, poller, s)) return true;
   }
   return false;
+}
+
+/// After a cancelled solve: the problems still active ran `stopped_at` iterations
+/// (their count was preset to max_iter).
+void stop_unfinished(const DeviceSolve& d, const Poller* poller, cudaStream_t s) {
+  if (poller != nullptr && poller->cancelled)
+    kernels::loop_stop_unfinished(d.active, d.iters, poller->stopped_at, d.B, s);
 }
 
 // ------------------------------------------------------------------ graphs ----
@@ -357,6 +394,7 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   }
   if (why != nullptr) {
     (void)plain_iterations(d, o, 0, o.max_iter, false, s, poller);
+    stop_unfinished(d, poller, s);
     planner::set_last_loop_strategy(std::string("plain: ") + why);
     return;
   }
@@ -384,11 +422,13 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   }
   if (entry == nullptr) {
     (void)plain_iterations(d, o, 0, o.max_iter, false, s, poller);
+    stop_unfinished(d, poller, s);
     planner::set_last_loop_strategy(strategy.empty() ? "plain" : strategy);
     return;
   }
 
   if (plain_iterations(d, o, 0, t0, false, s, poller)) {
+    stop_unfinished(d, poller, s);
     planner::set_last_loop_strategy(strategy);
     return;
   }
@@ -397,13 +437,14 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   if (poller != nullptr) {
     for (int p = 0; p < periods && !stopped; ++p) {
       launch(*entry, s);
-      stopped = poll(d, poller, s);
+      stopped = poll(d, o, t0 + (p + 1) * ce, poller, s);
     }
   } else {
     launch(*entry, s);  // the device runs the periods while problems are active
   }
   finish(*entry, s);
   if (!stopped) (void)plain_iterations(d, o, t_limit, o.max_iter, true, s, poller);
+  stop_unfinished(d, poller, s);
   planner::set_last_loop_strategy(strategy);
 }
 

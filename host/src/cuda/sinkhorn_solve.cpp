@@ -220,6 +220,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   poller.pinned.p = slots;
   poller.ev[0].e = ctx.poll_event(0);
   poller.ev[1].e = ctx.poll_event(1);
+  poller.eps = o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
   enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);
   state.chunks.push_back(keep_state(pl, c, begin, s));
@@ -233,9 +234,16 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
                                    cudaMemcpyDeviceToHost, s));
   OTGPU_CUDA_CHECK(cudaMemcpyAsync(iters.data(), c.d.iters, iters.size() * sizeof(int),
                                    cudaMemcpyDeviceToHost, s));
+  std::vector<int> unfinished(poller.cancelled ? B : 0);  // cancelled: the active flags
+  if (poller.cancelled)
+    OTGPU_CUDA_CHECK(
+        cudaMemcpyAsync(unfinished.data(), c.d.active, B * sizeof(int), cudaMemcpyDeviceToHost, s));
   OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
-  const SinkhornResult part =
+  SinkhornResult part =
       make_result(o, shape, f, g, out4, iters, o.eps_relative ? mean : std::vector<double>(B, 1.0));
+  for (std::size_t b = 0; b < unfinished.size(); ++b)
+    if (unfinished[b] != 0) part.problems[b].converged = false;
+  r.cancelled = r.cancelled || poller.cancelled;
   r.f.insert(r.f.end(), part.f.begin(), part.f.end());
   r.g.insert(r.g.end(), part.g.begin(), part.g.end());
   r.problems.insert(r.problems.end(), part.problems.begin(), part.problems.end());
