@@ -22,35 +22,6 @@ constexpr int kBlock = 256;
 using detail::block_sum;
 
 __global__ void __launch_bounds__(kBlock)
-    check_residual_kernel(const double* __restrict__ a, const float* __restrict__ F,
-                          const float* __restrict__ Ft, const float* __restrict__ eps,
-                          const float* __restrict__ lambda_a, double tol, int iteration,
-                          int* __restrict__ active, int* __restrict__ iterations,
-                          double* __restrict__ residual, int* __restrict__ active_count,
-                          std::int64_t n) {
-  __shared__ double shared[kBlock / 32];
-  const std::int64_t b = blockIdx.x;
-  if (active[b] == 0) return;  // uniform over the block
-  const double e = eps[b];
-  const double lam = lambda_a != nullptr ? lambda_a[b] : 1.0;
-  double r = 0;
-  for (std::int64_t i = threadIdx.x; i < n; i += kBlock) {
-    const double ai = a[b * n + i];
-    if (ai > 0) r += ai * fabs(exp((F[b * n + i] - lam * Ft[b * n + i]) / e) - 1.0);
-  }
-  r = block_sum<kBlock>(r, shared);
-  if (threadIdx.x == 0) {
-    residual[b] = r;
-    if (r <= tol) {
-      active[b] = 0;
-      iterations[b] = iteration;
-    } else {
-      atomicAdd(active_count, 1);
-    }
-  }
-}
-
-__global__ void __launch_bounds__(kBlock)
     finalize_kernel(const double* __restrict__ a, const double* __restrict__ bw,
                     const float* __restrict__ F, const float* __restrict__ G,
                     const float* __restrict__ Ft, const float* __restrict__ cmean,
@@ -254,16 +225,6 @@ void check_sizes(std::int64_t B, std::int64_t n, std::int64_t m, const char* wha
 }
 
 }  // namespace
-
-void sinkhorn_check_residual(const double* a, const float* F, const float* Ft, const float* eps,
-                             const float* lambda_a, double tol, int iteration, int* active,
-                             int* iterations, double* residual, int* active_count, std::int64_t B,
-                             std::int64_t n, cudaStream_t stream) {
-  check_sizes(B, n, 1, "sinkhorn_check_residual");
-  check_residual_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(
-      a, F, Ft, eps, lambda_a, tol, iteration, active, iterations, residual, active_count, n);
-  OTGPU_LAUNCH_CHECK();
-}
 
 void sinkhorn_finalize(const double* a, const double* b, const float* F, const float* G,
                        const float* Ft, const float* cmean, const float* row_mass,

@@ -15,8 +15,9 @@
 //     G_new = g-update(F);  unless this is a check or the last iteration:
 //                           sinkhorn_overrelax(G_new, G, omega, active);  swap(G, G_new)
 //     (the plain g-update before a check keeps the column marginal exact, so the
-//      residual of sinkhorn_check_residual is the whole marginal error, as on the CPU)
-//   at a check, after sinkhorn_check_residual wrote residual[b] and retired the
+//      residual of loop_check_residual (sinkhorn_loop.h) is the whole marginal error, as on the
+//      CPU)
+//   at a check, after loop_check_residual (sinkhorn_loop.h) wrote residual[b] and retired the
 //   converged problems:
 //     sinkhorn_overrelax_rule(residual, K, active, omega, prev_residual, prev_rate,
 //                             failures, restore)

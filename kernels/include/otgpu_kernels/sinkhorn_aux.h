@@ -9,16 +9,6 @@
 
 namespace otgpu::kernels {
 
-/// Per problem b with active[b] != 0, in double:
-///   R = sum_i a_i |exp((F_i - lambda_a[b] Ft_i)/eps[b]) - 1|   (a_i > 0 only)
-///   residual[b] = R; if R <= tol: active[b] = 0, iterations[b] = iteration.
-/// Adds the number of problems still active after the check to *active_count.
-/// a [B,n] double weights; F, Ft [B,n]; eps, lambda_a [B] (lambda_a nullptr = 1).
-void sinkhorn_check_residual(const double* a, const float* F, const float* Ft, const float* eps,
-                             const float* lambda_a, double tol, int iteration, int* active,
-                             int* iterations, double* residual, int* active_count, std::int64_t B,
-                             std::int64_t n, cudaStream_t stream);
-
 /// Final per-problem report at (F, G), target eps, in double:
 ///   mass_i = a_i exp((F_i - Ft_i)/eps) (Ft: the balanced f-update from G),
 ///   marginal_error = sum_i |mass_i - a_i|, transport_cost = sum_i mass_i cmean_i,
