@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "otgpu/otgpu.h"
 #include "otgpu_host/planner.h"
 
@@ -30,11 +31,6 @@ using otgpu::SinkhornOptions;
 using otgpu::SinkhornProblem;
 using otgpu::SinkhornResult;
 using otgpu::TensorView;
-
-#define REQUIRE_GPU()                                                      \
-  do {                                                                     \
-    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
-  } while (0)
 
 /// OTGPU_LOOP=plain for the scope.
 struct PlainLoop {
@@ -71,13 +67,7 @@ class DeviceVec {
   T* p_ = nullptr;
 };
 
-std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo, double hi) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(count);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using otgpu_test::uniform;
 
 /// One problem set, on the host (for the CPU reference) and on the device.
 struct Problem {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cpu_sinkhorn.h"
+#include "gpu_test_util.h"
 #include "otgpu/otgpu.h"
 #include "otgpu_host/cuda_backend.h"
 #include "validate.h"
@@ -36,18 +37,7 @@ using otgpu::SinkhornProblem;
 using otgpu::SinkhornResult;
 using otgpu::TensorView;
 
-#define REQUIRE_GPU()                                                      \
-  do {                                                                     \
-    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
-  } while (0)
-
-std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo = 0, double hi = 1) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(count);
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using otgpu_test::uniform;
 
 struct Case {
   std::string name;
