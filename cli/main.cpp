@@ -4,7 +4,10 @@
 
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <new>
+#include <regex>
+#include <string>
 
 #include "commands.h"
 #include "common.h"
@@ -28,7 +31,40 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::ConversionError& e) {
+    // CLI11 says "Could not convert: --max-iter = 1000000000000": say what fits. Every
+    // integer flag of the command is a 32-bit int except --seed (parsed by the command).
+    static const std::regex what(R"(Could not convert: (--[A-Za-z0-9-]+) = (.*))");
+    std::cmatch m;
+    if (std::regex_match(e.what(), m, what)) {
+      // A plain integer that failed to convert can only have overflowed an int flag (a
+      // floating-point flag takes it); anything else is not a number at all.
+      const bool integer = std::regex_match(m[2].str(), std::regex(R"([-+]?[0-9]+)"));
+      if (integer) {
+        std::fprintf(stderr,
+                     "otgpu: error: %s: %s is out of range (this flag takes an integer in "
+                     "[%d, %d]; see otgpu --help)\n",
+                     m[1].str().c_str(), m[2].str().c_str(), std::numeric_limits<int>::min(),
+                     std::numeric_limits<int>::max());
+      } else {
+        std::fprintf(stderr, "otgpu: error: %s: expected a number, got '%s' (see otgpu --help)\n",
+                     m[1].str().c_str(), m[2].str().c_str());
+      }
+    } else {
+      std::fprintf(stderr, "otgpu: error: %s (see otgpu --help)\n", e.what());
+    }
+    return 2;
   } catch (const CLI::ParseError& e) {
+    // An unknown command reads as "A subcommand is required" in CLI11: name it instead.
+    if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
+      std::string known;
+      for (const CLI::App* sub : app.get_subcommands({})) {
+        known += (known.empty() ? "" : ", ") + sub->get_name();
+      }
+      std::fprintf(stderr, "otgpu: error: unknown command '%s' (commands: %s; see otgpu --help)\n",
+                   argv[1], known.c_str());
+      return 2;
+    }
     // One line, whatever CLI11 would have printed.
     std::fprintf(stderr, "otgpu: error: %s (see otgpu --help)\n", e.what());
     return 2;

@@ -129,5 +129,23 @@ class Vocabulary(CliTestCase):
         self.assertFalse(os.path.exists(out))
 
 
+    def test_unknown_command_is_named_with_the_valid_ones(self):
+        line = self.assert_clean_failure(["frobnicate"], "unknown command 'frobnicate'",
+                                         "sinkhorn", "sliced", "gaussian", "bench", "plan")
+        self.assertNotIn("subcommand is required", line)
+
+    def test_numbers_that_do_not_convert_say_why(self):
+        base = self.commands["sinkhorn"]
+        # An integer past the int range: the range, not CLI11's "Could not convert".
+        line = self.assert_clean_failure(base + ["--max-iter", "1000000000000"], "--max-iter",
+                                         "1000000000000", "out of range", "2147483647")
+        self.assertNotIn("Could not convert", line)
+        # Not a number at all, for a floating-point and an integer flag.
+        self.assert_clean_failure(base[:5] + ["--eps", "abc"], "--eps", "expected a number",
+                                  "'abc'")
+        self.assert_clean_failure(base + ["--check-every", "x1"], "--check-every",
+                                  "expected a number")
+
+
 if __name__ == "__main__":
     unittest.main()
