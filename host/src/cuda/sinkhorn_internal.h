@@ -52,7 +52,7 @@ namespace otgpu::cuda_backend {
 /// Most problems one launch of the online / dense half-steps and of the aux kernels
 /// may carry: the batch is the grid's y axis (gridDim.y <= 65,535 on every device the
 /// backend supports). A larger batch is solved in chunks of at most this many problems
-/// (the planner's batch_chunks); the small kernel puts the batch on x and has no limit.
+/// (planner::Plan::chunks); the small kernel puts the batch on x and has no limit.
 constexpr std::int64_t max_batch_per_launch() { return kernels::geometry::kMaxBatchPerLaunch; }
 
 // ------------------------------------------------------------------ resources --
@@ -156,7 +156,7 @@ struct Poller {
   double* pinned_max() const { return reinterpret_cast<double*>(pinned.get() + 4); }
 };
 
-constexpr std::size_t kAlign = 256;
+constexpr std::size_t kAlign = planner::kWorkspaceAlign;
 
 /// Bump allocator over one device buffer; with base == nullptr it only counts.
 class Carver {
@@ -211,8 +211,9 @@ int scaling_steps(const SinkhornOptions& o);
 /// The small (one block per problem) kernel runs this solve.
 bool small_path(const DeviceSolve& s, int device);
 
-/// The planner's view of `device` (planner::query_device, cached per device; free
-/// memory not queried: allocation failures report it).
+/// The planner's view of `device`, measured once and cached (attributes, the online
+/// kernels' occupancy; free memory left unknown: allocation failures report it).
+/// planner::query_device adds the free memory.
 const planner::DeviceProps& device_planner_props(int device);
 
 int device_sm_count(int device);
