@@ -328,6 +328,18 @@ std::vector<double> check_device_inputs(const SinkhornProblem& problem, const De
                                         const Carved& c, bool balanced, bool relative,
                                         cudaStream_t s);
 
+/// A solve staged in ctx's workspace: the carve-up of `pl` plus the raw host bytes of `up`
+/// (the problem's host views, already added as `hv`, and any extra spans the caller
+/// added), uploaded, staged and checked on the device (one read-back), centred, with
+/// the eps tables and flags of the schedule. The caller starts the potentials.
+struct StagedSolve {
+  Carved c;
+  std::vector<double> mean;  ///< mean cost per problem (eps_relative), else empty
+};
+StagedSolve stage_solve(runtime::Context& ctx, const SinkhornProblem& problem,
+                        const SinkhornOptions& o, const DevicePlan& pl, RawUpload& up,
+                        const HostViews& hv);
+
 /// Starts F and G from the raw fp64 copies of options.f_init / g_init (nullptr: zeros).
 void init_potentials(const void* f_init, const void* g_init, const DeviceSolve& d, cudaStream_t s);
 

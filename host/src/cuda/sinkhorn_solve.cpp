@@ -184,7 +184,6 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
                  const detail::SinkhornShape& shape, std::int64_t begin, SinkhornResult& r,
                  SolveState& state) {
   const DevicePlan pl = plan_device(problem, o, shape, ctx.device(), true);
-  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
   const auto B = static_cast<std::size_t>(shape.batch);
   const auto nB = B * static_cast<std::size_t>(shape.n), mB = B * static_cast<std::size_t>(shape.m);
   const auto f0 = static_cast<std::size_t>(begin) * static_cast<std::size_t>(shape.n);
@@ -197,21 +196,10 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   const std::size_t g_slot =
       o.g_init.empty() ? 0 : up.add(o.g_init.data() + g0, mB * sizeof(double));
 
-  Carver counter(nullptr);
-  (void)carve(counter, pl, true, false);
-  (void)counter.take<unsigned char>(up.bytes());
-  void* const ws = ctx.workspace(counter.used());
   const cudaStream_t s = ctx.stream();
-  Carver cv(ws);
-  Carved c = carve(cv, pl, true, false);
-  up.run(ctx, cv.take<unsigned char>(up.bytes()));
-  const SinkhornProblem dev = device_problem(problem, hv, up);
-
-  stage_inputs(dev, pl, c.d, s);
-  enqueue_checks(pl, c, s);
-  stage_center(pl, c, o.eps_relative, s);
-  const std::vector<double> mean = check_device_inputs(problem, pl, c, balanced, o.eps_relative, s);
-  stage_schedule(o, pl, c, s);
+  StagedSolve st = stage_solve(ctx, problem, o, pl, up, hv);
+  Carved& c = st.c;
+  const std::vector<double>& mean = st.mean;
   init_potentials(o.f_init.empty() ? nullptr : up.device(f_slot),
                   o.g_init.empty() ? nullptr : up.device(g_slot), c.d, s);
 

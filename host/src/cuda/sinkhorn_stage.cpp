@@ -294,4 +294,24 @@ void init_potentials(const void* f_init, const void* g_init, const DeviceSolve& 
   }
 }
 
+StagedSolve stage_solve(runtime::Context& ctx, const SinkhornProblem& problem,
+                        const SinkhornOptions& o, const DevicePlan& pl, RawUpload& up,
+                        const HostViews& hv) {
+  const cudaStream_t s = ctx.stream();
+  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
+  Carver counter(nullptr);
+  (void)carve(counter, pl, true, false);
+  (void)counter.take<unsigned char>(up.bytes());
+  Carver cv(ctx.workspace(counter.used()));
+  StagedSolve st{carve(cv, pl, true, false), {}};
+  up.run(ctx, cv.take<unsigned char>(up.bytes()));
+  const SinkhornProblem dev = device_problem(problem, hv, up);
+  stage_inputs(dev, pl, st.c.d, s);
+  enqueue_checks(pl, st.c, s);
+  stage_center(pl, st.c, o.eps_relative, s);
+  st.mean = check_device_inputs(problem, pl, st.c, balanced, o.eps_relative, s);
+  stage_schedule(o, pl, st.c, s);
+  return st;
+}
+
 }  // namespace otgpu::cuda_backend

@@ -30,26 +30,14 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
   ctx.activate();
   const cudaStream_t s = ctx.stream();
   const DevicePlan pl = plan_device(problem, o, shape, ctx.device(), true);
-  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
   const auto B = static_cast<std::size_t>(shape.batch);
   const auto nB = B * static_cast<std::size_t>(shape.n);
 
   RawUpload up;
   const HostViews hv = add_host_views(problem, up);
-  Carver counter(nullptr);
-  (void)carve(counter, pl, true, false);
-  (void)counter.take<unsigned char>(up.bytes());
-  void* const ws = ctx.workspace(counter.used());
-  Carver cv(ws);
-  Carved c = carve(cv, pl, true, false);
-  up.run(ctx, cv.take<unsigned char>(up.bytes()));
-  const SinkhornProblem dev = device_problem(problem, hv, up);
-
-  stage_inputs(dev, pl, c.d, s);
-  enqueue_checks(pl, c, s);
-  stage_center(pl, c, o.eps_relative, s);
-  const std::vector<double> mean = check_device_inputs(problem, pl, c, balanced, o.eps_relative, s);
-  stage_schedule(o, pl, c, s);
+  StagedSolve st = stage_solve(ctx, problem, o, pl, up, hv);
+  Carved& c = st.c;
+  const std::vector<double>& mean = st.mean;
   init_potentials(nullptr, nullptr, c.d, s);
 
   const DeviceSolve& d = c.d;
