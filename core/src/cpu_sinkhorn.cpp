@@ -462,6 +462,25 @@ Schedule schedule_of(const CostRange& range, const SinkhornOptions& o, double ep
   return {o.eps_init > 0 ? o.eps_init * scale : 0.0, false};
 }
 
+/// Problem b loaded, with its absolute eps (checked resolvable) and its schedule: the
+/// preparation every solve of one problem starts with.
+struct PreparedProblem {
+  ProblemData p;
+  double eps = 0;
+  Schedule sched;
+};
+PreparedProblem prepare_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
+                                std::int64_t b, bool balanced, std::int64_t dense_limit_bytes,
+                                int inner, const SinkhornOptions& options) {
+  PreparedProblem pp{load_problem(problem, shape, b, balanced, dense_limit_bytes, inner), 0, {}};
+  const double scale = cost_scale(pp.p, options);
+  pp.eps = options.eps * scale;
+  const CostRange range = pp.p.cost_range();
+  check_eps_resolvable(pp.p, range, options, pp.eps);
+  pp.sched = schedule_of(range, options, pp.eps, scale);
+  return pp;
+}
+
 /// Runs `body(b, inner_threads)` for every problem: split over problems when there
 /// are enough of them and their cost matrices fit side by side, else over rows.
 template <class Body>
@@ -575,15 +594,12 @@ SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
 
   SolveMonitor monitor(options, B);
   for_each_problem(B, n, m, threads, [&](std::int64_t b, int inner) {
-    const ProblemData p = load_problem(problem, shape, b, balanced, dense_limit_bytes, inner);
-    const double scale = cost_scale(p, options);
-    const double eps = options.eps * scale;
-    const CostRange range = p.cost_range();
-    check_eps_resolvable(p, range, options, eps);
-    const Schedule sched = schedule_of(range, options, eps, scale);
+    const PreparedProblem pp =
+        prepare_problem(problem, shape, b, balanced, dense_limit_bytes, inner, options);
     const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
     std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
-    ProblemSolver solver(p, options, eps, sched.start, sched.continuation, inner, monitor);
+    ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, pp.sched.continuation, inner,
+                         monitor);
     result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
     monitor.finished();
     std::copy(f.begin(), f.end(), f0);
@@ -608,15 +624,11 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
   result.problems.resize(static_cast<std::size_t>(B));
   SolveMonitor monitor(options, B);
   for_each_problem(B, n, n, threads, [&](std::int64_t b, int inner) {
-    const ProblemData p = load_problem(problem, shape, b, true, kMaxDenseCostBytes, inner);
-    const double scale = cost_scale(p, options);
-    const double eps = options.eps * scale;
-    const CostRange range = p.cost_range();
-    check_eps_resolvable(p, range, options, eps);
-    const Schedule sched = schedule_of(range, options, eps, scale);
+    const PreparedProblem pp =
+        prepare_problem(problem, shape, b, true, kMaxDenseCostBytes, inner, options);
     const auto f0 = result.f.begin() + b * n;
     std::vector<double> f(f0, f0 + n);
-    ProblemSolver solver(p, options, eps, sched.start, false, inner, monitor);
+    ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, false, inner, monitor);
     result.problems[static_cast<std::size_t>(b)] = solver.solve_symmetric(f);
     monitor.finished();
     std::copy(f.begin(), f.end(), f0);
