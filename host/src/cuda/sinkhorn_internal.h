@@ -156,6 +156,16 @@ struct Poller {
   double* pinned_max() const { return reinterpret_cast<double*>(pinned.get() + 4); }
 };
 
+/// A poller reading through ctx's pinned poll slots and events.
+Poller context_poller(runtime::Context& ctx);
+
+/// After the check of iteration `iteration`: queues the copy of its active count and
+/// largest residual, and reads the previous check's (one period late, so the GPU never
+/// idles), which it hands to the progress callback. True when that count was zero or
+/// the callback cancelled the solve (poller->cancelled).
+bool poll(const DeviceSolve& d, const SinkhornOptions& o, int iteration, Poller* poller,
+          cudaStream_t s);
+
 constexpr std::size_t kAlign = planner::kWorkspaceAlign;
 
 /// Bump allocator over one device buffer; with base == nullptr it only counts.

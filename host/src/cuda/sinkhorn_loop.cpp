@@ -78,50 +78,6 @@ void enqueue_period(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t
   enqueue_check(d, o, d.loop, o.check_every, s);
 }
 
-/// After the check of iteration `iteration`: queues the copy of its active count and
-/// largest residual, and reads the previous check's (one period late, so the GPU never
-/// idles), which it hands to the progress callback. True when that count was zero or
-/// the callback cancelled the solve (poller->cancelled).
-bool poll(const DeviceSolve& d, const SinkhornOptions& o, int iteration, Poller* poller,
-          cudaStream_t s) {
-  if (poller == nullptr) return false;
-  const int slot = poller->checks % 2;
-  OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned.get() + slot, d.count, sizeof(int),
-                                   cudaMemcpyDeviceToHost, s));
-  if (d.check_max() != nullptr) {
-    OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned_max() + slot, d.check_max(), sizeof(double),
-                                     cudaMemcpyDeviceToHost, s));
-  }
-  OTGPU_CUDA_CHECK(cudaEventRecord(poller->ev[slot].get(), s));
-  poller->iteration[slot] = iteration;
-  bool done = false;
-  if (poller->checks > 0) {
-    const int prev = 1 - slot;
-    OTGPU_CUDA_CHECK(cudaEventSynchronize(poller->ev[prev].get()));
-    const int active = poller->pinned.get()[prev];
-    if (o.progress) {
-      SinkhornProgress pr;
-      pr.problem = -1;
-      pr.iteration = poller->iteration[prev];
-      pr.eps = poller->eps;
-      pr.residual = d.check_max() != nullptr ? poller->pinned_max()[prev]
-                                             : std::numeric_limits<double>::quiet_NaN();
-      pr.elapsed_s =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - poller->start).count();
-      pr.active = active;
-      if (!o.progress(pr)) {
-        // Iterations up to `iteration` are queued already; nothing after them.
-        poller->cancelled = true;
-        poller->stopped_at = iteration;
-        done = true;
-      }
-    }
-    done = done || active == 0;
-  }
-  ++poller->checks;
-  return done;
-}
-
 /// Plain launches of iterations [t_begin, t_end). reuse_first: iteration t_begin
 /// follows a check. Returns true when the poller saw every problem retired.
 bool plain_iterations(const DeviceSolve& d, const SinkhornOptions& o, int t_begin, int t_end,
@@ -343,6 +299,54 @@ void launch(GraphEntry& e, cudaStream_t s) {
 void finish(GraphEntry& e, cudaStream_t s) { OTGPU_CUDA_CHECK(cudaEventRecord(e.done, s)); }
 
 }  // namespace
+
+Poller context_poller(runtime::Context& ctx) {
+  Poller poller;
+  poller.pinned.p = ctx.poll_slots();
+  poller.ev[0].e = ctx.poll_event(0);
+  poller.ev[1].e = ctx.poll_event(1);
+  return poller;
+}
+
+bool poll(const DeviceSolve& d, const SinkhornOptions& o, int iteration, Poller* poller,
+          cudaStream_t s) {
+  if (poller == nullptr) return false;
+  const int slot = poller->checks % 2;
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned.get() + slot, d.count, sizeof(int),
+                                   cudaMemcpyDeviceToHost, s));
+  if (d.check_max() != nullptr) {
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(poller->pinned_max() + slot, d.check_max(), sizeof(double),
+                                     cudaMemcpyDeviceToHost, s));
+  }
+  OTGPU_CUDA_CHECK(cudaEventRecord(poller->ev[slot].get(), s));
+  poller->iteration[slot] = iteration;
+  bool done = false;
+  if (poller->checks > 0) {
+    const int prev = 1 - slot;
+    OTGPU_CUDA_CHECK(cudaEventSynchronize(poller->ev[prev].get()));
+    const int active = poller->pinned.get()[prev];
+    if (o.progress) {
+      SinkhornProgress pr;
+      pr.problem = -1;
+      pr.iteration = poller->iteration[prev];
+      pr.eps = poller->eps;
+      pr.residual = d.check_max() != nullptr ? poller->pinned_max()[prev]
+                                             : std::numeric_limits<double>::quiet_NaN();
+      pr.elapsed_s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - poller->start).count();
+      pr.active = active;
+      if (!o.progress(pr)) {
+        // Iterations up to `iteration` are queued already; nothing after them.
+        poller->cancelled = true;
+        poller->stopped_at = iteration;
+        done = true;
+      }
+    }
+    done = done || active == 0;
+  }
+  ++poller->checks;
+  return done;
+}
 
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
                         Poller* poller, runtime::Context* ctx) {

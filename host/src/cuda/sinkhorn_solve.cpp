@@ -203,11 +203,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   init_potentials(o.f_init.empty() ? nullptr : up.device(f_slot),
                   o.g_init.empty() ? nullptr : up.device(g_slot), c.d, s);
 
-  int* const slots = ctx.poll_slots();
-  Poller poller;
-  poller.pinned.p = slots;
-  poller.ev[0].e = ctx.poll_event(0);
-  poller.ev[1].e = ctx.poll_event(1);
+  Poller poller = context_poller(ctx);
   poller.eps = o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
   enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);

@@ -41,8 +41,11 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
   init_potentials(nullptr, nullptr, c.d, s);
 
   const DeviceSolve& d = c.d;
-  int* const slots = ctx.poll_slots();
-  int checks = 0;
+  // The lagged early exit of the alternating loop; the self-term solve reports no
+  // progress (documented in sinkhorn.h).
+  Poller poller = context_poller(ctx);
+  SinkhornOptions quiet = o;
+  quiet.progress = nullptr;
   for (int t = 0; t < o.max_iter; ++t) {
     const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
     kernels::online_half_step(d.online(false, d.eps_tab + row, d.active), nullptr, d.Ft, s);
@@ -53,17 +56,7 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
                                    d.active, d.iters, d.res, d.count, nullptr, d.B, d.n, s);
     }
     kernels::sinkhorn_symmetric_average(d.F, d.Ft, d.active, d.B, d.n, s);
-    if (!check) continue;
-    // Lagged read: this check's count is copied, the previous one's is read.
-    const int slot = checks % 2;
-    OTGPU_CUDA_CHECK(
-        cudaMemcpyAsync(slots + slot, d.count, sizeof(int), cudaMemcpyDeviceToHost, s));
-    OTGPU_CUDA_CHECK(cudaEventRecord(ctx.poll_event(slot), s));
-    if (checks > 0) {
-      OTGPU_CUDA_CHECK(cudaEventSynchronize(ctx.poll_event(1 - slot)));
-      if (slots[1 - slot] == 0) break;
-    }
-    ++checks;
+    if (check && poll(d, quiet, t + 1, &poller, s)) break;
   }
   // Both potentials are f (f = g at the solution of the symmetric problem).
   OTGPU_CUDA_CHECK(cudaMemcpyAsync(d.G, d.F, nB * sizeof(float), cudaMemcpyDeviceToDevice, s));
