@@ -35,8 +35,10 @@ CostKind parse_cost_kind(std::string_view text, std::string_view arg_name) {
   if (text == "sqeuclidean") return CostKind::sqeuclidean;
   if (text == "euclidean") return CostKind::euclidean;
   if (text == "matrix") return CostKind::matrix;
-  throw InvalidArgument(fmt::format(
-      "{}: unknown cost '{}' (expected sqeuclidean, euclidean or matrix)", arg_name, text));
+  if (text == "neg_dot") return CostKind::neg_dot;
+  throw InvalidArgument(
+      fmt::format("{}: unknown cost '{}' (expected sqeuclidean, euclidean, neg_dot or matrix)",
+                  arg_name, text));
 }
 
 std::string_view to_string(CostKind c) noexcept {
@@ -47,6 +49,8 @@ std::string_view to_string(CostKind c) noexcept {
       return "euclidean";
     case CostKind::matrix:
       return "matrix";
+    case CostKind::neg_dot:
+      return "neg_dot";
   }
   return "?";
 }

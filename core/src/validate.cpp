@@ -200,6 +200,10 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
     case CostKind::matrix:
       kind_name = "matrix";
       break;
+    case CostKind::neg_dot:
+      throw InvalidArgument(
+          "cost_kind: neg_dot (C_ij = -<x_i, y_j>) is not supported by Sinkhorn (it is for exact "
+          "assignment; use sqeuclidean, euclidean or a cost matrix)");
   }
   if (kind_name == nullptr) {
     throw InvalidArgument(

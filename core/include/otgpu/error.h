@@ -37,6 +37,13 @@ class NonFiniteInput : public InvalidArgument {
   using InvalidArgument::InvalidArgument;
 };
 
+/// The allowed pairs of an assignment problem (cost +inf marks a forbidden pair)
+/// admit no matching of min(n, m) pairs; the message names the problem index.
+class Infeasible : public InvalidArgument {
+ public:
+  using InvalidArgument::InvalidArgument;
+};
+
 /// The requested backend/device cannot be used (built without CUDA, no GPU, bad id).
 class DeviceUnavailable : public Error {
  public:

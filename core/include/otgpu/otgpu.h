@@ -1,6 +1,7 @@
 // Umbrella header: everything a libotgpu user needs.
 #pragma once
 
+#include "otgpu/assignment.h"
 #include "otgpu/config.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"

@@ -24,6 +24,7 @@ enum class CostKind : std::uint8_t {
   sqeuclidean,  ///< |x - y|^2 (default)
   euclidean,    ///< |x - y|
   matrix,       ///< a user-given dense [B, n, m] cost matrix
+  neg_dot,      ///< -<x, y> (exact assignment only; Sinkhorn rejects it)
 };
 CostKind parse_cost_kind(std::string_view text, std::string_view arg_name = "cost");
 std::string_view to_string(CostKind c) noexcept;

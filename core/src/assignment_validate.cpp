@@ -1,0 +1,191 @@
+// Validation of exact assignment problems: everything a solver relies on is checked
+// here once, so the CPU and CUDA solvers can assume a sane batch.
+#include "assignment_validate.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <string>
+
+#include "cpu_numeric.h"
+#include "otgpu/error.h"
+
+namespace otgpu::detail {
+
+namespace {
+
+void check_view(const TensorView& v, const char* name, const char* expect) {
+  if (v.rank != 2 && v.rank != 3) {
+    throw ShapeError(fmt::format("{}: expected {}, got {}", name, expect, v.describe()));
+  }
+  if (v.dtype != DType::f32 && v.dtype != DType::f64) {
+    throw DTypeError(fmt::format("{}: unsupported dtype code {} (float32 or float64 expected)",
+                                 name, static_cast<int>(v.dtype)));
+  }
+  if (v.space != MemorySpace::host && v.space != MemorySpace::device) {
+    throw InvalidArgument(
+        fmt::format("{}: unknown memory space code {}", name, static_cast<int>(v.space)));
+  }
+  if (v.rank == 3 && v.dim(0) == 0) {
+    throw ShapeError(fmt::format("{}: the batch is empty (K = 0 in {}); give at least one problem",
+                                 name, v.describe()));
+  }
+  for (int k = 0; k < v.rank; ++k) {
+    if (v.dim(k) <= 0) {
+      throw ShapeError(fmt::format("{}: size {} in dimension {} of {} (sizes must be > 0)", name,
+                                   v.dim(k), k, v.describe()));
+    }
+    if (v.stride(k) < 0) {
+      throw ShapeError(fmt::format("{}: stride {} in dimension {} of {} is negative", name,
+                                   v.stride(k), k, v.describe()));
+    }
+  }
+}
+
+std::string where(bool batched, std::int64_t b, std::int64_t i, std::int64_t j) {
+  return batched ? fmt::format("[{}, {}, {}]", b, i, j) : fmt::format("[{}, {}]", i, j);
+}
+
+/// Cost entries: finite or +inf (a forbidden pair); NaN and -inf are errors.
+void check_cost_values(const TensorView& c, const AssignmentShape& s) {
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    for (std::int64_t i = 0; i < s.n; ++i) {
+      for (std::int64_t j = 0; j < s.m; ++j) {
+        const double x = cpu::load_problem_element(c, s.batched, b, i, j);
+        if (std::isnan(x) || x == -INFINITY) {
+          throw NonFiniteInput(fmt::format(
+              "cost: element {} is {} (costs must be finite, or +inf for a forbidden pair)",
+              where(s.batched, b, i, j), x));
+        }
+      }
+    }
+  }
+}
+
+/// Points finite, and the largest |C_ij| they can produce finite in fp64: with
+/// R = max |x_i| + max |y_j|, |x - y| <= R and |<x, y>| <= R^2 / 4 <= R^2.
+void check_point_values(const AssignmentProblem& p, const AssignmentShape& s) {
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    double rx = 0, ry = 0;
+    const std::pair<const TensorView*, const char*> views[] = {{&p.x, "x"}, {&p.y, "y"}};
+    for (const auto& [v, name] : views) {
+      const std::int64_t rows = v == &p.x ? s.n : s.m;
+      double& r = v == &p.x ? rx : ry;
+      for (std::int64_t i = 0; i < rows; ++i) {
+        double sq = 0;
+        for (std::int64_t k = 0; k < s.d; ++k) {
+          const double e = cpu::load_problem_element(*v, s.batched, b, i, k);
+          if (!std::isfinite(e)) {
+            throw NonFiniteInput(
+                fmt::format("{}: element {} is {}", name, where(s.batched, b, i, k), e));
+          }
+          sq += e * e;
+        }
+        r = std::fmax(r, std::sqrt(sq));
+      }
+    }
+    const double bound = (rx + ry) * (rx + ry);
+    if (!std::isfinite(bound)) {
+      throw NonFiniteInput(fmt::format(
+          "x, y: the costs of problem {} may overflow float64 (max |x_i| = {}, max |y_j| = {}); "
+          "rescale the points, e.g. divide them by a common length",
+          b, rx, ry));
+    }
+  }
+}
+
+}  // namespace
+
+AssignmentShape validate_assignment(const AssignmentProblem& problem,
+                                    const AssignmentOptions& options) {
+  AssignmentShape s;
+  const CostKind kind = problem.cost_kind;
+  if (kind != CostKind::matrix && kind != CostKind::sqeuclidean && kind != CostKind::euclidean &&
+      kind != CostKind::neg_dot) {
+    throw InvalidArgument(
+        fmt::format("cost_kind: unknown value {} (matrix, sqeuclidean, euclidean or neg_dot)",
+                    static_cast<int>(kind)));
+  }
+  const TensorView* first = nullptr;
+  if (kind == CostKind::matrix) {
+    if (!problem.cost.present()) {
+      throw InvalidArgument("cost: required when cost_kind is matrix (got no cost view)");
+    }
+    if (problem.x.present() || problem.y.present()) {
+      throw InvalidArgument(fmt::format(
+          "{}: must be absent when cost_kind is matrix (the cost matrix is given), got {}",
+          problem.x.present() ? "x" : "y",
+          problem.x.present() ? problem.x.describe() : problem.y.describe()));
+    }
+    const TensorView& c = problem.cost;
+    check_view(c, "cost", "[n, m] or [K, n, m]");
+    s.batched = c.rank == 3;
+    s.batch = s.batched ? c.dim(0) : 1;
+    s.n = c.dim(c.rank - 2);
+    s.m = c.dim(c.rank - 1);
+    first = &c;
+  } else {
+    const std::string_view kind_name = to_string(kind);
+    if (problem.cost.present()) {
+      throw InvalidArgument(
+          fmt::format("cost: must be absent for cost_kind {} (it is computed from x and y), got {}",
+                      kind_name, problem.cost.describe()));
+    }
+    if (!problem.x.present() || !problem.y.present()) {
+      throw InvalidArgument(
+          fmt::format("{}: required for cost_kind {}", problem.x.present() ? "y" : "x", kind_name));
+    }
+    const TensorView& x = problem.x;
+    const TensorView& y = problem.y;
+    check_view(x, "x", "[n, d] or [K, n, d]");
+    check_view(y, "y", "[m, d] or [K, m, d]");
+    if (y.rank != x.rank) {
+      throw ShapeError(fmt::format("y: rank {} ({}) does not match x {} (same rank expected)",
+                                   y.rank, y.describe(), x.describe()));
+    }
+    s.batched = x.rank == 3;
+    if (s.batched && y.dim(0) != x.dim(0)) {
+      throw ShapeError(fmt::format("y: batch size K = {} does not match x's K = {} ({} vs {})",
+                                   y.dim(0), x.dim(0), y.describe(), x.describe()));
+    }
+    if (y.dim(y.rank - 1) != x.dim(x.rank - 1)) {
+      throw ShapeError(fmt::format("y: dimension d = {} does not match x's d = {} ({} vs {})",
+                                   y.dim(y.rank - 1), x.dim(x.rank - 1), y.describe(),
+                                   x.describe()));
+    }
+    s.batch = s.batched ? x.dim(0) : 1;
+    s.n = x.dim(x.rank - 2);
+    s.m = y.dim(y.rank - 2);
+    s.d = x.dim(x.rank - 1);
+    first = &x;
+    if (y.space != x.space) {
+      throw InvalidArgument(fmt::format(
+          "y: is in {} memory but x is in {} memory (all tensors must be in one memory space)",
+          y.space == MemorySpace::host ? "host" : "device",
+          x.space == MemorySpace::host ? "host" : "device"));
+    }
+  }
+  s.space = first->space;
+  if (options.cpu_threads < 0) {
+    throw InvalidArgument(
+        fmt::format("cpu_threads: must be >= 0 (0 = automatic), got {}", options.cpu_threads));
+  }
+  if (options.device < 0) {
+    throw InvalidArgument(fmt::format("device: must be >= 0, got {}", options.device));
+  }
+  if (options.backend != Backend::automatic && options.backend != Backend::cpu &&
+      options.backend != Backend::cuda) {
+    throw InvalidArgument(
+        fmt::format("backend: unknown value {}", static_cast<int>(options.backend)));
+  }
+  if (s.space == MemorySpace::host) {
+    if (kind == CostKind::matrix) {
+      check_cost_values(problem.cost, s);
+    } else {
+      check_point_values(problem, s);
+    }
+  }
+  return s;
+}
+
+}  // namespace otgpu::detail

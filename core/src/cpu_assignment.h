@@ -1,0 +1,47 @@
+// The CPU reference of exact assignment: a dense fp64 shortest-augmenting-path solver
+// (Jonker-Volgenant initialization, then Dijkstra-like augmentations), batched over
+// the problems with OpenMP. The oracle of the CUDA path. Internal (not installed).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "assignment_validate.h"
+#include "otgpu/assignment.h"
+
+namespace otgpu::cpu {
+
+/// One solved dense problem with rows <= cols.
+struct LapSolution {
+  std::vector<std::int64_t> col4row;  ///< [rows]
+  std::vector<std::int64_t> row4col;  ///< [cols]; -1 for a free column
+  std::vector<double> u;              ///< [rows]
+  std::vector<double> v;              ///< [cols]; <= 0, and 0 on free columns when rows < cols
+  std::int64_t augmentations = 0;
+};
+
+/// Solves min sum_i c[i, s(i)] over injective s for a dense row-major rows x cols fp64
+/// matrix c (rows <= cols, +inf = forbidden). Returns false when no matching of all
+/// rows exists among the allowed pairs (then `why` says what was found).
+bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapSolution& out,
+                     std::string& why);
+
+/// cost, dual, gap and max_violation of a matching of the dense n x m matrix c
+/// (row-major, any orientation: min(n, m) pairs matched, -1 = unmatched) with
+/// potentials u [n], v [m]. The potentials of the larger side must be <= 0 (the dual
+/// of "matched at most once"); a positive one counts as a violation.
+AssignmentReport certify_assignment(const double* c, std::int64_t n, std::int64_t m,
+                                    const std::int64_t* row_to_col, const double* u,
+                                    const double* v);
+
+/// Dense fp64 cost of problem b ([n, m] row-major) from the (validated, host) problem.
+void dense_cost(const AssignmentProblem& problem, const detail::AssignmentShape& shape,
+                std::int64_t b, double* out);
+
+/// Solves every problem of the batch; throws Infeasible naming the first infeasible
+/// problem.
+AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOptions& options,
+                            const detail::AssignmentShape& shape);
+
+}  // namespace otgpu::cpu
