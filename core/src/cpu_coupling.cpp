@@ -23,8 +23,8 @@ namespace {
 void check_points(const TensorView& v, const char* name, const char* fn) {
   if (!v.present()) throw InvalidArgument(fmt::format("{}: {} is missing", fn, name));
   if (v.rank != 2 && v.rank != 3) {
-    throw ShapeError(fmt::format("{}: {} must be [bs, d] or [K, bs, d], got rank {} ({})", fn,
-                                 name, v.rank, v.describe()));
+    throw ShapeError(fmt::format("{}: {} must be [bs, d] or [K, bs, d], got rank {} ({})", fn, name,
+                                 v.rank, v.describe()));
   }
   for (int k = 0; k < v.rank; ++k) {
     if (v.dim(k) <= 0) {
@@ -32,13 +32,13 @@ void check_points(const TensorView& v, const char* name, const char* fn) {
                                    v.dim(k), k, v.describe()));
     }
     if (v.stride(k) < 0) {
-      throw ShapeError(fmt::format("{}: {} has a negative stride {} in dimension {}", fn, name,
-                                   v.stride(k), k));
+      throw ShapeError(
+          fmt::format("{}: {} has a negative stride {} in dimension {}", fn, name, v.stride(k), k));
     }
   }
   if (v.dtype != DType::f32 && v.dtype != DType::f64) {
-    throw DTypeError(fmt::format("{}: {} has an unsupported dtype (float32 or float64 expected)",
-                                 fn, name));
+    throw DTypeError(
+        fmt::format("{}: {} has an unsupported dtype (float32 or float64 expected)", fn, name));
   }
   if (v.space != MemorySpace::host) return;  // device data is checked where it is read
   const std::int64_t d0 = v.dim(0), d1 = v.dim(1), d2 = v.rank == 3 ? v.dim(2) : 1;
@@ -48,9 +48,9 @@ void check_points(const TensorView& v, const char* name, const char* fn) {
         const double x = load_as_double(v, i0, i1, i2);
         if (!std::isfinite(x)) {
           throw NonFiniteInput(
-              v.rank == 2 ? fmt::format("{}: {}: element [{}, {}] is {}", fn, name, i0, i1, x)
-                          : fmt::format("{}: {}: element [{}, {}, {}] is {}", fn, name, i0, i1,
-                                        i2, x));
+              v.rank == 2
+                  ? fmt::format("{}: {}: element [{}, {}] is {}", fn, name, i0, i1, x)
+                  : fmt::format("{}: {}: element [{}, {}, {}] is {}", fn, name, i0, i1, i2, x));
         }
       }
     }
@@ -64,8 +64,8 @@ CouplingShape validate_coupling(const TensorView& x0, const TensorView& x1,
   check_points(x0, "x0", fn);
   check_points(x1, "x1", fn);
   if (x0.rank != x1.rank) {
-    throw ShapeError(fmt::format("{}: x0 {} and x1 {} must both be [bs, d] or both [K, bs, d]",
-                                 fn, x0.describe(), x1.describe()));
+    throw ShapeError(fmt::format("{}: x0 {} and x1 {} must both be [bs, d] or both [K, bs, d]", fn,
+                                 x0.describe(), x1.describe()));
   }
   if (x0.space != x1.space) {
     throw InvalidArgument(fmt::format("{}: x0 {} and x1 {} must be in the same memory space", fn,
@@ -79,8 +79,8 @@ CouplingShape validate_coupling(const TensorView& x0, const TensorView& x1,
   s.d = x0.dim(batched ? 2 : 1);
   s.space = x0.space;
   if (batched && x1.dim(0) != s.batch) {
-    throw ShapeError(fmt::format("{}: x0 has K = {} minibatches, x1 has {}", fn, s.batch,
-                                 x1.dim(0)));
+    throw ShapeError(
+        fmt::format("{}: x0 has K = {} minibatches, x1 has {}", fn, s.batch, x1.dim(0)));
   }
   const std::int64_t d1 = x1.dim(batched ? 2 : 1);
   if (d1 != s.d) {
@@ -97,18 +97,19 @@ CouplingShape validate_coupling(const TensorView& x0, const TensorView& x1,
           fn, s.bs0, s.bs1));
     }
     if (options.num_pairs != 0 && options.num_pairs != s.bs0) {
-      throw InvalidArgument(fmt::format(
-          "{}: num_pairs: method exact returns the permutation (bs = {} pairs), got {}", fn,
-          s.bs0, options.num_pairs));
+      throw InvalidArgument(
+          fmt::format("{}: num_pairs: method exact returns the permutation (bs = {} pairs), got {}",
+                      fn, s.bs0, options.num_pairs));
     }
   } else {
     if (!(options.eps > 0) || !std::isfinite(options.eps)) {
-      throw InvalidArgument(fmt::format("{}: eps: must be finite and > 0, got {}", fn, options.eps));
+      throw InvalidArgument(
+          fmt::format("{}: eps: must be finite and > 0, got {}", fn, options.eps));
     }
     if (options.method == CouplingMethod::unbalanced &&
         (!(options.rho > 0) || !std::isfinite(options.rho))) {
-      throw InvalidArgument(fmt::format(
-          "{}: rho: method unbalanced needs a finite rho > 0, got {}", fn, options.rho));
+      throw InvalidArgument(fmt::format("{}: rho: method unbalanced needs a finite rho > 0, got {}",
+                                        fn, options.rho));
     }
     if (options.num_pairs < 0) {
       throw InvalidArgument(
@@ -187,9 +188,9 @@ void sample_problem(const ProblemData& p, const double* f, const double* g, doub
     }
     const std::uint64_t col_seed = detail::stream_seed(seed, detail::kStreamJointColumn);
     for (std::int64_t t = 0; t < num_pairs; ++t) {
-      const double u = detail::keyed_uniform(seed, detail::kStreamRowUniform, k,
-                                             static_cast<std::uint64_t>(t)) *
-                       acc;
+      const double u =
+          detail::keyed_uniform(seed, detail::kStreamRowUniform, k, static_cast<std::uint64_t>(t)) *
+          acc;
       auto it = std::upper_bound(cdf.begin(), cdf.end(), u);
       std::int64_t i = std::min<std::int64_t>(it - cdf.begin(), last);
       const double* c = p.cost_row(i, scratch.data());

@@ -19,15 +19,15 @@ std::vector<std::int64_t> minibatch_rows(std::int64_t N, std::int64_t bs, std::i
     throw InvalidArgument(fmt::format(
         "minibatch_rows: needs 1 <= bs <= N and K >= 1, got N = {}, bs = {}, K = {}", N, bs, K));
   }
-  const std::uint32_t tag =
-      stream == 0 ? detail::kStreamMinibatchX : detail::kStreamMinibatchY;
+  const std::uint32_t tag = stream == 0 ? detail::kStreamMinibatchX : detail::kStreamMinibatchY;
   std::vector<std::int64_t> out(static_cast<std::size_t>(K * bs));
   std::vector<std::pair<std::uint64_t, std::int64_t>> keys(static_cast<std::size_t>(N));
   for (std::int64_t k = 0; k < K; ++k) {
     // The bs smallest of N independent uniform keys are a uniform bs-subset.
     for (std::int64_t p = 0; p < N; ++p) {
       keys[static_cast<std::size_t>(p)] = {
-          detail::keyed_bits(seed, tag, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(p)),
+          detail::keyed_bits(seed, tag, static_cast<std::uint64_t>(k),
+                             static_cast<std::uint64_t>(p)),
           p};
     }
     std::nth_element(keys.begin(), keys.begin() + (bs - 1), keys.end());
@@ -63,7 +63,8 @@ void check_cloud(const TensorView& v, const char* name) {
     for (std::int64_t c = 0; c < v.dim(1); ++c) {
       const double x = load_as_double(v, i, c);
       if (!std::isfinite(x)) {
-        throw NonFiniteInput(fmt::format("minibatch_ot: {}: element [{}, {}] is {}", name, i, c, x));
+        throw NonFiniteInput(
+            fmt::format("minibatch_ot: {}: element [{}, {}] is {}", name, i, c, x));
       }
     }
   }
@@ -77,7 +78,8 @@ MinibatchShape validate_minibatch(const TensorView& x, const TensorView& y,
   check_cloud(y, "y");
   MinibatchShape s{x.dim(0), y.dim(0), x.dim(1)};
   if (y.dim(1) != s.d) {
-    throw ShapeError(fmt::format("minibatch_ot: x has dimension d = {}, y has d = {}", s.d, y.dim(1)));
+    throw ShapeError(
+        fmt::format("minibatch_ot: x has dimension d = {}, y has d = {}", s.d, y.dim(1)));
   }
   if (o.k < 1) throw InvalidArgument(fmt::format("minibatch_ot: k: must be >= 1, got {}", o.k));
   if (o.bs < 1) throw InvalidArgument(fmt::format("minibatch_ot: bs: must be >= 1, got {}", o.bs));

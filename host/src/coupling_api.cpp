@@ -21,8 +21,8 @@ CouplingMethod parse_coupling_method(std::string_view text, std::string_view arg
   if (text == "exact") return CouplingMethod::exact;
   if (text == "sinkhorn") return CouplingMethod::sinkhorn;
   if (text == "unbalanced") return CouplingMethod::unbalanced;
-  throw InvalidArgument(fmt::format("{}: unknown coupling method '{}' (exact, sinkhorn, unbalanced)",
-                                    arg_name, text));
+  throw InvalidArgument(fmt::format(
+      "{}: unknown coupling method '{}' (exact, sinkhorn, unbalanced)", arg_name, text));
 }
 
 std::string_view to_string(CouplingMethod m) noexcept {
@@ -86,8 +86,7 @@ CouplingResult couple_exact(const TensorView& x0, const TensorView& x1,
 }
 
 CouplingResult couple_entropic_cpu(const TensorView& x0, const TensorView& x1,
-                                   const CouplingOptions& options,
-                                   const detail::CouplingShape& s) {
+                                   const CouplingOptions& options, const detail::CouplingShape& s) {
   const SinkhornProblem sp = detail::coupling_problem(x0, x1, options);
   SinkhornOptions so = detail::coupling_sinkhorn_options(options);
   so.backend = Backend::cpu;
@@ -105,8 +104,8 @@ CouplingResult couple_entropic_cpu(const TensorView& x0, const TensorView& x1,
       std::iota(r.i.begin() + k * s.bs0, r.i.begin() + (k + 1) * s.bs0, std::int64_t{0});
     }
   } else {
-    cpu::sample_joint_pairs(sp, res, shape, s.pairs, options.replacement, options.seed,
-                            r.i.data(), r.j.data());
+    cpu::sample_joint_pairs(sp, res, shape, s.pairs, options.replacement, options.seed, r.i.data(),
+                            r.j.data());
   }
   const auto costs = cpu::mean_pair_cost(sp, shape, s.pairs, r.i.data(), r.j.data());
   r.problems.resize(static_cast<std::size_t>(s.batch));
@@ -162,8 +161,8 @@ detail::CouplingShape async_shape(GpuContext& ctx, const TensorView& x0, const T
   o.device = ctx.device();
   const auto s = detail::validate_coupling(x0, x1, o, fn);
   if (s.space != MemorySpace::device) {
-    throw InvalidArgument(fmt::format(
-        "{}: x0 and x1 must be in device memory (use couple() for host data)", fn));
+    throw InvalidArgument(
+        fmt::format("{}: x0 and x1 must be in device memory (use couple() for host data)", fn));
   }
   return s;
 }

@@ -26,8 +26,8 @@ void couple_entropic_async(GpuContext&, const TensorView&, const TensorView&,
                            std::int64_t*) {
   unavailable(o.device);
 }
-std::size_t entropic_workspace_bytes(const TensorView&, const TensorView&,
-                                     const CouplingOptions& o, const detail::CouplingShape&) {
+std::size_t entropic_workspace_bytes(const TensorView&, const TensorView&, const CouplingOptions& o,
+                                     const detail::CouplingShape&) {
   unavailable(o.device);
 }
 void fill_row_indices(GpuContext&, std::int64_t*, std::int64_t, std::int64_t) { unavailable(0); }

@@ -17,6 +17,8 @@
 //     sinkhorn  gradient_x at the potentials: sum_j P_pj grad_x C(x_p, y_j);
 //     debiased  that minus the self term's: sum_j P^xx_pj grad_x C(x_p, x_j) (the
 //               symmetric plan of OT_eps(mu_k, mu_k), whose x appears on both sides).
+//   The entropic gradients hold eps fixed (with eps_relative, at the eps each batch's
+//   mean cost gave; the dependence of that mean on the points is not differentiated).
 // Keys: batch k's rows of x are the bs smallest of u(seed, k, p) over p in [0, N),
 // u a Philox4x32-10 draw keyed by (seed, stream x, k, p) (likewise for y with stream
 // y), so the batches depend on (seed, N, M, bs, K) only, and sorted increasingly.
@@ -52,9 +54,9 @@ struct MinibatchResult {
   Backend backend = Backend::cpu;
   double mean = 0;
   double std_error = 0;
-  std::vector<double> values;  ///< [K] value_k
-  std::vector<double> grad_x;  ///< [N, d] (empty when options.gradient is false)
-  std::vector<double> grad_y;  ///< [M, d]
+  std::vector<double> values;        ///< [K] value_k
+  std::vector<double> grad_x;        ///< [N, d] (empty when options.gradient is false)
+  std::vector<double> grad_y;        ///< [M, d]
   std::vector<std::int64_t> rows_x;  ///< [K, bs] the rows of x each batch drew
   std::vector<std::int64_t> rows_y;  ///< [K, bs]
   bool converged = true;             ///< every solve converged (entropic) or certified
