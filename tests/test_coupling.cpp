@@ -108,6 +108,7 @@ TEST(Coupling, JointDrawsWithReplacementFollowThePlan) {
   const auto P = dense_plan(s.x, s.y, s.n, s.m, s.d, s.eps_rel);
   CouplingOptions o = entropic(s);
   o.num_pairs = 30000;
+  o.replacement = true;
   o.seed = 7;
   const CouplingResult r =
       otgpu::couple(TensorView::host(s.x.data(), {6, 2}), TensorView::host(s.y.data(), {5, 2}), o);

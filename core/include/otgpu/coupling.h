@@ -56,8 +56,9 @@ struct CouplingOptions {
   CouplingPairs pairs = CouplingPairs::joint;
   /// Pairs per minibatch for joint sampling; 0 = bs0. Exact: 0 or bs (the permutation).
   std::int64_t num_pairs = 0;
-  /// Joint sampling with replacement (as np.random.choice over the plan does).
-  bool replacement = true;
+  /// Joint sampling with replacement (as torchcfm's np.random.choice over the plan
+  /// does); the default draws distinct pairs.
+  bool replacement = false;
   std::uint64_t seed = 0;
   /// Passed to the Sinkhorn solve (tol kAuto, max_iter, ...); eps, eps_relative,
   /// rho, backend and device of this struct take precedence.
