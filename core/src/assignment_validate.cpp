@@ -14,9 +14,17 @@ namespace otgpu::detail {
 
 namespace {
 
+/// TensorView::describe, also for an empty view (shape known, no data).
+std::string describe(const TensorView& v) {
+  if (v.present()) return v.describe();
+  std::string s = "[";
+  for (int k = 0; k < v.rank; ++k) s += (k ? ", " : "") + std::to_string(v.dim(k));
+  return s + "] (empty)";
+}
+
 void check_view(const TensorView& v, const char* name, const char* expect) {
   if (v.rank != 2 && v.rank != 3) {
-    throw ShapeError(fmt::format("{}: expected {}, got {}", name, expect, v.describe()));
+    throw ShapeError(fmt::format("{}: expected {}, got {}", name, expect, describe(v)));
   }
   if (v.dtype != DType::f32 && v.dtype != DType::f64) {
     throw DTypeError(fmt::format("{}: unsupported dtype code {} (float32 or float64 expected)",
@@ -28,16 +36,16 @@ void check_view(const TensorView& v, const char* name, const char* expect) {
   }
   if (v.rank == 3 && v.dim(0) == 0) {
     throw ShapeError(fmt::format("{}: the batch is empty (K = 0 in {}); give at least one problem",
-                                 name, v.describe()));
+                                 name, describe(v)));
   }
   for (int k = 0; k < v.rank; ++k) {
     if (v.dim(k) <= 0) {
       throw ShapeError(fmt::format("{}: size {} in dimension {} of {} (sizes must be > 0)", name,
-                                   v.dim(k), k, v.describe()));
+                                   v.dim(k), k, describe(v)));
     }
     if (v.stride(k) < 0) {
       throw ShapeError(fmt::format("{}: stride {} in dimension {} of {} is negative", name,
-                                   v.stride(k), k, v.describe()));
+                                   v.stride(k), k, describe(v)));
     }
   }
 }
@@ -94,6 +102,10 @@ void check_point_values(const AssignmentProblem& p, const AssignmentShape& s) {
   }
 }
 
+/// A view with a shape but no data is an empty array (a .npy of size 0): given, and
+/// rejected by check_view with its shape, not reported as missing.
+bool given(const TensorView& v) { return v.present() || v.rank > 0; }
+
 }  // namespace
 
 AssignmentShape validate_assignment(const AssignmentProblem& problem,
@@ -108,14 +120,14 @@ AssignmentShape validate_assignment(const AssignmentProblem& problem,
   }
   const TensorView* first = nullptr;
   if (kind == CostKind::matrix) {
-    if (!problem.cost.present()) {
+    if (!given(problem.cost)) {
       throw InvalidArgument("cost: required when cost_kind is matrix (got no cost view)");
     }
-    if (problem.x.present() || problem.y.present()) {
+    if (given(problem.x) || given(problem.y)) {
       throw InvalidArgument(fmt::format(
           "{}: must be absent when cost_kind is matrix (the cost matrix is given), got {}",
-          problem.x.present() ? "x" : "y",
-          problem.x.present() ? problem.x.describe() : problem.y.describe()));
+          given(problem.x) ? "x" : "y",
+          given(problem.x) ? problem.x.describe() : problem.y.describe()));
     }
     const TensorView& c = problem.cost;
     check_view(c, "cost", "[n, m] or [K, n, m]");
@@ -126,14 +138,14 @@ AssignmentShape validate_assignment(const AssignmentProblem& problem,
     first = &c;
   } else {
     const std::string_view kind_name = to_string(kind);
-    if (problem.cost.present()) {
+    if (given(problem.cost)) {
       throw InvalidArgument(
           fmt::format("cost: must be absent for cost_kind {} (it is computed from x and y), got {}",
                       kind_name, problem.cost.describe()));
     }
-    if (!problem.x.present() || !problem.y.present()) {
+    if (!given(problem.x) || !given(problem.y)) {
       throw InvalidArgument(
-          fmt::format("{}: required for cost_kind {}", problem.x.present() ? "y" : "x", kind_name));
+          fmt::format("{}: required for cost_kind {}", given(problem.x) ? "y" : "x", kind_name));
     }
     const TensorView& x = problem.x;
     const TensorView& y = problem.y;

@@ -369,11 +369,42 @@ void dense_cost(const AssignmentProblem& p, const detail::AssignmentShape& s, st
   }
 }
 
+bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t* row_to_col,
+                   std::int64_t* col_to_row, double* u, double* v, AssignmentReport& report,
+                   std::string& why) {
+  const bool transpose = n > m;
+  std::vector<double> ct;
+  const double* solve_on = c;
+  if (transpose) {
+    ct.resize(static_cast<std::size_t>(n * m));
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t j = 0; j < m; ++j) {
+        ct[static_cast<std::size_t>(j * n + i)] = c[i * m + j];
+      }
+    }
+    solve_on = ct.data();
+  }
+  LapSolution sol;
+  if (!solve_dense_lap(solve_on, transpose ? m : n, transpose ? n : m, sol, why)) return false;
+  if (transpose) {
+    std::copy(sol.col4row.begin(), sol.col4row.end(), col_to_row);
+    std::copy(sol.row4col.begin(), sol.row4col.end(), row_to_col);
+    std::copy(sol.u.begin(), sol.u.end(), v);
+    std::copy(sol.v.begin(), sol.v.end(), u);
+  } else {
+    std::copy(sol.col4row.begin(), sol.col4row.end(), row_to_col);
+    std::copy(sol.row4col.begin(), sol.row4col.end(), col_to_row);
+    std::copy(sol.u.begin(), sol.u.end(), u);
+    std::copy(sol.v.begin(), sol.v.end(), v);
+  }
+  report = certify_assignment(c, n, m, row_to_col, u, v);
+  report.iterations = sol.augmentations;
+  return true;
+}
+
 AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOptions& options,
                             const detail::AssignmentShape& shape) {
   const std::int64_t K = shape.batch, n = shape.n, m = shape.m;
-  const bool transpose = n > m;
-  const std::int64_t rows = transpose ? m : n, cols = transpose ? n : m;
   AssignmentResult r;
   r.backend = Backend::cpu;
   r.batch = K;
@@ -392,41 +423,14 @@ AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOp
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> c(static_cast<std::size_t>(n * m));
-    std::vector<double> ct(transpose ? static_cast<std::size_t>(n * m) : 0);
-    LapSolution sol;
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < K; ++b) {
       try {
         dense_cost(problem, shape, b, c.data());
-        const double* solve_on = c.data();
-        if (transpose) {
-          for (std::int64_t i = 0; i < n; ++i) {
-            for (std::int64_t j = 0; j < m; ++j) {
-              ct[static_cast<std::size_t>(j * n + i)] = c[static_cast<std::size_t>(i * m + j)];
-            }
-          }
-          solve_on = ct.data();
-        }
-        auto& why = failure[static_cast<std::size_t>(b)];
-        if (!solve_dense_lap(solve_on, rows, cols, sol, why)) continue;
-        std::int64_t* r2c = r.row_to_col.data() + b * n;
-        std::int64_t* c2r = r.col_to_row.data() + b * m;
-        double* u = r.u.data() + b * n;
-        double* v = r.v.data() + b * m;
-        if (transpose) {
-          std::copy(sol.col4row.begin(), sol.col4row.end(), c2r);
-          std::copy(sol.row4col.begin(), sol.row4col.end(), r2c);
-          std::copy(sol.u.begin(), sol.u.end(), v);
-          std::copy(sol.v.begin(), sol.v.end(), u);
-        } else {
-          std::copy(sol.col4row.begin(), sol.col4row.end(), r2c);
-          std::copy(sol.row4col.begin(), sol.row4col.end(), c2r);
-          std::copy(sol.u.begin(), sol.u.end(), u);
-          std::copy(sol.v.begin(), sol.v.end(), v);
-        }
-        auto& rep = r.problems[static_cast<std::size_t>(b)];
-        rep = certify_assignment(c.data(), n, m, r2c, u, v);
-        rep.iterations = sol.augmentations;
+        solve_problem(c.data(), n, m, r.row_to_col.data() + b * n, r.col_to_row.data() + b * m,
+                      r.u.data() + b * n, r.v.data() + b * m,
+                      r.problems[static_cast<std::size_t>(b)],
+                      failure[static_cast<std::size_t>(b)]);
       } catch (...) {
 #pragma omp critical(otgpu_assignment_error)
         if (!error) error = std::current_exception();
@@ -436,11 +440,13 @@ AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOp
   if (error) std::rethrow_exception(error);
   for (std::int64_t b = 0; b < K; ++b) {
     const auto& why = failure[static_cast<std::size_t>(b)];
-    if (!why.empty()) {
-      throw Infeasible(fmt::format("cost: problem {} is infeasible: {}", b, why));
-    }
+    if (!why.empty()) throw_infeasible(b, why);
   }
   return r;
+}
+
+void throw_infeasible(std::int64_t problem, const std::string& why) {
+  throw Infeasible(fmt::format("cost: problem {} is infeasible: {}", problem, why));
 }
 
 }  // namespace otgpu::cpu

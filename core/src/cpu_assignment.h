@@ -39,6 +39,16 @@ AssignmentReport certify_assignment(const double* c, std::int64_t n, std::int64_
 void dense_cost(const AssignmentProblem& problem, const detail::AssignmentShape& shape,
                 std::int64_t b, double* out);
 
+/// Solves one dense problem c [n, m] (row-major fp64, any n, m; transposed internally
+/// when n > m) into the caller's arrays (row_to_col [n], col_to_row [m], u [n], v [m])
+/// and certifies it. Returns false with `why` when it is infeasible.
+bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t* row_to_col,
+                   std::int64_t* col_to_row, double* u, double* v, AssignmentReport& report,
+                   std::string& why);
+
+/// Throws Infeasible "cost: problem <index> is infeasible: <why>".
+[[noreturn]] void throw_infeasible(std::int64_t problem, const std::string& why);
+
 /// Solves every problem of the batch; throws Infeasible naming the first infeasible
 /// problem.
 AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOptions& options,

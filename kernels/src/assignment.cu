@@ -1,0 +1,475 @@
+// Batched exact assignment on the GPU (otgpu_kernels/assignment.h).
+//
+// Forward auction (Bertsekas) with eps-scaling on the padded square problem, one
+// thread block per problem: the whole solve (every phase and round) runs inside the
+// block, synchronized with __syncthreads, so no round trip to the host. Rows bid, in
+// Jacobi rounds:
+//   bidding   one warp per unassigned row i finds its best value v1 = max_j (-C_ij - p_j)
+//             (at j1) and the second best v2, and bids p_j1 + (v1 - v2) + eps for j1
+//             (atomicMax on an order-preserving 64-bit encoding of the fp64 bid);
+//   resolving the highest bidder of each column wins it (atomicCAS among equal bids),
+//             the column's price becomes the bid and its previous owner is freed.
+// A phase ends when every row is assigned; the assignment is then eps-optimal (within
+// N eps of the optimum). Prices are kept and eps shrinks by 8 until the certificate
+// proves the assignment optimal to round-off (below); a forbidden second choice is bid
+// over as if it were (cost range + eps) worse than the best.
+//
+// Certificate: u_i = min_j (C_ij + p_j) over allowed pairs and v_j = -p_j satisfy
+// u_i + v_j <= C_ij by construction; gap = cost - (sum u + sum v) bounds the distance
+// to the optimum. The padding's potentials are folded into the larger side (a shift of
+// u and v by a constant that keeps the dual objective or raises it), so the potentials
+// of the original rectangular problem certify it directly. Prices and sums are fp64;
+// the costs are read as staged (fp32, or fp64 for an fp64 cost matrix).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "grid.cuh"
+#include "otgpu_kernels/assignment.h"
+#include "otgpu_kernels/cuda_check.h"
+
+namespace otgpu::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kAuctionThreads = 512;
+constexpr int kWarps = kAuctionThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr unsigned long long kSign = 0x8000000000000000ull;
+
+__device__ __forceinline__ double d_inf() { return __longlong_as_double(0x7ff0000000000000ll); }
+
+/// Order-preserving map of doubles to unsigned integers (0 is below every number).
+__device__ __forceinline__ unsigned long long encode(double x) {
+  const auto b = static_cast<unsigned long long>(__double_as_longlong(x));
+  return (b & kSign) ? ~b : (b | kSign);
+}
+__device__ __forceinline__ double decode(unsigned long long e) {
+  const unsigned long long b = (e & kSign) ? (e & ~kSign) : ~e;
+  return __longlong_as_double(static_cast<long long>(b));
+}
+
+/// Block-wide reductions (every thread gets the result). `sh` holds kWarps values;
+/// the leading barrier lets consecutive calls reuse it.
+__device__ double block_sum(double x, double* sh) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(kFull, x, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = x;
+  __syncthreads();
+  double t = 0;
+  for (int k = 0; k < kWarps; ++k) t += sh[k];
+  return t;
+}
+__device__ double block_min(double x, double* sh) {
+  for (int o = 16; o > 0; o >>= 1) x = fmin(x, __shfl_down_sync(kFull, x, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = x;
+  __syncthreads();
+  double t = sh[0];
+  for (int k = 1; k < kWarps; ++k) t = fmin(t, sh[k]);
+  return t;
+}
+__device__ double block_max(double x, double* sh) { return -block_min(-x, sh); }
+
+__device__ __forceinline__ double warp_min(double x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmin(x, __shfl_xor_sync(kFull, x, o));
+  return x;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kAuctionThreads)
+    auction_kernel(const T* __restrict__ Call, int n, int m, int N, AuctionScratch s,
+                   AuctionOutputs o, bool smem_prices) {
+  extern __shared__ double smem[];
+  __shared__ double red[kWarps];
+  __shared__ int s_count;
+  __shared__ int s_flag;
+
+  const int b = static_cast<int>(blockIdx.x);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  const T* C = Call + static_cast<std::int64_t>(b) * N * N;
+  const std::size_t off = static_cast<std::size_t>(b) * static_cast<std::size_t>(N);
+  double* price = smem_prices ? smem : s.price + off;
+  double* ru = s.row_u + off;
+  int* row_col = s.row_col + off;
+  int* col_row = s.col_row + off;
+  int* bid_row = s.bid_row + off;
+  int* my_col = s.my_col + off;
+  unsigned long long* bid_val = s.bid_val + off;
+  unsigned long long* my_bid = s.my_bid + off;
+  const double inf = d_inf();
+
+  // ---- scale and the plain infeasibility checks (a row / column with no allowed pair)
+  if (tid == 0) s_flag = 0;
+  double lo = inf, hi = -inf;
+  for (std::int64_t e = tid; e < static_cast<std::int64_t>(n) * m; e += kAuctionThreads) {
+    const double c = static_cast<double>(C[(e / m) * N + e % m]);
+    if (c < inf) {
+      lo = fmin(lo, c);
+      hi = fmax(hi, c);
+    }
+  }
+  lo = block_min(lo, red);
+  hi = block_max(hi, red);
+  if (n <= m) {
+    for (int i = warp; i < n; i += kWarps) {
+      bool any = false;
+      for (int j = lane; j < m; j += 32)
+        any = any || static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!__any_sync(kFull, any) && lane == 0) atomicOr(&s_flag, 1);
+    }
+  }
+  if (m <= n) {
+    for (int j = tid; j < m; j += kAuctionThreads) {
+      bool any = false;
+      for (int i = 0; i < n && !any; ++i)
+        any = static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!any) atomicOr(&s_flag, 1);
+    }
+  }
+  for (int j = tid; j < N; j += kAuctionThreads) price[j] = 0.0;
+  __syncthreads();
+  int status = s_flag ? 1 : 0;
+  double range = hi - lo;
+  if (!(range > 0)) range = fmax(fabs(hi), 1.0);
+  if (!(range < inf)) range = 1.0;  // no allowed pair at all (status is 1 then)
+  const double eps_floor = range * 4e-16 * N;
+  double eps = range / 4;
+  long long rounds = 0;
+  const long long cap = 20LL * N + 2000;  // rounds per phase before giving up
+
+  while (status == 0) {
+    for (int j = tid; j < N; j += kAuctionThreads) {
+      row_col[j] = -1;
+      col_row[j] = -1;
+      bid_row[j] = -1;
+      bid_val[j] = 0;
+    }
+    __syncthreads();
+    long long pr = 0;
+    for (;;) {
+      if (tid == 0) s_count = 0;
+      __syncthreads();
+      // Bidding: one warp per unassigned row.
+      for (int i = warp; i < N; i += kWarps) {
+        if (row_col[i] >= 0) continue;
+        const T* ci = C + static_cast<std::int64_t>(i) * N;
+        double v1 = -inf, v2 = -inf;
+        int j1 = -1;
+        for (int j = lane; j < N; j += 32) {
+          const double c = static_cast<double>(ci[j]);
+          if (!(c < inf)) continue;
+          const double val = -c - price[j];
+          if (val > v1) {
+            v2 = v1;
+            v1 = val;
+            j1 = j;
+          } else if (val > v2) {
+            v2 = val;
+          }
+        }
+        for (int sh = 16; sh > 0; sh >>= 1) {
+          const double ov1 = __shfl_xor_sync(kFull, v1, sh);
+          const double ov2 = __shfl_xor_sync(kFull, v2, sh);
+          const int oj = __shfl_xor_sync(kFull, j1, sh);
+          if (ov1 > v1 || (ov1 == v1 && oj >= 0 && (j1 < 0 || oj < j1))) {
+            v2 = fmax(v1, ov2);
+            v1 = ov1;
+            j1 = oj;
+          } else {
+            v2 = fmax(v2, ov1);
+          }
+        }
+        if (lane == 0) {
+          atomicAdd(&s_count, 1);
+          if (j1 < 0) {
+            atomicOr(&s_flag, 1);
+          } else {
+            const double second = v2 > -inf ? v2 : v1 - range - eps;
+            const unsigned long long e = encode(price[j1] + (v1 - second) + eps);
+            my_bid[i] = e;
+            my_col[i] = j1;
+            atomicMax(&bid_val[j1], e);
+          }
+        }
+      }
+      __syncthreads();
+      if (s_count == 0) break;
+      if (s_flag) {
+        status = 1;
+        break;
+      }
+      if (++pr > cap) {
+        status = 2;
+        break;
+      }
+      // Resolving: the highest bid wins (the first of equal bids to claim the column).
+      for (int i = tid; i < N; i += kAuctionThreads) {
+        if (row_col[i] < 0) {
+          const int j = my_col[i];
+          if (bid_val[j] == my_bid[i]) atomicCAS(&bid_row[j], -1, i);
+        }
+      }
+      __syncthreads();
+      for (int j = tid; j < N; j += kAuctionThreads) {
+        const int r = bid_row[j];
+        if (r >= 0) {
+          const int old = col_row[j];
+          if (old >= 0) row_col[old] = -1;
+          col_row[j] = r;
+          row_col[r] = j;
+          price[j] = decode(bid_val[j]);
+          bid_row[j] = -1;
+        }
+        bid_val[j] = 0;
+      }
+      __syncthreads();
+    }
+    rounds += pr;
+    if (status != 0) break;
+    // Certificate of the phase on the padded problem.
+    double cost = 0, acost = 0, dual = 0;
+    for (int i = warp; i < N; i += kWarps) {
+      const T* ci = C + static_cast<std::int64_t>(i) * N;
+      double mn = inf;
+      for (int j = lane; j < N; j += 32) {
+        const double c = static_cast<double>(ci[j]);
+        if (c < inf) mn = fmin(mn, c + price[j]);
+      }
+      mn = warp_min(mn);
+      if (lane == 0) {
+        ru[i] = mn;
+        const double cc = static_cast<double>(ci[row_col[i]]);
+        cost += cc;
+        acost += fabs(cc);
+        dual += mn;
+      }
+    }
+    for (int j = tid; j < N; j += kAuctionThreads) dual -= price[j];
+    cost = block_sum(cost, red);
+    acost = block_sum(acost, red);
+    dual = block_sum(dual, red);
+    const double gap = cost - dual;
+    if (gap <= 1e-10 * acost + 1e-13 * range * N || eps <= eps_floor) break;
+    eps = fmax(eps / 8, eps_floor);
+  }
+
+  // ---- outputs on the original [n, m] problem
+  __syncthreads();
+  if (status != 0) {
+    for (int i = tid; i < n; i += kAuctionThreads) {
+      const int rc = row_col[i];
+      o.row_to_col[static_cast<std::size_t>(b) * n + i] = rc >= 0 && rc < m ? rc : -1;
+      if (o.u) o.u[static_cast<std::size_t>(b) * n + i] = 0;
+    }
+    for (int j = tid; j < m; j += kAuctionThreads) {
+      const int cr = col_row[j];
+      if (o.col_to_row)
+        o.col_to_row[static_cast<std::size_t>(b) * m + j] = cr >= 0 && cr < n ? cr : -1;
+      if (o.v) o.v[static_cast<std::size_t>(b) * m + j] = 0;
+    }
+    if (tid == 0) {
+      if (o.cost) o.cost[b] = inf;
+      if (o.dual) o.dual[b] = -inf;
+      if (o.gap) o.gap[b] = inf;
+      if (o.max_violation) o.max_violation[b] = inf;
+      if (o.rounds) o.rounds[b] = rounds;
+      if (o.status) o.status[b] = status;
+    }
+    if (smem_prices) {
+      for (int j = tid; j < N; j += kAuctionThreads) s.price[off + j] = price[j];
+    }
+    return;
+  }
+  // Fold the padding: dummy rows (n < m) all have u = min_j p_j = t; dummy columns
+  // (n > m) have v = -p_j, at most s.
+  double shift_u = 0, shift_v = 0;
+  if (n < m) {
+    double t = inf;
+    for (int i = n + tid; i < N; i += kAuctionThreads) t = fmin(t, ru[i]);
+    t = block_min(t, red);
+    shift_u = -t;
+    shift_v = t;
+  } else if (n > m) {
+    double sv = -inf;
+    for (int j = m + tid; j < N; j += kAuctionThreads) sv = fmax(sv, -price[j]);
+    sv = block_max(sv, red);
+    shift_u = sv;
+    shift_v = -sv;
+  }
+  double cost = 0, dual = 0, viol = 0;
+  for (int i = warp; i < n; i += kWarps) {
+    const T* ci = C + static_cast<std::int64_t>(i) * N;
+    const double ui = ru[i] + shift_u;
+    double w = 0;
+    for (int j = lane; j < m; j += 32) {
+      const double c = static_cast<double>(ci[j]);
+      if (c < inf) w = fmax(w, ui - price[j] + shift_v - c);
+    }
+    w = -warp_min(-w);
+    if (lane == 0) {
+      const int rc = row_col[i];
+      const bool real = rc < m;
+      o.row_to_col[static_cast<std::size_t>(b) * n + i] = real ? rc : -1;
+      if (o.u) o.u[static_cast<std::size_t>(b) * n + i] = ui;
+      if (real) cost += static_cast<double>(ci[rc]);
+      dual += ui;
+      viol = fmax(viol, w);
+      if (n > m) viol = fmax(viol, ui);
+    }
+  }
+  for (int j = tid; j < m; j += kAuctionThreads) {
+    const double vj = -price[j] + shift_v;
+    const int cr = col_row[j];
+    if (o.col_to_row) o.col_to_row[static_cast<std::size_t>(b) * m + j] = cr < n ? cr : -1;
+    if (o.v) o.v[static_cast<std::size_t>(b) * m + j] = vj;
+    dual += vj;
+    if (n < m) viol = fmax(viol, vj);
+  }
+  cost = block_sum(cost, red);
+  dual = block_sum(dual, red);
+  viol = block_max(viol, red);
+  if (tid == 0) {
+    if (o.cost) o.cost[b] = cost;
+    if (o.dual) o.dual[b] = dual;
+    if (o.gap) o.gap[b] = cost - dual;
+    if (o.max_violation) o.max_violation[b] = viol;
+    if (o.rounds) o.rounds[b] = rounds;
+    if (o.status) o.status[b] = 0;
+  }
+  if (smem_prices) {
+    for (int j = tid; j < N; j += kAuctionThreads) s.price[off + j] = price[j];
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    stage_matrix_kernel(Strided3 src, std::int64_t N, T* __restrict__ dst) {
+  const std::int64_t n = src.dim[1], m = src.dim[2];
+  const std::int64_t total = src.dim[0] * N * N;
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t j = e % N, i = (e / N) % N, b = e / (N * N);
+    T v = 0;
+    if (i < n && j < m) {
+      const std::int64_t at = b * src.stride[0] + i * src.stride[1] + j * src.stride[2];
+      v = src.is_f64 ? static_cast<T>(static_cast<const double*>(src.data)[at])
+                     : static_cast<T>(static_cast<const float*>(src.data)[at]);
+    }
+    dst[e] = v;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    row_norms_kernel(const float* __restrict__ X, std::int64_t rows, std::int64_t d,
+                     float* __restrict__ out) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  for (std::int64_t r = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32;
+       r < rows; r += warps) {
+    float acc = 0;
+    for (std::int64_t k = lane; k < d; k += 32) acc = fmaf(X[r * d + k], X[r * d + k], acc);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(kFull, acc, o);
+    if (lane == 0) out[r] = acc;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    points_epilogue_kernel(const float* __restrict__ G, const float* __restrict__ xn,
+                           const float* __restrict__ yn, std::int64_t K, std::int64_t n,
+                           std::int64_t m, std::int64_t N, int kind, float* __restrict__ C) {
+  const std::int64_t total = K * N * N;
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t j = e % N, i = (e / N) % N, b = e / (N * N);
+    float v = 0;
+    if (i < n && j < m) {
+      const float g = G[(b * n + i) * m + j];
+      if (kind == static_cast<int>(CostKind::neg_dot)) {
+        v = -g;
+      } else {
+        v = fmaxf(xn[b * n + i] + yn[b * m + j] - 2.0f * g, 0.0f);
+        if (kind == static_cast<int>(CostKind::euclidean)) v = sqrtf(v);
+      }
+    }
+    C[e] = v;
+  }
+}
+
+template <class T>
+void launch_auction(const T* C, std::int64_t K, std::int64_t n, std::int64_t m, std::int64_t N,
+                    const AuctionScratch& scratch, const AuctionOutputs& out,
+                    std::size_t smem_optin_bytes, cudaStream_t stream) {
+  if (K <= 0) return;
+  const std::size_t price_bytes = static_cast<std::size_t>(N) * sizeof(double);
+  // Static shared memory of the kernel is small (reductions); leave 1 KiB for it.
+  const bool smem = price_bytes + 1024 <= smem_optin_bytes;
+  const std::size_t dyn = smem ? price_bytes : 0;
+  if (dyn > 48 * 1024) {
+    OTGPU_CUDA_CHECK(cudaFuncSetAttribute(
+        auction_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+  }
+  auction_kernel<T><<<static_cast<unsigned>(K), kAuctionThreads, dyn, stream>>>(
+      C, static_cast<int>(n), static_cast<int>(m), static_cast<int>(N), scratch, out, smem);
+  OTGPU_LAUNCH_CHECK();
+}
+
+template <class T>
+void launch_stage(const Strided3& src, std::int64_t N, T* dst, cudaStream_t stream) {
+  const std::int64_t total = src.dim[0] * N * N;
+  stage_matrix_kernel<T>
+      <<<detail::grid_stride_blocks(total, kThreads, 65535 * 8), kThreads, 0, stream>>>(src, N,
+                                                                                        dst);
+  OTGPU_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void assignment_stage_matrix(const Strided3& src, std::int64_t N, float* dst, cudaStream_t stream) {
+  launch_stage(src, N, dst, stream);
+}
+void assignment_stage_matrix(const Strided3& src, std::int64_t N, double* dst,
+                             cudaStream_t stream) {
+  launch_stage(src, N, dst, stream);
+}
+
+void assignment_row_norms(const float* X, std::int64_t rows, std::int64_t d, float* out,
+                          cudaStream_t stream) {
+  if (rows <= 0) return;
+  row_norms_kernel<<<detail::grid_stride_blocks(rows * 32, kThreads), kThreads, 0, stream>>>(
+      X, rows, d, out);
+  OTGPU_LAUNCH_CHECK();
+}
+
+void assignment_points_epilogue(const float* G, const float* xn, const float* yn, std::int64_t K,
+                                std::int64_t n, std::int64_t m, std::int64_t N, CostKind kind,
+                                float* C, cudaStream_t stream) {
+  const std::int64_t total = K * N * N;
+  points_epilogue_kernel<<<detail::grid_stride_blocks(total, kThreads, 65535 * 8), kThreads, 0,
+                           stream>>>(G, xn, yn, K, n, m, N, static_cast<int>(kind), C);
+  OTGPU_LAUNCH_CHECK();
+}
+
+std::size_t assignment_auction_scratch_bytes(std::int64_t K, std::int64_t N) {
+  const auto e = static_cast<std::size_t>(K * N);
+  auto al = [](std::size_t x) { return (x + 255) & ~std::size_t{255}; };
+  return 2 * al(e * sizeof(double)) + 4 * al(e * sizeof(int)) +
+         2 * al(e * sizeof(unsigned long long));
+}
+
+void assignment_auction(const float* C, std::int64_t K, std::int64_t n, std::int64_t m,
+                        std::int64_t N, const AuctionScratch& scratch, const AuctionOutputs& out,
+                        std::size_t smem_optin_bytes, cudaStream_t stream) {
+  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, stream);
+}
+void assignment_auction(const double* C, std::int64_t K, std::int64_t n, std::int64_t m,
+                        std::int64_t N, const AuctionScratch& scratch, const AuctionOutputs& out,
+                        std::size_t smem_optin_bytes, cudaStream_t stream) {
+  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, stream);
+}
+
+}  // namespace otgpu::kernels

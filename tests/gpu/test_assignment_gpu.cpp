@@ -1,0 +1,217 @@
+// The CUDA exact assignment against the CPU reference (fp64 Jonker-Volgenant): equal
+// optimal cost to 1e-6 relative on float geometric costs, the certificate recomputed
+// here from the returned potentials, rectangular and forbidden-pair problems, the
+// stream-ordered async path and no allocation after the first call of a size.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "otgpu/assignment.h"
+#include "otgpu/error.h"
+
+#ifdef OTGPU_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "cuda/gpu_context_impl.h"
+#include "otgpu/device.h"
+#endif
+
+namespace {
+
+using otgpu::AssignmentOptions;
+using otgpu::AssignmentProblem;
+using otgpu::AssignmentResult;
+using otgpu::Backend;
+using otgpu::CostKind;
+using otgpu::TensorView;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+/// The dense fp64 cost of problem b, as the CPU reference forms it.
+std::vector<double> point_cost(const std::vector<double>& x, const std::vector<double>& y,
+                               std::int64_t b, std::int64_t n, std::int64_t m, std::int64_t d,
+                               CostKind kind) {
+  std::vector<double> c(static_cast<std::size_t>(n * m));
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < m; ++j) {
+      double sq = 0, dot = 0;
+      for (std::int64_t k = 0; k < d; ++k) {
+        const double a = x[static_cast<std::size_t>((b * n + i) * d + k)];
+        const double e = y[static_cast<std::size_t>((b * m + j) * d + k)];
+        sq += (a - e) * (a - e);
+        dot += a * e;
+      }
+      c[static_cast<std::size_t>(i * m + j)] = kind == CostKind::neg_dot     ? -dot
+                                               : kind == CostKind::euclidean ? std::sqrt(sq)
+                                                                             : sq;
+    }
+  }
+  return c;
+}
+
+/// The GPU's matching evaluated on the fp64 cost must cost what the CPU's optimum
+/// costs (1e-6 relative), and its potentials must certify it within the reported
+/// tolerance scaled to the costs (the GPU solves on fp32 costs).
+void expect_matches_cpu(const AssignmentResult& g, const AssignmentResult& c, std::int64_t b,
+                        const std::vector<double>& cost) {
+  const std::int64_t n = g.n, m = g.m;
+  const auto& rc = c.problems[static_cast<std::size_t>(b)];
+  const auto& rg = g.problems[static_cast<std::size_t>(b)];
+  double on_fp64 = 0, scale = 0;
+  std::int64_t matched = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t j = g.row_to_col[static_cast<std::size_t>(b * n + i)];
+    if (j < 0) continue;
+    ++matched;
+    ASSERT_EQ(g.col_to_row[static_cast<std::size_t>(b * m + j)], i);
+    on_fp64 += cost[static_cast<std::size_t>(i * m + j)];
+  }
+  for (double v : cost) {
+    if (std::isfinite(v)) scale = std::max(scale, std::abs(v));
+  }
+  EXPECT_EQ(matched, std::min(n, m));
+  const double tol = 1e-6 * std::max(std::abs(rc.cost), 1e-3 * scale);
+  EXPECT_NEAR(on_fp64, rc.cost, tol) << "problem " << b;
+  EXPECT_NEAR(rg.cost, rc.cost, tol) << "problem " << b;
+  EXPECT_LE(rg.gap, tol) << "problem " << b;
+  EXPECT_GE(rg.gap, -tol) << "problem " << b;
+  // The certificate, recomputed against the fp64 cost: violations are fp32 cost
+  // round-off at most.
+  double viol = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < m; ++j) {
+      const double cij = cost[static_cast<std::size_t>(i * m + j)];
+      if (!std::isfinite(cij)) continue;
+      viol = std::max(viol, g.u[static_cast<std::size_t>(b * n + i)] +
+                                g.v[static_cast<std::size_t>(b * m + j)] - cij);
+    }
+  }
+  EXPECT_LE(viol, 1e-5 * std::max(scale, 1.0)) << "problem " << b;
+  EXPECT_LE(rg.max_violation, 1e-5 * std::max(scale, 1.0)) << "problem " << b;
+}
+
+TEST(AssignmentGpu, PointCloudsMatchTheCpu) {
+  REQUIRE_GPU();
+  struct Case {
+    std::int64_t K, n, m, d;
+    CostKind kind;
+  };
+  for (const Case cs :
+       {Case{4, 256, 256, 64, CostKind::sqeuclidean},
+        Case{1, 1024, 1024, 3072, CostKind::sqeuclidean}, Case{3, 200, 300, 8, CostKind::euclidean},
+        Case{3, 300, 200, 8, CostKind::neg_dot}, Case{64, 64, 64, 2, CostKind::sqeuclidean}}) {
+    const auto x = otgpu_test::uniform(static_cast<std::size_t>(cs.K * cs.n * cs.d), 3, -1, 1);
+    const auto y = otgpu_test::uniform(static_cast<std::size_t>(cs.K * cs.m * cs.d), 4, -1, 1);
+    AssignmentProblem p;
+    p.cost_kind = cs.kind;
+    p.x = TensorView::host(x.data(), {cs.K, cs.n, cs.d});
+    p.y = TensorView::host(y.data(), {cs.K, cs.m, cs.d});
+    AssignmentOptions o;
+    o.backend = Backend::cpu;
+    const auto c = otgpu::assignment(p, o);
+    o.backend = Backend::cuda;
+    const auto g = otgpu::assignment(p, o);
+    EXPECT_EQ(g.backend, Backend::cuda);
+    for (std::int64_t b = 0; b < cs.K; ++b) {
+      SCOPED_TRACE(testing::Message() << "K=" << cs.K << " n=" << cs.n << " m=" << cs.m
+                                      << " d=" << cs.d << " kind=" << otgpu::to_string(cs.kind));
+      expect_matches_cpu(g, c, b, point_cost(x, y, b, cs.n, cs.m, cs.d, cs.kind));
+    }
+  }
+}
+
+TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
+  REQUIRE_GPU();
+  const std::int64_t K = 3, n = 150, m = 150;
+  auto c = otgpu_test::uniform(static_cast<std::size_t>(K * n * m), 9);
+  for (std::size_t e = 0; e < c.size(); ++e) {
+    const std::int64_t b = static_cast<std::int64_t>(e) / (n * m);
+    if (b == 1) c[e] = std::floor(c[e] * 5);                        // integer costs, many ties
+    if (b == 2 && (e % 3 == 0) && (e % (n + 1)) != 0) c[e] = kInf;  // forbidden pairs
+  }
+  AssignmentProblem p;
+  p.cost_kind = CostKind::matrix;
+  p.cost = TensorView::host(c.data(), {K, n, m});
+  const auto cpu = otgpu::assignment(p, {Backend::cpu});
+  const auto gpu = otgpu::assignment(p, {Backend::cuda});
+  for (std::int64_t b = 0; b < K; ++b) {
+    std::vector<double> cb(c.begin() + b * n * m, c.begin() + (b + 1) * n * m);
+    expect_matches_cpu(gpu, cpu, b, cb);
+  }
+  // An all-forbidden row: the typed error, naming the problem.
+  c[static_cast<std::size_t>(2 * n * m + 5 * m)] = kInf;
+  for (std::int64_t j = 0; j < m; ++j) c[static_cast<std::size_t>(2 * n * m + 5 * m + j)] = kInf;
+  EXPECT_THROW(otgpu::assignment(p, {Backend::cuda}), otgpu::Infeasible);
+}
+
+#ifdef OTGPU_WITH_CUDA
+TEST(AssignmentGpu, AsyncPathIsStreamOrderedAndAllocatesOnce) {
+  REQUIRE_GPU();
+  const std::int64_t K = 8, n = 256, d = 16;
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  otgpu::GpuContext ctx(0, stream);
+  const auto& rt = ctx.impl();
+  float *dx = nullptr, *dy = nullptr;
+  std::int64_t* dperm = nullptr;
+  double *dcost = nullptr, *dgap = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, K * n * d * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy, K * n * d * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dperm, K * n * sizeof(std::int64_t)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dcost, K * sizeof(double)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dgap, K * sizeof(double)), cudaSuccess);
+  AssignmentProblem dp;
+  dp.x = TensorView::device(dx, {K, n, d});
+  dp.y = TensorView::device(dy, {K, n, d});
+  otgpu::DeviceAssignmentOutputs out;
+  out.row_to_col = dperm;
+  out.cost = dcost;
+  out.gap = dgap;
+  std::int64_t allocations = -1;
+  for (unsigned seed = 1; seed <= 4; ++seed) {
+    const auto x = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), seed);
+    const auto y = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), seed + 100);
+    const std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+    // Written on the context's stream right before the call: the solve must follow.
+    ASSERT_EQ(cudaMemcpyAsync(dx, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice, stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpyAsync(dy, yf.data(), yf.size() * 4, cudaMemcpyHostToDevice, stream),
+              cudaSuccess);
+    otgpu::assignment_async(ctx, dp, {}, out);
+    std::vector<std::int64_t> perm(static_cast<std::size_t>(K * n));
+    std::vector<double> cost(K), gap(K);
+    ASSERT_EQ(cudaMemcpyAsync(perm.data(), dperm, perm.size() * 8, cudaMemcpyDeviceToHost, stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpyAsync(cost.data(), dcost, K * 8, cudaMemcpyDeviceToHost, stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpyAsync(gap.data(), dgap, K * 8, cudaMemcpyDeviceToHost, stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    AssignmentProblem hp;
+    hp.x = TensorView::host(xf.data(), {K, n, d});
+    hp.y = TensorView::host(yf.data(), {K, n, d});
+    const auto c = otgpu::assignment(hp, {Backend::cpu});
+    for (std::int64_t b = 0; b < K; ++b) {
+      const double ref = c.problems[static_cast<std::size_t>(b)].cost;
+      EXPECT_NEAR(cost[static_cast<std::size_t>(b)], ref, 1e-6 * ref) << "seed " << seed;
+      EXPECT_LE(gap[static_cast<std::size_t>(b)], 1e-6 * ref);
+      std::vector<std::int64_t> seen(static_cast<std::size_t>(n), 0);
+      for (std::int64_t i = 0; i < n; ++i) ++seen[static_cast<std::size_t>(perm[b * n + i])];
+      EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), n) << "not a permutation";
+    }
+    if (seed == 1) allocations = rt.allocations();
+    EXPECT_EQ(rt.allocations(), allocations) << "a call of a known size allocated";
+  }
+  (void)cudaFree(dx);
+  (void)cudaFree(dy);
+  (void)cudaFree(dperm);
+  (void)cudaFree(dcost);
+  (void)cudaFree(dgap);
+}
+#endif
+
+}  // namespace
