@@ -86,6 +86,7 @@ void add_sliced_workloads(std::vector<Workload>& out);    // sliced_workloads.cp
 void add_assignment_workloads(std::vector<Workload>& out);  // assignment_workloads.cpp (W4)
 void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
 void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
+void add_coupling_workloads(std::vector<Workload>& out);  // coupling_workloads.cpp (W4e)
 
 /// A row for work that did not run here, saying why (ctx.gpu_skip_reason()).
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,

@@ -24,6 +24,7 @@ std::vector<Workload> all_workloads() {
   add_assignment_workloads(w);
   add_latency_workloads(w);
   add_solution_workloads(w);
+  add_coupling_workloads(w);
   return w;
 }
 

@@ -15,5 +15,6 @@ void add_sliced_command(CLI::App& app);    // cmd_sliced.cpp
 void add_gaussian_command(CLI::App& app);  // cmd_gaussian.cpp
 void add_plan_command(CLI::App& app);      // cmd_plan.cpp
 void add_assign_command(CLI::App& app);    // cmd_assign.cpp
+void add_couple_command(CLI::App& app);    // cmd_couple.cpp
 
 }  // namespace otgpu::cli

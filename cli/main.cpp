@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   otgpu::cli::add_bench_command(app);
   otgpu::cli::add_plan_command(app);
   otgpu::cli::add_assign_command(app);
+  otgpu::cli::add_couple_command(app);
   try {
     otgpu::cli::reject_json_value(argc, argv);
     app.parse(argc, argv);

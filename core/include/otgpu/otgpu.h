@@ -2,6 +2,8 @@
 #pragma once
 
 #include "otgpu/assignment.h"
+#include "otgpu/coupling.h"
+#include "otgpu/minibatch.h"
 #include "otgpu/config.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"

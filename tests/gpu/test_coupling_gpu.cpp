@@ -1,0 +1,202 @@
+// The CUDA coupling path against the CPU reference: pairs drawn on the GPU follow the
+// plan (chi-square against a dense plan solved here), draws without replacement are
+// distinct and ordered, mean pair costs and OT_eps agree with the fp64 CPU (the pairs
+// themselves may differ at fp32 near-ties), the stream-ordered call gives the
+// synchronous call's pairs and allocates nothing after the first call of a size.
+// Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "otgpu/coupling.h"
+#include "otgpu/device.h"
+#include "otgpu/error.h"
+
+#ifdef OTGPU_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+using otgpu::CouplingMethod;
+using otgpu::CouplingOptions;
+using otgpu::CouplingPairs;
+using otgpu::TensorView;
+
+/// P / sum(P) of the uniform-weight entropic plan by plain Sinkhorn (fp64, here).
+std::vector<double> dense_plan(const std::vector<double>& x, const std::vector<double>& y, int n,
+                               int m, int d, double eps_rel) {
+  std::vector<double> C(static_cast<std::size_t>(n * m));
+  double mean = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < m; ++j) {
+      double s = 0;
+      for (int c = 0; c < d; ++c)
+        s += (x[i * d + c] - y[j * d + c]) * (x[i * d + c] - y[j * d + c]);
+      mean += C[i * m + j] = s;
+    }
+  }
+  const double eps = eps_rel * mean / (n * m);
+  std::vector<double> u(n, 1.0), v(m, 1.0);
+  for (int it = 0; it < 20000; ++it) {
+    for (int i = 0; i < n; ++i) {
+      double s = 0;
+      for (int j = 0; j < m; ++j) s += std::exp(-C[i * m + j] / eps) * v[j];
+      u[i] = 1.0 / n / s;
+    }
+    for (int j = 0; j < m; ++j) {
+      double s = 0;
+      for (int i = 0; i < n; ++i) s += std::exp(-C[i * m + j] / eps) * u[i];
+      v[j] = 1.0 / m / s;
+    }
+  }
+  std::vector<double> P(C.size());
+  double total = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < m; ++j) total += P[i * m + j] = u[i] * std::exp(-C[i * m + j] / eps) * v[j];
+  for (auto& p : P) p /= total;
+  return P;
+}
+
+TEST(CouplingGpu, JointDrawsFollowThePlan) {
+  REQUIRE_GPU();
+  const auto x = otgpu_test::uniform(12, 1, -1, 1), y = otgpu_test::uniform(10, 2, -1, 2);
+  const auto P = dense_plan(x, y, 6, 5, 2, 0.5);
+  CouplingOptions o;
+  o.eps = 0.5;
+  o.backend = otgpu::Backend::cuda;
+  o.replacement = true;
+  o.num_pairs = 30000;
+  o.sinkhorn.tol = 1e-5;
+  const auto r =
+      otgpu::couple(TensorView::host(x.data(), {6, 2}), TensorView::host(y.data(), {5, 2}), o);
+  ASSERT_EQ(r.backend, otgpu::Backend::cuda);
+  std::vector<double> counts(P.size(), 0);
+  for (std::size_t t = 0; t < r.i.size(); ++t) {
+    ASSERT_GE(r.i[t], 0);
+    ASSERT_LT(r.i[t], 6);
+    ASSERT_GE(r.j[t], 0);
+    ASSERT_LT(r.j[t], 5);
+    counts[static_cast<std::size_t>(r.i[t] * 5 + r.j[t])] += 1;
+  }
+  double chi = 0;
+  for (std::size_t e = 0; e < P.size(); ++e) {
+    const double expect = P[e] * 30000;
+    chi += (counts[e] - expect) * (counts[e] - expect) / expect;
+  }
+  EXPECT_LT(chi, 70.0) << "chi-square with 29 degrees of freedom";
+}
+
+TEST(CouplingGpu, WithoutReplacementDistinctOrderedAndCostsMatchTheCpu) {
+  REQUIRE_GPU();
+  const int K = 4, n = 64, m = 48, d = 5;
+  const auto x = otgpu_test::uniform(K * n * d, 3), y = otgpu_test::uniform(K * m * d, 4, 0.2, 1.2);
+  const auto xv = TensorView::host(x.data(), {K, n, d});
+  const auto yv = TensorView::host(y.data(), {K, m, d});
+  for (auto mode : {0, 1, 2}) {  // without replacement, with, one per row
+    CouplingOptions o;
+    o.eps = 0.1;
+    o.num_pairs = 200;
+    o.replacement = mode == 1;
+    o.pairs = mode == 2 ? CouplingPairs::per_row : CouplingPairs::joint;
+    o.seed = 5;
+    o.backend = otgpu::Backend::cuda;
+    const auto g = otgpu::couple(xv, yv, o);
+    o.backend = otgpu::Backend::cpu;
+    const auto c = otgpu::couple(xv, yv, o);
+    ASSERT_EQ(g.pairs, c.pairs);
+    for (int k = 0; k < K; ++k) {
+      EXPECT_NEAR(g.problems[k].ot, c.problems[k].ot, 1e-3 * std::abs(c.problems[k].ot));
+      EXPECT_NEAR(g.problems[k].eps, c.problems[k].eps, 1e-5 * c.problems[k].eps);
+      // Different draws of the same plan: the mean costs agree to sampling noise.
+      EXPECT_NEAR(g.problems[k].pair_cost, c.problems[k].pair_cost, 0.15 * c.problems[k].pair_cost)
+          << "mode " << mode;
+      if (mode != 0) continue;
+      std::set<std::int64_t> seen;
+      std::int64_t prev = -1;
+      for (std::int64_t t = 0; t < g.pairs; ++t) {
+        const std::int64_t e = g.i[k * g.pairs + t] * m + g.j[k * g.pairs + t];
+        EXPECT_GT(e, prev);
+        prev = e;
+        seen.insert(e);
+      }
+      EXPECT_EQ(seen.size(), static_cast<std::size_t>(g.pairs));
+      // Same keys on both backends: most selected entries coincide (fp32 near-ties at
+      // the threshold may swap a few).
+      std::set<std::int64_t> cpu;
+      for (std::int64_t t = 0; t < c.pairs; ++t)
+        cpu.insert(c.i[k * c.pairs + t] * m + c.j[k * c.pairs + t]);
+      int common = 0;
+      for (auto e : seen) common += static_cast<int>(cpu.count(e));
+      EXPECT_GE(common, 190);
+    }
+  }
+}
+
+TEST(CouplingGpu, ExactMatchesTheCpu) {
+  REQUIRE_GPU();
+  const int K = 3, n = 50, d = 4;
+  const auto x = otgpu_test::uniform(K * n * d, 7), y = otgpu_test::uniform(K * n * d, 8);
+  CouplingOptions o;
+  o.method = CouplingMethod::exact;
+  o.backend = otgpu::Backend::cuda;
+  otgpu::CouplingResult g;
+  try {
+    g = otgpu::couple(TensorView::host(x.data(), {K, n, d}), TensorView::host(y.data(), {K, n, d}),
+                      o);
+  } catch (const otgpu::DeviceUnavailable& e) {
+    GTEST_SKIP() << "no CUDA assignment in this build: " << e.what();
+  }
+  o.backend = otgpu::Backend::cpu;
+  const auto c = otgpu::couple(TensorView::host(x.data(), {K, n, d}),
+                               TensorView::host(y.data(), {K, n, d}), o);
+  for (int k = 0; k < K; ++k) {
+    EXPECT_NEAR(g.problems[k].pair_cost, c.problems[k].pair_cost, 1e-6 * c.problems[k].pair_cost);
+  }
+}
+
+#ifdef OTGPU_WITH_CUDA
+TEST(CouplingGpu, AsyncGivesTheSyncPairsAndAllocatesOnce) {
+  REQUIRE_GPU();
+  const int K = 8, n = 128, m = 128, d = 16, P = 128;
+  const auto x = otgpu_test::uniform(K * n * d, 9), y = otgpu_test::uniform(K * m * d, 10);
+  std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
+  float *dx = nullptr, *dy = nullptr;
+  std::int64_t *di = nullptr, *dj = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, xf.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy, yf.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&di, K * P * 8), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dj, K * P * 8), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dx, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dy, yf.data(), yf.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  const auto xv = TensorView::device(dx, {K, n, d});
+  const auto yv = TensorView::device(dy, {K, m, d});
+  otgpu::GpuContext ctx(0);
+  for (bool repl : {false, true}) {
+    CouplingOptions o;
+    o.replacement = repl;
+    o.num_pairs = P;
+    o.seed = 3;
+    const auto sync = otgpu::couple(ctx, xv, yv, o);
+    otgpu::couple_async(ctx, xv, yv, o, di, dj);
+    const std::int64_t before = ctx.allocations();
+    otgpu::couple_async(ctx, xv, yv, o, di, dj);
+    EXPECT_EQ(ctx.allocations(), before) << "no allocation after the first call of a size";
+    ctx.synchronize();
+    std::vector<std::int64_t> hi(K * P), hj(K * P);
+    ASSERT_EQ(cudaMemcpy(hi.data(), di, K * P * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(hj.data(), dj, K * P * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(hi, sync.i);
+    EXPECT_EQ(hj, sync.j);
+  }
+  cudaFree(dx);
+  cudaFree(dy);
+  cudaFree(di);
+  cudaFree(dj);
+}
+#endif
+
+}  // namespace
