@@ -5,7 +5,10 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +16,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 #include "otgpu/sliced.h"
 
@@ -29,6 +33,51 @@ struct SlicedArgs {
   JsonFlags json;
   BackendFlags backend;
 };
+
+/// Masses of a weights file per problem ([B] for [B, n], [1] for [n]; absent: {1},
+/// the uniform default). Values are checked by the library afterwards.
+std::vector<double> file_masses(const NpyInput& w) {
+  if (!w.present()) return {1.0};
+  const std::int64_t rows = w.rank() == 2 ? w.dim(0) : 1;
+  const std::int64_t len = w.array.numel() / std::max<std::int64_t>(rows, 1);
+  std::vector<double> out(static_cast<std::size_t>(rows), 0.0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double sum = 0, comp = 0;  // Kahan: the tolerance is relative 1e-5, sizes up to 2^31
+    for (std::int64_t i = 0; i < len; ++i) {
+      const double v = w.array.at(r * len + i);
+      if (!(v >= 0) || !std::isfinite(v)) {
+        sum = std::numeric_limits<double>::quiet_NaN();  // the library names the element
+        break;
+      }
+      const double y = v - comp;
+      const double t = sum + y;
+      comp = (t - sum) - y;
+      sum = t;
+    }
+    out[static_cast<std::size_t>(r)] = sum;
+  }
+  return out;
+}
+
+/// The rule of `otgpu sinkhorn` (balanced): the two measures of a problem must have
+/// equal masses to otgpu::detail::kMassTolerance (relative); both are then normalized.
+void check_equal_masses(const NpyInput& a, const NpyInput& b) {
+  const std::vector<double> ma = file_masses(a), mb = file_masses(b);
+  const std::size_t rows = std::max(ma.size(), mb.size());
+  for (std::size_t r = 0; r < rows; ++r) {
+    const double x = ma[ma.size() == 1 ? 0 : r], y = mb[mb.size() == 1 ? 0 : r];
+    // Non-finite or negative weights are the library's to report.
+    if (!std::isfinite(x) || !std::isfinite(y) || !(x > 0) || !(y > 0)) continue;
+    if (!otgpu::detail::masses_match(x, y)) {
+      throw InvalidArgument(fmt::format(
+          "{}, {}: problem {} has mass(a) = {} and mass(b) = {}; the masses must be equal "
+          "(relative {}), as for otgpu sinkhorn (the default weights have mass 1)",
+          a.present() ? a.label() : std::string("--a (uniform)"),
+          b.present() ? b.label() : std::string("--b (uniform)"), r, x, y,
+          otgpu::detail::kMassTolerance));
+    }
+  }
+}
 
 void run_sliced(const SlicedArgs& args) {
   const Backend backend = resolve_backend_flag(args.backend);
@@ -47,6 +96,7 @@ void run_sliced(const SlicedArgs& args) {
   if (!args.a_path.empty()) a = load_array("--a", args.a_path);
   if (!args.b_path.empty()) b = load_array("--b", args.b_path);
   if (!args.directions_path.empty()) dirs = load_array("--directions", args.directions_path);
+  check_equal_masses(a, b);
 
   SlicedProblem problem;
   problem.x = x.view();
@@ -141,11 +191,15 @@ void add_sliced_command(CLI::App& app) {
       "projections)^(1/p), exact in each direction");
   sub->add_option("--x", args->x_path, "points x, [n, d] or [B, n, d] (.npy)")->required();
   sub->add_option("--y", args->y_path, "points y, [m, d] or [B, m, d] (.npy)")->required();
-  sub->add_option("--a", args->a_path, "weights of x, [n] or [B, n] (default uniform)");
-  sub->add_option("--b", args->b_path, "weights of y, [m] or [B, m] (default uniform)");
+  sub->add_option("--a", args->a_path,
+                  "weights of x, [n] or [B, n] (default uniform, mass 1); mass(a) must equal "
+                  "mass(b) to 1e-5 relative, as for sinkhorn");
+  sub->add_option("--b", args->b_path, "weights of y, [m] or [B, m] (default uniform, mass 1)");
   sub->add_option("--projections,-L", args->projections,
                   "number of random directions (default 64)");
-  sub->add_option("--p", args->p, "ground cost exponent p >= 1 (default 2)");
+  sub->add_option("--p", args->p,
+                  "ground cost exponent p >= 1 (default 2); a p for which |u - v|^p leaves "
+                  "the fp64 range [2.2e-308, 1.8e308] on the data is rejected");
   sub->add_option("--seed", args->seed,
                   "seed of the directions, an integer in [0, 2^64) (default 0)");
   sub->add_option("--directions", args->directions_path,

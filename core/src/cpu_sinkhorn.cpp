@@ -230,9 +230,11 @@ class ProblemSolver {
   }
 
   /// The self-transport problem OT_eps(a, a) (x = y, b = a) by the symmetric update
-  /// f <- (f + T(f)) / 2, T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps): the
-  /// averaging damps the oscillation that alternating updates show on a symmetric
-  /// problem. f is returned as both potentials (f = g at the solution).
+  /// f <- (f + T(f)) / 2, T(f)_i = -lambda eps LSE_j(log a_j + (f_j - C_ij) / eps),
+  /// lambda = rho_a / (rho_a + eps) (1 when balanced; the caller passes rho_a = rho_b,
+  /// the only case where the self problem is symmetric): the averaging damps the
+  /// oscillation that alternating updates show on a symmetric problem. f is returned
+  /// as both potentials (f = g at the solution).
   SinkhornReport solve_symmetric(std::vector<double>& f) {
     const std::int64_t n = p_.n;
     std::vector<double> tf(static_cast<std::size_t>(n));
@@ -241,7 +243,8 @@ class ProblemSolver {
     for (int t = 0; t < o_.max_iter; ++t) {
       if (monitor_.cancelled()) break;
       const double eps_t = eps_at(t);
-      g_update(f, eps_t, 1.0, tf);  // C is symmetric: the column update is T
+      // C is symmetric: the column update is T.
+      g_update(f, eps_t, detail::unbalanced_lambda(o_.rho_a, eps_t), tf);
       if (!all_finite(tf)) {
         aborted = true;
         break;
@@ -249,7 +252,8 @@ class ProblemSolver {
       iterations = t + 1;
       const bool check_now = eps_t == eps_ && o_.check_every > 0 && (t + 1) % o_.check_every == 0;
       if (check_now) {
-        // sum_i a_i |exp((f_i - T(f)_i)/eps) - 1| = ||P 1 - a||_1 of P(f, f), before
+        // sum_i a_i |exp((f_i - T(f)_i)/eps) - 1| (= ||P 1 - a||_1 of P(f, f) when
+        // balanced, the fixed-point residual of the alternating solve otherwise), before
         // the step (the step would only move f halfway to T(f)).
         const double res = residual(f, tf, 1.0);
         if (!monitor_.report(p_.index, iterations, eps_t, res)) break;

@@ -151,6 +151,8 @@ SlicedResult sliced_wasserstein(const SlicedProblem& problem, const SlicedOption
       double* gx = options.gradients ? dx.data() + s * n : nullptr;
       double* gy = options.gradients ? dy.data() + s * m : nullptr;
       merge_sorted(A, Bs, [&](std::int64_t i, std::int64_t j, double diff, double mass) {
+        // A zero-mass piece adds nothing, also when |diff|^p overflows (0 * inf).
+        if (!(mass > 0)) return;
         cost += mass * detail::ground_cost_1d(diff, p);
         if (gx != nullptr) {
           const double g = mass * detail::ground_cost_1d_derivative(diff, p);

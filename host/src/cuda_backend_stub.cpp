@@ -43,6 +43,10 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem&, const SinkhornOptions&
   unavailable(options.device);
 }
 
+std::vector<double> weight_masses(const TensorView&, bool, std::int64_t, int device) {
+  unavailable(device);
+}
+
 }  // namespace otgpu::cuda_backend
 
 #endif  // OTGPU_WITH_CUDA

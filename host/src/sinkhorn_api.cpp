@@ -3,7 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 
+#include "cpu_numeric.h"
 #include "cpu_sinkhorn.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
@@ -142,6 +144,25 @@ std::vector<std::int64_t> sample_partners(GpuContext& ctx, const SinkhornProblem
   return cuda_backend::sample_partners(problem, result, shape, seed, ctx.device(), &ctx);
 }
 
+namespace {
+
+/// Total mass of weights in host memory per problem ([B] when batched, else [1]);
+/// absent weights are uniform with mass 1.
+std::vector<double> host_weight_masses(const TensorView& w, bool batched, std::int64_t batch) {
+  if (!w.present()) return {1.0};
+  const std::int64_t rows = batched ? batch : 1;
+  const std::int64_t len = batched ? w.dim(1) : w.dim(0);
+  std::vector<double> out(static_cast<std::size_t>(rows));
+  for (std::int64_t b = 0; b < rows; ++b) {
+    cpu::CompensatedSum sum;
+    for (std::int64_t i = 0; i < len; ++i) sum.add(cpu::load_problem_element(w, batched, b, i));
+    out[static_cast<std::size_t>(b)] = sum.value();
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const SinkhornResult& xy,
                                         const SinkhornOptions& options) {
   if (problem.cost_kind == CostKind::matrix) {
@@ -164,7 +185,28 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const Si
                                                                : options.eps_init;
   self.f_init.clear();
   self.g_init.clear();
+  // Unbalanced: the self problems OT_eps(a, a) and OT_eps(b, b) are symmetric only
+  // with one penalty on both marginals (Sejourne et al. 2019 define the divergence
+  // for that case; its positivity needs it).
+  const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
+  if (!balanced && !(options.rho_a == options.rho_b)) {
+    throw InvalidArgument(fmt::format(
+        "sinkhorn_divergence: rho_a = {} and rho_b = {} differ; the unbalanced divergence "
+        "needs one marginal penalty rho_a = rho_b",
+        options.rho_a, options.rho_b));
+  }
   const auto B = static_cast<std::size_t>(xy.batch);
+  // Masses of a and b per problem (the mass term below), from host or device memory.
+  std::vector<double> mass_a, mass_b;
+  if (!balanced) {
+    auto masses = [&](const TensorView& w, bool batched) {
+      return shape.space == MemorySpace::device
+                 ? cuda_backend::weight_masses(w, batched, shape.batch, xy.device)
+                 : host_weight_masses(w, batched, shape.batch);
+    };
+    mass_a = masses(problem.a, shape.a_batched);
+    mass_b = masses(problem.b, shape.b_batched);
+  }
   std::vector<double> out(B);
   auto self_term = [&](const TensorView& pts, const TensorView& w, std::size_t b) {
     SinkhornProblem p;
@@ -218,6 +260,14 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem, const Si
     const double xx = self_term(problem.x, problem.a, b);
     const double yy = self_term(problem.y, problem.b, b);
     out[b] = xy.problems[b].ot_eps - 0.5 * (xx + yy);
+    if (!balanced) {
+      // OT_eps carries the constant eps m(a) m(b) of eps KL(P | a x b) (sinkhorn.h);
+      // the three terms leave eps (m_a m_b - m_a^2 / 2 - m_b^2 / 2) =
+      // -eps/2 (m_a - m_b)^2 behind, which the mass term cancels.
+      const double ma = mass_a[mass_a.size() == 1 ? 0 : b];
+      const double mb = mass_b[mass_b.size() == 1 ? 0 : b];
+      out[b] += 0.5 * xy.problems[b].eps * (ma - mb) * (ma - mb);
+    }
   }
   return out;
 }

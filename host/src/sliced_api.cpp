@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "cpu_sliced.h"
 #include "otgpu/device.h"
@@ -17,6 +18,44 @@
 namespace otgpu {
 
 namespace {
+
+SlicedResult run_sliced(GpuContext* ctx, const SlicedProblem& problem, const SlicedOptions& options,
+                        std::string_view fn);
+
+/// W_p^p sums mass |u - v|^p, which leaves fp64's normal range [2.2e-308, 1.8e308]
+/// when p is large: |u - v| = 0.5 at p = 1e6 gives 0, |u - v| = 2 gives inf, and the
+/// p-th root of that is no distance. A direction whose W_p^p is infinite, or below the
+/// smallest normal double while its W_1 (the same directions at p = 1, run again only
+/// in that case) is positive, is rejected with the range; exact zeros (equal
+/// projected measures) pass.
+void check_p_in_range(GpuContext* ctx, const SlicedProblem& problem, const SlicedOptions& options,
+                      const SlicedResult& r, std::string_view fn) {
+  if (!(options.p > 1.0)) return;
+  constexpr double kMin = std::numeric_limits<double>::min();
+  const auto out_of_range = [&](std::size_t k, double w1) {
+    const auto L = static_cast<std::size_t>(r.projections);
+    throw InvalidArgument(fmt::format(
+        "{}: p = {}: the costs |u - v|^p leave the fp64 range [{:.3g}, {:.3g}] on these data "
+        "(problem {}, direction {}: W_p^p = {}{}); use a smaller p",
+        fn, options.p, kMin, std::numeric_limits<double>::max(), k / L, k % L, r.per_direction[k],
+        std::isnan(w1) ? std::string() : fmt::format(" while W_1 = {}", w1)));
+  };
+  bool suspicious = false;
+  for (std::size_t k = 0; k < r.per_direction.size(); ++k) {
+    const double v = r.per_direction[k];
+    if (std::isinf(v)) out_of_range(k, std::numeric_limits<double>::quiet_NaN());
+    suspicious = suspicious || v < kMin;
+  }
+  if (!suspicious) return;
+  SlicedOptions o1 = options;
+  o1.p = 1.0;
+  o1.gradients = false;
+  o1.max_sliced = false;
+  const SlicedResult r1 = run_sliced(ctx, problem, o1, fn);
+  for (std::size_t k = 0; k < r.per_direction.size(); ++k) {
+    if (r.per_direction[k] < kMin && r1.per_direction[k] > 0) out_of_range(k, r1.per_direction[k]);
+  }
+}
 
 /// ctx == nullptr: the backend the options ask for (the CUDA path on the calling
 /// thread's cached context); else the CUDA path on ctx.
@@ -37,6 +76,7 @@ SlicedResult run_sliced(GpuContext* ctx, const SlicedProblem& problem, const Sli
   detail::finalize_sliced_value(r, options);
   r.time_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  check_p_in_range(ctx, problem, options, r, fn);
   return r;
 }
 

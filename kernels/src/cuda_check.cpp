@@ -7,6 +7,7 @@
 #include <string>
 
 #include "otgpu/error.h"
+#include "otgpu_kernels/cuda_libs.h"
 
 namespace otgpu::detail {
 
@@ -25,8 +26,11 @@ void throw_cuda_error(cudaError_t status, const char* call, const char* file, in
 }
 
 void throw_cublas_error(cublasStatus_t status, const char* call, const char* file, int line) {
-  throw CudaError(fmt::format("{} failed: cuBLAS status {} ({}) at {}:{}", call,
-                              cublasGetStatusString(status), static_cast<int>(status), file, line),
+  // The status came from cuBLAS, so it is loaded; its own name for the status.
+  const kernels::CublasApi* api = kernels::cublas_if_loaded();
+  const char* text = api != nullptr ? api->get_status_string(status) : "(cuBLAS not loaded)";
+  throw CudaError(fmt::format("{} failed: cuBLAS status {} ({}) at {}:{}", call, text,
+                              static_cast<int>(status), file, line),
                   static_cast<int>(status));
 }
 

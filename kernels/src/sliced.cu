@@ -159,9 +159,11 @@ __global__ void __launch_bounds__(kThreads)
         ca, n, cb, m, i0, k0 - i0, per_thread < steps - k0 ? per_thread : steps - k0,
         [&](std::int64_t i, std::int64_t j, double mass) {
           const double diff = static_cast<double>(u[i]) - static_cast<double>(v[j]);
-          cost += mass * ::otgpu::detail::ground_cost_1d(diff, p);
+          // A zero-mass piece adds nothing, also when |diff|^p overflows (0 * inf).
+          if (mass > 0) cost += mass * ::otgpu::detail::ground_cost_1d(diff, p);
           if (grads) {
-            const double g = mass * ::otgpu::detail::ground_cost_1d_derivative(diff, p);
+            const double g =
+                mass > 0 ? mass * ::otgpu::detail::ground_cost_1d_derivative(diff, p) : 0.0;
             if (i != cur_i) {
               if (cur_i >= 0 && acc_i != 0) atomicAdd(gx + pu[cur_i], static_cast<float>(acc_i));
               cur_i = i;

@@ -56,7 +56,8 @@ class SlicedCliTest(CliTestCase):
         x = self.rng.random((60, 4))
         y = self.rng.random((45, 4)) + 0.1
         a = self.rng.random(60) + 0.05
-        b = self.rng.random(45) * 3 + 0.05  # other total mass: normalized
+        b = self.rng.random(45) * 3 + 0.05
+        b *= a.sum() / b.sum()  # equal masses (the sinkhorn rule); then both normalized
         theta = self.rng.normal(size=(4, 20)) * 3.0  # not unit: the command normalizes
         args = ["sliced", "--x", self.save("x.npy", x), "--y", self.save("y.npy", y),
                 "--a", self.save("a.npy", a), "--b", self.save("b.npy", b),
@@ -90,6 +91,7 @@ class SlicedCliTest(CliTestCase):
         x = self.rng.normal(size=(B, n, d))
         y = self.rng.normal(size=(B, m, d)) * 1.5
         a = self.rng.random((B, n))
+        a /= a.sum(1, keepdims=True)  # mass 1, that of the uniform y
         theta = self.rng.normal(size=(d, 7))
         out = self.run_json(["sliced", "--x", self.save("x.npy", x), "--y", self.save("y.npy", y),
                              "--a", self.save("a.npy", a), "--directions",
@@ -104,6 +106,7 @@ class SlicedCliTest(CliTestCase):
         v = self.rng.random(33) * 2
         a = self.rng.random(50)
         b = self.rng.random(33)
+        b *= a.sum() / b.sum()  # equal masses (the sinkhorn rule)
         files = ["--x", self.save("x.npy", u[:, None]), "--y", self.save("y.npy", v[:, None]),
                  "--a", self.save("a.npy", a), "--b", self.save("b.npy", b), "--backend", "cpu",
                  "-L", 5]
@@ -193,6 +196,14 @@ class SlicedCliTest(CliTestCase):
         neg[3] = -1
         self.assert_clean_failure([*base, "--a", self.save("neg.npy", neg)], "--a (", "neg.npy",
                                   "negative")
+        # Unequal masses are rejected as sinkhorn rejects them (issue 13), naming both.
+        self.assert_clean_failure([*base, "--a", self.save("a2.npy", np.full(10, 0.2))],
+                                  "--a (", "a2.npy", "mass(a) = 2", "mass(b) = 1")
+        # |u - v|^p out of the fp64 range is rejected with the range, not printed as 0.
+        self.assert_clean_failure([*base, "--p", "1e6"], "--p", "fp64 range")
+        # ... while equal measures are exactly 0 at any p (zero-mass pieces add nothing).
+        same = self.run_json(["sliced", "--x", x, "--y", x, "--backend", "cpu", "--p", "1e6"])
+        self.assertEqual(same["problems"][0]["sliced_wasserstein"], 0.0)
         nan = self.rng.random((10, 3))
         nan[2, 1] = np.nan
         self.assert_clean_failure(["sliced", "--x", self.save("nan.npy", nan), "--y", y],

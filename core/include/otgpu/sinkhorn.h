@@ -204,10 +204,19 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 /// Debiased Sinkhorn divergence S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2
 /// per problem (point clouds only). With eps_relative, eps is fixed from the mean
 /// cost of the (a, b) problem and the same absolute eps is used for all three terms.
+/// Unbalanced (KL penalties; needs rho_a = rho_b = rho, else InvalidArgument), after
+/// Sejourne et al. 2019, "Sinkhorn divergences for unbalanced optimal transport":
+///   S_eps = OT_eps(a,b) - OT_eps(a,a)/2 - OT_eps(b,b)/2 + eps/2 (m(a) - m(b))^2,
+/// m = total mass. Here OT_eps(a,b) = min_P <P,C> + eps KL(P | a x b) + rho KL(P 1 | a)
+/// + rho KL(P^T 1 | b), with KL(p | q) = sum p log(p/q) - p + q, so each term holds the
+/// constant eps m(a) m(b) (the value at (f, g) = 0 of the dual in SinkhornReport::
+/// ot_eps); the three leave -eps/2 (m(a) - m(b))^2, which the mass term cancels. Then
+/// S_eps >= 0 and S_eps(a, a) = 0. Balanced problems have m(a) = m(b): no term.
 /// The self terms run (on the backend of the (x, y) solve; the CUDA one never calls
 /// options.progress for them) the symmetric update f <- (f + T(f)) / 2 with
-/// T(f)_i = -eps LSE_j(log a_j + (f_j - C_ij) / eps), whose fixed point is the
-/// potential of OT_eps(a, a) = 2 <a, f> and which needs a few dozen iterations where
+/// T(f)_i = -lambda eps LSE_j(log a_j + (f_j - C_ij) / eps) (lambda = rho/(rho+eps),
+/// 1 when balanced), whose fixed point is the self potential (balanced: OT_eps(a, a) =
+/// 2 <a, f>) and which needs a few dozen iterations where
 /// alternating updates need thousands.
 std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
                                         const SinkhornOptions& options = {});

@@ -71,7 +71,11 @@ struct SlicedProblem {
 struct SlicedOptions {
   /// Number L of random directions (ignored when `directions` is given).
   int projections = 64;
-  /// Ground cost exponent, >= 1.
+  /// Ground cost exponent, >= 1. W_p^p sums |u - v|^p in fp64: a p for which some
+  /// direction's W_p^p is infinite, or below 2.2e-308 while its W_1 is positive (e.g.
+  /// p = 1e6 on data with gaps != 1), throws InvalidArgument naming the range
+  /// [2.2e-308, 1.8e308] instead of returning 0 or inf (checked after the solve; the
+  /// W_1 run happens only then).
   double p = 2.0;
   /// Directions are Gaussian vectors normalized to the unit sphere, drawn with
   /// Philox keyed by (seed, direction, coordinate): the CPU and the GPU draw the

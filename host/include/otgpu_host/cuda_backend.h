@@ -39,6 +39,11 @@ std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
 SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const SinkhornOptions& options,
                                   const detail::SinkhornShape& shape);
 
+/// Total mass of weights w in device memory per problem ([batch] when batched, else
+/// [1]; absent weights: {1}), read back on `device` (the divergence's mass term).
+std::vector<double> weight_masses(const TensorView& w, bool batched, std::int64_t batch,
+                                  int device);
+
 // ---- batch chunks and problem identity (plain C++, host/src/backend.cpp) ----
 
 /// Problems [begin, begin + count) of a batch.

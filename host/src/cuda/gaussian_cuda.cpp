@@ -31,6 +31,7 @@
 #include "otgpu/error.h"
 #include "otgpu_host/gaussian_cuda.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/cuda_libs.h"
 #include "otgpu_kernels/gather.h"
 #include "otgpu_kernels/gaussian.h"
 #include "view_staging.h"
@@ -59,12 +60,12 @@ Eigen eigen_plan(runtime::Context& ctx, std::int64_t count, std::int64_t d) {
   if (e.batched) {
     const int n = static_cast<int>(d);
     int lwork = 0;
-    OTGPU_CUDA_CHECK(cusolverDnDsyevjBatched_bufferSize(
+    OTGPU_CUDA_CHECK(kernels::cusolver().dsyevj_batched_buffer_size(
         ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, &g_probe, n, &g_probe,
         &lwork, ctx.syevj_info(), static_cast<int>(count)));
     e.bytes = static_cast<std::size_t>(lwork) * sizeof(double);
   } else {
-    OTGPU_CUDA_CHECK(cusolverDnXsyevd_bufferSize(
+    OTGPU_CUDA_CHECK(kernels::cusolver().xsyevd_buffer_size(
         ctx.solver(), ctx.solver_params(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, d,
         CUDA_R_64F, &g_probe, d, CUDA_R_64F, &g_probe, CUDA_R_64F, &e.bytes, &e.host_bytes));
   }
@@ -79,17 +80,17 @@ void batched_eigen(runtime::Context& ctx, const Eigen& plan, double* a, double* 
                    int* info) {
   if (plan.batched) {
     const int n = static_cast<int>(d);
-    OTGPU_CUDA_CHECK(cusolverDnDsyevjBatched(
+    OTGPU_CUDA_CHECK(kernels::cusolver().dsyevj_batched(
         ctx.solver(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, a, n, w,
         static_cast<double*>(work), static_cast<int>(plan.bytes / sizeof(double)), info,
         ctx.syevj_info(), static_cast<int>(count)));
     return;
   }
   for (std::int64_t k = 0; k < count; ++k) {
-    OTGPU_CUDA_CHECK(cusolverDnXsyevd(ctx.solver(), ctx.solver_params(), CUSOLVER_EIG_MODE_VECTOR,
-                                      CUBLAS_FILL_MODE_LOWER, d, CUDA_R_64F, a + k * d * d, d,
-                                      CUDA_R_64F, w + k * d, CUDA_R_64F, work, plan.bytes,
-                                      host_work.data(), plan.host_bytes, info + k));
+    OTGPU_CUDA_CHECK(kernels::cusolver().xsyevd(
+        ctx.solver(), ctx.solver_params(), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, d,
+        CUDA_R_64F, a + k * d * d, d, CUDA_R_64F, w + k * d, CUDA_R_64F, work, plan.bytes,
+        host_work.data(), plan.host_bytes, info + k));
   }
 }
 
@@ -99,8 +100,8 @@ void gemm_batched(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t t
                   double* const* a, double* const* b, double* const* c, std::int64_t batch) {
   const double one = 1.0, zero = 0.0;
   const int n = static_cast<int>(d);
-  OTGPU_CUDA_CHECK(cublasDgemmBatched(blas, ta, tb, n, n, n, &one, a, n, b, n, &zero, c, n,
-                                      static_cast<int>(batch)));
+  OTGPU_CUDA_CHECK(kernels::cublas().dgemm_batched(blas, ta, tb, n, n, n, &one, a, n, b, n, &zero,
+                                                   c, n, static_cast<int>(batch)));
 }
 
 }  // namespace
@@ -149,7 +150,7 @@ GaussianOTResult gaussian_ot(GpuContext* gpu_ctx, const GaussianBatch& source,
 
   cublasHandle_t blas = ctx.blas();
   // Plain IEEE float64 products (no emulation or reduced-precision modes).
-  OTGPU_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+  OTGPU_CUDA_CHECK(kernels::cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));
   const Eigen eig_s1 = eigen_plan(ctx, n_s1, d);
   const Eigen eig_m = eigen_plan(ctx, B, d);
 
@@ -218,9 +219,9 @@ GaussianOTResult gaussian_ot(GpuContext* gpu_ctx, const GaussianBatch& source,
   const int n = static_cast<int>(d);
   auto spectral = [&](kernels::SpectralFn fn, double* out) {
     kernels::gaussian_scale_columns(bf.u1, bf.lam, bf.tr1, fn, n_s1, d, bf.scratch, stream);
-    OTGPU_CUDA_CHECK(cublasDgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, n, &one,
-                                               bf.scratch, n, dd, bf.u1, n, dd, &zero, out, n, dd,
-                                               static_cast<int>(n_s1)));
+    OTGPU_CUDA_CHECK(kernels::cublas().dgemm_strided_batched(
+        blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, n, &one, bf.scratch, n, dd, bf.u1, n, dd, &zero, out,
+        n, dd, static_cast<int>(n_s1)));
   };
   spectral(kernels::SpectralFn::sqrt, bf.half);
   if (want_map) spectral(kernels::SpectralFn::pinv_sqrt, bf.pinv_half);
@@ -266,9 +267,9 @@ GaussianOTResult gaussian_ot(GpuContext* gpu_ctx, const GaussianBatch& source,
     kernels::gaussian_scale_columns(bf.m, bf.mu, nullptr, kernels::SpectralFn::sqrt, B, d,
                                     bf.scratch, stream);
     // T = (V diag(sqrt mu)) V^T = M^{1/2}
-    OTGPU_CUDA_CHECK(cublasDgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, n, &one,
-                                               bf.scratch, n, dd, bf.m, n, dd, &zero, bf.t, n, dd,
-                                               static_cast<int>(B)));
+    OTGPU_CUDA_CHECK(kernels::cublas().dgemm_strided_batched(
+        blas, CUBLAS_OP_N, CUBLAS_OP_T, n, n, n, &one, bf.scratch, n, dd, bf.m, n, dd, &zero, bf.t,
+        n, dd, static_cast<int>(B)));
     double** p_a = p_m;  // M's eigenvectors are no longer needed: reuse its pointer array
     fill(bf.a, B, p_a);
     gemm_batched(blas, CUBLAS_OP_N, CUBLAS_OP_N, d, p_t, p_pinv, p_scratch,

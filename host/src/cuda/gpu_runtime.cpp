@@ -12,6 +12,7 @@
 #include "otgpu/error.h"
 #include "otgpu_host/cuda_backend.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/cuda_libs.h"
 
 namespace otgpu::runtime {
 
@@ -107,10 +108,15 @@ Context::~Context() {
   for (cudaEvent_t e : poll_events_) {
     if (e != nullptr) (void)cudaEventDestroy(e);
   }
-  if (blas_ != nullptr) (void)cublasDestroy(blas_);
-  if (solver_ != nullptr) (void)cusolverDnDestroy(solver_);
-  if (syevj_ != nullptr) (void)cusolverDnDestroySyevjInfo(syevj_);
-  if (params_ != nullptr) (void)cusolverDnDestroyParams(params_);
+  // A handle exists only if its library was loaded: nothing is loaded here.
+  if (const kernels::CublasApi* blas = kernels::cublas_if_loaded(); blas != nullptr) {
+    if (blas_ != nullptr) (void)blas->destroy(blas_);
+  }
+  if (const kernels::CusolverApi* sol = kernels::cusolver_if_loaded(); sol != nullptr) {
+    if (solver_ != nullptr) (void)sol->destroy(solver_);
+    if (syevj_ != nullptr) (void)sol->destroy_syevj_info(syevj_);
+    if (params_ != nullptr) (void)sol->destroy_params(params_);
+  }
   if (pin_event_ != nullptr) (void)cudaEventDestroy(pin_event_);
   if (switch_event_ != nullptr) (void)cudaEventDestroy(switch_event_);
   cudaGetLastError();
@@ -126,8 +132,8 @@ void Context::set_stream(cudaStream_t stream) {
   OTGPU_CUDA_CHECK(cudaEventRecord(switch_event_, stream_));
   OTGPU_CUDA_CHECK(cudaStreamWaitEvent(stream, switch_event_, 0));
   stream_ = stream;
-  if (blas_ != nullptr) OTGPU_CUDA_CHECK(cublasSetStream(blas_, stream_));
-  if (solver_ != nullptr) OTGPU_CUDA_CHECK(cusolverDnSetStream(solver_, stream_));
+  if (blas_ != nullptr) OTGPU_CUDA_CHECK(kernels::cublas().set_stream(blas_, stream_));
+  if (solver_ != nullptr) OTGPU_CUDA_CHECK(kernels::cusolver().set_stream(solver_, stream_));
 }
 
 void* Context::workspace(std::size_t bytes) {
@@ -186,37 +192,37 @@ int* Context::poll_slots() {
 cublasHandle_t Context::blas() {
   if (blas_ == nullptr) {
     activate();
-    OTGPU_CUDA_CHECK(cublasCreate(&blas_));
+    OTGPU_CUDA_CHECK(kernels::cublas().create(&blas_));
     ++allocations_;
   }
-  OTGPU_CUDA_CHECK(cublasSetStream(blas_, stream_));
+  OTGPU_CUDA_CHECK(kernels::cublas().set_stream(blas_, stream_));
   return blas_;
 }
 
 cusolverDnHandle_t Context::solver() {
   if (solver_ == nullptr) {
     activate();
-    OTGPU_CUDA_CHECK(cusolverDnCreate(&solver_));
+    OTGPU_CUDA_CHECK(kernels::cusolver().create(&solver_));
     ++allocations_;
   }
-  OTGPU_CUDA_CHECK(cusolverDnSetStream(solver_, stream_));
+  OTGPU_CUDA_CHECK(kernels::cusolver().set_stream(solver_, stream_));
   return solver_;
 }
 
 syevjInfo_t Context::syevj_info() {
   if (syevj_ == nullptr) {
-    OTGPU_CUDA_CHECK(cusolverDnCreateSyevjInfo(&syevj_));
+    OTGPU_CUDA_CHECK(kernels::cusolver().create_syevj_info(&syevj_));
     ++allocations_;
     // The sweep cap is stated, not inherited: a matrix that needs more reports
     // info > 0 and fails the call.
-    OTGPU_CUDA_CHECK(cusolverDnXsyevjSetMaxSweeps(syevj_, 100));
+    OTGPU_CUDA_CHECK(kernels::cusolver().xsyevj_set_max_sweeps(syevj_, 100));
   }
   return syevj_;
 }
 
 cusolverDnParams_t Context::solver_params() {
   if (params_ == nullptr) {
-    OTGPU_CUDA_CHECK(cusolverDnCreateParams(&params_));
+    OTGPU_CUDA_CHECK(kernels::cusolver().create_params(&params_));
     ++allocations_;
   }
   return params_;

@@ -5,7 +5,9 @@
 //   eps_at(t)):
 //     Ft = T(F),  T(f)_i = -eps_t LSE_j(log a_j + (f_j - C(x_i, x_j)) / eps_t)
 //          (one online half-step with rows = cols = X: the g-update of F, since the
-//           staged problem has y = x and b = a)
+//           staged problem has y = x and b = a); unbalanced (rho_a = rho_b finite):
+//          T is lambda_t times that, lambda_t = rho / (rho + eps_t) from the lambda
+//          table, written to G (free until the end), and G stands for Ft below
 //     a check after iteration t when (t+1) % check_every == 0 and t >= K:
 //          R = sum_i a_i |exp((F_i - Ft_i) / eps) - 1|  (= ||P(f, f) 1 - a||_1),
 //          retire the problem when R <= tol (before the average, as on the CPU)
@@ -14,13 +16,23 @@
 // report is the backend's usual one on (F, G = F). The host reads the active count one
 // check late (as the synchronous loop does) and stops enqueueing once it is zero. The
 // launches are plain (a few dozen iterations per solve: nothing for a graph to save).
+#include <cmath>
+
 #include "otgpu_kernels/sinkhorn_accel.h"
+#include "otgpu_kernels/sinkhorn_loop.h"
 #include "sinkhorn_internal.h"
 
 namespace otgpu::cuda_backend {
 
 SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const SinkhornOptions& o,
                                   const detail::SinkhornShape& shape) {
+  const bool balanced = std::isinf(o.rho_a) && std::isinf(o.rho_b);
+  if (!balanced && !(o.rho_a == o.rho_b)) {
+    throw InvalidArgument(fmt::format(
+        "sinkhorn_symmetric: rho_a = {} and rho_b = {} differ (the self problem needs one "
+        "penalty)",
+        o.rho_a, o.rho_b));
+  }
   if (shape.n != shape.m || shape.batch > max_batch_per_launch()) {
     throw InvalidArgument(
         fmt::format("sinkhorn_symmetric: needs y = x, b = a and B <= {} (got B={}, n={}, m={})",
@@ -49,13 +61,18 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
   for (int t = 0; t < o.max_iter; ++t) {
     const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
     kernels::online_half_step(d.online(false, d.eps_tab + row, d.active), nullptr, d.Ft, s);
+    const float* tf = d.Ft;
+    if (!balanced) {
+      kernels::loop_reuse_f(d.Ft, d.lam_a_tab + row, d.active, d.G, d.B, d.n, s);
+      tf = d.G;
+    }
     const bool check = o.check_every > 0 && (t + 1) % o.check_every == 0 && t >= d.K;
     if (check) {
       OTGPU_CUDA_CHECK(cudaMemsetAsync(d.count, 0, sizeof(int), s));
-      kernels::loop_check_residual(d.a, d.F, d.Ft, d.eps_target(), nullptr, o.tol, nullptr, t + 1,
+      kernels::loop_check_residual(d.a, d.F, tf, d.eps_target(), nullptr, o.tol, nullptr, t + 1,
                                    d.active, d.iters, d.res, d.count, nullptr, d.B, d.n, s);
     }
-    kernels::sinkhorn_symmetric_average(d.F, d.Ft, d.active, d.B, d.n, s);
+    kernels::sinkhorn_symmetric_average(d.F, tf, d.active, d.B, d.n, s);
     if (check && poll(d, quiet, t + 1, &poller, s)) break;
   }
   // Both potentials are f (f = g at the solution of the symmetric problem).

@@ -28,6 +28,7 @@
 #include "otgpu/error.h"
 #include "otgpu_host/sliced_cuda.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/cuda_libs.h"
 #include "otgpu_kernels/gather.h"
 #include "otgpu_kernels/sliced.h"
 #include "view_staging.h"
@@ -104,7 +105,7 @@ SlicedResult sliced_wasserstein(GpuContext* gpu_ctx, const SlicedProblem& proble
   const int device = ctx.device();
   const cudaStream_t stream = ctx.stream();
   cublasHandle_t blas = ctx.blas();
-  OTGPU_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
+  OTGPU_CUDA_CHECK(kernels::cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
 
   const bool weighted_a = problem.a.present(), weighted_b = problem.b.present();
   const bool grads = options.gradients;
@@ -288,7 +289,7 @@ SlicedResult sliced_wasserstein(GpuContext* gpu_ctx, const SlicedProblem& proble
                                   int* offsets) {
         const int N = static_cast<int>(B * rows);
         // keys_in[lc][r] = <theta_{l0+lc}, P_r>: column-major N x lc with ldc = N.
-        OTGPU_CUDA_CHECK(cublasSgemm(
+        OTGPU_CUDA_CHECK(kernels::cublas().sgemm(
             blas, CUBLAS_OP_T, CUBLAS_OP_N, N, static_cast<int>(lc), static_cast<int>(d), &one, P,
             static_cast<int>(d), bf.theta_t + l0 * d, static_cast<int>(d), &zero, bf.keys_in, N));
         ce.push_back(ev.record());
@@ -335,9 +336,9 @@ SlicedResult sliced_wasserstein(GpuContext* gpu_ctx, const SlicedProblem& proble
           kernels::sliced_scale_terms(D, rows, B, L, l0, bf.term_w, lc * B * rows, stream);
           const int N = static_cast<int>(B * rows);
           // G (d x N column-major = [B*rows, d] row-major) += theta_t^T-chunk x D^T.
-          OTGPU_CUDA_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(d), N,
-                                       static_cast<int>(lc), &one, bf.theta_t + l0 * d,
-                                       static_cast<int>(d), D, N, &one, G, static_cast<int>(d)));
+          OTGPU_CUDA_CHECK(kernels::cublas().sgemm(
+              blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(d), N, static_cast<int>(lc), &one,
+              bf.theta_t + l0 * d, static_cast<int>(d), D, N, &one, G, static_cast<int>(d)));
         };
         back_project(bf.dx, n, bf.gx);
         back_project(bf.dy, m, bf.gy);
