@@ -1,0 +1,447 @@
+// otgpu/sinkhorn.h and otgpu/device.h: sinkhorn, its derived outputs and the divergence.
+//
+// Every function takes the problem's arrays as they are (host or device memory, any
+// non-negative strides, fp32 or fp64) and the options as keyword arguments named as
+// the fields of otgpu::SinkhornOptions. Device arrays, and host arrays with an
+// explicit stream on a CUDA backend, run on the cached GpuContext of (device,
+// stream), so the work is ordered after the caller's earlier work on that stream.
+#include <fmt/format.h>
+
+#include <exception>
+#include <string_view>
+#include <utility>
+
+#include "py_common.h"
+
+namespace otgpu_py {
+namespace {
+
+using otgpu::Backend;
+using otgpu::CostKind;
+using otgpu::SinkhornOptions;
+using otgpu::SinkhornProblem;
+using otgpu::SinkhornResult;
+
+/// The arrays of one call as views, and the imported arrays that keep them valid.
+struct BoundProblem {
+  SinkhornProblem problem;
+  Placement where;
+  std::vector<Array> keep;
+  bool batched = false;  ///< x (or cost) has a batch axis: outputs keep it
+};
+
+BoundProblem bind_problem(nb::handle x, nb::handle y, nb::handle cost, nb::handle a, nb::handle b,
+                          CostKind kind, const char* fn) {
+  BoundProblem bp;
+  bp.keep.reserve(5);
+  if (!cost.is_none()) {
+    if (!x.is_none() || !y.is_none()) {
+      throw otgpu::InvalidArgument(
+          fmt::format("{}: give either point clouds x and y or a cost matrix, not both", fn));
+    }
+    bp.problem.cost = to_view(cost, "cost", bp.where, bp.keep);
+    bp.problem.cost_kind = CostKind::matrix;
+    bp.batched = bp.problem.cost.rank == 3;
+  } else {
+    if (x.is_none() || y.is_none()) {
+      throw otgpu::InvalidArgument(
+          fmt::format("{}: needs point clouds x and y, or a cost matrix cost=", fn));
+    }
+    bp.problem.x = to_view(x, "x", bp.where, bp.keep);
+    bp.problem.y = to_view(y, "y", bp.where, bp.keep);
+    if (kind == CostKind::matrix) {
+      throw otgpu::InvalidArgument(fmt::format(
+          "{}: cost_kind matrix needs cost=, not point clouds (sqeuclidean or euclidean)", fn));
+    }
+    bp.problem.cost_kind = kind;
+    bp.batched = bp.problem.x.rank == 3;
+  }
+  bp.problem.a = to_view(a, "a", bp.where, bp.keep);
+  bp.problem.b = to_view(b, "b", bp.where, bp.keep);
+  return bp;
+}
+
+/// Calls `progress` (a Python callable) from the solver's thread with the GIL; a
+/// Python exception cancels the solve and is raised again once it returns.
+struct ProgressBridge {
+  nb::object fn;
+  std::exception_ptr error;
+};
+
+struct ParsedOptions {
+  SinkhornOptions options;
+  CostKind cost_kind = CostKind::sqeuclidean;
+  int device = -1;  ///< -1: from the inputs, else 0
+  std::shared_ptr<ProgressBridge> progress;
+};
+
+otgpu::SinkhornAcceleration parse_acceleration(const std::string& s) {
+  if (s == "overrelax") return otgpu::SinkhornAcceleration::overrelax;
+  if (s == "none") return otgpu::SinkhornAcceleration::none;
+  throw otgpu::InvalidArgument(
+      fmt::format("acceleration: unknown value '{}' (none, overrelax)", s));
+}
+
+ParsedOptions parse_options(const nb::kwargs& kw, const char* fn) {
+  ParsedOptions p;
+  SinkhornOptions& o = p.options;
+  for (auto [key, value] : kw) {
+    const std::string_view k = PyUnicode_AsUTF8(key.ptr());
+    if (k == "eps") {
+      o.eps = opt_double(value, fn, "eps");
+    } else if (k == "eps_relative") {
+      o.eps_relative = opt_bool(value, fn, "eps_relative");
+    } else if (k == "tol") {
+      o.tol = opt_double_or_auto(value, fn, "tol");
+    } else if (k == "max_iter") {
+      o.max_iter = opt_int(value, fn, "max_iter");
+    } else if (k == "check_every") {
+      o.check_every = opt_int(value, fn, "check_every");
+    } else if (k == "eps_init") {
+      o.eps_init = opt_double_or_auto(value, fn, "eps_init");
+    } else if (k == "eps_decay") {
+      o.eps_decay = opt_double(value, fn, "eps_decay");
+    } else if (k == "rho_a") {
+      o.rho_a = opt_double(value, fn, "rho_a");
+    } else if (k == "rho_b") {
+      o.rho_b = opt_double(value, fn, "rho_b");
+    } else if (k == "f_init") {
+      if (!value.is_none()) o.f_init = opt_host_vector(value, fn, "f_init");
+    } else if (k == "g_init") {
+      if (!value.is_none()) o.g_init = opt_host_vector(value, fn, "g_init");
+    } else if (k == "acceleration") {
+      o.acceleration = parse_acceleration(opt_str(value, fn, "acceleration"));
+    } else if (k == "backend") {
+      o.backend = otgpu::parse_backend(opt_str(value, fn, "backend"), "backend");
+    } else if (k == "device") {
+      p.device = value.is_none() ? -1 : opt_int(value, fn, "device");
+    } else if (k == "cpu_threads") {
+      o.cpu_threads = opt_int(value, fn, "cpu_threads");
+    } else if (k == "cost_kind") {
+      p.cost_kind = otgpu::parse_cost_kind(opt_str(value, fn, "cost_kind"), "cost_kind");
+    } else if (k == "progress") {
+      if (value.is_none()) continue;
+      if (!PyCallable_Check(value.ptr())) {
+        throw nb::type_error(fmt::format("{}: option progress must be callable, got {}", fn,
+                                         nb::type_name(value.type()).c_str())
+                                 .c_str());
+      }
+      p.progress = std::make_shared<ProgressBridge>();
+      p.progress->fn = nb::borrow(value);
+      o.progress = [bridge = p.progress](const otgpu::SinkhornProgress& s) -> bool {
+        nb::gil_scoped_acquire gil;
+        try {
+          nb::dict d;
+          d["problem"] = s.problem;
+          d["iteration"] = s.iteration;
+          d["eps"] = s.eps;
+          d["residual"] = s.residual;
+          d["elapsed_s"] = s.elapsed_s;
+          d["active"] = s.active;
+          nb::object r = bridge->fn(d);
+          return r.is_none() || PyObject_IsTrue(r.ptr()) == 1;
+        } catch (...) {
+          if (!bridge->error) bridge->error = std::current_exception();
+          return false;
+        }
+      };
+    } else {
+      unknown_option(fn, k);
+    }
+  }
+  return p;
+}
+
+bool use_context(const Placement& where, bool stream_given, Backend backend, const char* fn) {
+  if (where.any_device) {
+    if (backend == Backend::cpu) {
+      throw otgpu::InvalidArgument(fmt::format(
+          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
+          where.device));
+    }
+    return true;
+  }
+  if (!stream_given || backend == Backend::cpu) return false;
+  return backend == Backend::cuda || otgpu::cuda_available();
+}
+
+const char* acceleration_name(otgpu::SinkhornAcceleration a) {
+  return a == otgpu::SinkhornAcceleration::overrelax ? "overrelax" : "none";
+}
+
+/// A solve as Python sees it: the C++ result (potentials in fp64, reports, the CUDA
+/// state the derived outputs reuse), whether the inputs had a batch axis and whether
+/// the outputs follow an fp32 input.
+struct PySinkhorn {
+  SinkhornResult r;
+  bool batched = false;
+  bool float32 = false;
+
+  nb::object potential(const std::vector<double>& v, std::int64_t len, bool float64) const {
+    std::vector<double> copy(v);
+    const auto B = static_cast<std::size_t>(r.batch);
+    const auto L = static_cast<std::size_t>(len);
+    return batched ? to_numpy(std::move(copy), {B, L}, float32 && !float64)
+                   : to_numpy(std::move(copy), {L}, float32 && !float64);
+  }
+  nb::list reports() const {
+    nb::list out;
+    for (const auto& p : r.problems) {
+      nb::dict d;
+      d["eps"] = p.eps;
+      d["ot_eps"] = p.ot_eps;
+      d["transport_cost"] = p.transport_cost;
+      d["marginal_error"] = p.marginal_error;
+      d["residual"] = p.residual;
+      d["iterations"] = p.iterations;
+      d["converged"] = p.converged;
+      d["acceleration"] = acceleration_name(p.acceleration);
+      d["omega"] = p.omega;
+      out.append(d);
+    }
+    return out;
+  }
+  /// One report field over the batch, fp64 [B] (converged as 0/1, iterations exact).
+  nb::object column(const std::string& name) const {
+    std::vector<double> v;
+    v.reserve(r.problems.size());
+    for (const auto& p : r.problems) {
+      if (name == "eps")
+        v.push_back(p.eps);
+      else if (name == "ot_eps")
+        v.push_back(p.ot_eps);
+      else if (name == "transport_cost")
+        v.push_back(p.transport_cost);
+      else if (name == "marginal_error")
+        v.push_back(p.marginal_error);
+      else if (name == "residual")
+        v.push_back(p.residual);
+      else if (name == "iterations")
+        v.push_back(p.iterations);
+      else if (name == "converged")
+        v.push_back(p.converged ? 1.0 : 0.0);
+      else if (name == "omega")
+        v.push_back(p.omega);
+      else
+        throw nb::key_error(name.c_str());
+    }
+    return to_numpy(std::move(v), {r.problems.size()}, false);
+  }
+};
+
+void rethrow_progress(const ParsedOptions& p) {
+  if (p.progress && p.progress->error) std::rethrow_exception(p.progress->error);
+}
+
+PySinkhorn run_sinkhorn(nb::handle x, nb::handle y, nb::handle cost, nb::handle a, nb::handle b,
+                        nb::handle stream, const nb::kwargs& kw) {
+  const char* fn = "sinkhorn";
+  ParsedOptions p = parse_options(kw, fn);
+  const StreamArg s = read_stream(stream);
+  BoundProblem bp = bind_problem(x, y, cost, a, b, p.cost_kind, fn);
+  p.options.device = resolve_device(bp.where, p.device, fn);
+  const bool ctx = use_context(bp.where, s.given, p.options.backend, fn);
+  PySinkhorn out;
+  out.batched = bp.batched;
+  out.float32 = bp.where.float32;
+  {
+    nb::gil_scoped_release nogil;
+    if (ctx) {
+      ContextLease lease(p.options.device, s.handle);
+      out.r = otgpu::sinkhorn(*lease, bp.problem, p.options);
+    } else {
+      out.r = otgpu::sinkhorn(bp.problem, p.options);
+    }
+  }
+  rethrow_progress(p);
+  return out;
+}
+
+enum class Derived { map, grad_x, grad_y };
+
+/// The problem seen from the other side, (y, x, b, a) with potentials (g, f): the
+/// gradient with respect to y is gradient_x of it. Its plan is P^T (b is rescaled to
+/// the mass of a in the original, a to the mass of b here: the same plan when the
+/// masses match, as a balanced solve requires).
+SinkhornResult swapped(const SinkhornResult& r) {
+  SinkhornResult t;
+  t.backend = r.backend;
+  t.device = r.device;
+  t.batch = r.batch;
+  t.n = r.m;
+  t.m = r.n;
+  t.d = r.d;
+  t.f = r.g;
+  t.g = r.f;
+  t.problems = r.problems;
+  t.tol = r.tol;
+  return t;  // no state: it belongs to the (x, y) problem
+}
+
+nb::object run_derived(Derived what, nb::handle x, nb::handle y, nb::handle a, nb::handle b,
+                       const PySinkhorn& res, nb::handle stream, const std::string& cost_kind) {
+  const char* fn = what == Derived::map      ? "barycentric_map"
+                   : what == Derived::grad_x ? "gradient"
+                                             : "gradient";
+  const StreamArg s = read_stream(stream);
+  const CostKind kind = otgpu::parse_cost_kind(cost_kind, "cost_kind");
+  BoundProblem bp = what == Derived::grad_y ? bind_problem(y, x, nb::none(), b, a, kind, fn)
+                                            : bind_problem(x, y, nb::none(), a, b, kind, fn);
+  const SinkhornResult* r = &res.r;
+  SinkhornResult flipped;
+  if (what == Derived::grad_y) {
+    flipped = swapped(res.r);
+    r = &flipped;
+  }
+  const bool ctx = r->backend == Backend::cuda && (bp.where.any_device || s.given);
+  std::vector<double> out;
+  {
+    nb::gil_scoped_release nogil;
+    if (ctx) {
+      ContextLease lease(r->device, s.handle);
+      out = what == Derived::map ? otgpu::barycentric_map(*lease, bp.problem, *r)
+                                 : otgpu::gradient_x(*lease, bp.problem, *r);
+    } else {
+      out = what == Derived::map ? otgpu::barycentric_map(bp.problem, *r)
+                                 : otgpu::gradient_x(bp.problem, *r);
+    }
+  }
+  const auto B = static_cast<std::size_t>(r->batch);
+  const auto n = static_cast<std::size_t>(r->n);
+  const auto d = static_cast<std::size_t>(bp.problem.x.dim(bp.problem.x.rank - 1));
+  return bp.batched ? to_numpy(std::move(out), {B, n, d}, bp.where.float32)
+                    : to_numpy(std::move(out), {n, d}, bp.where.float32);
+}
+
+nb::object run_partners(nb::handle x, nb::handle y, nb::handle cost, nb::handle a, nb::handle b,
+                        const PySinkhorn& res, std::uint64_t seed, nb::handle stream,
+                        const std::string& cost_kind) {
+  const char* fn = "sample_partners";
+  const StreamArg s = read_stream(stream);
+  const CostKind kind = otgpu::parse_cost_kind(cost_kind, "cost_kind");
+  BoundProblem bp = bind_problem(x, y, cost, a, b, kind, fn);
+  const bool ctx = res.r.backend == Backend::cuda && (bp.where.any_device || s.given);
+  std::vector<std::int64_t> out;
+  {
+    nb::gil_scoped_release nogil;
+    if (ctx) {
+      ContextLease lease(res.r.device, s.handle);
+      out = otgpu::sample_partners(*lease, bp.problem, res.r, seed);
+    } else {
+      out = otgpu::sample_partners(bp.problem, res.r, seed);
+    }
+  }
+  const auto B = static_cast<std::size_t>(res.r.batch);
+  const auto n = static_cast<std::size_t>(res.r.n);
+  return bp.batched ? to_numpy_int64(std::move(out), {B, n}) : to_numpy_int64(std::move(out), {n});
+}
+
+nb::object run_divergence(nb::handle x, nb::handle y, nb::handle a, nb::handle b, nb::handle xy,
+                          nb::handle stream, const nb::kwargs& kw) {
+  const char* fn = "sinkhorn_divergence";
+  ParsedOptions p = parse_options(kw, fn);
+  const StreamArg s = read_stream(stream);
+  BoundProblem bp = bind_problem(x, y, nb::none(), a, b, p.cost_kind, fn);
+  p.options.device = resolve_device(bp.where, p.device, fn);
+  const PySinkhorn* given = xy.is_none() ? nullptr : nb::cast<const PySinkhorn*>(xy);
+  // No GpuContext overload: the library runs on the device's legacy default stream.
+  // A caller's other stream is synchronized first, so its earlier work is complete.
+  const bool sync = bp.where.any_device && s.given && s.handle != 0;
+  std::vector<double> out;
+  {
+    nb::gil_scoped_release nogil;
+    if (sync) {
+      ContextLease lease(p.options.device, s.handle);
+      (*lease).synchronize();
+    }
+    out = given ? otgpu::sinkhorn_divergence(bp.problem, given->r, p.options)
+                : otgpu::sinkhorn_divergence(bp.problem, p.options);
+  }
+  rethrow_progress(p);
+  const std::size_t B = out.size();
+  return to_numpy(std::move(out), {B}, false);
+}
+
+nb::dict sinkhorn_defaults() {
+  const SinkhornOptions o;
+  nb::dict d;
+  d["eps"] = o.eps;
+  d["eps_relative"] = o.eps_relative;
+  d["tol"] = nb::none();  // kAuto: 1e-6 on the CPU, 1e-4 on CUDA
+  d["max_iter"] = o.max_iter;
+  d["check_every"] = o.check_every;
+  d["eps_init"] = nb::none();  // kAuto
+  d["eps_decay"] = o.eps_decay;
+  d["rho_a"] = o.rho_a;
+  d["rho_b"] = o.rho_b;
+  d["f_init"] = nb::none();
+  d["g_init"] = nb::none();
+  d["acceleration"] = acceleration_name(o.acceleration);
+  d["progress"] = nb::none();
+  d["backend"] = std::string(otgpu::to_string(o.backend));
+  d["device"] = nb::none();
+  d["cpu_threads"] = o.cpu_threads;
+  d["cost_kind"] = std::string(otgpu::to_string(CostKind::sqeuclidean));
+  return d;
+}
+
+}  // namespace
+
+void bind_sinkhorn(nb::module_& m) {
+  nb::class_<PySinkhorn>(m, "NativeSinkhorn")
+      .def(
+          "f", [](const PySinkhorn& s, bool float64) { return s.potential(s.r.f, s.r.n, float64); },
+          nb::arg("float64") = false)
+      .def(
+          "g", [](const PySinkhorn& s, bool float64) { return s.potential(s.r.g, s.r.m, float64); },
+          nb::arg("float64") = false)
+      .def("reports", &PySinkhorn::reports)
+      .def("column", &PySinkhorn::column)
+      .def_prop_ro("backend",
+                   [](const PySinkhorn& s) { return std::string(otgpu::to_string(s.r.backend)); })
+      .def_prop_ro("device", [](const PySinkhorn& s) { return s.r.device; })
+      .def_prop_ro("batch", [](const PySinkhorn& s) { return s.r.batch; })
+      .def_prop_ro("n", [](const PySinkhorn& s) { return s.r.n; })
+      .def_prop_ro("m", [](const PySinkhorn& s) { return s.r.m; })
+      .def_prop_ro("d", [](const PySinkhorn& s) { return s.r.d; })
+      .def_prop_ro("tol", [](const PySinkhorn& s) { return s.r.tol; })
+      .def_prop_ro("time_ms", [](const PySinkhorn& s) { return s.r.time_ms; })
+      .def_prop_ro("cancelled", [](const PySinkhorn& s) { return s.r.cancelled; })
+      .def_prop_ro("batched", [](const PySinkhorn& s) { return s.batched; })
+      .def_prop_ro("float32", [](const PySinkhorn& s) { return s.float32; })
+      .def_prop_ro("has_state", [](const PySinkhorn& s) { return s.r.state != nullptr; })
+      .def("release_state", [](PySinkhorn& s) { s.r.state.reset(); });
+
+  m.def("sinkhorn", &run_sinkhorn, nb::arg("x").none(), nb::arg("y").none(), nb::arg("cost").none(),
+        nb::arg("a").none(), nb::arg("b").none(), nb::arg("stream").none(), nb::arg("options"));
+  m.def(
+      "barycentric_map",
+      [](nb::handle x, nb::handle y, nb::handle a, nb::handle b, const PySinkhorn& r,
+         nb::handle stream, const std::string& kind) {
+        return run_derived(Derived::map, x, y, a, b, r, stream, kind);
+      },
+      nb::arg("x"), nb::arg("y"), nb::arg("a").none(), nb::arg("b").none(), nb::arg("result"),
+      nb::arg("stream").none(), nb::arg("cost_kind"));
+  m.def(
+      "gradient",
+      [](nb::handle x, nb::handle y, nb::handle a, nb::handle b, const PySinkhorn& r,
+         nb::handle stream, const std::string& kind, const std::string& wrt) {
+        if (wrt != "x" && wrt != "y") {
+          throw otgpu::InvalidArgument(
+              fmt::format("gradient: wrt must be 'x' or 'y', got '{}'", wrt));
+        }
+        return run_derived(wrt == "x" ? Derived::grad_x : Derived::grad_y, x, y, a, b, r, stream,
+                           kind);
+      },
+      nb::arg("x"), nb::arg("y"), nb::arg("a").none(), nb::arg("b").none(), nb::arg("result"),
+      nb::arg("stream").none(), nb::arg("cost_kind"), nb::arg("wrt"));
+  m.def("sample_partners", &run_partners, nb::arg("x").none(), nb::arg("y").none(),
+        nb::arg("cost").none(), nb::arg("a").none(), nb::arg("b").none(), nb::arg("result"),
+        nb::arg("seed"), nb::arg("stream").none(), nb::arg("cost_kind"));
+  m.def("sinkhorn_divergence", &run_divergence, nb::arg("x"), nb::arg("y"), nb::arg("a").none(),
+        nb::arg("b").none(), nb::arg("xy").none(), nb::arg("stream").none(), nb::arg("options"));
+  m.def("sinkhorn_defaults", &sinkhorn_defaults,
+        "The defaults of otgpu::SinkhornOptions (None for the automatic ones).");
+}
+
+}  // namespace otgpu_py
