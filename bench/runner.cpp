@@ -23,6 +23,7 @@ std::vector<Workload> all_workloads() {
   add_sliced_workloads(w);
   add_latency_workloads(w);
   add_solution_workloads(w);
+  add_dist_workloads(w);
   return w;
 }
 

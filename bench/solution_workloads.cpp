@@ -4,7 +4,8 @@
 // iteration at a fixed count), these rows change with anything that changes the
 // number of iterations: defaults, epsilon scaling, acceleration.
 //
-// Also W4 and W6 (flow-matching couplings), defined but not implemented yet.
+// Also W4 (flow-matching minibatch coupling), defined but not implemented yet; W6 is
+// bench/dist_workloads.cpp.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -110,11 +111,6 @@ void add_solution_workloads(std::vector<Workload>& out) {
   out.push_back({"W4",
                  "flow-matching minibatch coupling, d=3072, batch 256..4096 (exact assignment "
                  "and Sinkhorn)",
-                 {},
-                 {}});
-  out.push_back({"W6",
-                 "flow-matching coupling at scale: n=m=2^19..2^20, d=64, eps 0.1 relative, "
-                 "sharded over G devices",
                  {},
                  {}});
   out.push_back({"TTS",

@@ -601,9 +601,22 @@ double mean_cost_sharded(const ProblemData& p, const Shard& shard) {
   return comm.allreduce(total.value(), dist::ReduceOp::sum) / (nd * md);
 }
 
-/// The global mass of a sharded a (the local one when not sharded).
-double global_mass_a(const ProblemData& p, const Shard& shard) {
-  return shard.comm ? shard.comm->allreduce(p.mass_a, dist::ReduceOp::sum) : p.mass_a;
+/// The global mass of a sharded a (the local one when not sharded). An absent a is
+/// uniform over the whole problem, 1 / n_global per row (load_problem, which sees only
+/// this rank's rows, made it 1 / n): set here first.
+double global_mass_a(ProblemData& p, const SinkhornProblem& problem, const Shard& shard) {
+  if (shard.comm == nullptr) return p.mass_a;
+  if (!problem.a.present()) {
+    const double w = 1.0 / static_cast<double>(shard.n_global);
+    CompensatedSum mass;
+    for (auto& v : p.a) {
+      v = w;
+      mass.add(w);
+    }
+    std::fill(p.log_a.begin(), p.log_a.end(), std::log(w));
+    p.mass_a = mass.value();
+  }
+  return shard.comm->allreduce(p.mass_a, dist::ReduceOp::sum);
 }
 
 /// prepare_problem for this rank's rows: the masses, the mean and the range of the
@@ -615,7 +628,7 @@ PreparedProblem prepare_sharded(const SinkhornProblem& problem, const detail::Si
                                 const SinkhornOptions& options, const Shard& shard) {
   PreparedProblem pp{load_problem(problem, shape, b, false, kMaxDenseCostBytes, inner), 0, {}};
   ProblemData& p = pp.p;
-  p.mass_a = global_mass_a(p, shard);
+  p.mass_a = global_mass_a(p, problem, shard);
   if (balanced) {
     if (!detail::masses_match(p.mass_a, p.mass_b)) {
       throw InvalidArgument(fmt::format(
@@ -703,7 +716,7 @@ void check_potentials(const SinkhornResult& result, std::int64_t b, const char* 
 ProblemData derived_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
                             std::int64_t b, int threads, const Shard& shard) {
   ProblemData p = load_problem(problem, shape, b, false, 0, threads);
-  p.mass_a = global_mass_a(p, shard);
+  p.mass_a = global_mass_a(p, problem, shard);
   if (detail::masses_match(p.mass_a, p.mass_b)) {
     rescale_b_to_mass_of_a(p);
   }

@@ -102,8 +102,12 @@ inline SinkhornProblem problem_of(const Case& k, const Data& D, dist::RowRange r
     p.x = TensorView::host(D.x.data() + r.begin * k.d, {rows, k.d});
     p.y = TensorView::host(D.y.data(), {k.m, k.d});
   }
-  p.a = TensorView::host(D.a.data() + r.begin, {rows});
-  p.b = TensorView::host(D.b.data(), {k.m});
+  // Uniform weights are left absent (the library's default: 1/n of the whole problem,
+  // which a rank must not take as 1/n of its own rows).
+  if (k.weighted) {
+    p.a = TensorView::host(D.a.data() + r.begin, {rows});
+    p.b = TensorView::host(D.b.data(), {k.m});
+  }
   return p;
 }
 
