@@ -87,6 +87,7 @@ void add_assignment_workloads(std::vector<Workload>& out);  // assignment_worklo
 void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
 void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
 void add_coupling_workloads(std::vector<Workload>& out);  // coupling_workloads.cpp (W4e)
+void add_dist_workloads(std::vector<Workload>& out);      // dist_workloads.cpp (W6)
 
 /// A row for work that did not run here, saying why (ctx.gpu_skip_reason()).
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,

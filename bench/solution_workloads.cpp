@@ -4,7 +4,8 @@
 // iteration at a fixed count), these rows change with anything that changes the
 // number of iterations: defaults, epsilon scaling, acceleration.
 //
-// Also W4 and W6 (flow-matching couplings), defined but not implemented yet.
+// Also W4 (flow-matching minibatch coupling), defined but not implemented yet; W6 is
+// bench/dist_workloads.cpp.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -107,11 +108,6 @@ void run_tts(const Context& ctx, std::vector<Row>& rows) {
 }  // namespace
 
 void add_solution_workloads(std::vector<Workload>& out) {
-  out.push_back({"W6",
-                 "flow-matching coupling at scale: n=m=2^19..2^20, d=64, eps 0.1 relative, "
-                 "sharded over G devices",
-                 {},
-                 {}});
   out.push_back({"TTS",
                  "time to solution: iterations and ms to the default tolerance at eps = 1e-1, "
                  "1e-2, 1e-3 x mean cost (n=m=100, d=2, default options)",

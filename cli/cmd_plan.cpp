@@ -30,7 +30,39 @@ struct PlanArgs {
   int eps_scaling_steps = 10;  // the sinkhorn command's default: 1024 x eps, halved per step
   bool json = false;
   BackendFlags backend;
+  int devices = 0;         // --devices N: rows sharded over N GPUs
+  int ranks = 0;           // --ranks R: rows sharded over R ranks (CPU ranks without a GPU)
+  int ranks_per_node = 8;  // GPUs (ranks) per node of the projection
 };
+
+nlohmann::json plan_json(const planner::Plan& p);
+
+/// The sharded plan: the shard's plan plus the layout and the communication.
+nlohmann::json shard_json(const planner::ShardPlan& s) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : s.rows) rows.push_back({r.begin, r.end});
+  nlohmann::json j = plan_json(s.shard);
+  j["sharded"] = {{"ranks", s.ranks},
+                  {"nodes", s.nodes},
+                  {"ranks_per_node", s.net.ranks_per_node},
+                  {"rows", rows},
+                  {"bytes_per_rank", s.bytes_per_rank},
+                  {"comm_bytes_per_iteration", s.comm_bytes_per_iteration},
+                  {"element_bytes", s.element_bytes},
+                  {"compute_seconds", s.compute_seconds},
+                  {"comm_seconds", s.comm_seconds},
+                  {"iteration_seconds", s.iteration_seconds},
+                  {"single_seconds", s.whole.roofline.seconds},
+                  {"speedup", s.speedup},
+                  {"interconnect",
+                   {{"name", s.net.name},
+                    {"intra_bytes_per_s", s.net.intra_bytes_per_s},
+                    {"inter_bytes_per_s", s.net.inter_bytes_per_s},
+                    {"intra_latency_s", s.net.intra_latency_s},
+                    {"inter_latency_s", s.net.inter_latency_s},
+                    {"assumed", true}}}};
+  return j;
+}
 
 nlohmann::json half_json(const planner::HalfStep& h) {
   return {{"rows", h.rows},
@@ -132,8 +164,43 @@ void run_plan(const PlanArgs& a) {
   // and stages (converts) an f64 one into the workspace.
   r.stage_cost = dtype != DType::f32;
 
+  at_least("--devices", a.devices, 0);
+  at_least("--ranks", a.ranks, 0);
+  at_least("--ranks-per-node", a.ranks_per_node, 1);
+  if (a.devices > 0 && a.ranks > 0) {
+    throw InvalidArgument(
+        fmt::format("--devices {} and --ranks {}: give one (--devices: GPUs, --ranks: processes)",
+                    a.devices, a.ranks));
+  }
+  if (a.devices > 0 && backend == Backend::cpu) {
+    throw InvalidArgument("--devices plans GPUs; with --backend cpu use --ranks");
+  }
+
   planner::Plan p;
-  const bool gpu = backend == Backend::cuda || (backend == Backend::automatic && cuda_available());
+  const bool gpu = a.devices > 0 || backend == Backend::cuda ||
+                   (backend == Backend::automatic && cuda_available());
+  const int shards = a.devices > 0 ? a.devices : a.ranks;
+  if (shards > 0) {
+    planner::ShardPlan sp;
+    if (gpu) {
+      const planner::DeviceProps dev =
+          cuda_available() ? planner::query_device(a.backend.device) : planner::h200_assumed();
+      planner::Interconnect net;
+      net.ranks_per_node = a.ranks_per_node;
+      sp = planner::make_sharded_plan(r, shards, dev, net);
+    } else {
+      int threads = a.backend.threads;
+      if (threads <= 0) threads = 1;  // one thread per rank unless --threads says more
+      sp = planner::make_sharded_cpu_plan(r, shards, planner::cpu_assumed(threads),
+                                          planner::cpu_shared_memory(shards));
+    }
+    if (a.json) {
+      print_json(shard_json(sp));
+    } else {
+      std::fputs(planner::describe(sp).c_str(), stdout);
+    }
+    return;
+  }
   if (gpu) {
     // The real device when there is one, else the H200's published figures.
     const planner::DeviceProps dev =
@@ -170,6 +237,13 @@ void add_plan_command(CLI::App& app) {
                   "iterations of epsilon scaling before the target eps (default 10: 1024 x "
                   "eps halved per step; 0 = none)");
   sub->add_flag("--json", args->json, "print one JSON object on stdout");
+  sub->add_option("--devices", args->devices,
+                  "shard the rows over N GPUs: shard layout, memory per device, bytes "
+                  "communicated and the iteration time (NVLink/InfiniBand figures assumed)");
+  sub->add_option("--ranks", args->ranks,
+                  "shard the rows over R ranks (mpirun; CPU ranks when no GPU is planned)");
+  sub->add_option("--ranks-per-node", args->ranks_per_node,
+                  "GPUs per node for --devices (default 8; more ranks span several nodes)");
   add_backend_flags(*sub, args->backend);
   sub->callback([args] { run_plan(*args); });
 }

@@ -19,6 +19,8 @@
 
 #include "commands.h"
 #include "common.h"
+#include "npy.h"
+#include "otgpu/dist.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
 
@@ -48,6 +50,8 @@ struct SinkhornArgs {
   std::string seed = "0";
   bool divergence = false;
   JsonFlags json;
+  bool distributed = false;  ///< one rank per process under mpirun, rows split
+  std::string devices;       ///< --devices 0,1,...: one shard per device
 
   // Set when the flag was given (CLI11 fills these in after parsing).
   CLI::Option* cost_opt = nullptr;
@@ -199,6 +203,25 @@ SinkhornAcceleration parse_acceleration(const std::string& text) {
       fmt::format("--acceleration: unknown value '{}' (expected overrelax or none)", text));
 }
 
+/// --devices "0,1,3" as ordinals (InvalidArgument naming the flag otherwise).
+std::vector<int> parse_devices(const std::string& text) {
+  std::vector<int> out;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string item = text.substr(pos, comma - pos);
+    int v = -1;
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (item.empty() || ec != std::errc() || end != item.data() + item.size() || v < 0) {
+      throw InvalidArgument(fmt::format(
+          "--devices: '{}' is not a device ordinal (expected a list like 0,1,2,3)", item));
+    }
+    out.push_back(v);
+    pos = comma + 1;
+  }
+  return out;
+}
+
 /// The options the flags ask for: only what was given is set; everything else keeps
 /// the library's defaults (SinkhornOptions{}), resolved by the library for the
 /// backend that runs.
@@ -217,6 +240,7 @@ SinkhornOptions make_options(const SinkhornArgs& args) {
   o.rho_b = args.rho_b;
   o.backend = resolve_backend_flag(args.backend);
   o.device = args.backend.device;
+  if (!args.devices.empty()) o.device = parse_devices(args.devices)[0];
   o.cpu_threads = args.backend.threads;
   return o;
 }
@@ -269,7 +293,25 @@ int report_unconverged(const SinkhornResult& result, bool strict) {
   return strict ? 3 : 0;
 }
 
+void run_distributed(const SinkhornArgs& args);
+
 void run_sinkhorn(const SinkhornArgs& args) {
+  if (!args.devices.empty()) {
+    const auto devices = parse_devices(args.devices);
+    if (devices.size() > 1) {
+      // The sharded CUDA driver (per-device contexts over NCCL) is not built yet; the
+      // flag is parsed so that scripts can be written against it.
+      throw DeviceUnavailable(fmt::format(
+          "--devices {}: a solve sharded over several GPUs is not built yet (the sharded "
+          "solver runs on CPU ranks: mpirun -np R otgpu sinkhorn --distributed ...); use "
+          "--device {} for one GPU",
+          args.devices, devices[0]));
+    }
+  }
+  if (args.distributed) {
+    run_distributed(args);
+    return;
+  }
   check_flag_combinations(args);
   SinkhornOptions options = make_options(args);
   const std::uint64_t seed = parse_seed(args.seed);
@@ -402,6 +444,206 @@ void run_sinkhorn(const SinkhornArgs& args) {
   finish(exit_code);
 }
 
+/// This rank's rows of `flag`'s file (rank 2 [n, k], or rank 1 [n] for weights), with
+/// the value checks of the whole-file loaders (finite; weights also >= 0), element
+/// indices given in the file's (global) rows.
+NpyInput load_row_slice(const std::string& flag, const std::string& path, dist::RowRange rows,
+                        bool weights) {
+  if (path.empty()) throw InvalidArgument(fmt::format("{}: empty file name", flag));
+  NpyInput in{flag, npy::printable_path(path), npy::load_rows(path, flag, rows.begin, rows.end)};
+  const std::int64_t width = in.array.numel() / std::max<std::int64_t>(1, rows.size());
+  for (std::int64_t k = 0; k < in.array.numel(); ++k) {
+    const double v = in.array.at(k);
+    if (!std::isfinite(v) || (weights && v < 0)) {
+      throw NonFiniteInput(fmt::format("{}: {}: element (row {}, column {}) is {}{}", flag, in.path,
+                                       rows.begin + k / width, k % width, v,
+                                       weights && v < 0 ? "; weights must be non-negative" : ""));
+    }
+  }
+  return in;
+}
+
+/// The inputs of this rank: its rows of X (or of the cost matrix) and of a, the whole
+/// of Y and b. Only rank-2 inputs (one problem) are sharded.
+LoadedProblem load_local_problem(const SinkhornArgs& args, dist::Communicator& comm,
+                                 std::int64_t& n_total, dist::RowRange& rows) {
+  LoadedProblem lp;
+  SinkhornProblem& p = lp.problem;
+  const std::string& rows_path = args.cost_matrix.empty() ? args.x : args.cost_matrix;
+  const std::string rows_flag = args.cost_matrix.empty() ? "--x" : "--cost-matrix";
+  const auto shape = npy::load_shape(rows_path, rows_flag);
+  if (shape.size() != 2) {
+    throw ShapeError(fmt::format(
+        "{}: {} has shape {}; --distributed shards one problem ([n, d] or [n, m]); run a batch "
+        "without --distributed",
+        rows_flag, npy::printable_path(rows_path), npy::shape_to_string(shape)));
+  }
+  n_total = shape[0];
+  rows = dist::row_range(n_total, comm.rank(), comm.size());
+  if (args.cost_matrix.empty()) {
+    lp.x = load_row_slice("--x", args.x, rows, false);
+    lp.y = load_points("--y", args.y);
+    if (lp.y.rank() != 2 || lp.y.dim(1) != lp.x.dim(1)) {
+      throw ShapeError(fmt::format("{} and {}: --y must be [m, d] with the d of --x ({})",
+                                   lp.x.describe(), lp.y.describe(), lp.x.dim(1)));
+    }
+    lp.m = lp.y.dim(0);
+    lp.d = lp.x.dim(1);
+    p.x = lp.x.view();
+    p.y = lp.y.view();
+    p.cost_kind = parse_point_cost("--cost", args.cost);
+  } else {
+    lp.cost = load_row_slice("--cost-matrix", args.cost_matrix, rows, false);
+    lp.m = lp.cost.dim(1);
+    p.cost = lp.cost.view();
+    p.cost_kind = CostKind::matrix;
+  }
+  lp.n = rows.size();
+  if (!args.a.empty()) {
+    const auto a_shape = npy::load_shape(args.a, "--a");
+    if (a_shape.size() != 1 || a_shape[0] != n_total) {
+      throw ShapeError(fmt::format("--a: {} has shape {} but ({},) is expected (n from {})",
+                                   npy::printable_path(args.a), npy::shape_to_string(a_shape),
+                                   n_total, rows_flag));
+    }
+    lp.a = load_row_slice("--a", args.a, rows, true);
+    p.a = lp.a.view();
+  }
+  if (!args.b.empty()) {
+    lp.b = load_weights("--b", args.b);
+    check_weights(lp.b, 1, lp.m, "m", args.cost_matrix.empty() ? "--y" : "--cost-matrix");
+    p.b = lp.b.view();
+  }
+  return lp;
+}
+
+/// `mpirun -np R otgpu sinkhorn --distributed ...`: every rank loads its rows and the
+/// ranks agree on the inputs before solving (a rank with a bad file makes all of them
+/// stop with that one error, printed by rank 0 only); the sharded solve, the derived
+/// outputs of each rank's rows, then rank 0 gathers and writes everything. The report
+/// and the outputs are those of the single-process command (to fp64 round-off).
+void run_distributed(const SinkhornArgs& args) {
+  auto comm = dist::mpi_world();
+  const int rank = comm->rank();
+  try {
+    dist::agree(*comm, [&] {
+      check_flag_combinations(args);
+      if (args.divergence) {
+        throw InvalidArgument("--divergence is not available with --distributed yet");
+      }
+    });
+    LoadedProblem lp;
+    std::int64_t n_total = 0;
+    dist::RowRange rows;
+    std::uint64_t seed = 0;
+    SinkhornOptions options;
+    dist::agree(*comm, [&] {
+      options = make_options(args);
+      seed = parse_seed(args.seed);
+      lp = load_local_problem(args, *comm, n_total, rows);
+    });
+    auto progress = std::make_shared<ProgressLine>();
+    if (rank == 0 && (args.progress || isatty(fileno(stderr)) != 0)) {
+      options.progress = [progress](const SinkhornProgress& p) { return (*progress)(p); };
+    }
+    std::vector<FlagName> names = sinkhorn_option_flag_names();
+    for (const auto& [name, in] : {std::pair<const char*, const NpyInput*>{"x", &lp.x},
+                                   {"y", &lp.y},
+                                   {"cost", &lp.cost},
+                                   {"a", &lp.a},
+                                   {"b", &lp.b}}) {
+      if (in->present()) names.push_back({name, in->label()});
+    }
+    const SinkhornResult result =
+        call_library("sinkhorn", names, [&] { return dist::sinkhorn(*comm, lp.problem, options); });
+    progress->finish();
+    // Collectives first (every rank), then rank 0 alone writes.
+    const std::vector<double> f = dist::allgather_rows(*comm, result.f, 1);
+    std::vector<double> map, grad, pairs;
+    if (!args.map_out.empty()) {
+      map = dist::allgather_rows(*comm, dist::barycentric_map(*comm, lp.problem, result), lp.d);
+    }
+    if (!args.grad_out.empty()) {
+      grad = dist::allgather_rows(*comm, dist::gradient_x(*comm, lp.problem, result), lp.d);
+    }
+    if (!args.sample_out.empty()) {
+      const auto local = dist::sample_partners(*comm, lp.problem, result, seed);
+      // Indices below 2^53 travel exactly as doubles.
+      pairs = dist::allgather_rows(*comm, std::vector<double>(local.begin(), local.end()), 1);
+    }
+    if (rank != 0) return;
+    const int exit_code = report_unconverged(result, args.strict);
+    if (!args.f_out.empty()) write_output("--f-out", args.f_out, f, {n_total});
+    if (!args.g_out.empty()) write_output("--g-out", args.g_out, result.g, {result.m});
+    if (!args.map_out.empty()) write_output("--map-out", args.map_out, map, {n_total, lp.d});
+    if (!args.grad_out.empty()) write_output("--grad-out", args.grad_out, grad, {n_total, lp.d});
+    if (!args.sample_out.empty()) {
+      write_output("--sample-out", args.sample_out,
+                   std::vector<std::int64_t>(pairs.begin(), pairs.end()), {n_total});
+    }
+    const SinkhornReport& r = result.problems[0];
+    if (args.json.to_stdout || !args.json.file.empty()) {
+      nlohmann::json out;
+      out["command"] = "sinkhorn";
+      out["backend"] = std::string(to_string(result.backend));
+      out["distributed"] = {{"ranks", comm->size()}, {"communicator", std::string(comm->name())}};
+      out["time_ms"] = result.time_ms;
+      out["B"] = 1;
+      out["n"] = n_total;
+      out["m"] = result.m;
+      out["d"] = lp.d > 0 ? nlohmann::json(lp.d) : nlohmann::json(nullptr);
+      out["options"] = {{"eps", options.eps},
+                        {"eps_relative", options.eps_relative},
+                        {"tol", result.tol},
+                        {"max_iter", options.max_iter},
+                        {"check_every", options.check_every},
+                        {"eps_init", options.eps_init == kAuto ? nlohmann::json("auto")
+                                                               : nlohmann::json(options.eps_init)},
+                        {"eps_decay", options.eps_decay},
+                        {"rho_a", options.rho_a},
+                        {"rho_b", options.rho_b},
+                        {"cost", std::string(lp.cost.present() ? "matrix" : args.cost)},
+                        {"backend", args.backend.backend}};
+      if (!args.sample_out.empty()) out["options"]["seed"] = seed;
+      nlohmann::json pj;
+      pj["ot_eps"] = r.ot_eps;
+      pj["transport_cost"] = r.transport_cost;
+      pj["marginal_error"] = r.marginal_error;
+      pj["residual"] = r.residual;
+      pj["iterations"] = r.iterations;
+      pj["converged"] = r.converged;
+      pj["eps"] = r.eps;
+      pj["tol"] = result.tol;
+      pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
+      out["problems"] = nlohmann::json::array({pj});
+      emit_json(args.json, out);
+      if (args.json.to_stdout) {
+        finish(exit_code);
+        return;
+      }
+    }
+    Table table({"problem", "ot_eps", "transport_cost", "marginal_error", "residual", "iterations",
+                 "converged", "eps"});
+    table.add_row({"0", format_number(r.ot_eps), format_number(r.transport_cost),
+                   format_number(r.marginal_error), format_number(r.residual),
+                   std::to_string(r.iterations), r.converged ? "yes" : "no", format_number(r.eps)});
+    std::fputs(table.render().c_str(), stdout);
+    std::string sizes = fmt::format("B=1 n={} m={}", n_total, result.m);
+    if (lp.d > 0) sizes += fmt::format(" d={}", lp.d);
+    std::fputs(fmt::format("backend: cpu ({} ranks over {})  time: {:.3f} ms  {}\n", comm->size(),
+                           comm->name(), result.time_ms, sizes)
+                   .c_str(),
+               stdout);
+    finish(exit_code);
+  } catch (const Error&) {
+    // Every rank holds the agreed error; rank 0 reports it (main prints one line), the
+    // others leave with the same status silently.
+    if (rank == 0) throw;
+    std::fflush(stdout);
+    std::exit(1);
+  }
+}
+
 }  // namespace
 
 void add_sinkhorn_command(CLI::App& app) {
@@ -454,6 +696,11 @@ void add_sinkhorn_command(CLI::App& app) {
   args->seed_opt = sub->add_option("--seed", args->seed, "seed for --sample-out (default 0)");
   sub->add_flag("--divergence", args->divergence, "also report the debiased Sinkhorn divergence");
   add_json_flags(*sub, args->json);
+  sub->add_flag("--distributed", args->distributed,
+                "one rank per process (mpirun -np R otgpu sinkhorn --distributed ...): each rank "
+                "reads only its rows of --x / --cost-matrix / --a, rank 0 writes the outputs");
+  sub->add_option("--devices", args->devices,
+                  "GPUs to shard the rows over, e.g. 0,1,2,3 (one device: as --device)");
   sub->callback([args] { run_sinkhorn(*args); });
 }
 

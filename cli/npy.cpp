@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string_view>
 
 #include "otgpu/error.h"
@@ -566,15 +567,27 @@ Array parse(const unsigned char* data, std::size_t size, const std::string& what
   return a;
 }
 
-Array load(const std::string& path, const std::string& what) {
-  const std::string prefix = message_prefix(path, what);
+namespace {
+
+/// An open regular .npy file and its checked header.
+struct OpenNpy {
+  std::unique_ptr<Fd> fd;
+  Header header;
+  std::string prefix;
+};
+
+OpenNpy open_npy(const std::string& path, const std::string& what) {
+  OpenNpy f;
+  f.prefix = message_prefix(path, what);
+  const std::string& prefix = f.prefix;
   // O_NONBLOCK: opening a FIFO must not wait for a writer; it is rejected below.
-  const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (fd.get() < 0) {
+  f.fd = std::make_unique<Fd>(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  const int fd = f.fd->get();
+  if (fd < 0) {
     throw IoError(fmt::format("{}: cannot open: {}", prefix, std::strerror(errno)));
   }
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
+  if (::fstat(fd, &st) != 0) {
     throw IoError(fmt::format("{}: cannot stat: {}", prefix, std::strerror(errno)));
   }
   if (S_ISDIR(st.st_mode))
@@ -587,14 +600,53 @@ Array load(const std::string& path, const std::string& what) {
   const std::size_t head_size = static_cast<std::size_t>(
       std::min<std::uint64_t>(total, kMagicAndVersion + 4 + kMaxHeaderBytes));
   std::vector<unsigned char> head(head_size);
-  if (read_at(fd.get(), head.data(), head_size, 0, prefix) != head_size) {
+  if (read_at(fd, head.data(), head_size, 0, prefix) != head_size) {
     throw IoError(fmt::format("{}: the file shrank while being read", prefix));
   }
-  const Header h = parse_header(head.data(), head_size, total, prefix);
-  Array a = make_array(h, prefix);
+  f.header = parse_header(head.data(), head_size, total, prefix);
+  return f;
+}
+
+}  // namespace
+
+Array load(const std::string& path, const std::string& what) {
+  const OpenNpy f = open_npy(path, what);
+  const Header& h = f.header;
+  Array a = make_array(h, f.prefix);
   a.bytes.resize(static_cast<std::size_t>(h.data_bytes));
-  if (read_at(fd.get(), a.bytes.data(), a.bytes.size(), h.data_offset, prefix) != a.bytes.size()) {
-    throw IoError(fmt::format("{}: the file shrank while being read", prefix));
+  if (read_at(f.fd->get(), a.bytes.data(), a.bytes.size(), h.data_offset, f.prefix) !=
+      a.bytes.size()) {
+    throw IoError(fmt::format("{}: the file shrank while being read", f.prefix));
+  }
+  if (h.byteswap) byteswap_elements(a.bytes, dtype_size(h.dtype));
+  return a;
+}
+
+std::vector<std::int64_t> load_shape(const std::string& path, const std::string& what) {
+  return open_npy(path, what).header.shape;
+}
+
+Array load_rows(const std::string& path, const std::string& what, std::int64_t begin,
+                std::int64_t end) {
+  const OpenNpy f = open_npy(path, what);
+  const Header& h = f.header;
+  if (h.shape.empty()) {
+    throw IoError(fmt::format("{}: a 0-d array has no rows to read", f.prefix));
+  }
+  const std::int64_t rows = h.shape[0];
+  if (begin < 0 || end < begin || end > rows) {
+    throw ShapeError(fmt::format("{}: rows [{}, {}) asked of {} rows (shape {})", f.prefix, begin,
+                                 end, rows, shape_to_string(h.shape)));
+  }
+  // C order: row i is the contiguous block of row_bytes at data_offset + i * row_bytes;
+  // only this block is read (pread at its offset), not the whole file.
+  const std::uint64_t row_bytes = rows > 0 ? h.data_bytes / static_cast<std::uint64_t>(rows) : 0;
+  Array a = make_array(h, f.prefix);
+  a.shape[0] = end - begin;
+  a.bytes.resize(static_cast<std::size_t>(row_bytes * static_cast<std::uint64_t>(end - begin)));
+  const std::uint64_t offset = h.data_offset + row_bytes * static_cast<std::uint64_t>(begin);
+  if (read_at(f.fd->get(), a.bytes.data(), a.bytes.size(), offset, f.prefix) != a.bytes.size()) {
+    throw IoError(fmt::format("{}: the file shrank while being read", f.prefix));
   }
   if (h.byteswap) byteswap_elements(a.bytes, dtype_size(h.dtype));
   return a;

@@ -53,6 +53,16 @@ std::string shape_to_string(const std::vector<std::int64_t>& shape);
 /// Only regular files are read (a FIFO or device could block or never end).
 Array load(const std::string& path, const std::string& what);
 
+/// The shape in the header of `path` (the file is checked as load checks it; the data
+/// is not read).
+std::vector<std::int64_t> load_shape(const std::string& path, const std::string& what);
+
+/// Rows [begin, end) of the first axis of `path` (shape[0] becomes end - begin): only
+/// those bytes are read, at the header's data offset plus begin rows (a rank of a
+/// sharded solve reads its own slice of X.npy). ShapeError when the range does not fit.
+Array load_rows(const std::string& path, const std::string& what, std::int64_t begin,
+                std::int64_t end);
+
 /// Parses an in-memory .npy image (used by load and by the fuzz tests); `what` is
 /// the whole message prefix (load passes "--x: X.npy").
 Array parse(const unsigned char* data, std::size_t size, const std::string& what);

@@ -24,6 +24,7 @@
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
 #include "otgpu/detail/sinkhorn_rules.h"
+#include "otgpu/dist.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cpu {
@@ -72,6 +73,8 @@ class SolveMonitor {
       : progress_(o.progress), active_(batch), t0_(std::chrono::steady_clock::now()) {}
 
   bool cancelled() const noexcept { return cancelled_.load(std::memory_order_relaxed); }
+  /// Cancels on behalf of another rank (a sharded solve agrees on cancellation).
+  void cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
   void finished() noexcept { active_.fetch_sub(1, std::memory_order_relaxed); }
 
   /// Reports one check; false when the solve is (now) cancelled.
@@ -104,8 +107,9 @@ class ProblemSolver {
   /// `continuation`, else the geometric eps_t = max(eps, eps_init decay^t) of one
   /// iteration per level, which the CUDA driver runs too.
   ProblemSolver(const ProblemData& p, const SinkhornOptions& o, double eps, double eps_init,
-                bool continuation, int threads, SolveMonitor& monitor)
-      : p_(p),
+                bool continuation, int threads, SolveMonitor& monitor, const Shard& shard = {})
+      : shard_(shard),
+        p_(p),
         o_(o),
         eps_(eps),
         eps_init_(eps_init),
@@ -150,7 +154,7 @@ class ProblemSolver {
         f_update(g, eps_t, lam_a_t, f_new);
       }
       relax_into(f, w, f_new);
-      bool finite = all_finite(f_new);
+      bool finite = !any_rank(!all_finite(f_new));
       if (finite) {
         std::swap(f, f_new);
         g_update(f, eps_t, lam_b_t, g_new);
@@ -198,7 +202,7 @@ class ProblemSolver {
         f_update(g, eps_, 1.0, ftilde);
         have_ftilde = true;
         const double res = residual(f, ftilde, lam_a);
-        if (!monitor_.report(p_.index, iterations, eps_t, res)) break;
+        if (!report(iterations, eps_t, res)) break;
         if (res <= o_.tol) {
           converged = true;
           break;
@@ -256,7 +260,7 @@ class ProblemSolver {
         // balanced, the fixed-point residual of the alternating solve otherwise), before
         // the step (the step would only move f halfway to T(f)).
         const double res = residual(f, tf, 1.0);
-        if (!monitor_.report(p_.index, iterations, eps_t, res)) break;
+        if (!report(iterations, eps_t, res)) break;
         if (res <= o_.tol) {
           converged = true;
           break;
@@ -274,6 +278,27 @@ class ProblemSolver {
   }
 
  private:
+  bool sharded() const noexcept { return shard_.comm != nullptr; }
+  /// The sum over the ranks of a per-rank partial (the identity on one process).
+  double sum_ranks(double v) const {
+    return sharded() ? shard_.comm->allreduce(v, dist::ReduceOp::sum) : v;
+  }
+  /// True when `flag` holds on any rank.
+  bool any_rank(bool flag) const {
+    return sharded() ? shard_.comm->allreduce(flag ? 1.0 : 0.0, dist::ReduceOp::max) > 0 : flag;
+  }
+  /// Reports a check; false when the solve is cancelled (on any rank: the ranks agree,
+  /// so that all of them leave the loop at the same iteration).
+  bool report(int iterations, double eps_t, double res) {
+    const bool go_on = monitor_.report(p_.index, iterations, eps_t, res);
+    if (!sharded()) return go_on;
+    if (any_rank(!go_on)) {
+      monitor_.cancel();
+      return false;
+    }
+    return true;
+  }
+
   double eps_at(int t) const { return detail::scheduled_eps(eps_, eps_init_, o_.eps_decay, t); }
 
   /// out <- (1 - w) prev + w out (out holds the plain update).
@@ -305,11 +330,12 @@ class ProblemSolver {
       cost_p.add(rows.row_cost[k]);
       defect.add(rows.row_defect[k]);
     }
-    rep.transport_cost = cost_p.value();
+    rep.transport_cost = sum_ranks(cost_p.value());
     // D(f, g) = F(f) + G(g) - eps (<a (x) b, exp((f + g - C)/eps)> - m_a m_b), the mass
     // defect summed as expm1 terms: at large eps they are ~ -C/eps each and the
     // difference of the two masses would cancel to nothing.
-    rep.ot_eps = dual_term(p_.a, f, o_.rho_a) + dual_term(p_.b, g, o_.rho_b) - defect.value();
+    rep.ot_eps = sum_ranks(dual_term(p_.a, f, o_.rho_a)) + dual_term(p_.b, g, o_.rho_b) -
+                 sum_ranks(defect.value());
     return rep;
   }
 
@@ -327,6 +353,10 @@ class ProblemSolver {
 
   /// out_j = lam * (-eps_t LSE_i(log a_i + (f_i - C_ij) / eps_t)).
   void g_update(const std::vector<double>& f, double eps_t, double lam, std::vector<double>& out) {
+    if (sharded()) {
+      g_update_merged(f, eps_t, lam, out);
+      return;
+    }
     const double inv = 1.0 / eps_t;
     const std::int64_t n = p_.n, m = p_.m;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
@@ -334,6 +364,44 @@ class ProblemSolver {
       const double* c = p_.cost_col(j, scratch_.cost());
       const RowLse r = row_lse(c, p_.log_a.data(), f.data(), n, inv, scratch_.scores(), false);
       out[static_cast<std::size_t>(j)] = lam * (-eps_t * (r.max + std::log(r.sum)));
+    }
+  }
+
+  /// The g-update over rows split between ranks: this rank's column partials
+  /// (M_j, S_j) = (max_i s_ij, sum_i exp(s_ij - M_j)) over its rows, the global max by
+  /// one allreduce, each S_j rescaled to it by exp(M_j - max) and summed by a second:
+  /// sum_i exp(s_ij) = exp(max) sum_r S_rj exp(M_rj - max) exactly, so g_j is the
+  /// single-process LSE up to the rounding of the partial sums. A rank whose column
+  /// has no finite term (M = -inf) contributes 0; a NaN partial stays NaN.
+  void g_update_merged(const std::vector<double>& f, double eps_t, double lam,
+                       std::vector<double>& out) {
+    const double inv = 1.0 / eps_t;
+    const std::int64_t n = p_.n, m = p_.m;
+    colmax_.resize(static_cast<std::size_t>(m));
+    colsum_.resize(static_cast<std::size_t>(m));
+#pragma omp parallel for schedule(static) num_threads(threads_) if (threads_ > 1)
+    for (std::int64_t j = 0; j < m; ++j) {
+      const double* c = p_.cost_col(j, scratch_.cost());
+      const RowLse r = row_lse(c, p_.log_a.data(), f.data(), n, inv, scratch_.scores(), false);
+      colmax_[static_cast<std::size_t>(j)] = r.max;
+      colsum_[static_cast<std::size_t>(j)] = r.sum;
+    }
+    std::vector<double>& gmax = out;  // the merged max, then g itself
+    gmax = colmax_;
+    shard_.comm->allreduce(gmax.data(), m, dist::ReduceOp::max);
+    for (std::int64_t j = 0; j < m; ++j) {
+      const auto k = static_cast<std::size_t>(j);
+      const double s = colsum_[k];
+      if (colmax_[k] == -kInf && !std::isnan(s)) {
+        colsum_[k] = 0.0;
+      } else if (std::isfinite(gmax[k])) {
+        colsum_[k] = s * std::exp(colmax_[k] - gmax[k]);
+      }
+    }
+    shard_.comm->allreduce(colsum_.data(), m, dist::ReduceOp::sum);
+    for (std::int64_t j = 0; j < m; ++j) {
+      const auto k = static_cast<std::size_t>(j);
+      out[k] = lam * (-eps_t * (gmax[k] + std::log(colsum_[k])));
     }
   }
 
@@ -352,7 +420,7 @@ class ProblemSolver {
       const auto k = static_cast<std::size_t>(i);
       if (p_.a[k] > 0) sum.add(p_.a[k] * std::fabs(std::expm1((f[k] - lam * ftilde[k]) * inv)));
     }
-    return sum.value();
+    return sum_ranks(sum.value());
   }
 
   RowReport report_rows(const std::vector<double>& f, const std::vector<double>& g) {
@@ -398,8 +466,10 @@ class ProblemSolver {
     return std::isinf(rho) ? sum.value() : rho * sum.value();
   }
 
+  Shard shard_;
   const ProblemData& p_;
   const SinkhornOptions& o_;
+  std::vector<double> colmax_, colsum_;  // column partials of a sharded g-update
   double eps_, eps_init_;
   bool continuation_;
   int threads_;
@@ -485,6 +555,116 @@ PreparedProblem prepare_problem(const SinkhornProblem& problem, const detail::Si
   return pp;
 }
 
+/// The mean cost of a sharded problem: the centred form of ProblemData::mean_cost for
+/// the squared Euclidean cost (column sums of x, then its centred squares, each
+/// allreduced), else the allreduced sum of the local row sums. One rank: mean_cost().
+double mean_cost_sharded(const ProblemData& p, const Shard& shard) {
+  auto& comm = *shard.comm;
+  const auto nd = static_cast<double>(shard.n_global), md = static_cast<double>(p.m);
+  const std::int64_t d = p.d;
+  if (p.kind == CostKind::sqeuclidean) {
+    std::vector<double> sx(static_cast<std::size_t>(d)), vx(static_cast<std::size_t>(d));
+    for (std::int64_t k = 0; k < d; ++k) {
+      CompensatedSum s;
+      for (std::int64_t i = 0; i < p.n; ++i) s.add(p.x[static_cast<std::size_t>(i * d + k)]);
+      sx[static_cast<std::size_t>(k)] = s.value();
+    }
+    comm.allreduce(sx.data(), d, dist::ReduceOp::sum);
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double mx = sx[static_cast<std::size_t>(k)] / nd;
+      CompensatedSum v;
+      for (std::int64_t i = 0; i < p.n; ++i) {
+        const double t = p.x[static_cast<std::size_t>(i * d + k)] - mx;
+        v.add(t * t);
+      }
+      vx[static_cast<std::size_t>(k)] = v.value();
+    }
+    comm.allreduce(vx.data(), d, dist::ReduceOp::sum);
+    double total = 0.0;
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double mx = sx[static_cast<std::size_t>(k)] / nd;
+      CompensatedSum sy, vy;
+      for (std::int64_t j = 0; j < p.m; ++j) sy.add(p.y[static_cast<std::size_t>(j * d + k)]);
+      const double my = sy.value() / md;
+      for (std::int64_t j = 0; j < p.m; ++j) {
+        const double t = p.y[static_cast<std::size_t>(j * d + k)] - my;
+        vy.add(t * t);
+      }
+      total += vx[static_cast<std::size_t>(k)] / nd + vy.value() / md + (mx - my) * (mx - my);
+    }
+    return std::max(total, 0.0);
+  }
+  std::vector<double> scratch(p.dense() ? 0 : static_cast<std::size_t>(p.m));
+  CompensatedSum total;
+  for (std::int64_t i = 0; i < p.n; ++i) {
+    const double* row = p.cost_row(i, scratch.data());
+    CompensatedSum rs;
+    for (std::int64_t j = 0; j < p.m; ++j) rs.add(row[j]);
+    total.add(rs.value());
+  }
+  return comm.allreduce(total.value(), dist::ReduceOp::sum) / (nd * md);
+}
+
+/// The global mass of a sharded a (the local one when not sharded). An absent a is
+/// uniform over the whole problem, 1 / n_global per row (load_problem, which sees only
+/// this rank's rows, made it 1 / n): set here first.
+double global_mass_a(ProblemData& p, const SinkhornProblem& problem, const Shard& shard) {
+  if (shard.comm == nullptr) return p.mass_a;
+  if (!problem.a.present()) {
+    const double w = 1.0 / static_cast<double>(shard.n_global);
+    CompensatedSum mass;
+    for (auto& v : p.a) {
+      v = w;
+      mass.add(w);
+    }
+    std::fill(p.log_a.begin(), p.log_a.end(), std::log(w));
+    p.mass_a = mass.value();
+  }
+  return shard.comm->allreduce(p.mass_a, dist::ReduceOp::sum);
+}
+
+/// prepare_problem for this rank's rows: the masses, the mean and the range of the
+/// costs are those of the whole problem (merged over the ranks), so eps, the balanced
+/// rescaling of b and the schedule are the same on every rank and equal to the
+/// single-process ones up to the rounding of the merged sums.
+PreparedProblem prepare_sharded(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
+                                std::int64_t b, bool balanced, int inner,
+                                const SinkhornOptions& options, const Shard& shard) {
+  PreparedProblem pp{load_problem(problem, shape, b, false, kMaxDenseCostBytes, inner), 0, {}};
+  ProblemData& p = pp.p;
+  p.mass_a = global_mass_a(p, problem, shard);
+  if (balanced) {
+    if (!detail::masses_match(p.mass_a, p.mass_b)) {
+      throw InvalidArgument(fmt::format(
+          "a, b: problem {} has mass(a) = {} (over all ranks) and mass(b) = {}; a balanced "
+          "problem (rho_a = rho_b = inf) needs equal masses (relative 1e-5); set rho_a / rho_b "
+          "for an unbalanced problem",
+          b, p.mass_a, p.mass_b));
+    }
+    rescale_b_to_mass_of_a(p);
+  }
+  double scale = 1.0;
+  if (options.eps_relative) {
+    const double mean = mean_cost_sharded(p, shard);
+    if (!(mean > 0) || !std::isfinite(mean) || !std::isfinite(options.eps * mean) ||
+        !(options.eps * mean > 0)) {
+      throw InvalidArgument(fmt::format(
+          "eps_relative: eps {} times the mean cost {} of problem {} is not a usable eps",
+          options.eps, mean, b));
+    }
+    scale = mean;
+  }
+  pp.eps = options.eps * scale;
+  CostRange range = p.cost_range();
+  double ext[2] = {range.max, -range.min};
+  shard.comm->allreduce(ext, 2, dist::ReduceOp::max);
+  range.max = ext[0];
+  range.min = -ext[1];
+  check_eps_resolvable(p, range, options, pp.eps);
+  pp.sched = schedule_of(range, options, pp.eps, scale);
+  return pp;
+}
+
 /// Runs `body(b, inner_threads)` for every problem: split over problems when there
 /// are enough of them and their cost matrices fit side by side, else over rows.
 template <class Body>
@@ -538,8 +718,9 @@ void check_potentials(const SinkhornResult& result, std::int64_t b, const char* 
 /// Problem b as the solver saw it. The result does not record rho, so b is rescaled
 /// to the mass of a exactly when a balanced solve would have accepted the masses.
 ProblemData derived_problem(const SinkhornProblem& problem, const detail::SinkhornShape& shape,
-                            std::int64_t b, int threads) {
+                            std::int64_t b, int threads, const Shard& shard) {
   ProblemData p = load_problem(problem, shape, b, false, 0, threads);
+  p.mass_a = global_mass_a(p, problem, shard);
   if (detail::masses_match(p.mass_a, p.mass_b)) {
     rescale_b_to_mass_of_a(p);
   }
@@ -550,11 +731,12 @@ ProblemData derived_problem(const SinkhornProblem& problem, const detail::Sinkho
 /// over rows, after computing the row's scores s_j = log b_j + (g_j - C_ij)/eps.
 template <class Row>
 void for_each_scored_row(const SinkhornProblem& problem, const SinkhornResult& result,
-                         const detail::SinkhornShape& shape, const char* what, Row&& row) {
+                         const detail::SinkhornShape& shape, const char* what, const Shard& shard,
+                         Row&& row) {
   const int threads = threads_for_work(resolve_threads(0), shape.n * shape.m);
   for (std::int64_t b = 0; b < shape.batch; ++b) {
     check_potentials(result, b, what);
-    const ProblemData p = derived_problem(problem, shape, b, threads);
+    const ProblemData p = derived_problem(problem, shape, b, threads, shard);
     const double inv = 1.0 / result.problems[static_cast<std::size_t>(b)].eps;
     const double* g = result.g.data() + b * shape.m;
     Scratch scratch(threads, shape.m);
@@ -613,6 +795,44 @@ SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
   return result;
 }
 
+SinkhornResult sinkhorn_sharded(const Shard& shard, const SinkhornProblem& problem,
+                                const SinkhornOptions& options,
+                                const detail::SinkhornShape& shape) {
+  const int threads = resolve_threads(options.cpu_threads);
+  const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
+  const std::int64_t B = shape.batch, n = shape.n, m = shape.m;
+  SinkhornResult result;
+  result.backend = Backend::cpu;
+  result.device = -1;
+  result.batch = B;
+  result.n = n;
+  result.m = m;
+  result.d = shape.d;
+  result.f = options.f_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * n), 0.0)
+                                    : options.f_init;
+  result.g = options.g_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * m), 0.0)
+                                    : options.g_init;
+  result.problems.resize(static_cast<std::size_t>(B));
+  result.tol = options.tol;
+  SolveMonitor monitor(options, B);
+  // One problem after the other on every rank: the collectives of a problem's solve
+  // must not interleave with another's.
+  for (std::int64_t b = 0; b < B; ++b) {
+    const PreparedProblem pp =
+        prepare_sharded(problem, shape, b, balanced, threads, options, shard);
+    const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
+    std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
+    ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, pp.sched.continuation, threads,
+                         monitor, shard);
+    result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
+    monitor.finished();
+    std::copy(f.begin(), f.end(), f0);
+    std::copy(g.begin(), g.end(), g0);
+  }
+  result.cancelled = monitor.cancelled();
+  return result;
+}
+
 SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const SinkhornOptions& options,
                                   const detail::SinkhornShape& shape) {
   const int threads = resolve_threads(options.cpu_threads);
@@ -643,10 +863,10 @@ SinkhornResult sinkhorn_symmetric(const SinkhornProblem& problem, const Sinkhorn
 }
 
 std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result,
-                                    const detail::SinkhornShape& shape) {
+                                    const detail::SinkhornShape& shape, const Shard& shard) {
   const std::int64_t n = shape.n, m = shape.m, d = shape.d;
   std::vector<double> out(static_cast<std::size_t>(shape.batch * n * d));
-  for_each_scored_row(problem, result, shape, "barycentric_map",
+  for_each_scored_row(problem, result, shape, "barycentric_map", shard,
                       [&](const ProblemData& p, std::int64_t i, const double*, const double* s,
                           const RowLse& lse, double) {
                         double* t = out.data() + (p.index * n + i) * d;
@@ -663,10 +883,10 @@ std::vector<double> barycentric_map(const SinkhornProblem& problem, const Sinkho
 }
 
 std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result,
-                               const detail::SinkhornShape& shape) {
+                               const detail::SinkhornShape& shape, const Shard& shard) {
   const std::int64_t n = shape.n, m = shape.m, d = shape.d;
   std::vector<double> out(static_cast<std::size_t>(shape.batch * n * d));
-  for_each_scored_row(problem, result, shape, "gradient_x",
+  for_each_scored_row(problem, result, shape, "gradient_x", shard,
                       [&](const ProblemData& p, std::int64_t i, const double* c, const double* s,
                           const RowLse& lse, double inv) {
                         double* grad = out.data() + (p.index * n + i) * d;
@@ -704,27 +924,28 @@ std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornRes
 
 std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
                                           const SinkhornResult& result,
-                                          const detail::SinkhornShape& shape, std::uint64_t seed) {
+                                          const detail::SinkhornShape& shape, std::uint64_t seed,
+                                          const Shard& shard) {
   const std::int64_t n = shape.n, m = shape.m;
   std::vector<std::int64_t> out(static_cast<std::size_t>(shape.batch * n), -1);
-  for_each_scored_row(problem, result, shape, "sample_partners",
-                      [&](const ProblemData& p, std::int64_t i, const double*, const double* s,
-                          const RowLse&, double) {
-                        double best = -kInf;
-                        std::int64_t arg = -1;
-                        for (std::int64_t j = 0; j < m; ++j) {
-                          if (!(p.b[static_cast<std::size_t>(j)] > 0)) continue;
-                          const double v =
-                              s[j] + detail::gumbel(seed, static_cast<std::uint64_t>(p.index),
-                                                    static_cast<std::uint64_t>(i),
-                                                    static_cast<std::uint64_t>(j));
-                          if (v > best) {
-                            best = v;
-                            arg = j;
-                          }
-                        }
-                        out[static_cast<std::size_t>(p.index * n + i)] = arg;
-                      });
+  for_each_scored_row(
+      problem, result, shape, "sample_partners", shard,
+      [&](const ProblemData& p, std::int64_t i, const double*, const double* s, const RowLse&,
+          double) {
+        double best = -kInf;
+        std::int64_t arg = -1;
+        for (std::int64_t j = 0; j < m; ++j) {
+          if (!(p.b[static_cast<std::size_t>(j)] > 0)) continue;
+          const double v = s[j] + detail::gumbel(seed, static_cast<std::uint64_t>(p.index),
+                                                 static_cast<std::uint64_t>(shard.row_offset + i),
+                                                 static_cast<std::uint64_t>(j));
+          if (v > best) {
+            best = v;
+            arg = j;
+          }
+        }
+        out[static_cast<std::size_t>(p.index * n + i)] = arg;
+      });
   return out;
 }
 

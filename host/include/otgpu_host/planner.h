@@ -238,3 +238,68 @@ void set_last_loop_strategy(std::string strategy);
 std::string describe(const Plan& plan);
 
 }  // namespace otgpu::planner
+
+// ---- Sharded plans (otgpu/dist.h): rows split over R ranks --------------------------
+
+namespace otgpu::planner {
+
+/// The links a sharded solve communicates over, as assumed figures (no network is
+/// measured). Defaults: 8 GPUs per node on NVLink 4 through NVSwitch (H100/H200 SXM:
+/// 900 GB/s bidirectional per GPU, 450 GB/s each way) and, between nodes, one 400 Gb/s
+/// InfiniBand NDR adapter per GPU (50 GB/s each way); a per-message latency of 10 us
+/// on NVLink and 20 us across nodes (NCCL ring start-up and kernel launch, rounded up).
+struct Interconnect {
+  std::string name = "NVLink 4 (450 GB/s/GPU each way), InfiniBand NDR 400 Gb/s per GPU";
+  int ranks_per_node = 8;
+  double intra_bytes_per_s = 450e9;
+  double inter_bytes_per_s = 50e9;
+  double intra_latency_s = 10e-6;
+  double inter_latency_s = 20e-6;
+};
+
+/// CPU ranks of one machine exchanging through shared memory (MPI's vader/sm): an
+/// assumed 10 GB/s per rank and 2 us per message, all ranks on one node.
+Interconnect cpu_shared_memory(int ranks);
+
+/// One rank's rows.
+struct ShardRows {
+  std::int64_t begin = 0, end = 0;
+};
+
+/// The plan of a solve whose rows are split over `ranks` ranks (dist::row_range's
+/// split): the per-shard plan of the largest shard, the memory per device, and the
+/// estimated iteration as the largest shard's compute plus the g-update's merge, two
+/// ring allreduces (max, then sum) of the m column partials:
+///   bytes sent per rank = 2 * 2 (R - 1) / R * m * B * s   (s = 4 fp32 GPU, 8 fp64 CPU),
+///   time = 2 [2 (R - 1) / R * m B s / bw + 2 (R - 1) latency]
+/// with bw and latency those of the slowest link the ring crosses (the inter-node ones
+/// when the ranks span more than one node); plus, every check_every iterations, two
+/// scalar allreduces (residual, cancel flag), counted at latency only. Compute and
+/// communication are not overlapped in this model (the driver does not overlap them).
+struct ShardPlan {
+  int ranks = 1;
+  int nodes = 1;
+  std::vector<ShardRows> rows;          ///< per rank
+  Plan shard;                           ///< the plan of the largest shard (its n rows)
+  Plan whole;                           ///< the plan of the whole problem on one device / rank
+  std::size_t bytes_per_rank = 0;       ///< workspace + staged inputs (GPU) or host memory (CPU)
+  std::size_t element_bytes = 4;        ///< of the merged column partials
+  double comm_bytes_per_iteration = 0;  ///< sent by each rank per iteration
+  double compute_seconds = 0;           ///< largest shard's iteration (roofline)
+  double comm_seconds = 0;              ///< merge per iteration (+ amortized checks)
+  double iteration_seconds = 0;         ///< compute + comm
+  double speedup = 0;                   ///< whole.roofline.seconds / iteration_seconds
+  Interconnect net;
+};
+
+/// Sharded plan on GPUs like `device` (each rank one device) over `net`.
+ShardPlan make_sharded_plan(const Request& request, int ranks, const DeviceProps& device,
+                            const Interconnect& net);
+/// Sharded plan on CPU ranks like `cpu` (each rank `cpu.threads` threads).
+ShardPlan make_sharded_cpu_plan(const Request& request, int ranks, const CpuProps& cpu,
+                                const Interconnect& net);
+
+/// The sharded plan as readable lines (`otgpu plan --devices N` / `--ranks R`).
+std::string describe(const ShardPlan& plan);
+
+}  // namespace otgpu::planner
