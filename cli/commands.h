@@ -3,6 +3,8 @@
 // line on stderr and exits non-zero.
 #pragma once
 
+#include <vector>
+
 namespace CLI {
 class App;
 }
@@ -14,5 +16,10 @@ void add_bench_command(CLI::App& app);     // cmd_bench.cpp
 void add_sliced_command(CLI::App& app);    // cmd_sliced.cpp
 void add_gaussian_command(CLI::App& app);  // cmd_gaussian.cpp
 void add_plan_command(CLI::App& app);      // cmd_plan.cpp
+
+/// A command's registration function (the add_*_command above).
+using AddCommand = void (*)(CLI::App&);
+/// `otgpu batch` (cmd_batch.cpp): its jobs may name the commands `job_commands` register.
+void add_batch_command(CLI::App& app, std::vector<AddCommand> job_commands);
 
 }  // namespace otgpu::cli
