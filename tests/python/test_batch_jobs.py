@@ -60,8 +60,13 @@ class BatchTest(CliTestCase):
         return path
 
     def batch(self, *extra, jobs=None, out=None, env=None):
+        """Runs `otgpu batch`, on the CPU unless `extra` names --devices (the CPU results
+        are the fp64 references; test_gpu_workers covers the GPU)."""
+        extra = [str(e) for e in extra]
+        if "--devices" not in extra:
+            extra += ["--devices", "cpu"]
         args = [otgpu_bin(), "batch", "--jobs", jobs or self.jobs_path, "--out", out or self.out,
-                *map(str, extra)]
+                *extra]
         return subprocess.run(args, capture_output=True, text=True, timeout=120,
                               env=env or clean_env(), cwd=self.tmp, check=False)
 
@@ -250,7 +255,8 @@ class BatchTest(CliTestCase):
         jobs = [{"id": f"k{k}", "command": "sinkhorn", "x": "XL.npy", "y": "YL.npy",
                  "eps": 0.01, "tol": 1e-9, "threads": 1} for k in range(15)]
         self.write_jobs(jobs)
-        p = subprocess.Popen([otgpu_bin(), "batch", "--jobs", self.jobs_path, "--out", self.out],
+        p = subprocess.Popen([otgpu_bin(), "batch", "--jobs", self.jobs_path, "--out", self.out,
+                              "--devices", "cpu"],
                              cwd=self.tmp, env=clean_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
@@ -309,8 +315,8 @@ class BatchTest(CliTestCase):
             env = clean_env(OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_SIZE="2")
             procs.append(subprocess.Popen(
                 [otgpu_bin(), "batch", "--jobs", self.jobs_path, "--out", self.out,
-                 "--workers", "2"], cwd=self.tmp, env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True))
+                 "--workers", "2", "--devices", "cpu"], cwd=self.tmp, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=120) for p in procs]
         for p, (_, err) in zip(procs, outs):
             # A failed job does not fail a rank (mpirun would abort the others).
@@ -338,7 +344,7 @@ class BatchTest(CliTestCase):
         self.write_jobs(jobs)
         proc = subprocess.run(
             ["mpirun", "-np", "2", "--oversubscribe", otgpu_bin(), "batch", "--jobs",
-             self.jobs_path, "--out", self.out],
+             self.jobs_path, "--out", self.out, "--devices", "cpu"],
             env=env, cwd=self.tmp, capture_output=True, text=True, timeout=120, check=False)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         got = self.by_id(self.read_results())
@@ -347,6 +353,49 @@ class BatchTest(CliTestCase):
         for k, j in enumerate(jobs):
             self.assertEqual(got[j["id"]]["rank"], k % 2)
             self.assertEqual(got[j["id"]]["status"], "ok")
+
+    def test_gpu_workers(self):
+        # Where a GPU is usable: --devices all puts the jobs on it, with the results of
+        # the single command on that device (fp32: compared to a relative 1e-5).
+        probe = run_otgpu(["sinkhorn", "--x", self.x, "--y", self.y, "--eps", "0.1",
+                           "--backend", "cuda", "--json"])
+        if probe.returncode != 0:
+            self.skipTest("no usable GPU: " + probe.stderr.strip()[:200])
+        flags = {"s": ("sinkhorn", {"x": "X.npy", "y": "Y.npy", "eps": 0.05}),
+                 "l": ("sliced", {"x": "X.npy", "y": "Y.npy", "projections": 16}),
+                 "g": ("gaussian", {"m1": "m1.npy", "s1": "s1.npy", "m2": "m2.npy",
+                                    "s2": "s2.npy", "eps": 0.2})}
+        self.write_jobs([{"id": k, "command": c, **f} for k, (c, f) in flags.items()])
+        proc = self.batch("--devices", "all")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        got = self.by_id(self.read_results())
+        for jid, (command, f) in flags.items():
+            r = got[jid]
+            self.assertRegex(r["device"], r"^cuda:[0-9]+$")
+            args = [command]
+            for k, v in f.items():
+                args += [f"--{k}", str(v)]
+            device = r["device"].split(":")[1]
+            single = subprocess.run([otgpu_bin(), *args, "--backend", "cuda", "--device", device,
+                                     "--json"], cwd=self.tmp, capture_output=True, text=True,
+                                    timeout=120, check=False)
+            self.assertEqual(single.returncode, 0, single.stderr)
+            self.assert_close(without_time(r["result"]), without_time(json.loads(single.stdout)),
+                              jid)
+
+    def assert_close(self, a, b, where):
+        if isinstance(a, dict):
+            self.assertEqual(set(a), set(b), where)
+            for k in a:
+                self.assert_close(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, list):
+            self.assertEqual(len(a), len(b), where)
+            for k, (u, v) in enumerate(zip(a, b)):
+                self.assert_close(u, v, f"{where}[{k}]")
+        elif isinstance(a, float) and isinstance(b, float):
+            self.assertLessEqual(abs(a - b), 1e-5 * max(abs(a), abs(b), 1e-12), where)
+        else:
+            self.assertEqual(a, b, where)
 
     def test_refusals_before_any_job_runs(self):
         self.write_jobs([self.sinkhorn_job("a"), self.sinkhorn_job("b"),
@@ -378,10 +427,11 @@ class BatchTest(CliTestCase):
 
     def test_progress_line_only_when_asked(self):
         self.write_jobs([self.sinkhorn_job("a"), self.sinkhorn_job("b", eps=0.1)])
-        quiet = self.batch()
+        # --devices all: the GPUs, or the CPU without one.
+        quiet = self.batch("--devices", "all")
         self.assertEqual(quiet.returncode, 0, quiet.stderr)
         self.assertEqual(quiet.stderr, "")  # stderr is a pipe, not a terminal
-        loud = self.batch("--progress", "--force")
+        loud = self.batch("--progress", "--force", "--devices", "all")
         self.assertEqual(loud.returncode, 0, loud.stderr)
         last = loud.stderr.rstrip("\n").split("\r")[-1]
         self.assertIn("2/2 done, 0 failed", last)
