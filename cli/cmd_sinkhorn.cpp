@@ -74,12 +74,7 @@ struct LoadedProblem {
 
 /// Ends the command with `code` (3: a problem did not converge under --strict), after
 /// everything was written.
-void finish(int code) {
-  if (code == 0) return;
-  std::fflush(stdout);
-  std::fflush(stderr);
-  std::exit(code);
-}
+void finish(int code) { finish_command(code); }
 
 void check_flag_combinations(const SinkhornArgs& args) {
   const bool points = !args.x.empty() || !args.y.empty();
@@ -283,13 +278,11 @@ int report_unconverged(const SinkhornResult& result, bool strict) {
   }
   if (bad == 0) return 0;
   const SinkhornReport& r = result.problems[static_cast<std::size_t>(first)];
-  std::fputs(fmt::format("otgpu: warning: {} of {} problem(s) did not converge (problem {}: "
-                         "residual {:.3g} > tol {:.3g} after {} iterations{}){}\n",
-                         bad, result.problems.size(), first, r.residual, result.tol, r.iterations,
-                         result.cancelled ? ", cancelled" : "",
-                         strict ? "" : "; --strict makes this an error")
-                 .c_str(),
-             stderr);
+  warn(fmt::format(
+      "{} of {} problem(s) did not converge (problem {}: "
+      "residual {:.3g} > tol {:.3g} after {} iterations{}){}",
+      bad, result.problems.size(), first, r.residual, result.tol, r.iterations,
+      result.cancelled ? ", cancelled" : "", strict ? "" : "; --strict makes this an error"));
   return strict ? 3 : 0;
 }
 
@@ -319,7 +312,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
   const SinkhornProblem& problem = lp.problem;
 
   auto progress = std::make_shared<ProgressLine>();
-  if (args.progress || isatty(fileno(stderr)) != 0) {
+  if (show_progress(args.progress)) {
     options.progress = [progress](const SinkhornProgress& p) { return (*progress)(p); };
   }
   // The library validates the options and the data; its messages come back in the

@@ -3,6 +3,8 @@
 // line on stderr and exits non-zero.
 #pragma once
 
+#include <vector>
+
 namespace CLI {
 class App;
 }
@@ -16,5 +18,10 @@ void add_gaussian_command(CLI::App& app);  // cmd_gaussian.cpp
 void add_plan_command(CLI::App& app);      // cmd_plan.cpp
 void add_assign_command(CLI::App& app);    // cmd_assign.cpp
 void add_couple_command(CLI::App& app);    // cmd_couple.cpp
+
+/// A command's registration function (the add_*_command above).
+using AddCommand = void (*)(CLI::App&);
+/// `otgpu batch` (cmd_batch.cpp): its jobs may name the commands `job_commands` register.
+void add_batch_command(CLI::App& app, std::vector<AddCommand> job_commands);
 
 }  // namespace otgpu::cli

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "batch_capture.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cli {
@@ -417,7 +418,36 @@ CostKind parse_point_cost(const std::string& flag, const std::string& text) {
       flag, text));
 }
 
+void warn(const std::string& text) {
+  if (JobCapture* job = current_job_capture()) {
+    job->warnings.push_back(text);
+    return;
+  }
+  std::fputs(("otgpu: warning: " + text + "\n").c_str(), stderr);
+}
+
+void finish_command(int code) {
+  if (code == 0) return;
+  if (JobCapture* job = current_job_capture()) {
+    job->exit_code = code;
+    return;
+  }
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::exit(code);
+}
+
+bool show_progress(bool forced) {
+  if (current_job_capture() != nullptr) return false;
+  return forced || isatty(fileno(stderr)) != 0;
+}
+
 void print_json(const nlohmann::json& j) {
+  if (JobCapture* job = current_job_capture()) {
+    job->result = j;
+    job->has_result = true;
+    return;
+  }
   // error_handler replace: a non-UTF-8 byte in a string (a file name) must not
   // turn a finished run into an exception.
   const std::string text = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);

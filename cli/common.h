@@ -188,10 +188,25 @@ Backend resolve_backend_flag(const BackendFlags& flags);
 /// file, not from this flag).
 CostKind parse_point_cost(const std::string& flag, const std::string& text);
 
+// ---- how a command reports and ends (shared with `otgpu batch`) -----------------
+// A command that ran as a job of `otgpu batch` (batch_capture.h) prints nothing and
+// does not exit: these helpers and print_json record what it would have done instead.
+
+/// "otgpu: warning: <text>" on stderr; inside a batch job, recorded for its result line.
+void warn(const std::string& text);
+/// Ends a command whose outputs are all written with exit status `code`: returns for
+/// 0, else exits the process (flushing stdout and stderr); inside a batch job, records
+/// the status and returns. Commands end non-zero through this, never std::exit.
+void finish_command(int code);
+/// Whether a command shows its live progress line on stderr: `forced` (--progress) or
+/// stderr is a terminal, and never inside a batch job (the batch shows its own).
+bool show_progress(bool forced);
+
 // ---- printing ------------------------------------------------------------------
 
 /// Prints `j` as exactly one compact JSON object and a newline on stdout. Doubles
-/// keep round-trip precision; non-finite numbers become null.
+/// keep round-trip precision; non-finite numbers become null. Inside a batch job the
+/// object is recorded as the job's result instead.
 void print_json(const nlohmann::json& j);
 
 /// A number for a human-readable table (10 significant digits).

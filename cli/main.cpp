@@ -24,6 +24,11 @@ int main(int argc, char** argv) {
   otgpu::cli::add_plan_command(app);
   otgpu::cli::add_assign_command(app);
   otgpu::cli::add_couple_command(app);
+  // A job of `otgpu batch` runs one of these commands (its flags, checks and --json).
+  otgpu::cli::add_batch_command(app,
+                                {otgpu::cli::add_sinkhorn_command, otgpu::cli::add_sliced_command,
+                                 otgpu::cli::add_gaussian_command, otgpu::cli::add_assign_command,
+                                 otgpu::cli::add_couple_command});
   try {
     otgpu::cli::reject_json_value(argc, argv);
     app.parse(argc, argv);

@@ -24,6 +24,8 @@ std::int64_t detail::solve_count() noexcept { return g_solves.load(std::memory_o
 
 bool cuda_available() noexcept { return cuda_backend::device_count() > 0; }
 
+int cuda_device_count() noexcept { return cuda_backend::device_count(); }
+
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options) {
   const auto shape = detail::validate_sinkhorn(problem, options);
   const Backend backend =

@@ -223,6 +223,8 @@ std::vector<double> sinkhorn_divergence(const SinkhornProblem& problem,
 
 /// True when the library was built with CUDA and at least one device is usable.
 bool cuda_available() noexcept;
+/// Number of usable CUDA devices (0 without CUDA in the build, a driver or a device).
+int cuda_device_count() noexcept;
 
 /// The debiased divergence from an existing (x, y) solve `xy` of `problem` with
 /// `options`: only the two self terms OT_eps(a,a) and OT_eps(b,b) are solved (2 B
