@@ -11,6 +11,7 @@ Run: OTGPU_BIN=/path/to/otgpu python3 -m unittest -v test_bench_peers   (from te
 import csv
 import json
 import os
+import subprocess
 import sys
 import unittest
 
@@ -20,6 +21,7 @@ from otgpu_testutil import CliTestCase
 
 PEERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench",
                          "peers")
+PLOT_BENCH = os.path.join(PEERS_DIR, "..", "..", "scripts", "plot-bench")
 sys.path.insert(0, PEERS_DIR)
 import peer_common  # noqa: E402
 import run_peers  # noqa: E402
@@ -75,6 +77,22 @@ class BenchPeers(CliTestCase):
         self.assertIn("best peer", header)
         self.assertIn("speedup", header)
         self.assertIn("fast-peer (cpu)", proc.stdout)
+        # The roofline chart of the same report, with every peer of the file (PNG + SVG).
+        if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True,
+                          check=False).returncode == 0:
+            base = self.path("roof")
+            plot = subprocess.run([sys.executable, PLOT_BENCH, "--roofline", jpath, base,
+                                   "--peers", pfile], capture_output=True, text=True,
+                                  check=False)
+            self.assertEqual(plot.returncode, 0, plot.stderr)
+            with open(base + ".png", "rb") as fh:
+                self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+            with open(base + ".svg", encoding="utf-8") as fh:
+                self.assertIn("<svg", fh.read(2000))
+            bad = subprocess.run([sys.executable, PLOT_BENCH, "--roofline", pfile, base],
+                                 capture_output=True, text=True, check=False)
+            self.assertEqual(bad.returncode, 1, bad.stderr)
+            self.assertIn("not an otgpu bench report", bad.stderr)
 
     def test_without_peers_no_peer_columns(self):
         jpath = self.path("b.json")
