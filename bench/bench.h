@@ -58,6 +58,13 @@ struct Row {
   nlohmann::json result;           ///< what the row computed (iterations, converged, sw2...)
   std::vector<std::string> notes;  ///< printed as numbered footnotes under the table
 
+  /// `--peers FILE` (peers.h): the fastest matching peer entry in this row's time unit.
+  bool peer_columns = false;  ///< --peers was given: the outputs carry the peer columns
+  std::string peer, peer_backend, peer_version;  ///< peer empty: no entry matched
+  double peer_ms = 0;                            ///< the peer's time, in time_unit
+  /// Our speedup over the best peer: its time over ours (0 without one).
+  double speedup() const { return peer_ms > 0 && ms > 0 ? peer_ms / ms : 0.0; }
+
   double ratio() const { return roofline > 0 && figure > 0 ? figure / roofline : 0.0; }
   /// Time the row would take at its roofline (ms per time unit); 0 without one.
   double bound_ms() const { return roofline > 0 && figure > 0 ? ms * figure / roofline : 0.0; }

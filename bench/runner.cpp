@@ -304,18 +304,29 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
     return refs;
   };
 
-  const std::vector<std::string> head = {"solver",   "params", "time", "figure",
-                                         "vs bound", "result", "note"};
+  std::vector<std::string> head = {"solver",   "params", "time", "figure",
+                                   "vs bound", "result", "note"};
+  // --peers: three more columns (peers.h), after the note.
+  const bool peers =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.peer_columns; });
+  if (peers) head.insert(head.end(), {"best peer", "peer time", "speedup"});
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows) {
     if (!r.skipped.empty()) {
       cells.push_back({r.solver, clip(params_text(r.params), 34),
                        fmt::format("skipped ({})", r.skipped), "", "", "", note_refs(r)});
+      if (peers) cells.back().insert(cells.back().end(), {"", "", ""});
       continue;
     }
     cells.push_back({r.solver, params_text(r.params),
                      r.ms > 0 ? fmt::format("{:.4g} {}", r.ms, r.time_unit) : "-", figure_text(r),
                      bound_text(r), result_text(r), note_refs(r)});
+    if (peers) {
+      cells.back().insert(cells.back().end(),
+                          {r.peer.empty() ? "-" : fmt::format("{} ({})", r.peer, r.peer_backend),
+                           r.peer.empty() ? "" : fmt::format("{:.4g} {}", r.peer_ms, r.time_unit),
+                           r.peer.empty() ? "" : fmt::format("{:.3g}x", r.speedup())});
+    }
   }
   std::vector<std::size_t> width(head.size());
   for (std::size_t c = 0; c < head.size(); ++c) {
@@ -330,7 +341,9 @@ std::string format_table(const Context& ctx, const std::vector<Row>& rows) {
   std::size_t total = 2 * (width.size() - 1);
   for (auto w : width) total += w;
   if (total > kTableWidth) {
-    width[1] = std::max<std::size_t>(12, width[1] - (total - kTableWidth));
+    // (--peers' three columns can exceed what params can give up: never below 12)
+    const std::size_t excess = total - kTableWidth;
+    width[1] = std::max<std::size_t>(12, width[1] > excess ? width[1] - excess : 0);
     for (auto& row : cells) row[1] = clip(row[1], width[1]);
   }
   auto line = [&](const std::vector<std::string>& v, bool skipped) {
@@ -417,6 +430,15 @@ nlohmann::json to_json(const Context& ctx, const std::vector<Row>& rows) {
                    {"bound_ms", number_or_null(r.bound_ms())},
                    {"result", r.result.is_null() ? nlohmann::json::object() : r.result},
                    {"notes", r.notes}});
+    if (r.peer_columns) {  // --peers (peers.h)
+      arr.back()["best_peer"] = r.peer.empty() ? nlohmann::json(nullptr)
+                                               : nlohmann::json{{"peer", r.peer},
+                                                                {"backend", r.peer_backend},
+                                                                {"version", r.peer_version},
+                                                                {"ms", r.peer_ms},
+                                                                {"time_unit", r.time_unit}};
+      arr.back()["speedup"] = number_or_null(r.speedup());
+    }
   }
   return j;
 }
@@ -451,7 +473,10 @@ std::string csv_pairs(const nlohmann::json& o) {
 std::string to_csv(const std::vector<Row>& rows) {
   std::string out =
       "workload,solver,backend,status,params,time_ms,time_unit,figure,figure_unit,bound,"
-      "roofline,ratio,bound_ms,result,notes\n";
+      "roofline,ratio,bound_ms,result,notes";
+  const bool peers =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.peer_columns; });
+  out += peers ? ",best_peer,peer_backend,peer_ms,speedup\n" : "\n";  // --peers (peers.h)
   for (const auto& r : rows) {
     std::string notes;
     for (const auto& n : r.notes) {
@@ -474,9 +499,12 @@ std::string to_csv(const std::vector<Row>& rows) {
         csv_number(r.bound_ms()),
         csv_pairs(r.result),
         notes};
-    for (std::size_t k = 0; k < f.size(); ++k) {
+    std::vector<std::string> g = f;
+    if (peers)
+      g.insert(g.end(), {r.peer, r.peer_backend, csv_number(r.peer_ms), csv_number(r.speedup())});
+    for (std::size_t k = 0; k < g.size(); ++k) {
       if (k > 0) out += ",";
-      out += csv_field(f[k]);
+      out += csv_field(g[k]);
     }
     out += "\n";
   }

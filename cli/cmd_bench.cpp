@@ -18,6 +18,7 @@
 #include "common.h"
 #include "otgpu/error.h"
 #include "otgpu/types.h"
+#include "peers.h"
 #include "plot.h"
 
 namespace otgpu::cli {
@@ -34,6 +35,7 @@ struct BenchArgs {
   std::string backend = "auto";
   int repeats = 3;
   bool list = false;
+  std::string peers_file;
 };
 
 void write_text(const std::string& flag, const std::string& path, const std::string& text) {
@@ -87,6 +89,9 @@ void run_bench(const BenchArgs& args) {
   check_outputs({},
                 {args.json.output(), {"--csv-file", args.csv_file}, {"--plot", args.plot_file}});
   if (!args.plot_file.empty()) bench::check_plot_prerequisites();
+  // Read before the (long) run, so that a bad file fails at once.
+  const bench::PeerFile peers =
+      args.peers_file.empty() ? bench::PeerFile{} : bench::load_peers(args.peers_file, "--peers");
 
   bench::Context ctx;
   ctx.suite = args.suite;
@@ -94,7 +99,8 @@ void run_bench(const BenchArgs& args) {
   const Backend backend = parse_backend(args.backend, "--backend");
   ctx.cpu_only = backend == Backend::cpu;
   ctx.gpu_only = backend == Backend::cuda;
-  const auto rows = bench::run(ctx, args.workloads);
+  auto rows = bench::run(ctx, args.workloads);
+  if (!args.peers_file.empty()) bench::attach_peers(rows, peers);
 
   const nlohmann::json report = bench::to_json(ctx, rows);
   emit_json(args.json, report);
@@ -137,6 +143,9 @@ void add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   sub->add_option("--repeats", args->repeats, "timed runs per row (median reported, default 3)")
       ->check(CLI::Range(1, 1000));
+  sub->add_option("--peers", args->peers_file,
+                  "peer timings (JSON of bench/peers/run_peers.py): adds the columns best peer, "
+                  "its time and our speedup (its time / ours) to every matching row");
   sub->add_flag("--list", args->list, "list the workloads and exit");
   sub->callback([args] { run_bench(*args); });
 }
