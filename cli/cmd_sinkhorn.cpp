@@ -305,6 +305,13 @@ void run_sinkhorn(const SinkhornArgs& args) {
     run_distributed(args);
     return;
   }
+  if (dist::launched_by_mpi()) {
+    // Every rank would solve the whole problem and write the same files.
+    std::fputs(
+        "otgpu: warning: started by an MPI launcher without --distributed: every rank solves "
+        "the whole problem (add --distributed to split its rows over the ranks)\n",
+        stderr);
+  }
   check_flag_combinations(args);
   SinkhornOptions options = make_options(args);
   const std::uint64_t seed = parse_seed(args.seed);

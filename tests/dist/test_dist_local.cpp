@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -158,6 +159,85 @@ TEST(DistSinkhorn, RanksThatDisagreeOnTheProblemAllThrow) {
     }
   });
   EXPECT_EQ(thrown.load(), 2);
+}
+
+TEST(DistSinkhorn, BatchedProblemsShardEveryProblemsRows) {
+  // B = 2 problems [B, n, d]; a rank's rows of every problem are a strided view
+  // (stride n d between problems), its weights [B, n_r] likewise.
+  constexpr std::int64_t B = 2, n = 23, m = 17, d = 3;
+  std::mt19937_64 gen(5);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> unif(0.3, 1.0);
+  std::vector<double> x(B * n * d), y(B * m * d), a(B * n);
+  for (auto& v : x) v = normal(gen);
+  for (auto& v : y) v = normal(gen) + 0.3;
+  for (std::int64_t b = 0; b < B; ++b) {
+    double s = 0;
+    for (std::int64_t i = 0; i < n; ++i) s += (a[static_cast<std::size_t>(b * n + i)] = unif(gen));
+    for (std::int64_t i = 0; i < n; ++i) a[static_cast<std::size_t>(b * n + i)] /= s;
+  }
+  SinkhornOptions o;
+  o.backend = Backend::cpu;
+  o.eps = 0.1;
+  o.eps_relative = true;
+  o.tol = 1e-9;
+  SinkhornProblem whole;
+  whole.x = TensorView::host(x.data(), {B, n, d});
+  whole.y = TensorView::host(y.data(), {B, m, d});
+  whole.a = TensorView::host(a.data(), {B, n});
+  const auto ref = sinkhorn(whole, o);
+  constexpr int G = 3;
+  std::vector<SinkhornResult> got(G);
+  dist::run_local(G, [&](dist::Communicator& c) {
+    const auto r = dist::row_range(n, c.rank(), G);
+    SinkhornProblem p = whole;
+    p.x.data = x.data() + r.begin * d;
+    p.x.shape = {B, r.size(), d};
+    p.a.data = a.data() + r.begin;
+    p.a.shape = {B, r.size(), 0};
+    p.a.strides = {n, 1, 0};
+    got[static_cast<std::size_t>(c.rank())] = dist::sinkhorn(c, p, o);
+  });
+  for (int rank = 0; rank < G; ++rank) {
+    const auto r = dist::row_range(n, rank, G);
+    const auto& res = got[static_cast<std::size_t>(rank)];
+    ASSERT_EQ(res.n, r.size());
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t i = 0; i < r.size(); ++i) {
+        EXPECT_NEAR(res.f[static_cast<std::size_t>(b * r.size() + i)],
+                    ref.f[static_cast<std::size_t>(b * n + r.begin + i)], 1e-10)
+            << "problem " << b << " row " << r.begin + i;
+      }
+      EXPECT_NEAR(res.problems[static_cast<std::size_t>(b)].ot_eps,
+                  ref.problems[static_cast<std::size_t>(b)].ot_eps, 1e-10);
+      EXPECT_EQ(res.problems[static_cast<std::size_t>(b)].iterations,
+                ref.problems[static_cast<std::size_t>(b)].iterations);
+    }
+    EXPECT_EQ(res.g, got[0].g);  // replicated, the same bits on every rank
+  }
+}
+
+TEST(DistSinkhorn, ACancellingRankStopsEveryRankAtTheSameCheck) {
+  const Case k = dist_test::cases()[0];
+  const auto D = dist_test::make_data(k);
+  constexpr int G = 3;
+  std::vector<SinkhornResult> got(G);
+  dist::run_local(G, [&](dist::Communicator& c) {
+    const auto r = dist::row_range(k.n, c.rank(), G);
+    auto o = dist_test::options_of(k, D, r);
+    o.eps_init = 0;
+    o.acceleration = SinkhornAcceleration::none;
+    // Only rank 1 cancels, at its second check.
+    if (c.rank() == 1) {
+      o.progress = [](const SinkhornProgress& pr) { return pr.iteration < 20; };
+    }
+    got[static_cast<std::size_t>(c.rank())] = dist::sinkhorn(c, dist_test::problem_of(k, D, r), o);
+  });
+  for (const auto& res : got) {
+    EXPECT_TRUE(res.cancelled);
+    EXPECT_FALSE(res.problems[0].converged);
+    EXPECT_EQ(res.problems[0].iterations, 20);
+  }
 }
 
 TEST(DistSinkhorn, MpiAndNcclStubsNameTheBuildOption) {

@@ -41,7 +41,7 @@ TEST(DistNcclGpu, OneRankCollectivesAreTheIdentity) {
   EXPECT_EQ(got[0], 7.0);
 
   std::vector<float> values = {1.f, -3.f, 0.5f, 8.f};
-  float* dev = nullptr;
+  void* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, values.size() * sizeof(float)), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(dev, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice),
             cudaSuccess);
