@@ -178,7 +178,15 @@ std::vector<std::string> job_argv(const Job& job, const CLI::App& sub, const Pla
       throw InvalidArgument(fmt::format("\"{}\" is not a job field", key));
     }
     // Every job prints its JSON (that is its result); "json": true changes nothing.
-    if (flag == "--json") continue;
+    if (flag == "--json") {
+      if (!value.is_boolean()) {
+        throw InvalidArgument(
+            fmt::format("\"{}\": --json is a switch (every job's result is its --json object; "
+                        "\"json_file\" also writes it to a file)",
+                        key));
+      }
+      continue;
+    }
     if (flag == "--threads") threads_given = true;
     if (value.is_null()) continue;
     const CLI::Option* opt = sub.get_option_no_throw(flag);
@@ -210,7 +218,8 @@ std::vector<std::string> job_argv(const Job& job, const CLI::App& sub, const Pla
     argv.emplace_back("--device");
     argv.push_back(std::to_string(where.device));
   }
-  if (!where.gpu && !threads_given && sub.get_option_no_throw("--threads") != nullptr) {
+  if (!where.gpu && where.cpu_threads > 0 && !threads_given &&
+      sub.get_option_no_throw("--threads") != nullptr) {
     argv.emplace_back("--threads");
     argv.push_back(std::to_string(where.cpu_threads));
   }

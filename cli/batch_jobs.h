@@ -44,8 +44,8 @@ struct Job {
 /// cannot be read and InvalidArgument when two lines share an id (naming both lines).
 std::vector<Job> read_jobs(const std::string& flag, const std::string& path);
 
-/// Where a worker runs its jobs: the CPU with `cpu_threads` threads, or CUDA device
-/// `device` (cpu_threads unused).
+/// Where a worker runs its jobs: the CPU with `cpu_threads` threads (0: the library
+/// chooses), or CUDA device `device` (cpu_threads unused).
 struct Placement {
   bool gpu = false;
   int device = 0;
@@ -56,7 +56,8 @@ struct Placement {
 
 /// The argv of `job` for the command `sub` (without the program name): the command
 /// name, the job's fields as flags, then the placement (--backend and --device or
-/// --threads, where the command has those flags and the job did not set --threads)
+/// --threads, where the command has those flags and the job did not set --threads;
+/// no --threads for cpu_threads 0)
 /// and --json. Throws InvalidArgument for a field that cannot be a flag (an object,
 /// a non-boolean value for a boolean flag, device or backend, which --devices sets).
 /// Flags the command does not know are passed on for CLI11 to refuse.

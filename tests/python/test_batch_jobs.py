@@ -333,6 +333,16 @@ class BatchTest(CliTestCase):
         broken_rank = (len(jobs) - 1) % 2
         self.assertIn("1 of 31 job(s) of rank", outs[broken_rank][1])
 
+        # A rank started again finds its own jobs' lines: refused without --resume;
+        # with it, only its failed job runs again.
+        env = clean_env(OMPI_COMM_WORLD_RANK=str(broken_rank), OMPI_COMM_WORLD_SIZE="2")
+        again = self.batch(env=env)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("already exists and holds a result of job", again.stderr)
+        resumed = self.batch("--resume", env=env)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual([r["id"] for r in self.read_results()[len(lines):]], ["broken"])
+
     @unittest.skipIf(shutil.which("mpirun") is None, "mpirun is not installed")
     def test_mpirun_two_ranks(self):
         env = clean_env(**ROOT_ENV)
