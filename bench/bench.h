@@ -83,6 +83,7 @@ std::vector<Workload> all_workloads();
 void add_roofline_workloads(std::vector<Workload>& out);  // roofline.cpp (W5)
 void add_sinkhorn_workloads(std::vector<Workload>& out);  // sinkhorn_workloads.cpp (W1, W1d, W2)
 void add_sliced_workloads(std::vector<Workload>& out);    // sliced_workloads.cpp (W3)
+void add_assignment_workloads(std::vector<Workload>& out);  // assignment_workloads.cpp (W4)
 void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
 void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
 void add_coupling_workloads(std::vector<Workload>& out);  // coupling_workloads.cpp (W4e)

@@ -21,6 +21,7 @@ std::vector<Workload> all_workloads() {
   add_roofline_workloads(w);
   add_sinkhorn_workloads(w);
   add_sliced_workloads(w);
+  add_assignment_workloads(w);
   add_latency_workloads(w);
   add_solution_workloads(w);
   add_coupling_workloads(w);

@@ -107,11 +107,6 @@ void run_tts(const Context& ctx, std::vector<Row>& rows) {
 }  // namespace
 
 void add_solution_workloads(std::vector<Workload>& out) {
-  out.push_back({"W4",
-                 "flow-matching minibatch coupling, d=3072, batch 256..4096 (exact assignment "
-                 "and Sinkhorn)",
-                 {},
-                 {}});
   out.push_back({"W6",
                  "flow-matching coupling at scale: n=m=2^19..2^20, d=64, eps 0.1 relative, "
                  "sharded over G devices",

@@ -128,10 +128,13 @@ TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
   REQUIRE_GPU();
   const std::int64_t K = 3, n = 150, m = 150;
   auto c = otgpu_test::uniform(static_cast<std::size_t>(K * n * m), 9);
-  for (std::size_t e = 0; e < c.size(); ++e) {
-    const std::int64_t b = static_cast<std::int64_t>(e) / (n * m);
-    if (b == 1) c[e] = std::floor(c[e] * 5);                        // integer costs, many ties
-    if (b == 2 && (e % 3 == 0) && (e % (n + 1)) != 0) c[e] = kInf;  // forbidden pairs
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < m; ++j) {
+      double& v1 = c[static_cast<std::size_t>((1 * n + i) * m + j)];
+      v1 = std::floor(v1 * 5);  // problem 1: integer costs, many ties
+      // Problem 2: a third of the pairs forbidden, the diagonal kept (feasible).
+      if ((i + 2 * j) % 3 == 0 && i != j) c[static_cast<std::size_t>((2 * n + i) * m + j)] = kInf;
+    }
   }
   AssignmentProblem p;
   p.cost_kind = CostKind::matrix;
@@ -143,7 +146,6 @@ TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
     expect_matches_cpu(gpu, cpu, b, cb);
   }
   // An all-forbidden row: the typed error, naming the problem.
-  c[static_cast<std::size_t>(2 * n * m + 5 * m)] = kInf;
   for (std::int64_t j = 0; j < m; ++j) c[static_cast<std::size_t>(2 * n * m + 5 * m + j)] = kInf;
   EXPECT_THROW(otgpu::assignment(p, {Backend::cuda}), otgpu::Infeasible);
 }
