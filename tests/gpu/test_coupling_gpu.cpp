@@ -142,6 +142,41 @@ TEST(CouplingGpu, WithoutReplacementDistinctOrderedAndCostsMatchTheCpu) {
   }
 }
 
+TEST(CouplingGpu, TopKOverManyTilesMatchesTheCpu) {
+  // 200 x 200 entries: ten tiles of the ordered compaction; 1000 distinct pairs, and
+  // every entry (P = n m) as the limit case.
+  REQUIRE_GPU();
+  const int K = 3, n = 200, d = 3;
+  const auto x = otgpu_test::uniform(K * n * d, 11), y = otgpu_test::uniform(K * n * d, 12);
+  const auto xv = TensorView::host(x.data(), {K, n, d});
+  const auto yv = TensorView::host(y.data(), {K, n, d});
+  for (std::int64_t P : {1000, n * n}) {
+    CouplingOptions o;
+    o.eps = 0.2;
+    o.num_pairs = P;
+    o.seed = 9;
+    o.backend = otgpu::Backend::cuda;
+    const auto g = otgpu::couple(xv, yv, o);
+    o.backend = otgpu::Backend::cpu;
+    const auto c = otgpu::couple(xv, yv, o);
+    for (int k = 0; k < K; ++k) {
+      std::set<std::int64_t> gpu, cpu;
+      std::int64_t prev = -1;
+      for (std::int64_t t = 0; t < P; ++t) {
+        const std::int64_t e = g.i[k * P + t] * n + g.j[k * P + t];
+        EXPECT_GT(e, prev) << "problem " << k << " pair " << t;
+        prev = e;
+        gpu.insert(e);
+        cpu.insert(c.i[k * P + t] * n + c.j[k * P + t]);
+      }
+      EXPECT_EQ(gpu.size(), static_cast<std::size_t>(P));
+      std::int64_t common = 0;
+      for (auto e : gpu) common += static_cast<std::int64_t>(cpu.count(e));
+      EXPECT_GE(common, P * 95 / 100);
+    }
+  }
+}
+
 TEST(CouplingGpu, ExactMatchesTheCpu) {
   REQUIRE_GPU();
   const int K = 3, n = 50, d = 4;
