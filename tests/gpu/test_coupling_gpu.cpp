@@ -14,6 +14,7 @@
 #include "otgpu/coupling.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
+#include "otgpu/minibatch.h"
 
 #ifdef OTGPU_WITH_CUDA
 #include <cuda_runtime.h>
@@ -196,6 +197,37 @@ TEST(CouplingGpu, ExactMatchesTheCpu) {
                                TensorView::host(y.data(), {K, n, d}), o);
   for (int k = 0; k < K; ++k) {
     EXPECT_NEAR(g.problems[k].pair_cost, c.problems[k].pair_cost, 1e-6 * c.problems[k].pair_cost);
+  }
+}
+
+TEST(MinibatchGpu, EstimateAndGradientsMatchTheCpu) {
+  // Same minibatches (keyed by the seed on the host), solved by the fp32 GPU and the
+  // fp64 CPU: the means and the gradients agree to the GPU's tolerance.
+  REQUIRE_GPU();
+  const int N = 300, M = 250, d = 3;
+  const auto x = otgpu_test::uniform(N * d, 21), y = otgpu_test::uniform(M * d, 22, 0.3, 1.3);
+  for (bool debiased : {false, true}) {
+    otgpu::MinibatchOptions o;
+    o.k = 8;
+    o.bs = 32;
+    o.eps = 0.1;
+    o.debiased = debiased;
+    o.seed = 4;
+    o.backend = otgpu::Backend::cuda;
+    const auto g = otgpu::minibatch_ot(TensorView::host(x.data(), {N, d}),
+                                       TensorView::host(y.data(), {M, d}), o);
+    o.backend = otgpu::Backend::cpu;
+    const auto c = otgpu::minibatch_ot(TensorView::host(x.data(), {N, d}),
+                                       TensorView::host(y.data(), {M, d}), o);
+    ASSERT_EQ(g.backend, otgpu::Backend::cuda);
+    EXPECT_EQ(g.rows_x, c.rows_x);
+    EXPECT_NEAR(g.mean, c.mean, 2e-3 * std::abs(c.mean) + 1e-5) << "debiased " << debiased;
+    double num = 0, den = 0;
+    for (std::size_t e = 0; e < c.grad_x.size(); ++e) {
+      num += (g.grad_x[e] - c.grad_x[e]) * (g.grad_x[e] - c.grad_x[e]);
+      den += c.grad_x[e] * c.grad_x[e];
+    }
+    EXPECT_LT(std::sqrt(num / den), 1e-2) << "debiased " << debiased;
   }
 }
 
