@@ -277,6 +277,11 @@ TEST(AssignmentCpu, BadInputIsATypedError) {
   std::vector<double> h = {1, kInf, kInf, 2, kInf, kInf, 1, 1, 1};
   p.cost = host_view(h, {3, 3});
   expect_error<otgpu::Infeasible>(run, {"problem 0", "no matching"});
+  // n > m (solved transposed): the message speaks of the caller's column.
+  std::vector<double> tall = {1, kInf, 2, kInf, 3, kInf};
+  p.cost = host_view(tall, {3, 2});
+  expect_error<otgpu::Infeasible>(run, {"problem 0", "column 1 of the 3 x 2 problem"});
+  p.cost = host_view(h, {3, 3});
   // The Infeasible class is an InvalidArgument.
   expect_error<otgpu::InvalidArgument>(run, {"infeasible"});
 

@@ -224,7 +224,7 @@ struct Solver {
 }  // namespace
 
 bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapSolution& out,
-                     std::string& why) {
+                     std::string& why, bool transposed) {
   const auto R = static_cast<std::size_t>(rows);
   const auto Cn = static_cast<std::size_t>(cols);
   out.col4row.assign(R, -1);
@@ -244,7 +244,9 @@ bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapS
       all_finite = all_finite && ok;
     }
     if (!any) {
-      why = fmt::format("row {} of the {} x {} problem has no allowed pair", i, rows, cols);
+      why = fmt::format(
+          "{} {} of the {} problem has no allowed pair", transposed ? "column" : "row", i,
+          transposed ? fmt::format("{} x {}", cols, rows) : fmt::format("{} x {}", rows, cols));
       return false;
     }
   }
@@ -269,10 +271,13 @@ bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapS
   }
   for (std::int64_t r : free_rows) {
     if (!s.augment(r)) {
+      const char* what = transposed ? "column" : "row";
       why = fmt::format(
-          "the allowed pairs admit no matching of all {} rows of the {} x {} problem (row {} "
-          "cannot be added; Hall's condition fails)",
-          rows, rows, cols, r);
+          "the allowed pairs admit no matching of all {} {}s of the {} problem ({} {} cannot be "
+          "added; Hall's condition fails)",
+          rows, what,
+          transposed ? fmt::format("{} x {}", cols, rows) : fmt::format("{} x {}", rows, cols),
+          what, r);
       return false;
     }
     ++out.augmentations;
@@ -385,7 +390,8 @@ bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t
     solve_on = ct.data();
   }
   LapSolution sol;
-  if (!solve_dense_lap(solve_on, transpose ? m : n, transpose ? n : m, sol, why)) return false;
+  if (!solve_dense_lap(solve_on, transpose ? m : n, transpose ? n : m, sol, why, transpose))
+    return false;
   if (transpose) {
     std::copy(sol.col4row.begin(), sol.col4row.end(), col_to_row);
     std::copy(sol.row4col.begin(), sol.row4col.end(), row_to_col);

@@ -5,7 +5,8 @@
 // block, synchronized with __syncthreads, so no round trip to the host. Rows bid, in
 // Jacobi rounds:
 //   bidding   one warp per unassigned row i finds its best value v1 = max_j (-C_ij - p_j)
-//             (at j1) and the second best v2, and bids p_j1 + (v1 - v2) + eps for j1
+//             (at j1, ties to the first column at or after i, cyclically) and the second
+//             best v2, and bids p_j1 + (v1 - v2) + eps for j1
 //             (atomicMax on an order-preserving 64-bit encoding of the fp64 bid);
 //   resolving the highest bidder of each column wins it (atomicCAS among equal bids),
 //             the column's price becomes the bid and its previous owner is freed.
@@ -158,13 +159,17 @@ __global__ void __launch_bounds__(kAuctionThreads)
       for (int i = warp; i < N; i += kWarps) {
         if (row_col[i] >= 0) continue;
         const T* ci = C + static_cast<std::int64_t>(i) * N;
+        // Ties go to the first column at or after i (cyclically): rows with equal
+        // costs (the zero-cost padding, tied data) spread over the columns in one
+        // round instead of queueing for the same column one winner per round.
+        auto rot = [i, N](int j) { return j >= i ? j - i : j - i + N; };
         double v1 = -inf, v2 = -inf;
         int j1 = -1;
         for (int j = lane; j < N; j += 32) {
           const double c = static_cast<double>(ci[j]);
           if (!(c < inf)) continue;
           const double val = -c - price[j];
-          if (val > v1) {
+          if (val > v1 || (val == v1 && rot(j) < rot(j1))) {
             v2 = v1;
             v1 = val;
             j1 = j;
@@ -176,7 +181,7 @@ __global__ void __launch_bounds__(kAuctionThreads)
           const double ov1 = __shfl_xor_sync(kFull, v1, sh);
           const double ov2 = __shfl_xor_sync(kFull, v2, sh);
           const int oj = __shfl_xor_sync(kFull, j1, sh);
-          if (ov1 > v1 || (ov1 == v1 && oj >= 0 && (j1 < 0 || oj < j1))) {
+          if (ov1 > v1 || (ov1 == v1 && oj >= 0 && (j1 < 0 || rot(oj) < rot(j1)))) {
             v2 = fmax(v1, ov2);
             v1 = ov1;
             j1 = oj;

@@ -6,10 +6,11 @@
 //   or from columns to rows when n > m: min(n, m) pairs are matched.
 //
 // Every result carries dual potentials (u, v) that certify optimality:
-// u_i + v_j <= C_ij for every allowed pair and u_i + v_j = C_ij on matched pairs, up to
-// the reported violation; cost - (sum_i u_i + sum_j v_j) (rows and columns that can be
-// matched, see AssignmentReport::gap) bounds how far the returned cost can be from
-// the optimum.
+// u_i + v_j <= C_ij for every allowed pair, u_i + v_j = C_ij on matched pairs, and when
+// n != m the potentials of the larger side are <= 0 (the dual of "matched at most
+// once"), up to the reported violation. By weak duality every matching costs at least
+// sum_i u_i + sum_j v_j (all rows and columns), so cost - that sum
+// (AssignmentReport::gap) bounds how far the returned cost can be from the optimum.
 #pragma once
 
 #include <cstdint>
@@ -45,7 +46,8 @@ struct AssignmentReport {
   double cost = 0;              ///< sum of C over the matched pairs (fp64 sum of the costs used)
   double dual = 0;              ///< the dual objective sum u + sum v (see the file comment)
   double gap = 0;               ///< cost - dual >= 0 up to round-off: the certified optimality gap
-  double max_violation = 0;     ///< max over allowed pairs of (u_i + v_j - C_ij)+
+  double max_violation = 0;     ///< max of (u_i + v_j - C_ij)+ over allowed pairs and of the
+                                ///< larger side's potentials (when n != m)
   std::int64_t iterations = 0;  ///< augmentations (CPU) or auction rounds (CUDA)
 };
 
