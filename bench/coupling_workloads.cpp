@@ -201,11 +201,12 @@ void run_w4e(const Context& ctx, std::vector<Row>& rows) {
 }  // namespace
 
 void add_coupling_workloads(std::vector<Workload>& out) {
-  out.push_back({"W4e",
-                 "flow-matching entropic coupling with sampled pairs: eps 0.05 x mean cost, bs "
-                 "pairs, bs 256..4096 at d=64 and 3072, K=64 x bs=256 (CPU: bs=256, d=64; full: d=3072)",
-                 {"quick", "full"},
-                 run_w4e});
+  out.push_back(
+      {"W4e",
+       "flow-matching entropic coupling with sampled pairs: eps 0.05 x mean cost, bs "
+       "pairs, bs 256..4096 at d=64 and 3072, K=64 x bs=256 (CPU: bs=256, d=64; full: d=3072)",
+       {"quick", "full"},
+       run_w4e});
 }
 
 }  // namespace otgpu::bench

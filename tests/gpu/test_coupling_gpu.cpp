@@ -14,6 +14,7 @@
 #include "otgpu/coupling.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
+#include "otgpu/minibatch.h"
 
 #ifdef OTGPU_WITH_CUDA
 #include <cuda_runtime.h>
@@ -108,12 +109,18 @@ TEST(CouplingGpu, WithoutReplacementDistinctOrderedAndCostsMatchTheCpu) {
     o.backend = otgpu::Backend::cpu;
     const auto c = otgpu::couple(xv, yv, o);
     ASSERT_EQ(g.pairs, c.pairs);
+    // Different draws of the same plan: the mean pair costs over the K minibatches agree
+    // to sampling noise (about 4% relative per side for 800 joint pairs, 6% for the 256
+    // per-row pairs; the bounds are 3 standard deviations of the difference).
+    double g_cost = 0, c_cost = 0;
+    for (int k = 0; k < K; ++k) {
+      g_cost += g.problems[k].pair_cost / K;
+      c_cost += c.problems[k].pair_cost / K;
+    }
+    EXPECT_NEAR(g_cost, c_cost, (mode == 2 ? 0.25 : 0.15) * c_cost) << "mode " << mode;
     for (int k = 0; k < K; ++k) {
       EXPECT_NEAR(g.problems[k].ot, c.problems[k].ot, 1e-3 * std::abs(c.problems[k].ot));
       EXPECT_NEAR(g.problems[k].eps, c.problems[k].eps, 1e-5 * c.problems[k].eps);
-      // Different draws of the same plan: the mean costs agree to sampling noise.
-      EXPECT_NEAR(g.problems[k].pair_cost, c.problems[k].pair_cost, 0.15 * c.problems[k].pair_cost)
-          << "mode " << mode;
       if (mode != 0) continue;
       std::set<std::int64_t> seen;
       std::int64_t prev = -1;
@@ -131,7 +138,42 @@ TEST(CouplingGpu, WithoutReplacementDistinctOrderedAndCostsMatchTheCpu) {
         cpu.insert(c.i[k * c.pairs + t] * m + c.j[k * c.pairs + t]);
       int common = 0;
       for (auto e : seen) common += static_cast<int>(cpu.count(e));
-      EXPECT_GE(common, 190);
+      EXPECT_GE(common, 180);
+    }
+  }
+}
+
+TEST(CouplingGpu, TopKOverManyTilesMatchesTheCpu) {
+  // 200 x 200 entries: ten tiles of the ordered compaction; 1000 distinct pairs, and
+  // every entry (P = n m) as the limit case.
+  REQUIRE_GPU();
+  const int K = 3, n = 200, d = 3;
+  const auto x = otgpu_test::uniform(K * n * d, 11), y = otgpu_test::uniform(K * n * d, 12);
+  const auto xv = TensorView::host(x.data(), {K, n, d});
+  const auto yv = TensorView::host(y.data(), {K, n, d});
+  for (std::int64_t P : {1000, n * n}) {
+    CouplingOptions o;
+    o.eps = 0.2;
+    o.num_pairs = P;
+    o.seed = 9;
+    o.backend = otgpu::Backend::cuda;
+    const auto g = otgpu::couple(xv, yv, o);
+    o.backend = otgpu::Backend::cpu;
+    const auto c = otgpu::couple(xv, yv, o);
+    for (int k = 0; k < K; ++k) {
+      std::set<std::int64_t> gpu, cpu;
+      std::int64_t prev = -1;
+      for (std::int64_t t = 0; t < P; ++t) {
+        const std::int64_t e = g.i[k * P + t] * n + g.j[k * P + t];
+        EXPECT_GT(e, prev) << "problem " << k << " pair " << t;
+        prev = e;
+        gpu.insert(e);
+        cpu.insert(c.i[k * P + t] * n + c.j[k * P + t]);
+      }
+      EXPECT_EQ(gpu.size(), static_cast<std::size_t>(P));
+      std::int64_t common = 0;
+      for (auto e : gpu) common += static_cast<std::int64_t>(cpu.count(e));
+      EXPECT_GE(common, P * 95 / 100);
     }
   }
 }
@@ -155,6 +197,37 @@ TEST(CouplingGpu, ExactMatchesTheCpu) {
                                TensorView::host(y.data(), {K, n, d}), o);
   for (int k = 0; k < K; ++k) {
     EXPECT_NEAR(g.problems[k].pair_cost, c.problems[k].pair_cost, 1e-6 * c.problems[k].pair_cost);
+  }
+}
+
+TEST(MinibatchGpu, EstimateAndGradientsMatchTheCpu) {
+  // Same minibatches (keyed by the seed on the host), solved by the fp32 GPU and the
+  // fp64 CPU: the means and the gradients agree to the GPU's tolerance.
+  REQUIRE_GPU();
+  const int N = 300, M = 250, d = 3;
+  const auto x = otgpu_test::uniform(N * d, 21), y = otgpu_test::uniform(M * d, 22, 0.3, 1.3);
+  for (bool debiased : {false, true}) {
+    otgpu::MinibatchOptions o;
+    o.k = 8;
+    o.bs = 32;
+    o.eps = 0.1;
+    o.debiased = debiased;
+    o.seed = 4;
+    o.backend = otgpu::Backend::cuda;
+    const auto g = otgpu::minibatch_ot(TensorView::host(x.data(), {N, d}),
+                                       TensorView::host(y.data(), {M, d}), o);
+    o.backend = otgpu::Backend::cpu;
+    const auto c = otgpu::minibatch_ot(TensorView::host(x.data(), {N, d}),
+                                       TensorView::host(y.data(), {M, d}), o);
+    ASSERT_EQ(g.backend, otgpu::Backend::cuda);
+    EXPECT_EQ(g.rows_x, c.rows_x);
+    EXPECT_NEAR(g.mean, c.mean, 2e-3 * std::abs(c.mean) + 2e-4) << "debiased " << debiased;
+    double num = 0, den = 0;
+    for (std::size_t e = 0; e < c.grad_x.size(); ++e) {
+      num += (g.grad_x[e] - c.grad_x[e]) * (g.grad_x[e] - c.grad_x[e]);
+      den += c.grad_x[e] * c.grad_x[e];
+    }
+    EXPECT_LT(std::sqrt(num / den), 1e-2) << "debiased " << debiased;
   }
 }
 

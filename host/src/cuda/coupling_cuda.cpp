@@ -110,6 +110,17 @@ SinkhornOptions cuda_options(const CouplingOptions& o) {
   return so;
 }
 
+/// The top-k counters are 32-bit: a plan of 2^32 entries or more is refused there.
+void check_limits(const detail::CouplingShape& s, const CouplingOptions& o) {
+  const std::int64_t entries = s.bs0 * s.bs1;
+  if (o.pairs == CouplingPairs::joint && !o.replacement && entries >= (std::int64_t{1} << 32)) {
+    throw InvalidArgument(fmt::format(
+        "couple: replacement: draws without replacement on the GPU count the bs0 * bs1 = {} "
+        "entries of a plan in 32 bits (fewer than 2^32 needed); draw with replacement",
+        entries));
+  }
+}
+
 /// Bytes of the Sinkhorn workspace (sizes only: C's address does not matter), rounded
 /// to the carve alignment.
 std::size_t sinkhorn_bytes(const detail::CouplingShape& s, const CouplingOptions& o) {
@@ -202,6 +213,7 @@ std::size_t entropic_workspace_bytes(const TensorView& x0, const TensorView& x1,
 void couple_entropic_async(GpuContext& ctx, const TensorView& x0, const TensorView& x1,
                            const CouplingOptions& options, const detail::CouplingShape& shape,
                            std::int64_t* i_out, std::int64_t* j_out) {
+  check_limits(shape, options);
   cuda_backend::DeviceRestore restore;
   runtime::Context& im = ctx.impl();
   im.activate();
@@ -217,6 +229,7 @@ void couple_entropic_async(GpuContext& ctx, const TensorView& x0, const TensorVi
 CouplingResult couple_entropic(const TensorView& x0, const TensorView& x1,
                                const CouplingOptions& options, const detail::CouplingShape& shape,
                                GpuContext* ctx) {
+  check_limits(shape, options);
   cuda_backend::DeviceRestore restore;
   GpuContext& gc = ctx != nullptr ? *ctx : thread_gpu_context(options.device);
   runtime::Context& im = gc.impl();
