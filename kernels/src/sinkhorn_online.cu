@@ -513,10 +513,12 @@ __global__ void __launch_bounds__(kThreads)
         float y[DP], h;
         read_col<DP>(tile + (jj + q) * S, y, h);
         if constexpr (kEuclid) {
+          // c = c2 rsqrt(c2) as in euclid_from_sq, and the same rsqrt is 1/c.
           const float c2 = ol::sqdist<DP>(x[0], y);
-          const float c = ol::euclid_from_sq(c2);
-          s[q] = fmaf(-scale, c, h);
-          inv[q] = c2 > 0.f ? 1.f / c : 0.f;
+          const float c2m = fmaxf(c2, 1e-30f);
+          const float r = ol::rsqrt(c2m);
+          s[q] = fmaf(-scale, c2m * r, h);
+          inv[q] = c2 > 0.f ? r : 0.f;
         } else {
           s[q] = ol::score_sq<DP>(x[0], y, h);
           inv[q] = 1.f;
@@ -617,6 +619,15 @@ void check_pass(const OnlinePass& p, const char* what) {
   }
   if (p.cost != CostKind::sqeuclidean && p.cost != CostKind::euclidean) {
     throw InvalidArgument(fmt::format("{}: cost must be sqeuclidean or euclidean", what));
+  }
+  // The fixed-dimension kernels load points with float4 (dp % 4 == 0) or float2 (dp = 2).
+  const auto misaligned = [&](const float* q) {
+    const std::size_t align = p.dp % 4 == 0 ? 16 : (p.dp == 2 ? 8 : 4);
+    return reinterpret_cast<std::uintptr_t>(q) % align != 0;
+  };
+  if (misaligned(p.rows) || misaligned(p.cols)) {
+    throw InvalidArgument(
+        fmt::format("{}: rows/cols must be aligned to the point size (dp={})", what, p.dp));
   }
   if (p.dp > 64 && p.dp % 4 != 0) {
     throw InvalidArgument(

@@ -29,7 +29,7 @@ constexpr int kOnlineMaxFixedDim = 64;  ///< padded dims up to here have a speci
 /// Rows each thread owns for padded dimension dp: more rows for small d, where a
 /// shared-memory read of y_j is otherwise one load per exponential. Above 64 the
 /// dynamic-dimension kernel owns one row per thread.
-constexpr int online_rows_per_thread(int dp) { return dp <= 4 ? 4 : (dp <= 16 ? 2 : 1); }
+constexpr int online_rows_per_thread(int dp) { return dp <= 16 ? 4 : (dp <= 32 ? 2 : 1); }
 
 /// Rows one block of the half-step owns.
 constexpr std::int64_t online_rows_per_block(int dp) {
