@@ -491,6 +491,11 @@ __global__ void __launch_bounds__(kThreads)
                                       float* __restrict__ pot_out) {
   constexpr int K = 8;
   constexpr int S = geometry::online_tile_stride(DP);
+  // Columns of a chunk unrolled: all for small DP; one at a time from DP = 32, where
+  // K unrolled columns of 2 DP operations each make ptxas hoist more loads than the
+  // 255 registers hold (it spilled kilobytes); s, inv and e then live in local memory,
+  // one access per column against 2-3 DP operations.
+  constexpr int kColUnroll = DP >= 32 ? 1 : K;
   __shared__ __align__(16) float tile[kTJ * S];
   const std::int64_t b = blockIdx.y;
   const float eps = p.eps[b];
@@ -508,7 +513,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 1
     for (int jj = 0; jj < kTJ; jj += K) {
       float s[K], inv[K];
-#pragma unroll
+#pragma unroll(kColUnroll)
       for (int q = 0; q < K; ++q) {
         float y[DP], h;
         read_col<DP>(tile + (jj + q) * S, y, h);
@@ -535,7 +540,7 @@ __global__ void __launch_bounds__(kThreads)
       int again = jj * S;
       asm volatile("" : "+r"(again));
       float e[K];
-#pragma unroll
+#pragma unroll(kColUnroll)
       for (int q = 0; q < K; ++q) {
         e[q] = ol::ex2(s[q] - m);
         float y[DP], h;
