@@ -38,7 +38,9 @@ Request points(std::int64_t B, std::int64_t n, std::int64_t m, std::int64_t d) {
 }
 
 TEST(Planner, SmallKernelUpTo512PointsWithin32Dims) {
-  const DeviceProps dev = machine(132, 8);
+  // 64 SMs: a batch of 64 gives every SM a problem (the small kernel is then preferred
+  // whatever the shape; SmallKernelOnlyWhenItKeepsTheSmsBusy covers fewer problems).
+  const DeviceProps dev = machine(64, 8);
   EXPECT_EQ(otgpu::planner::make_plan(points(64, 512, 512, 2), dev).kernel, Kernel::small);
   EXPECT_EQ(otgpu::planner::make_plan(points(64, 512, 513, 2), dev).kernel, Kernel::online);
   EXPECT_EQ(otgpu::planner::make_plan(points(64, 513, 512, 2), dev).kernel, Kernel::online);
@@ -53,13 +55,30 @@ TEST(Planner, SmallKernelNeedsTheSharedMemory) {
   // 512 x 512 with d = 32: the cached cost needs 512 * 513 floats (> 1 MB): no fit
   // in 227 KB; the recomputing variant needs 2 * 512 * 32 floats of points (128 KB)
   // plus potentials, weights and scratch: it fits in 227 KB, not in 100 KB.
-  DeviceProps dev = machine(132, 8);
+  DeviceProps dev = machine(8, 8);  // 8 problems on 8 SMs: the small kernel is preferred
   const auto plan = otgpu::planner::make_plan(points(8, 512, 512, 32), dev);
   ASSERT_EQ(plan.kernel, Kernel::small);
   EXPECT_GT(plan.small_smem_bytes, std::size_t{128} * 1024);
   EXPECT_LE(plan.small_smem_bytes, dev.smem_per_block_optin);
   dev.smem_per_block_optin = 100 * 1024;
   EXPECT_EQ(otgpu::planner::make_plan(points(8, 512, 512, 32), dev).kernel, Kernel::online);
+}
+
+TEST(Planner, SmallKernelOnlyWhenItKeepsTheSmsBusy) {
+  const DeviceProps dev = machine(132, 4);
+  using otgpu::planner::small_kernel_preferred;
+  // Issue 10's W2 shapes: B = 64, n = 512, d = 32 leaves 68 of 132 SMs idle in the small
+  // kernel: ~85 us per iteration there against ~41 us + 4 launches online.
+  EXPECT_EQ(otgpu::planner::make_plan(points(64, 512, 512, 32), dev).kernel, Kernel::online);
+  EXPECT_FALSE(small_kernel_preferred(64, 512, 512, 32, dev));
+  // d = 2: ~13 us against ~7 us + 12 us of launches: the small kernel stays.
+  EXPECT_EQ(otgpu::planner::make_plan(points(64, 512, 512, 2), dev).kernel, Kernel::small);
+  // A batch that fills the SMs, and tiny problems, stay on the small kernel.
+  EXPECT_EQ(otgpu::planner::make_plan(points(1024, 128, 128, 2), dev).kernel, Kernel::small);
+  EXPECT_EQ(otgpu::planner::make_plan(points(132, 512, 512, 32), dev).kernel, Kernel::small);
+  EXPECT_EQ(otgpu::planner::make_plan(points(4, 100, 120, 8), dev).kernel, Kernel::small);
+  // One large-ish problem on one SM is slower than the launches: online.
+  EXPECT_EQ(otgpu::planner::make_plan(points(1, 512, 512, 16), dev).kernel, Kernel::online);
 }
 
 TEST(Planner, PaddedDimension) {
@@ -238,13 +257,17 @@ TEST(Planner, BadSizesNameTheArgument) {
 
 TEST(Planner, RooflineOfOneIteration) {
   const DeviceProps dev = otgpu::planner::h200_assumed();
-  // Online, d = 2: 2 n m (1 + 1/8) exps; exp-bound on the H200.
+  // Online, d = 2: 2 n m (1 + 1/16) exps (a rescale per chunk of 16); exp-bound on the
+  // H200 (6.5 issue slots per pair against 8 per exp slot).
   const auto p = otgpu::planner::make_plan(points(1, 10000, 20000, 2), dev);
-  EXPECT_DOUBLE_EQ(p.roofline.exps, 2.0 * 10000 * 20000 * 1.125);
+  EXPECT_DOUBLE_EQ(p.roofline.exps, 2.0 * 10000 * 20000 * 1.0625);
+  EXPECT_DOUBLE_EQ(otgpu::planner::online_instructions_per_pair(2, CostKind::sqeuclidean), 6.5);
   EXPECT_EQ(p.roofline.bound, "exp");
   EXPECT_NEAR(p.roofline.seconds, p.roofline.exps / (132.0 * 16 * 1.98e9), 1e-12);
   EXPECT_TRUE(p.roofline.assumed);
-  // d = 64: 2 * 64 + 2 fp32 instructions per pair against 8 per exp slot: fp32-bound.
+  // d = 64: 64 FMAs + 4 + 17 shared loads + 0.5 per pair against 8 per exp slot:
+  // fp32 (issue)-bound.
+  EXPECT_DOUBLE_EQ(otgpu::planner::online_instructions_per_pair(64, CostKind::sqeuclidean), 85.5);
   EXPECT_EQ(otgpu::planner::make_plan(points(1, 10000, 20000, 64), dev).roofline.bound, "fp32");
   // A cost matrix: C read twice per iteration, memory-bound.
   Request c = points(1, 10000, 20000, 0);

@@ -128,16 +128,21 @@ Roofline gpu_roofline(const Plan& p, const DeviceProps& dev) {
   Roofline f;
   const double pairs =
       2.0 * static_cast<double>(r.B) * static_cast<double>(r.n) * static_cast<double>(r.m);
-  // One exp2 per score plus one rescale per 8 scores.
-  f.exps = pairs * (1.0 + 1.0 / 8.0);
+  // One exp2 per score plus one rescale per chunk (16 scores for the online kernel at
+  // dp <= 4, 8 otherwise). Euclidean: the root is a second MUFU op (rsqrt) per pair.
+  const bool online = p.kernel == Kernel::online;
+  const double chunk = online ? geo::online_chunk(p.dp) : 8.0;
+  f.exps = pairs * (1.0 + 1.0 / chunk);
   if (r.cost == CostKind::matrix) {
     // Both half-steps read C once (and the potentials and weights, negligible).
     f.bytes = 2.0 * static_cast<double>(r.B) * static_cast<double>(r.n) * static_cast<double>(r.m) *
               sizeof(float);
     f.fp32_ops = pairs * 2.0;  // score FMA and sum
   } else {
-    // Per pair: dp subtracts, dp FMAs, the score FMA and the sum (sqrt for euclidean).
-    f.fp32_ops = pairs * (2.0 * p.dp + 2.0 + (r.cost == CostKind::euclidean ? 1.0 : 0.0));
+    if (r.cost == CostKind::euclidean) f.exps += pairs;  // MUFU.RSQ shares the MUFU pipe
+    // Issue slots per pair of the compiled half-step (the FP32 pipe and the issue
+    // rate are both 128 per clock and SM: the bound is on instructions, not flops).
+    f.fp32_ops = pairs * online_instructions_per_pair(p.dp, r.cost);
     f.bytes = p.kernel == Kernel::small ? 0.0
                                         : 2.0 * static_cast<double>(r.B) *
                                               static_cast<double>(r.n + r.m) * p.dp * sizeof(float);
@@ -170,6 +175,47 @@ Request make_request(std::int64_t B, std::int64_t n, std::int64_t m, std::int64_
   r.check_every = o.check_every;
   r.scaling_steps = detail::scaling_steps(o.eps, o.eps_init, o.eps_decay, o.max_iter);
   return r;
+}
+
+double online_instructions_per_pair(int dp, CostKind cost) {
+  const int d = std::max(dp, 1);
+  const int fixed = std::min(d, geo::kOnlineMaxFixedDim);
+  const double rows = d <= geo::kOnlineMaxFixedDim ? geo::online_rows_per_thread(fixed) : 1.0;
+  const double chunk = d <= geo::kOnlineMaxFixedDim ? geo::online_chunk(fixed) : 8.0;
+  // The column's shared loads (LDS.128 of y_j and h_j) are shared by the thread's rows.
+  const double loads = std::ceil((d + 1) / 4.0) / rows;
+  // Per chunk: max with the running max, the shift, the rescale's ex2 and FMA.
+  const double rescale = 4.0 / chunk;
+  // The LSE per pair: FMNMX, FADD (shift), MUFU.EX2, FADD (tree sum).
+  const double lse = 4.0;
+  double score = 0;
+  if (cost == CostKind::euclidean) {
+    // Differences and FMAs, the clamp, MUFU.RSQ and the multiply, the score FMA.
+    score = 2.0 * d + 4.0;
+  } else if (d > geo::kOnlineMaxFixedDim) {
+    score = 2.0 * d + 1.0;  // the dynamic-dimension kernel keeps the difference form
+  } else {
+    score = d;  // the FMA chain of <2 scale x, y> starting at h_j
+  }
+  return score + lse + loads + rescale;
+}
+
+bool small_kernel_preferred(std::int64_t B, std::int64_t n, std::int64_t m, int dp,
+                            const DeviceProps& dev) {
+  if (dev.sm_count <= 0 || B >= dev.sm_count) return true;  // every SM has a problem
+  // Issue rate of one SM (128 thread instructions per clock).
+  const double per_sm = dev.fp32_per_s > 0 ? dev.fp32_per_s / dev.sm_count : 128.0 * 1.98e9;
+  const double pairs =
+      2.0 * static_cast<double>(B) * static_cast<double>(n) * static_cast<double>(m);
+  // Both kernels do about the same work per pair (the small one's norm expansion or
+  // cached cost against the online one's FMA chain): the difference is the SMs used
+  // and the launches of the online path (2 half-steps, up to 2 split merges).
+  const double per_pair = online_instructions_per_pair(dp, CostKind::sqeuclidean);
+  constexpr double kLaunchSeconds = 3e-6;
+  const double t_small = pairs * per_pair / (static_cast<double>(B) * per_sm);
+  const double t_online =
+      pairs * per_pair / (static_cast<double>(dev.sm_count) * per_sm) + 4.0 * kLaunchSeconds;
+  return !(t_online < 0.8 * t_small);
 }
 
 int choose_splits(std::int64_t row_blocks, std::int64_t B, std::int64_t col_tiles,
@@ -277,12 +323,13 @@ Plan make_plan(const Request& request, const DeviceProps& dev) {
   const bool pts = r.cost != CostKind::matrix;
   p.dp = pts ? detail::padded_dim(r.d) : 0;
 
-  // Kernel: small when a point-cloud problem fits one block's shared memory, dense
-  // for cost matrices, online otherwise.
+  // Kernel: small when a point-cloud problem fits one block's shared memory and its
+  // blocks keep the SMs busy enough (small_kernel_preferred), dense for cost matrices,
+  // online otherwise.
   if (pts && r.n <= geo::kSmallMaxSide && r.m <= geo::kSmallMaxSide &&
       p.dp <= geo::kSmallMaxOnlineDim) {
     const auto v = geo::small_variant(true, r.n, r.m, r.d, dev.smem_per_block_optin);
-    if (v.fits) {
+    if (v.fits && small_kernel_preferred(r.B, r.n, r.m, p.dp, dev)) {
       p.kernel = Kernel::small;
       p.small_smem_bytes = v.layout.bytes();
     }

@@ -165,8 +165,13 @@ __global__ void __launch_bounds__(kColThreads)
                          float* __restrict__ G, float2* __restrict__ partial, std::int64_t n,
                          std::int64_t m, std::int64_t tiles, std::int64_t nsplit,
                          std::int64_t rows_per_split) {
-  const std::int64_t tile = blockIdx.x % tiles;
-  const std::int64_t rest = blockIdx.x / tiles;
+  // Blocks in reverse: the row half-step streams C from its first row to its last, so
+  // the column half-step starts at the end (still in L2) and ends at the start, where
+  // the next row half-step begins. When C fits in L2 (~50 MB) both passes hit it after
+  // the first; above, each pass saves up to the L2's size of DRAM reads.
+  const std::int64_t blk = static_cast<std::int64_t>(gridDim.x) - 1 - blockIdx.x;
+  const std::int64_t tile = blk % tiles;
+  const std::int64_t rest = blk / tiles;
   const std::int64_t split = rest % nsplit;
   const std::int64_t b = rest / nsplit;
   if (active != nullptr && active[b] == 0) return;

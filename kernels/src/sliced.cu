@@ -1,8 +1,11 @@
 // Kernels of the CUDA sliced Wasserstein path (otgpu_kernels/sliced.h).
 //
 // Per chunk of directions the host projects with a GEMM that writes [Lc, B*n]
-// directly, so each (direction, problem) pair is a contiguous segment; CUB's
-// segmented radix sort orders each segment; one thread block per segment runs the
+// directly, so each (direction, problem) pair is a contiguous segment; one device-wide
+// CUB radix sort on 64-bit keys (segment id above the fp32 key's order-preserving bits)
+// orders every segment in one pass, so the sort fills the GPU whether there are 64
+// segments of 2^20 points or 10^5 segments of 128 (a segmented sort gives each segment
+// one block: 64 blocks at n = 2^20); one thread block per segment runs the
 // shared quantile merge (detail/quantile_merge.h), its threads splitting the merge
 // by merge path, and writes W_p^p and the per-point derivatives.
 #include <cuda_runtime.h>
@@ -11,7 +14,7 @@
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
-#include <cub/device/device_segmented_radix_sort.cuh>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "grid.cuh"
 #include "otgpu/detail/directions.h"
@@ -200,6 +203,39 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+/// Order-preserving map of an fp32 key to 32 unsigned bits: flip all bits of a
+/// negative number (larger magnitude sorts first), only the sign bit of a positive one.
+__device__ __forceinline__ std::uint32_t float_order_bits(float f) {
+  const std::uint32_t u = __float_as_uint(f);
+  return u ^ ((u >> 31) != 0u ? 0xffffffffu : 0x80000000u);
+}
+
+__device__ __forceinline__ float float_from_order_bits(std::uint32_t u) {
+  return __uint_as_float(u ^ ((u >> 31) != 0u ? 0x80000000u : 0xffffffffu));
+}
+
+/// key[e] = segment(e) << 32 | order bits of keys[e]: one device-wide radix sort on these
+/// keys orders every segment at once (the segment id in the high bits keeps the segments
+/// apart and in place), instead of one sort per segment.
+__global__ void __launch_bounds__(kThreads)
+    segment_keys_kernel(const float* __restrict__ keys, std::int64_t len, std::int64_t total,
+                        std::uint64_t* __restrict__ out) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    out[e] = (static_cast<std::uint64_t>(e / len) << 32) | float_order_bits(keys[e]);
+  }
+}
+
+/// The sorted fp32 keys back from the low 32 bits.
+__global__ void __launch_bounds__(kThreads)
+    float_keys_kernel(const std::uint64_t* __restrict__ keys, std::int64_t total,
+                      float* __restrict__ out) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    out[e] = float_from_order_bits(static_cast<std::uint32_t>(keys[e]));
+  }
+}
+
 }  // namespace
 
 void sliced_directions(const double* given, std::uint64_t seed, std::int64_t d, std::int64_t L,
@@ -221,23 +257,56 @@ void sliced_segments(int* vals, int* offsets, std::int64_t len, int segments, cu
   OTGPU_LAUNCH_CHECK();
 }
 
-std::size_t sliced_sort_temp_bytes(std::int64_t items, int segments) {
+namespace {
+
+constexpr std::size_t kTempAlign = 256;
+
+std::size_t align_up(std::size_t v) { return (v + kTempAlign - 1) / kTempAlign * kTempAlign; }
+
+/// Bits the segment id needs (segments - 1 fits in them).
+int segment_bits(int segments) {
+  int bits = 0;
+  while (bits < 31 && (std::int64_t{1} << bits) < segments) ++bits;
+  return bits;
+}
+
+/// Bytes of CUB's scratch for one device-wide sort of `items` 64-bit keys.
+std::size_t cub_temp_bytes(std::int64_t items, int end_bit) {
   std::size_t bytes = 0;
   // A size query: CUB reads no pointer and launches nothing.
-  OTGPU_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(
-      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int*>(nullptr), static_cast<int*>(nullptr), static_cast<int>(items),
-      segments, static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), 0, 32));
+  OTGPU_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const std::uint64_t*>(nullptr),
+      static_cast<std::uint64_t*>(nullptr), static_cast<const int*>(nullptr),
+      static_cast<int*>(nullptr), static_cast<int>(items), 0, end_bit));
   return bytes;
+}
+
+}  // namespace
+
+std::size_t sliced_sort_temp_bytes(std::int64_t items, int segments) {
+  const int end_bit = 32 + segment_bits(std::max(segments, 1));
+  return 2 * align_up(static_cast<std::size_t>(items) * sizeof(std::uint64_t)) +
+         cub_temp_bytes(items, end_bit);
 }
 
 void sliced_sort(void* temp, std::size_t temp_bytes, const float* keys_in, float* keys_out,
                  const int* vals_in, int* vals_out, std::int64_t items, int segments,
                  const int* offsets, cudaStream_t stream) {
-  std::size_t bytes = temp_bytes;
-  OTGPU_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairs(
-      temp, bytes, keys_in, keys_out, vals_in, vals_out, static_cast<int>(items), segments, offsets,
-      offsets + 1, 0, 32, stream));
+  (void)offsets;  // uniform segments: offsets[s] = s * len (sliced_segments)
+  if (items <= 0 || segments <= 0) return;
+  const std::int64_t len = items / segments;
+  const int end_bit = 32 + segment_bits(segments);
+  const std::size_t key_bytes = align_up(static_cast<std::size_t>(items) * sizeof(std::uint64_t));
+  auto* k_in = static_cast<std::uint64_t*>(temp);
+  auto* k_out = reinterpret_cast<std::uint64_t*>(static_cast<char*>(temp) + key_bytes);
+  void* cub_temp = static_cast<char*>(temp) + 2 * key_bytes;
+  std::size_t bytes = temp_bytes - 2 * key_bytes;
+  segment_keys_kernel<<<grid_for(items), kThreads, 0, stream>>>(keys_in, len, items, k_in);
+  OTGPU_LAUNCH_CHECK();
+  OTGPU_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cub_temp, bytes, k_in, k_out, vals_in, vals_out,
+                                                   static_cast<int>(items), 0, end_bit, stream));
+  float_keys_kernel<<<grid_for(items), kThreads, 0, stream>>>(k_out, items, keys_out);
+  OTGPU_LAUNCH_CHECK();
 }
 
 void sliced_merge(const SlicedMerge& a, cudaStream_t stream) {

@@ -48,6 +48,7 @@ struct Case {
   double rho = std::numeric_limits<double>::infinity();
   bool f32 = false;
   int iters = 30;
+  double offset = 0;  ///< added to every coordinate of x and y (before any fp32 rounding)
 };
 
 struct Data {
@@ -60,6 +61,8 @@ Data make(const Case& k, std::uint32_t seed) {
   Data D;
   D.x = uniform(static_cast<std::size_t>(k.B * k.n * k.d), seed);
   D.y = uniform(static_cast<std::size_t>(k.B * k.m * k.d), seed + 1, 0.1, 1.1);
+  for (double& v : D.x) v += k.offset;
+  for (double& v : D.y) v += k.offset;
   if (k.cost == CostKind::matrix) {
     D.c = uniform(static_cast<std::size_t>(k.B * k.n * k.m), seed + 2, 0.0, 2.0);
     D.p.cost = TensorView::host(D.c.data(), {k.B, k.n, k.m});
@@ -171,7 +174,26 @@ INSTANTIATE_TEST_SUITE_P(
              std::numeric_limits<double>::infinity(), true},
         Case{"dense_matrix", 2, 300, 257, 0, CostKind::matrix, 0.05, true},
         Case{"small_kernel_batch", 16, 100, 120, 2, CostKind::sqeuclidean, 0.05, true},
-        Case{"small_kernel_d17", 8, 64, 64, 17}),
+        Case{"small_kernel_d17", 8, 64, 64, 17},
+        // The online kernels' norm form |x|^2 + |y|^2 - 2<x,y> on centered data: clouds
+        // offset by 1e4 (fp32 inputs: the CPU sees the same rounded points) and eps down
+        // to 1e-4 of the mean cost, on the online path (n > 512) and the small kernel.
+        Case{"offset_1e4_d2", 1, 700, 600, 2, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), true, 20, 1e4},
+        Case{"offset_1e4_d16", 1, 700, 600, 16, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), true, 20, 1e4},
+        Case{"offset_1e4_d64", 1, 600, 700, 64, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), true, 20, 1e4},
+        Case{"offset_1e4_small_kernel", 4, 100, 120, 8, CostKind::sqeuclidean, 0.05, false,
+             std::numeric_limits<double>::infinity(), true, 20, 1e4},
+        Case{"eps_1em4_d2", 1, 700, 600, 2, CostKind::sqeuclidean, 1e-4, true,
+             std::numeric_limits<double>::infinity(), false, 10},
+        Case{"eps_1em4_d16", 1, 700, 600, 16, CostKind::sqeuclidean, 1e-4, false,
+             std::numeric_limits<double>::infinity(), false, 10},
+        Case{"eps_1em4_euclidean_d3", 1, 700, 600, 3, CostKind::euclidean, 1e-4, false,
+             std::numeric_limits<double>::infinity(), false, 10},
+        Case{"eps_1em4_offset_1e4_d8", 1, 1000, 900, 8, CostKind::sqeuclidean, 1e-4, false,
+             std::numeric_limits<double>::infinity(), true, 10, 1e4}),
     [](const ::testing::TestParamInfo<Case>& param_info) { return param_info.param.name; });
 
 TEST(SinkhornGpu, ConvergedSolvesAgree) {

@@ -210,6 +210,21 @@ Plan make_cpu_plan(const Request& request, const CpuProps& cpu);
 int choose_splits(std::int64_t row_blocks, std::int64_t B, std::int64_t col_tiles,
                   std::int64_t wave);
 
+/// Whether a point-cloud problem that fits the small kernel (one block per problem, the
+/// whole loop inside the kernel) should run there rather than on the batched online
+/// kernels (every SM busy, a few launches per iteration). The small kernel occupies
+/// min(B, SMs) SMs; the online half-steps spread the same 2 B n m pairs over all SMs but
+/// pay ~3 us per launch. Estimated from the per-pair issue counts of the compiled kernels
+/// (scripts/sass-report): the small kernel is kept unless the online path is estimated
+/// at under 0.8 of its time (B = 64, n = m = 512: kept at d = 2, online at d = 32).
+bool small_kernel_preferred(std::int64_t B, std::int64_t n, std::int64_t m, int dp,
+                            const DeviceProps& device);
+
+/// Estimated issue slots (thread instructions) per (i, j) pair of the online half-step
+/// for padded dimension dp and cost: the score, the LSE update, the shared loads and the
+/// chunk rescale, as the static SASS counts them (bench/results/sass-*-simt.md).
+double online_instructions_per_pair(int dp, CostKind cost);
+
 /// How the device loop cuts iterations [0, max_iter) (the checks are the CPU
 /// reference's: after iteration t when check_every > 0, (t+1) % check_every == 0 and
 /// t >= K):

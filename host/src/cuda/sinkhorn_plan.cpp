@@ -126,7 +126,10 @@ bool small_path(const DeviceSolve& s, int device) {
       s.m > kernels::geometry::kSmallMaxSide || s.dp > kernels::geometry::kSmallMaxOnlineDim)
     return false;
   const auto& props = device_planner_props(device);
-  return kernels::geometry::small_variant(true, s.n, s.m, s.dp, props.smem_per_block_optin).fits;
+  // The planner's rule (make_plan): the small kernel only when it fits and keeps enough
+  // SMs busy; otherwise the batched online kernels take the problem.
+  return kernels::geometry::small_variant(true, s.n, s.m, s.dp, props.smem_per_block_optin).fits &&
+         planner::small_kernel_preferred(s.B, s.n, s.m, s.dp, props);
 }
 
 int device_sm_count(int device) { return device_planner_props(device).sm_count; }

@@ -54,8 +54,8 @@ void enqueue_derived(DerivedKind what, const DevicePlan& pl, const Carved& c, co
       return;
     case DerivedKind::gradient: {
       const bool euclid = pl.cost == CostKind::euclidean;
-      kernels::online_half_step(d.online(true, eps, nullptr), nullptr, d.Ft, s);
-      kernels::online_weighted_mean(d.online(true, eps, nullptr), euclid ? 1 : 0, c.T, s);
+      // One pass: the balanced potential Ft and the weighted mean together.
+      kernels::online_weighted_mean(d.online(true, eps, nullptr), euclid ? 1 : 0, c.T, s, d.Ft);
       kernels::finish_gradient(d.X, c.T, d.a, d.F, d.Ft, eps, ratio, euclid,
                                static_cast<float*>(out), sh.batch, sh.n, sh.d, pl.dp, s);
       return;

@@ -29,7 +29,7 @@ constexpr int kOnlineMaxFixedDim = 64;  ///< padded dims up to here have a speci
 /// Rows each thread owns for padded dimension dp: more rows for small d, where a
 /// shared-memory read of y_j is otherwise one load per exponential. Above 64 the
 /// dynamic-dimension kernel owns one row per thread.
-constexpr int online_rows_per_thread(int dp) { return dp <= 4 ? 4 : (dp <= 16 ? 2 : 1); }
+constexpr int online_rows_per_thread(int dp) { return dp <= 16 ? 4 : (dp <= 32 ? 2 : 1); }
 
 /// Rows one block of the half-step owns.
 constexpr std::int64_t online_rows_per_block(int dp) {
@@ -37,12 +37,27 @@ constexpr std::int64_t online_rows_per_block(int dp) {
          (dp <= kOnlineMaxFixedDim ? online_rows_per_thread(dp) : 1);
 }
 
-/// Shared memory of one half-step block: a tile of columns [kTJ][dp] and their
-/// scaled terms [kTJ] (static for dp <= 64, dynamic above; the same bytes).
+/// Floats per column in the packed tile of the fixed-dimension kernels: the dp
+/// coordinates of y_j, then its column term h_j, padded to 16 bytes so that a column
+/// is read with 128-bit shared loads (dp = 2: one LDS.128 gives y0, y1 and h).
+constexpr int online_tile_stride(int dp) { return dp == 1 ? 2 : (dp + 1 + 3) / 4 * 4; }
+
+/// Scores per rescale of the running (max, sum) in the fixed-dimension half-step: 16
+/// for small dp (the rescale's ex2 and multiply are then 1/16 of a pair), 8 above
+/// where the score registers [rows][chunk] would crowd out the point coordinates.
+constexpr int online_chunk(int dp) { return dp <= 4 ? 16 : 8; }
+
+/// Shared memory of one half-step block: the packed tile [kTJ][online_tile_stride]
+/// for dp <= 64 (static), a tile of columns [kTJ][dp] and their terms [kTJ] above
+/// (dynamic). The dynamic-memory kernels of every dp (row statistics, sampling) use
+/// the second layout, which never needs more than the first.
 constexpr std::size_t online_smem_bytes(int dp) {
-  return (static_cast<std::size_t>(kOnlineTileCols) * static_cast<std::size_t>(dp) +
-          kOnlineTileCols) *
-         sizeof(float);
+  return dp <= kOnlineMaxFixedDim
+             ? static_cast<std::size_t>(kOnlineTileCols) *
+                   static_cast<std::size_t>(online_tile_stride(dp)) * sizeof(float)
+             : (static_cast<std::size_t>(kOnlineTileCols) * static_cast<std::size_t>(dp) +
+                kOnlineTileCols) *
+                   sizeof(float);
 }
 
 /// Column tiles of a row of n_cols columns.

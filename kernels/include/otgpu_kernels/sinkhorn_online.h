@@ -64,8 +64,11 @@ void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStr
 /// Softmax-weighted average per row: out[b,i,:] = sum_j w_ij v_ij / sum_j w_ij over
 /// the dp coordinates, with v_ij = y_j (mode 0: barycentric map) or
 /// (x_i - y_j)/|x_i - y_j| (mode 1: the Euclidean cost's gradient direction; 0 when
-/// x_i = y_j). out is [B, n_rows, dp].
-void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream);
+/// x_i = y_j). out is [B, n_rows, dp]. potential_out (optional, [B, n_rows]) receives
+/// the balanced half-step's potential of the same rows, -eps LSE_j(...) (lambda = 1),
+/// computed in the same pass for dp <= 64 (one read of the columns for both).
+void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream,
+                          float* potential_out = nullptr);
 
 /// Gumbel-max sampling: out[b,i] = argmax_j col_logw_j + (col_pot_j - C_ij)/eps +
 /// gumbel(seed, b, i, j) (otgpu/detail/math.h, the CPU's key), int64.

@@ -31,8 +31,11 @@ void sliced_segments(int* vals, int* offsets, std::int64_t len, int segments, cu
 std::size_t sliced_sort_temp_bytes(std::int64_t items, int segments);
 
 /// Sorts each segment [offsets[s], offsets[s + 1]) of (keys_in, vals_in) by key
-/// (ascending fp32, all 32 bits) into (keys_out, vals_out); temp holds temp_bytes >=
-/// sliced_sort_temp_bytes(items, segments).
+/// (ascending fp32, all 32 bits; stable) into (keys_out, vals_out); temp holds
+/// temp_bytes >= sliced_sort_temp_bytes(items, segments). The segments must be the
+/// uniform ones of sliced_segments (offsets[s] = s * items / segments): the sort is one
+/// device-wide radix sort of 64-bit keys (segment id << 32 | order-preserving bits of
+/// the key, 32 + ceil(log2 segments) bits), whose two key arrays live in temp.
 void sliced_sort(void* temp, std::size_t temp_bytes, const float* keys_in, float* keys_out,
                  const int* vals_in, int* vals_out, std::int64_t items, int segments,
                  const int* offsets, cudaStream_t stream);
