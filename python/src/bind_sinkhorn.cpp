@@ -360,6 +360,7 @@ nb::object run_divergence(nb::handle x, nb::handle y, nb::handle a, nb::handle b
                 : otgpu::sinkhorn_divergence(bp.problem, p.options);
   }
   rethrow_progress(p);
+  if (!bp.batched) return nb::float_(out.at(0));
   const std::size_t B = out.size();
   return to_numpy(std::move(out), {B}, false);
 }
