@@ -63,6 +63,7 @@ def test_work_is_ordered_after_the_callers_stream(torch):
     ref = otgpu.sinkhorn(new.cpu().numpy(), y.cpu().numpy(), eps=0.1, backend="cpu")
     assert r_current.ot_eps == pytest.approx(ref.ot_eps, rel=1e-3)
     x2, _ = clouds(torch, seed=1)
+    side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         torch.cuda._sleep(200_000_000)
         x2.copy_(new)
