@@ -299,7 +299,7 @@ def test_progress_callback_and_cancellation(rng):
 
 def otgpu_cli():
     path = os.environ.get("OTGPU_BIN")
-    if path:
+    if path and os.access(path, os.X_OK):
         return path
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for build in ("build/ci", "build/release", "build/cpu"):
