@@ -21,6 +21,7 @@ from ._api import (GaussianOTResult, SinkhornResult, SlicedResult, barycentric_m
                    monotone_coupling_1d, sample_partners, sinkhorn, sinkhorn_defaults,
                    sinkhorn_divergence, sliced_directions, sliced_wasserstein,
                    wasserstein_1d)
+from ._losses import LossTerms, loss_terms
 
 __version__ = _otgpu.__version__
 built_with_cuda = _otgpu.built_with_cuda
@@ -32,5 +33,5 @@ __all__ = [
     "barycentric_map", "gradient", "gradient_x", "sample_partners",
     "sliced_wasserstein", "SlicedResult", "sliced_directions", "wasserstein_1d",
     "monotone_coupling_1d", "gaussian_ot", "GaussianOTResult",
-    "cuda_available", "clear_contexts", "built_with_cuda",
+    "loss_terms", "LossTerms", "cuda_available", "clear_contexts", "built_with_cuda",
 ]

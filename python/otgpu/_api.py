@@ -196,9 +196,7 @@ def sinkhorn_divergence(x, y, *, a=None, b=None, result=None, stream=None, **opt
     out = _native.sinkhorn_divergence(prepare(x), prepare(y), prepare(a), prepare(b),
                                       None if result is None else result._native, handle,
                                       **options)
-    if getattr(x, "ndim", 3) == 2:
-        return float(out[0])
-    return converter(x)(out)
+    return out if isinstance(out, float) else converter(x)(out)
 
 
 class SlicedResult:

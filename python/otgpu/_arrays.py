@@ -40,16 +40,16 @@ def prepare(obj):
 
 
 def to_host(obj):
-    """A host NumPy copy of any array (f_init/g_init, which the library takes on the
-    host)."""
-    if obj is None or type(obj) is np.ndarray:
-        return obj
+    """f_init/g_init, which the library takes in host memory: framework arrays are
+    copied to the host (a device-to-host copy for CUDA tensors)."""
     fw = framework(obj)
     if fw == "torch":
         return obj.detach().cpu().numpy()
     if fw == "cupy":
         return obj.get()
-    return np.asarray(obj)
+    if fw == "jax":
+        return np.asarray(obj)
+    return obj  # NumPy, lists, other DLPack objects: the extension reads them
 
 
 def resolve_stream(stream, like):

@@ -7,6 +7,8 @@
 // stream), so the work is ordered after the caller's earlier work on that stream.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <ctime>
 #include <exception>
 #include <string_view>
 #include <utility>
@@ -358,8 +360,37 @@ nb::object run_divergence(nb::handle x, nb::handle y, nb::handle a, nb::handle b
                 : otgpu::sinkhorn_divergence(bp.problem, p.options);
   }
   rethrow_progress(p);
+  if (!bp.batched) return nb::float_(out.at(0));
   const std::size_t B = out.size();
   return to_numpy(std::move(out), {B}, false);
+}
+
+// The C++ side of python/bench/overhead.py: `repeats` calls of otgpu::sinkhorn on the
+// problem and options given, each timed alone in microseconds of the calling thread's
+// CPU time (CLOCK_THREAD_CPUTIME_ID: a loaded machine's preemptions do not count), with
+// no Python between the clock reads; the script compares them with whole calls of
+// otgpu.sinkhorn timed the same way.
+double thread_cpu_us() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
+}
+
+nb::object time_native_solves(nb::handle x, nb::handle y, int repeats, const nb::kwargs& kw) {
+  ParsedOptions p = parse_options(kw, "_time_native_solves");
+  BoundProblem bp =
+      bind_problem(x, y, nb::none(), nb::none(), nb::none(), p.cost_kind, "_time_native_solves");
+  std::vector<double> us(static_cast<std::size_t>(std::max(repeats, 1)));
+  {
+    nb::gil_scoped_release nogil;
+    for (auto& t : us) {
+      const double t0 = thread_cpu_us();
+      const SinkhornResult r = otgpu::sinkhorn(bp.problem, p.options);
+      t = thread_cpu_us() - t0;
+    }
+  }
+  const std::size_t len = us.size();
+  return to_numpy(std::move(us), {len}, false);
 }
 
 nb::dict sinkhorn_defaults() {
@@ -440,6 +471,8 @@ void bind_sinkhorn(nb::module_& m) {
         nb::arg("seed"), nb::arg("stream").none(), nb::arg("cost_kind"));
   m.def("sinkhorn_divergence", &run_divergence, nb::arg("x"), nb::arg("y"), nb::arg("a").none(),
         nb::arg("b").none(), nb::arg("xy").none(), nb::arg("stream").none(), nb::arg("options"));
+  m.def("_time_native_solves", &time_native_solves, nb::arg("x"), nb::arg("y"), nb::arg("repeats"),
+        nb::arg("options"));
   m.def("sinkhorn_defaults", &sinkhorn_defaults,
         "The defaults of otgpu::SinkhornOptions (None for the automatic ones).");
 }
