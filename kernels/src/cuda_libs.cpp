@@ -81,6 +81,7 @@ const CublasApi& cublas() {
     bind(lib, so, "cublasSgemm_v2", t.sgemm);
     bind(lib, so, "cublasDgemmBatched", t.dgemm_batched);
     bind(lib, so, "cublasDgemmStridedBatched", t.dgemm_strided_batched);
+    bind(lib, so, "cublasSgemmStridedBatched", t.sgemm_strided_batched);
     bind(lib, so, "cublasGetStatusString", t.get_status_string);
     g_cublas = t;
     g_cublas_ready.store(true, std::memory_order_release);

@@ -18,6 +18,7 @@ TEST(CudaLibs, TablesResolveEveryFunction) {
         reinterpret_cast<const void*>(blas.sgemm),
         reinterpret_cast<const void*>(blas.dgemm_batched),
         reinterpret_cast<const void*>(blas.dgemm_strided_batched),
+        reinterpret_cast<const void*>(blas.sgemm_strided_batched),
         reinterpret_cast<const void*>(blas.get_status_string)}) {
     EXPECT_NE(p, nullptr);
   }

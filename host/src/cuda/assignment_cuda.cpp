@@ -23,6 +23,7 @@
 #include "otgpu_host/gpu_runtime.h"
 #include "otgpu_kernels/assignment.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/cuda_libs.h"
 #include "otgpu_kernels/gather.h"
 #include "view_staging.h"
 
@@ -154,9 +155,9 @@ void enqueue(runtime::Context& ctx, const AssignmentProblem& p, const Staging& s
     // Row-major G [n, m] = X Y^T is column-major G^T [m, n] = Y X^T: with X^T, Y^T the
     // column-major views (ld d) of the row-major points, C = op_T(Y^T) op_N(X^T).
     cublasHandle_t blas = ctx.blas();
-    OTGPU_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
+    OTGPU_CUDA_CHECK(kernels::cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
     const float one = 1.0f, zero = 0.0f;
-    OTGPU_CUDA_CHECK(cublasSgemmStridedBatched(
+    OTGPU_CUDA_CHECK(kernels::cublas().sgemm_strided_batched(
         blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n),
         static_cast<int>(d), &one, Y, static_cast<int>(d), m * d, X, static_cast<int>(d), n * d,
         &zero, bf.g, static_cast<int>(m), n * m, static_cast<int>(K)));

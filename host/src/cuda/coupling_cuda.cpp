@@ -26,6 +26,7 @@
 #include "otgpu_host/coupling_cuda.h"
 #include "otgpu_kernels/coupling.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/cuda_libs.h"
 #include "otgpu_kernels/gather.h"
 #include "validate.h"
 #include "view_staging.h"
@@ -159,9 +160,9 @@ void enqueue(GpuContext& ctx, const TensorView& x0, const TensorView& x1, const 
   kernels::row_sqnorms(b.x1, K * m, d, b.ny, st);
   // Row-major C_k = X0_k X1_k^T is the column-major (X1_k X0_k^T): m x n, ld m.
   cublasHandle_t blas = im.blas();
-  OTGPU_CUDA_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
+  OTGPU_CUDA_CHECK(kernels::cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));  // fp32, no TF32
   const float one = 1.f, zero = 0.f;
-  OTGPU_CUDA_CHECK(cublasSgemmStridedBatched(
+  OTGPU_CUDA_CHECK(kernels::cublas().sgemm_strided_batched(
       blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n), static_cast<int>(d),
       &one, b.x1, static_cast<int>(d), m * d, b.x0, static_cast<int>(d), n * d, &zero, b.C,
       static_cast<int>(m), n * m, static_cast<int>(K)));

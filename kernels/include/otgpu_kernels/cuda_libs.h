@@ -25,6 +25,7 @@ struct CublasApi {
   decltype(&::cublasSgemm_v2) sgemm = nullptr;
   decltype(&::cublasDgemmBatched) dgemm_batched = nullptr;
   decltype(&::cublasDgemmStridedBatched) dgemm_strided_batched = nullptr;
+  decltype(&::cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
   decltype(&::cublasGetStatusString) get_status_string = nullptr;
 };
 
