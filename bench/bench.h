@@ -85,6 +85,7 @@ void add_sinkhorn_workloads(std::vector<Workload>& out);  // sinkhorn_workloads.
 void add_sliced_workloads(std::vector<Workload>& out);    // sliced_workloads.cpp (W3)
 void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
 void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
+void add_mma_workloads(std::vector<Workload>& out);       // mma_workloads.cpp (W1tc)
 
 /// A row for work that did not run here, saying why (ctx.gpu_skip_reason()).
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,
