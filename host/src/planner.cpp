@@ -104,7 +104,7 @@ int online_occupancy(const DeviceProps& dev, int dp, bool& assumed) {
 }
 
 /// Blocks per SM of the tensor-core half-step for dp: measured, else an estimate from
-/// its ~37 KB of shared memory and 128 threads (registers unknown: capped at 4).
+/// its ~46 KB of shared memory and 128 threads (registers unknown: capped at 4).
 int mma_occupancy(const DeviceProps& dev, bool& assumed, int dp) {
   for (const Occupancy& o : dev.mma_occupancy) {
     if (o.dp == dp && o.blocks_per_sm > 0) {
@@ -113,7 +113,7 @@ int mma_occupancy(const DeviceProps& dev, bool& assumed, int dp) {
     }
   }
   assumed = true;
-  const int by_smem = dev.smem_per_sm > 0 ? static_cast<int>(dev.smem_per_sm / (38 * 1024)) : 4;
+  const int by_smem = dev.smem_per_sm > 0 ? static_cast<int>(dev.smem_per_sm / (47 * 1024)) : 4;
   return std::max(1, std::min(by_smem, 4));
 }
 

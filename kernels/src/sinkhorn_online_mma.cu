@@ -6,7 +6,7 @@
 // coordinates (16 for dp = 16) staged in shared memory by cp.async, double-buffered:
 // the loads of the next (tile, chunk) stage fly while the current one multiplies. Up to
 // dp = 64 the block's rows stay in shared memory for the whole launch and only Y
-// streams; above, X and Y chunks stream together (any dp, the same 37 KB of shared
+// streams; above, X and Y chunks stream together (any dp, the same 46 KB of shared
 // memory: no padding cliff and no size limit).
 //
 // Warp w owns rows [16 w, 16 w + 16) and every column of the tile: 8 accumulator tiles
@@ -16,17 +16,23 @@
 // scores. The four lanes of a quad share rows and merge their states at the end.
 //
 // Counts per pair (squared Euclidean, folded score): 3 (3xTF32) or 1 (TF32) mma.sync
-// per 8 coordinates per 16 x 8 pairs, i.e. 3 dp / 8 / 128 HMMA per pair; on the SIMT
-// side one FFMA (score), one FADD + one FMNMX (the LSE) and 1 + 1/16 MUFU.EX2. At dp = 64
-// the 3xTF32 tile costs 6 dp = 384 tensor FLOP per pair: against the H200's dense TF32
-// rate (~495 TFLOP/s, published) that is ~1.3e12 pairs/s, below the exp bound
-// (~4.2e12/s), so the kernel is tensor-bound from d ~ 16 (3xTF32) or d ~ 48 (TF32).
+// m16n8k8 per 8 coordinates per 16 x 8 pairs; on the SIMT side one FFMA (score), the
+// LSE's max and add and 1 + 1/16 MUFU.EX2. Static SASS (scripts/sass-mma-report,
+// bench/results/sass-sm90-cuda13.0-2026-11-29-mma.md): at dp = 64, 3xTF32, a warp
+// issues ~48 instructions per 32 pairs (the SIMT kernel: 151 per pair and thread),
+// ~7 per HMMA, so the estimate is issue-bound near 2.7 pairs per clock and SM (~12 ms
+// per iteration at n = m = 65536 on an H200) against the tensor bound of 6 dp = 384
+// FLOP per pair (~1.3e12 pairs/s at the published 494.7 TFLOP/s dense TF32, 6.7 ms);
+// TF32 ~29 instructions per 32 pairs. Unmeasured: this machine has no GPU.
 //
-// 3xTF32: the operands are split x = big + small on the fly (otgpu/detail/tf32.h) and
-// the products small*big, big*small, big*big are issued in that order, so the fp32
-// accumulator sees the small terms first. The epilogue rounding is that of the SIMT
-// kernels; the cancellation of |x|^2 + |y|^2 - 2<x,y> is bounded by the centring of
-// the staging (tests/test_mma_emulation.cpp measures it on the CPU model).
+// 3xTF32: the operands are split x = big + small (otgpu/detail/tf32.h: the rounding is
+// two integer instructions, the same code the CPU test proves) and the products
+// small*big, big*small, big*big are issued in that order, so the fp32 accumulator sees
+// the small terms first. Each Y chunk is split once for the block, in place, with the
+// remainders in a third buffer (presplit_chunk); each warp splits its own X rows. The
+// epilogue rounds as the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is
+// bounded by the centring of the staging (tests/test_mma_emulation.cpp measures it on
+// the CPU model).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -114,9 +120,12 @@ __device__ __forceinline__ std::uint32_t bf16_pair(float2 v) {
 
 /// Accumulates one chunk of KC coordinates of the warp's 16 x 64 dot-product tile.
 /// xs: the warp's first row (row stride ldx); ys: the tile's first column (stride ldy).
-template <MmaArith A, int KC>
-__device__ __forceinline__ void mma_chunk(const float* xs, int ldx, const float* ys, int ldy,
-                                          float (&acc)[8][4]) {
+/// kPresplit (TF32 arithmetics): ys already holds the TF32 rounding of y and ysm (same
+/// layout) the rounded remainder (3xTF32), done once per chunk for the block by
+/// presplit_chunk; otherwise both are derived here from raw fp32 ys.
+template <MmaArith A, int KC, bool kPresplit = false>
+__device__ __forceinline__ void mma_chunk(const float* xs, int ldx, const float* ys,
+                                          const float* ysm, int ldy, float (&acc)[8][4]) {
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   if constexpr (A == MmaArith::bf16) {
@@ -148,15 +157,52 @@ __device__ __forceinline__ void mma_chunk(const float* xs, int ldx, const float*
       }
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
-        const float* y = ys + (q * 8 + g) * ldy + k + t;
-        const float y0 = y[0], y1 = y[4];
-        const float b0 = otgpu::detail::tf32_rna_finite(y0),
-                    b1 = otgpu::detail::tf32_rna_finite(y1);
+        const int at = (q * 8 + g) * ldy + k + t;
+        const float y0 = ys[at], y1 = ys[at + 4];
+        float b0 = y0, b1 = y1;
+        if constexpr (!kPresplit) {
+          b0 = otgpu::detail::tf32_rna_finite(y0);
+          b1 = otgpu::detail::tf32_rna_finite(y1);
+        }
         if constexpr (A == MmaArith::x3tf32) {
           mma_tf32(acc[q], small, __float_as_uint(b0), __float_as_uint(b1));
-          mma_tf32(acc[q], big, tf32_bits(y0 - b0), tf32_bits(y1 - b1));
+          if constexpr (kPresplit) {
+            mma_tf32(acc[q], big, __float_as_uint(ysm[at]), __float_as_uint(ysm[at + 4]));
+          } else {
+            mma_tf32(acc[q], big, tf32_bits(y0 - b0), tf32_bits(y1 - b1));
+          }
         }
         mma_tf32(acc[q], big, __float_as_uint(b0), __float_as_uint(b1));
+      }
+    }
+  }
+}
+
+/// Once per chunk for the whole block (every thread calls it; no barrier): thread t
+/// takes half a column (column t / 2, coordinates KC/2 (t % 2) + [0, KC/2)), adds
+/// their squares to ny (the column norm, from the raw values) and, for the TF32
+/// arithmetics, replaces them in place by their TF32 rounding and writes the rounded
+/// remainder to ysm (3xTF32): the 4 warps then read ready operands instead of each
+/// converting the same B fragments.
+template <MmaArith A, int KC>
+__device__ __forceinline__ void presplit_chunk(float* ys, float* ysm, int ldy, float& ny) {
+  static_assert(2 * kBN == kThreads, "two threads per column");
+  const int at = (threadIdx.x >> 1) * ldy + (threadIdx.x & 1) * (KC / 2);
+#pragma unroll
+  for (int k = 0; k < KC / 2; k += 4) {
+    float4 v = *reinterpret_cast<const float4*>(ys + at + k);
+    ny = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ny))));
+    if constexpr (A != MmaArith::bf16) {
+      const float4 big =
+          make_float4(otgpu::detail::tf32_rna_finite(v.x), otgpu::detail::tf32_rna_finite(v.y),
+                      otgpu::detail::tf32_rna_finite(v.z), otgpu::detail::tf32_rna_finite(v.w));
+      *reinterpret_cast<float4*>(ys + at + k) = big;
+      if constexpr (A == MmaArith::x3tf32) {
+        *reinterpret_cast<float4*>(ysm + at + k) =
+            make_float4(otgpu::detail::tf32_rna_finite(v.x - big.x),
+                        otgpu::detail::tf32_rna_finite(v.y - big.y),
+                        otgpu::detail::tf32_rna_finite(v.z - big.z),
+                        otgpu::detail::tf32_rna_finite(v.w - big.w));
       }
     }
   }
@@ -244,10 +290,11 @@ struct Args {
 };
 
 /// Shared memory of the main kernel, in floats: X (resident: all chunks; else two
-/// chunk buffers), two Y chunk buffers, then per column / row terms.
+/// chunk buffers), two Y chunk buffers, the 3xTF32 remainders of one Y chunk, then
+/// per column / row terms. At most 47,104 bytes: no opt-in above 48 KB.
 struct Smem {
   int ldx, ldy, x_floats, y_floats;
-  __host__ __device__ int floats() const { return x_floats + 2 * y_floats + 3 * kBN + kBM; }
+  __host__ __device__ int floats() const { return x_floats + 3 * y_floats + 3 * kBN + kBM; }
 };
 
 template <int KC, bool kResident>
@@ -275,9 +322,10 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   const Smem L = smem_layout<KC, kResident>(dp);
   float* xs = smem;
   float* ys = smem + L.x_floats;
-  float* hs = ys + 2 * L.y_floats;  // [kBN] column term (folded: minus scale |y_j|^2)
-  float* nys = hs + kBN;            // [kBN] |y_j|^2
-  float* nxs = nys + kBN;           // [kBM] |x_i|^2
+  float* ysm = ys + 2 * L.y_floats;  // [kBN][ldy] 3xTF32 remainders of the current chunk
+  float* hs = ysm + L.y_floats;      // [kBN] column term (folded: minus scale |y_j|^2)
+  float* nys = hs + kBN;             // [kBN] |y_j|^2
+  float* nxs = nys + kBN;            // [kBM] |x_i|^2
   const float eps = p.eps[b];
   const float scale = kLog2e / eps;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
@@ -324,7 +372,8 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   Stat2 ss[2] = {{-INFINITY, 0.f, 0.f}, {-INFINITY, 0.f, 0.f}};
   float best[2] = {-INFINITY, -INFINITY};
   std::int64_t arg[2] = {-1, -1};
-  float h_col = -INFINITY, ny_col = 0.f;  // thread tid < kBN: column tid of the tile
+  // Thread t: column t / 2 of the tile (its term on the even thread, half its norm each).
+  float h_col = -INFINITY, ny_col = 0.f;
   const float two_scale = 2.f * scale;
 
   std::int64_t j0 = j_begin;
@@ -335,20 +384,18 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     __syncthreads();  // stage s landed; every warp is done with stage s - 1's buffers
     if (s + 1 < stages) issue(buf ^ 1);
     cp_async_commit();
-    const float* ysb = ys + buf * L.y_floats;
-    if (threadIdx.x < kBN) {
-      if (kc == 0) {
-        const std::int64_t j = j0 + threadIdx.x;
-        h_col = j < j_end ? scaled_term(logw_b[j], pot_b[j], scale) : -INFINITY;
-        ny_col = 0.f;
-      }
-      const float* y = ysb + threadIdx.x * L.ldy;
-#pragma unroll
-      for (int k = 0; k < KC; ++k) ny_col = fmaf(y[k], y[k], ny_col);
+    float* ysb = ys + buf * L.y_floats;
+    if (kc == 0) {
+      const std::int64_t j = j0 + (threadIdx.x >> 1);
+      h_col =
+          (threadIdx.x & 1) == 0 && j < j_end ? scaled_term(logw_b[j], pot_b[j], scale) : -INFINITY;
+      ny_col = 0.f;
     }
+    presplit_chunk<A, KC>(ysb, ysm, L.ldy, ny_col);
+    if constexpr (A != MmaArith::bf16) __syncthreads();  // the operands are ready
     const float* xsw =
         kResident ? xs + warp * 16 * L.ldx + kc * KC : xs + buf * kBM * L.ldx + warp * 16 * L.ldx;
-    mma_chunk<A, KC>(xsw, L.ldx, ysb, L.ldy, acc);
+    mma_chunk<A, KC, true>(xsw, L.ldx, ysb, ysm, L.ldy, acc);
     if (kc != nk - 1) {
       ++kc;
       continue;
@@ -356,9 +403,12 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     kc = 0;  // the tile's last chunk: its epilogue, then the next tile
 
     // ---- epilogue of the column tile ----
-    if (threadIdx.x < kBN) {
-      hs[threadIdx.x] = kFold ? h_col - scale * ny_col : h_col;  // -inf stays -inf
-      nys[threadIdx.x] = ny_col;
+    {
+      const float ny = ny_col + __shfl_xor_sync(0xffffffffu, ny_col, 1);  // both halves
+      if ((threadIdx.x & 1) == 0) {
+        hs[threadIdx.x >> 1] = kFold ? h_col - scale * ny : h_col;  // -inf stays -inf
+        nys[threadIdx.x >> 1] = ny;
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -375,7 +425,9 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
             sc[2 * q + e] = fmaf(two_scale, dot, hs[c]);
           } else {
             const float c2 = fmaxf(fmaf(-2.f, dot, nxs[r] + nys[c]), 0.f);
-            cost[2 * q + e] = kEuclid ? sqrtf(c2) : c2;
+            // sqrt as c2 rsqrt(c2) (MUFU.RSQ, ~1e-7 relative): sqrtf's IEEE slow-path
+            // call spills registers around it in this kernel.
+            cost[2 * q + e] = kEuclid ? (c2 > 0.f ? c2 * rsqrtf(c2) : 0.f) : c2;
             sc[2 * q + e] = fmaf(-scale, cost[2 * q + e], hs[c]);
           }
         }
@@ -551,7 +603,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < KC; ++k)
           ny = fmaf(ys[threadIdx.x * ld + k], ys[threadIdx.x * ld + k], ny);
       }
-      mma_chunk<MmaArith::x3tf32, KC>(xs + warp * 16 * ld, ld, ys, ld, acc);
+      mma_chunk<MmaArith::x3tf32, KC>(xs + warp * 16 * ld, ld, ys, nullptr, ld, acc);
       __syncthreads();
     }
     if (threadIdx.x < kBN) {
@@ -577,8 +629,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int q = 0; q < 16; ++q) {
         const int c = (q >> 1) * 8 + 2 * t + (q & 1);
         const float c2 = fmaxf(fmaf(-2.f, acc[q >> 1][2 * h + (q & 1)], nxs[r] + nys[c]), 0.f);
-        const float cost = kEuclid ? sqrtf(c2) : c2;
         inv_c[q] = c2 > 0.f ? rsqrtf(c2) : 0.f;
+        const float cost = kEuclid ? c2 * inv_c[q] : c2;
         sc[q] = fmaf(-scale, cost, hs[c]);
         cmax = fmaxf(cmax, sc[q]);
       }
