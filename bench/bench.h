@@ -95,6 +95,7 @@ void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.c
 void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
 void add_coupling_workloads(std::vector<Workload>& out);  // coupling_workloads.cpp (W4e)
 void add_dist_workloads(std::vector<Workload>& out);      // dist_workloads.cpp (W6)
+void add_mma_workloads(std::vector<Workload>& out);       // mma_workloads.cpp (W1tc)
 
 /// A row for work that did not run here, saying why (ctx.gpu_skip_reason()).
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,

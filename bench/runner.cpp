@@ -20,6 +20,7 @@ std::vector<Workload> all_workloads() {
   std::vector<Workload> w;
   add_roofline_workloads(w);
   add_sinkhorn_workloads(w);
+  add_mma_workloads(w);
   add_sliced_workloads(w);
   add_assignment_workloads(w);
   add_coupling_workloads(w);

@@ -98,6 +98,8 @@ nlohmann::json plan_json(const planner::Plan& p) {
                       {"device_count", p.device_count},
                       {"kernel", std::string(planner::to_string(p.kernel))},
                       {"padded_d", p.dp},
+                      {"tensor_cores", p.tensor_cores},
+                      {"precision", std::string(to_string(p.precision))},
                       {"f_step", half_json(p.f)},
                       {"g_step", half_json(p.g)},
                       {"occupancy", p.occupancy},

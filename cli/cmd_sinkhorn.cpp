@@ -41,6 +41,7 @@ struct SinkhornArgs {
   double eps_decay = 0;
   bool no_eps_scaling = false;
   std::string acceleration;
+  std::string precision;
   bool progress = false;
   bool strict = false;
   double rho_a = std::numeric_limits<double>::infinity();
@@ -231,6 +232,7 @@ SinkhornOptions make_options(const SinkhornArgs& args) {
   if (args.eps_init_opt->count() > 0) o.eps_init = args.eps_init;
   if (args.eps_decay_opt->count() > 0) o.eps_decay = args.eps_decay;
   if (!args.acceleration.empty()) o.acceleration = parse_acceleration(args.acceleration);
+  if (!args.precision.empty()) o.precision = parse_precision(args.precision, "--precision");
   o.rho_a = args.rho_a;
   o.rho_b = args.rho_b;
   o.backend = resolve_backend_flag(args.backend);
@@ -363,6 +365,8 @@ void run_sinkhorn(const SinkhornArgs& args) {
     nlohmann::json out;
     out["command"] = "sinkhorn";
     out["backend"] = std::string(to_string(result.backend));
+    out["precision"] = std::string(to_string(result.precision));
+    out["tensor_cores"] = result.tensor_cores;
     out["time_ms"] = result.time_ms;
     out["B"] = B;
     out["n"] = result.n;
@@ -427,6 +431,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
   std::fputs(table.render().c_str(), stdout);
   std::string where(to_string(result.backend));
   if (result.backend == Backend::cuda) where += fmt::format(" (device {})", result.device);
+  if (result.tensor_cores) where += fmt::format(", {} tensor cores", to_string(result.precision));
   std::string sizes = fmt::format("B={} n={} m={}", B, result.n, result.m);
   if (lp.d > 0) sizes += fmt::format(" d={}", lp.d);
   std::fputs(
@@ -671,6 +676,9 @@ void add_sinkhorn_command(CLI::App& app) {
                       "check convergence every K iterations (default 10; 0 = never)");
   sub->add_option("--acceleration", args->acceleration,
                   "CPU iteration: overrelax (default, adaptive over-relaxation) or none");
+  sub->add_option("--precision", args->precision,
+                  "GPU cost tile for d >= 16: fp32 (default: 3xTF32 tensor cores, fp32-level), "
+                  "tf32 or bf16 (faster, coarser); the CPU ignores it");
   sub->add_flag("--progress", args->progress,
                 "show a live progress line on stderr (default: only when stderr is a terminal)");
   sub->add_flag("--strict", args->strict,

@@ -319,6 +319,13 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
     throw InvalidArgument(fmt::format("acceleration: unknown value {} (none or overrelax)",
                                       static_cast<int>(o.acceleration)));
   }
+  if (o.precision != Precision::fp32 && o.precision != Precision::tf32 &&
+      o.precision != Precision::bf16) {
+    throw InvalidArgument(fmt::format(
+        "precision: {} is not an option (fp32, tf32 or bf16; fp64 is only reported by the CPU)",
+        o.precision == Precision::fp64 ? std::string("fp64")
+                                       : fmt::format("value {}", static_cast<int>(o.precision))));
+  }
 
   // ---- data (host only: device data is checked on the device by the CUDA backend) ----
   if (s.space == MemorySpace::host) {

@@ -12,10 +12,12 @@
 #include "otgpu/detail/sinkhorn_rules.h"
 #include "otgpu/error.h"
 #include "otgpu_kernels/sinkhorn_geometry.h"
+#include "otgpu_kernels/sinkhorn_mma_geometry.h"
 
 namespace otgpu::planner {
 
 namespace geo = kernels::geometry;
+namespace mma_geometry = kernels::mma_geometry;
 
 std::string_view to_string(Kernel k) noexcept {
   switch (k) {
@@ -45,6 +47,10 @@ DeviceProps h200_assumed() {
   p.exp_per_s = 132.0 * 16.0 * clock;
   p.fp32_per_s = 132.0 * 128.0 * clock;
   p.bytes_per_s = 4.8e12;
+  // Dense tensor rates as published for the H200 SXM (989 / 1979 TFLOP/s with
+  // sparsity), i.e. 2048 and 4096 FLOP per clock per SM at about 1.83 GHz.
+  p.tf32_flops_per_s = 494.7e12;
+  p.bf16_flops_per_s = 989.4e12;
   p.conditional_nodes = true;  // CUDA 12.4+ drivers (the toolkit this build targets)
   return p;
 }
@@ -97,12 +103,26 @@ int online_occupancy(const DeviceProps& dev, int dp, bool& assumed) {
   return std::max(1, std::min({by_threads, by_smem, 8}));
 }
 
+/// Blocks per SM of the tensor-core half-step for dp: measured, else an estimate from
+/// its ~46 KB of shared memory and 128 threads (registers unknown: capped at 4).
+int mma_occupancy(const DeviceProps& dev, bool& assumed, int dp) {
+  for (const Occupancy& o : dev.mma_occupancy) {
+    if (o.dp == dp && o.blocks_per_sm > 0) {
+      assumed = false;
+      return o.blocks_per_sm;
+    }
+  }
+  assumed = true;
+  const int by_smem = dev.smem_per_sm > 0 ? static_cast<int>(dev.smem_per_sm / (47 * 1024)) : 4;
+  return std::max(1, std::min(by_smem, 4));
+}
+
 HalfStep plan_half(std::int64_t B, std::int64_t rows, std::int64_t cols, int dp, std::int64_t wave,
-                   bool split) {
+                   bool split, std::int64_t rows_per_block = 0) {
   HalfStep h;
   h.rows = rows;
   h.cols = cols;
-  h.rows_per_block = geo::online_rows_per_block(dp);
+  h.rows_per_block = rows_per_block > 0 ? rows_per_block : geo::online_rows_per_block(dp);
   h.row_blocks = ceil_div(rows, h.rows_per_block);
   h.col_tiles = geo::online_col_tiles(cols);
   h.splits = split ? choose_splits(h.row_blocks, B, h.col_tiles, wave) : 1;
@@ -147,6 +167,16 @@ Roofline gpu_roofline(const Plan& p, const DeviceProps& dev) {
                                         : 2.0 * static_cast<double>(r.B) *
                                               static_cast<double>(r.n + r.m) * p.dp * sizeof(float);
   }
+  if (p.tensor_cores) {
+    // The -2<x,y> tile on tensor cores; per pair on the SIMT side: the score FMA, the
+    // sum and the max of the LSE, the column norm share.
+    const int products = p.precision == Precision::fp32 ? 3 : 1;
+    f.tensor_flops = pairs * 2.0 * p.dp * products;
+    f.tensor_flops_per_s =
+        p.precision == Precision::bf16 ? dev.bf16_flops_per_s : dev.tf32_flops_per_s;
+    f.fp32_ops = pairs * 3.0;
+    f.exps = pairs * (1.0 + 1.0 / 16.0);  // one rescale per 16 scores of a lane
+  }
   f.exp_per_s = dev.exp_per_s;
   f.fp32_per_s = dev.fp32_per_s;
   f.bytes_per_s = dev.bytes_per_s;
@@ -157,6 +187,11 @@ Roofline gpu_roofline(const Plan& p, const DeviceProps& dev) {
   f.seconds = std::max({t_exp, t_fp, t_mem});
   f.bound = f.seconds == t_mem && t_mem > 0 ? "memory"
                                             : (f.seconds == t_fp && t_fp > t_exp ? "fp32" : "exp");
+  const double t_tc = f.tensor_flops_per_s > 0 ? f.tensor_flops / f.tensor_flops_per_s : 0.0;
+  if (t_tc > f.seconds) {
+    f.seconds = t_tc;
+    f.bound = "tensor";
+  }
   return f;
 }
 
@@ -174,6 +209,7 @@ Request make_request(std::int64_t B, std::int64_t n, std::int64_t m, std::int64_
   r.max_iter = o.max_iter;
   r.check_every = o.check_every;
   r.scaling_steps = detail::scaling_steps(o.eps, o.eps_init, o.eps_decay, o.max_iter);
+  r.precision = o.precision;
   return r;
 }
 
@@ -345,6 +381,19 @@ Plan make_plan(const Request& request, const DeviceProps& dev) {
 
   if (p.kernel == Kernel::online) {
     const std::size_t smem = geo::online_smem_bytes(p.dp);
+    const bool simt_fits = dev.smem_per_block_optin == 0 || smem <= dev.smem_per_block_optin;
+    p.tensor_cores =
+        (r.cost == CostKind::sqeuclidean && mma_geometry::sqeuclidean_uses_mma(r.d)) || !simt_fits;
+    p.precision = p.tensor_cores && r.cost == CostKind::sqeuclidean ? r.precision : Precision::fp32;
+  }
+  if (p.kernel == Kernel::online && p.tensor_cores) {
+    p.occupancy = mma_occupancy(dev, p.occupancy_assumed, p.dp);
+    const std::int64_t wave = static_cast<std::int64_t>(dev.sm_count) * p.occupancy;
+    p.f = plan_half(chunk_B, r.n, r.m, p.dp, wave, true, mma_geometry::kRowsPerBlock);
+    p.g = plan_half(chunk_B, r.m, r.n, p.dp, wave, true, mma_geometry::kRowsPerBlock);
+    p.launches_per_iteration = 2 + (p.f.splits > 1 ? 1 : 0) + (p.g.splits > 1 ? 1 : 0);
+  } else if (p.kernel == Kernel::online) {
+    const std::size_t smem = geo::online_smem_bytes(p.dp);
     if (dev.smem_per_block_optin > 0 && smem > dev.smem_per_block_optin) {
       throw InvalidArgument(fmt::format(
           "d: dimension {} (padded {}) needs {} bytes of shared memory per block for a tile of "
@@ -514,6 +563,15 @@ std::string describe(const Plan& p) {
   line(fmt::format("sync loop    {}", p.sync_loop));
   line(fmt::format("async loop   {}", p.async_loop));
   const Roofline& f = p.roofline;
+  if (p.tensor_cores)
+    line(
+        fmt::format("tensor cores mma.sync, {} ({}); {:.4g} tensor FLOP per iteration at {:.4g} "
+                    "FLOP/s",
+                    to_string(p.precision),
+                    p.precision == Precision::fp32   ? "3xTF32"
+                    : p.precision == Precision::tf32 ? "1xTF32"
+                                                     : "1xbf16",
+                    f.tensor_flops, f.tensor_flops_per_s));
   line(
       fmt::format("iteration    {:.4g} exp, {:.4g} fp32 ops, {:.4g} bytes; bound {}: {:.4g} ms "
                   "per iteration",

@@ -43,6 +43,7 @@
 #include "otgpu/detail/online_lse.h"
 #include "otgpu/error.h"
 #include "otgpu_kernels/sinkhorn_geometry.h"
+#include "otgpu_kernels/sinkhorn_mma.h"
 #include "otgpu_kernels/sinkhorn_online.h"
 #include "sinkhorn_kernel_util.cuh"
 
@@ -704,6 +705,7 @@ dim3 row_grid(const OnlinePass& p) {
 }  // namespace
 
 void online_half_step(const OnlinePass& p, const float* lambda, float* out, cudaStream_t stream) {
+  if (p.tensor_cores) return online_half_step_mma(p, lambda, out, stream);  // sinkhorn_mma.h
   check_pass(p, "online_half_step");
   if (p.dp <= 64 && (p.dp & (p.dp - 1)) != 0) {
     throw InvalidArgument(
@@ -768,6 +770,7 @@ OnlineKernelHandle online_half_step_handle(int dp) {
 }
 
 void online_row_stats(const OnlinePass& p, float* lse, float* cost_mean, cudaStream_t stream) {
+  if (derived_needs_mma(p)) return online_row_stats_mma(p, lse, cost_mean, stream);
   check_pass(p, "online_row_stats");
   const std::size_t smem = dyn_smem_bytes(p.dp);
   if (p.cost == CostKind::euclidean) {
@@ -814,6 +817,17 @@ bool launch_mean(const OnlinePass& p, int mode, float* out, float* pot_out, cuda
 
 void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream,
                           float* potential_out) {
+  if (derived_needs_mma(p)) {
+    // The derived kernels' column tile does not fit: the potential by a (tensor-core)
+    // half-step, then the tiled mean.
+    if (potential_out != nullptr) {
+      OnlinePass single = p;
+      single.splits = 1;
+      single.partials = nullptr;
+      online_half_step(single, nullptr, potential_out, stream);
+    }
+    return online_weighted_mean_tiled(p, mode, out, stream);
+  }
   check_pass(p, "online_weighted_mean");
   if (mode != 0 && mode != 1) {
     throw InvalidArgument(fmt::format("online_weighted_mean: mode {} (expected 0 or 1)", mode));
@@ -855,6 +869,7 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
 
 void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out,
                    cudaStream_t stream) {
+  if (derived_needs_mma(p)) return online_sample_mma(p, seed, out, stream);
   check_pass(p, "online_sample");
   const std::size_t smem = dyn_smem_bytes(p.dp);
   if (p.cost == CostKind::euclidean) {

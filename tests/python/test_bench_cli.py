@@ -20,7 +20,7 @@ from otgpu_testutil import CliTestCase, run_otgpu
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
                       "plot-bench")
-ALL_WORKLOADS = ("W1", "W1d", "W2", "W3", "W4", "W4e", "W5", "W6", "TTS", "L1")
+ALL_WORKLOADS = ("W1", "W1d", "W1tc", "W2", "W3", "W4", "W4e", "W5", "W6", "TTS", "L1")
 ROW_KEYS = {"workload", "solver", "backend", "params", "status", "skipped_reason", "time_ms",
             "time_unit", "figure", "figure_unit", "roofline", "bound", "ratio", "bound_ms",
             "result", "notes"}

@@ -61,7 +61,10 @@ class SinkhornOutputs(CliTestCase):
     def test_json_schema(self):
         out = self.run_json(self.base)
         self.assertEqual(set(out), {"command", "backend", "time_ms", "B", "n", "m", "d",
-                                    "options", "problems"})
+                                    "options", "problems", "precision", "tensor_cores"})
+        # What computed the costs: fp64 on the CPU reference; tensor cores only on a GPU.
+        if out["backend"] == "cpu":
+            self.assertEqual((out["precision"], out["tensor_cores"]), ("fp64", False))
         self.assertEqual((out["B"], out["n"], out["m"], out["d"]), (1, self.n, self.m, self.d))
         self.assertEqual((out["options"]["eps"], out["options"]["tol"],
                           out["options"]["max_iter"]), (self.eps, 1e-11, 20000))

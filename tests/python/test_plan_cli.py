@@ -79,9 +79,12 @@ class PlanCliTest(CliTestCase):
         self.assertEqual(self.cuda_plan("--n", "64", "--d", "33")["kernel"], "online")
         self.assertEqual(self.cuda_plan("--n", "64", "--cost", "matrix")["kernel"], "dense")
         self.assertEqual(self.cuda_plan("--n", "2000", "--d", "65")["padded_d"], padded(65))
-        # A tile of 64 points of 1024 coordinates needs 262 KB of shared memory.
-        self.assert_clean_failure(["plan", "--backend", "cuda", "--n", "2000", "--d", "1024"],
-                                  "shared memory")
+        # d = 1024 (a SIMT tile of 262 KB) and d = 3072 plan on tensor cores (any d).
+        for d in ("1024", "3072"):
+            j = self.cuda_plan("--n", "2000", "--d", d)
+            self.assertEqual((j["kernel"], j["tensor_cores"], j["precision"]),
+                             ("online", True, "fp32"))
+        self.assertFalse(self.cuda_plan("--n", "2000", "--d", "8")["tensor_cores"])
 
     def test_dense_roofline_is_memory(self):
         j = self.cuda_plan("--n", "10000", "--m", "20000", "--cost", "matrix")

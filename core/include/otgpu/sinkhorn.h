@@ -67,6 +67,27 @@ enum class SinkhornAcceleration : std::uint8_t {
   overrelax,
 };
 
+/// Arithmetic of the cost recomputation -2<x_i, y_j> on the CUDA backend's online
+/// kernel (point clouds, d >= 16; the CPU reference is fp64 whatever is asked, the
+/// small and dense kernels and d < 16 are fp32). See docs/design.md, "Precision".
+enum class Precision : std::uint8_t {
+  /// fp32-level accuracy (default). On tensor cores as 3xTF32: each operand is split
+  /// x = x_big + x_small into two TF32 numbers and the products big*big + big*small +
+  /// small*big are accumulated in fp32 (the small*small term is below 2^-22 |x||y|).
+  fp32,
+  /// Opt-in: one TF32 product (10-bit mantissa operands, fp32 accumulate). The dot
+  /// product carries a relative error of about 2^-11, i.e. |dC| ~ 1e-3 (|x|^2 + |y|^2)
+  /// of the centred points: use it only when eps is well above that.
+  tf32,
+  /// Opt-in: one bf16 product (7-bit mantissa, fp32 accumulate): |dC| ~ 1e-2 (|x|^2 +
+  /// |y|^2) of the centred points.
+  bf16,
+  /// Reported only (SinkhornResult::precision of the CPU reference); not an option.
+  fp64,
+};
+Precision parse_precision(std::string_view text, std::string_view arg_name = "precision");
+std::string_view to_string(Precision p) noexcept;
+
 /// One convergence check, given to SinkhornOptions::progress.
 struct SinkhornProgress {
   /// Problem the check belongs to, or -1 when it covers the whole batch (the CUDA
@@ -141,6 +162,9 @@ struct SinkhornOptions {
   /// call (Linux: runnable tasks in /proc/loadavg), so that a loaded machine does not
   /// pay for spin-waiting barriers. Results are bitwise identical for every count.
   int cpu_threads = 0;
+  /// Arithmetic of the CUDA online kernel's cost tile (fp32, tf32 or bf16; the CPU
+  /// ignores it). SinkhornResult::precision and tensor_cores report what ran.
+  Precision precision = Precision::fp32;
 };
 
 /// Per-problem outcome.
@@ -168,6 +192,10 @@ struct SinkhornResult {
   double tol = 0;  ///< the tolerance that was used (kAuto resolved)
   double time_ms = 0;
   bool cancelled = false;  ///< the progress callback returned false
+  /// What computed the costs: fp64 (CPU reference), fp32 (the SIMT kernels, or 3xTF32
+  /// on tensor cores), tf32 or bf16 (tensor cores, asked for by options.precision).
+  Precision precision = Precision::fp64;
+  bool tensor_cores = false;  ///< the online half-steps ran on tensor cores (mma.sync)
   /// Opaque state the solve keeps for the derived outputs of the same problem (CUDA
   /// backend: the staged fp32 problem, the potentials and eps in a device allocation
   /// of its own, about 4 (B n d' + B m d') + 12 (B n + B m) bytes, d' = d padded, or

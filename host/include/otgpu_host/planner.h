@@ -50,9 +50,15 @@ struct DeviceProps {
   /// Measured occupancy of the online half-step per padded dimension. A dp missing
   /// here is estimated from threads and shared memory alone (and flagged assumed).
   std::vector<Occupancy> online_occupancy;
-  double exp_per_s = 0;            ///< fp32 exp2 (MUFU) throughput, whole device
-  double fp32_per_s = 0;           ///< fp32 FMA instructions per second, whole device
-  double bytes_per_s = 0;          ///< device-memory bandwidth
+  /// Measured occupancy of the tensor-core half-step (3xTF32) per padded dimension.
+  std::vector<Occupancy> mma_occupancy;
+  double exp_per_s = 0;    ///< fp32 exp2 (MUFU) throughput, whole device
+  double fp32_per_s = 0;   ///< fp32 FMA instructions per second, whole device
+  double bytes_per_s = 0;  ///< device-memory bandwidth
+  /// Dense tensor-core FLOP/s (2 per multiply-add) with TF32 and bf16 operands, fp32
+  /// accumulate: 2048 and 4096 FLOP per clock per Hopper SM.
+  double tf32_flops_per_s = 0;
+  double bf16_flops_per_s = 0;
   int device_count = 1;            ///< devices the plan spans; 1 (sharding by rows comes later)
   bool conditional_nodes = false;  ///< driver and toolkit support conditional WHILE nodes
 };
@@ -93,6 +99,7 @@ struct Request {
   int check_every = 10;
   int scaling_steps = 0;   ///< K: iterations before the eps schedule reaches its target
   bool stage_cost = true;  ///< dense: the cost matrix is copied into the workspace
+  Precision precision = Precision::fp32;  ///< SinkhornOptions::precision
 };
 
 /// Request from a problem's shape and options (K from the one eps-schedule rule).
@@ -163,8 +170,11 @@ struct Roofline {
   double exps = 0;      ///< exponentials per iteration
   double fp32_ops = 0;  ///< fp32 instructions of the cost recomputation and scores
   double bytes = 0;     ///< device-memory bytes read per iteration
-  std::string bound;    ///< "exp", "fp32", "memory" (or "cpu-exp" on the CPU)
-  double seconds = 0;   ///< estimated time of one iteration at the bound
+  std::string bound;    ///< "exp", "fp32", "memory", "tensor" (or "cpu-exp" on the CPU)
+  /// Tensor-core FLOP of the cost tiles (2 per multiply-add, 3 products per pair and
+  /// coordinate with 3xTF32) and the rate assumed for them; 0 without tensor cores.
+  double tensor_flops = 0, tensor_flops_per_s = 0;
+  double seconds = 0;  ///< estimated time of one iteration at the bound
   double exp_per_s = 0, fp32_per_s = 0, bytes_per_s = 0;  ///< the rates assumed
   bool assumed = false;  ///< the rates are published / assumed figures
 };
@@ -179,6 +189,12 @@ struct Plan {
   int dp = 0;            ///< padded point dimension (0 for cost matrices)
   HalfStep f, g;         ///< the f-update (rows n over columns m) and the g-update
   int occupancy = 0;     ///< blocks per SM of the online half-step used for the splits
+  /// The online half-steps run on tensor cores (kernels/include/otgpu_kernels/
+  /// sinkhorn_mma.h): squared Euclidean with d >= 16, or any point cloud whose SIMT
+  /// tile exceeds the shared memory of a block. `precision` is what their cost tile
+  /// computes in (fp32 = 3xTF32); without tensor cores it is fp32.
+  bool tensor_cores = false;
+  Precision precision = Precision::fp32;
   bool occupancy_assumed = false;
   std::size_t small_smem_bytes = 0;  ///< small kernel: dynamic shared memory per block
   std::size_t workspace_bytes = 0;   ///< a solve's workspace with F and G in it

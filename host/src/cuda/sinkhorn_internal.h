@@ -40,6 +40,7 @@
 #include "otgpu_kernels/sinkhorn_dense.h"
 #include "otgpu_kernels/sinkhorn_geometry.h"
 #include "otgpu_kernels/sinkhorn_loop.h"
+#include "otgpu_kernels/sinkhorn_mma.h"
 #include "otgpu_kernels/sinkhorn_online.h"
 #include "otgpu_kernels/sinkhorn_small.h"
 #include "otgpu_kernels/sinkhorn_stage.h"
@@ -97,7 +98,9 @@ struct DeviceSolve {
   int f_splits = 1, g_splits = 1;  ///< column splits of the f- and g-half-steps (the plan's)
   float* partials = nullptr;       ///< split partials of the online half-steps
   std::size_t partials_floats = 0;
-  int* loop = nullptr;  ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
+  int* loop = nullptr;        ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
+  bool tensor_cores = false;  ///< the plan's: the half-steps run on mma.sync (sinkhorn_mma.h)
+  Precision precision = Precision::fp32;
   /// The largest residual of the last check (in the loop state), nullptr without one.
   double* check_max() const { return kernels::loop_max_residual(loop); }
 
@@ -123,6 +126,8 @@ struct DeviceSolve {
     p.dp = dp;
     p.splits = f_side ? f_splits : g_splits;
     p.partials = partials;
+    p.tensor_cores = tensor_cores;
+    p.precision = precision;
     // Sized by the plan with the same rule; never write past the buffer.
     if (kernels::geometry::online_partials_floats(p.B, p.n_rows, p.splits) > partials_floats ||
         partials == nullptr)

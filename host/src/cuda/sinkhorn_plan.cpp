@@ -41,6 +41,15 @@ int scaling_steps(const SinkhornOptions& o) {
 
 namespace {
 
+/// Occupancy of the tensor-core half-step (3xTF32) for padded dimension dp.
+int mma_occupancy(int dp) {
+  const kernels::OnlineKernelHandle h = kernels::online_half_step_mma_handle(dp);
+  int blocks = 0;
+  OTGPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, h.function, kernels::mma_geometry::kThreads, h.dynamic_smem));
+  return blocks;
+}
+
 /// Measures what the planner needs of `device` (the caller made it current).
 planner::DeviceProps measure(int device) {
   const runtime::DeviceProps& rt = runtime::device_props(device);
@@ -61,6 +70,7 @@ planner::DeviceProps measure(int device) {
         &blocks, h.function, kernels::geometry::kOnlineThreads, h.dynamic_smem));
     p.online_occupancy.push_back({dp, blocks});
   }
+  for (int dp : {16, 32, 64}) p.mma_occupancy.push_back({dp, mma_occupancy(dp)});
   // Rates: the per-SM figures of the Hopper SM (16 MUFU exp2, 128 fp32 FMA per clock)
   // at this device's SM count and clock; bandwidth from the memory clock and bus.
   int clock_khz = 0, mem_khz = 0, bus_bits = 0;
@@ -72,6 +82,9 @@ planner::DeviceProps measure(int device) {
   const double clock = clock_khz > 0 ? clock_khz * 1e3 : 1.98e9;
   p.exp_per_s = p.sm_count * 16.0 * clock;
   p.fp32_per_s = p.sm_count * 128.0 * clock;
+  // Dense tensor-core rates of the Hopper SM: 2048 (TF32) and 4096 (bf16) FLOP/clock.
+  p.tf32_flops_per_s = p.sm_count * 2048.0 * clock;
+  p.bf16_flops_per_s = p.sm_count * 4096.0 * clock;
   p.bytes_per_s =
       mem_khz > 0 && bus_bits > 0 ? 2.0 * mem_khz * 1e3 * bus_bits / 8.0 : h200.bytes_per_s;
   p.conditional_nodes = kernels::loop_conditional_supported();
@@ -97,6 +110,7 @@ planner::DeviceProps props_for(int device, int dp) {
     const std::size_t smem = kernels::geometry::online_smem_bytes(dp);
     // Too large a tile: the planner reports it (InvalidArgument naming d).
     if (smem <= p.smem_per_block_optin) p.online_occupancy.push_back({dp, dyn_occupancy(dp)});
+    if (dp % 4 == 0) p.mma_occupancy.push_back({dp, mma_occupancy(dp)});
   }
   return p;
 }
@@ -236,6 +250,8 @@ Carved carve(Carver& cv, const DevicePlan& pl, bool own_fg, bool derived) {
   d.partials = at<float>(base, w.partials);
   d.partials_floats = w.partials.bytes / sizeof(float);
   d.loop = at<int>(base, w.loop_state);
+  d.tensor_cores = pl.plan.tensor_cores;
+  d.precision = pl.plan.precision;
   if (own_fg) {
     d.F = at<float>(base, w.F);
     d.G = at<float>(base, w.G);

@@ -225,6 +225,8 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
   SinkhornResult part =
       make_result(o, shape, f, g, out4, iters, o.eps_relative ? mean : std::vector<double>(B, 1.0));
+  r.precision = pl.plan.precision;  // what computed the costs (sinkhorn_mma.h)
+  r.tensor_cores = pl.plan.tensor_cores;
   for (std::size_t b = 0; b < unfinished.size(); ++b)
     if (unfinished[b] != 0) part.problems[b].converged = false;
   r.cancelled = r.cancelled || poller.cancelled;

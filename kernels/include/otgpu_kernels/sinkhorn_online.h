@@ -36,6 +36,10 @@ struct OnlinePass {
   float* partials = nullptr;      ///< [B, splits, n_rows] float2 pairs
                                   ///< (geometry::online_partials_floats)
   std::int64_t batch_offset = 0;  ///< sampling: problem b draws with key batch_offset + b
+  /// Tensor cores (sinkhorn_mma.h): the half-step runs online_half_step_mma in
+  /// `precision` (the planner's choice, planner::Plan::tensor_cores).
+  bool tensor_cores = false;
+  Precision precision = Precision::fp32;
 };
 
 /// The compiled half-step kernel a launch with padded dimension dp runs (the

@@ -1,0 +1,144 @@
+// Reduced-precision operands of the tensor-core cost tile, shared verbatim by the CPU
+// emulation (tests/test_mma_emulation.cpp) and the kernels
+// (kernels/src/sinkhorn_online_mma.cu).
+//
+// TF32 keeps fp32's 8-bit exponent and 10 of its 23 mantissa bits. tf32_rna(x) is
+// PTX cvt.rna.tf32.f32: round to the nearest TF32 value, ties away from zero, returned
+// as an fp32 bit pattern whose 13 low bits are zero (what mma.sync .tf32 reads). On
+// the host it is emulated on the bits: adding 2^12 to the magnitude carries into bit
+// 13 exactly when the dropped bits are >= half an ulp (ties go up in magnitude, i.e.
+// away from zero), and the mask drops them; a carry out of the mantissa increments the
+// exponent, which is the correctly rounded result (up to +inf past the largest TF32).
+// NaN and inf pass unchanged.
+//
+// 3xTF32: x = big + small with big = tf32_rna(x) and small = tf32_rna(x - big). x - big
+// is exact in fp32 (Sterbenz: both share the exponent range of x) and |x - big| <=
+// 2^-11 |x|, so |x - big - small| <= 2^-11 |x - big| <= 2^-22 |x|. The product
+//   x y = big_x big_y + big_x small_y + small_x big_y + small_x small_y + O(2^-22 |x y|)
+// loses only the last two terms, both below 2^-22 |x y|: each TF32 x TF32 product is
+// exact in fp32 (11 x 11 significant bits), so the three mma.sync products and their
+// fp32 accumulation give a dot product with fp32's error, not TF32's.
+//
+// bf16_rn(x): round to nearest even to bf16 (8 significant bits), returned as fp32.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "otgpu/config.h"
+
+namespace otgpu::detail {
+
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE std::uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float bits_float(std::uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
+
+/// The host emulation of cvt.rna.tf32.f32 (see the header comment), on any build.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float tf32_rna_emulated(float x) {
+  const std::uint32_t u = float_bits(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return x;  // inf, NaN
+  const std::uint32_t sign = u & 0x80000000u;
+  const std::uint32_t mag = ((u & 0x7fffffffu) + 0x1000u) & 0xffffe000u;
+  return bits_float(sign | mag);
+}
+
+/// tf32_rna for a finite x in two integer instructions (the kernels' rounding: their
+/// inputs are finite by validation). For finite x the carry of + 2^12 never reaches
+/// the sign bit (the largest finite magnitude 0x7f7fffff + 0x1000 stays below it, and
+/// rounds to +-inf exactly as cvt.rna does), so the sign needs no separate handling;
+/// tests/test_mma_emulation.cpp checks it bit for bit against tf32_rna_emulated.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float tf32_rna_finite(float x) {
+  return bits_float((float_bits(x) + 0x1000u) & 0xffffe000u);
+}
+
+/// Round to the nearest TF32 value, ties away from zero (cvt.rna.tf32.f32 on the device).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float tf32_rna(float x) {
+#if defined(__CUDA_ARCH__)
+  std::uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+#else
+  return tf32_rna_emulated(x);
+#endif
+}
+
+/// Round to nearest even to bf16, as fp32 (NaN kept quiet; overflow rounds to inf).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float bf16_rn(float x) {
+  const std::uint32_t u = float_bits(x);
+  if ((u & 0x7f800000u) == 0x7f800000u)
+    return (u & 0x007fffffu) != 0 ? bits_float(u | 0x00400000u) : x;
+  const std::uint32_t lsb = (u >> 16) & 1u;
+  return bits_float((u + 0x7fffu + lsb) & 0xffff0000u);
+}
+
+/// x = big + small (+ at most 2^-22 |x|), both TF32 values.
+struct Tf32Split {
+  float big, small;
+};
+
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE Tf32Split tf32_split(float x) {
+  const float big = tf32_rna_finite(x);
+  return {big, tf32_rna_finite(x - big)};
+}
+
+/// The operand precision of a tensor-core dot product.
+enum class MmaArith : std::uint8_t {
+  x3tf32,  ///< big*big + big*small + small*big (fp32-level)
+  tf32,    ///< one TF32 product
+  bf16,    ///< one bf16 product
+};
+
+/// The K of one mma.sync: 8 for TF32 (m16n8k8), 16 for bf16 (m16n8k16).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int mma_k(MmaArith a) { return a == MmaArith::bf16 ? 16 : 8; }
+
+/// CPU model of the kernel's dot product <x, y> over d coordinates: per step of
+/// mma_k(a) coordinates, each mma adds its exact sum of exact operand products to the
+/// fp32 accumulator with one rounding (the small products first, as the kernel issues
+/// them). The hardware's internal accumulation order within one mma is not specified
+/// by NVIDIA; the model's error bound (the test's) leaves room for it.
+inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
+  float acc = 0.f;
+  const int kk = mma_k(a);
+  for (int k0 = 0; k0 < d; k0 += kk) {
+    const int k1 = k0 + kk < d ? k0 + kk : d;
+    if (a == MmaArith::x3tf32) {
+      double sb = 0, bs = 0, bb = 0;
+      for (int k = k0; k < k1; ++k) {
+        const Tf32Split sx = tf32_split(x[k]), sy = tf32_split(y[k]);
+        sb += static_cast<double>(sx.small) * sy.big;
+        bs += static_cast<double>(sx.big) * sy.small;
+        bb += static_cast<double>(sx.big) * sy.big;
+      }
+      acc = static_cast<float>(acc + sb);
+      acc = static_cast<float>(acc + bs);
+      acc = static_cast<float>(acc + bb);
+    } else {
+      double s = 0;
+      for (int k = k0; k < k1; ++k) {
+        const float ox = a == MmaArith::tf32 ? tf32_rna_finite(x[k]) : bf16_rn(x[k]);
+        const float oy = a == MmaArith::tf32 ? tf32_rna_finite(y[k]) : bf16_rn(y[k]);
+        s += static_cast<double>(ox) * oy;
+      }
+      acc = static_cast<float>(acc + s);
+    }
+  }
+  return acc;
+}
+
+}  // namespace otgpu::detail

@@ -1,0 +1,291 @@
+// The arithmetic of the tensor-core cost tile, proved on the CPU: the TF32 and bf16
+// roundings (otgpu/detail/tf32.h) against an independent rounding in double, the
+// 3xTF32 split, and the model of the kernel's dot product (mma_dot_model) inside the
+// cost |x|^2 + |y|^2 - 2<x,y> of centred offset clouds against fp64. The bounds
+// measured here are the tolerances of tests/gpu/test_sinkhorn_mma_gpu.cpp.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "otgpu/detail/tf32.h"
+#include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
+#include "otgpu_host/planner.h"
+
+namespace {
+
+using otgpu::detail::bf16_rn;
+using otgpu::detail::mma_dot_model;
+using otgpu::detail::MmaArith;
+using otgpu::detail::tf32_rna_emulated;
+using otgpu::detail::tf32_split;
+
+std::uint32_t bits(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+
+float from_bits(std::uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+/// Rounds a finite float to `p` significant bits in double arithmetic (an independent
+/// route: ilogb/ldexp and std::round, half away from zero, or nearbyint, half to even),
+/// with fp32's subnormal quantum kept at 2^(-126 - (p - 1)).
+float round_sig(float x, int p, bool ties_even) {
+  if (x == 0.f) return x;
+  const int e = std::max(std::ilogb(x), -126);
+  const double scaled = std::ldexp(static_cast<double>(x), p - 1 - e);  // exact
+  const double r = ties_even ? std::nearbyint(scaled) : std::round(scaled);
+  return static_cast<float>(std::ldexp(r, e - (p - 1)));  // exact, or overflow to inf
+}
+
+TEST(MmaEmulation, Tf32RoundingMatchesIndependentRounding) {
+  // Ties: 1 + 2^-11 is halfway between 1 and 1 + 2^-10 and goes away from zero.
+  EXPECT_EQ(tf32_rna_emulated(1.f + 0x1p-11f), 1.f + 0x1p-10f);
+  EXPECT_EQ(tf32_rna_emulated(-(1.f + 0x1p-11f)), -(1.f + 0x1p-10f));
+  EXPECT_EQ(tf32_rna_emulated(1.f + 0x1p-11f - 0x1p-23f), 1.f);
+  EXPECT_EQ(tf32_rna_emulated(1.f + 3 * 0x1p-11f), 1.f + 0x1p-9f);  // tie, away
+  EXPECT_EQ(tf32_rna_emulated(2.f - 0x1p-23f), 2.f);                // carry into the exponent
+  EXPECT_TRUE(std::isinf(tf32_rna_emulated(FLT_MAX)));
+  EXPECT_EQ(otgpu::detail::tf32_rna_finite(-FLT_MAX), -INFINITY);  // the kernels' rounding
+  EXPECT_TRUE(std::isnan(tf32_rna_emulated(NAN)));
+  EXPECT_EQ(tf32_rna_emulated(-INFINITY), -INFINITY);
+  EXPECT_EQ(bits(tf32_rna_emulated(-0.f)), bits(-0.f));
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::uint32_t> any;
+  int checked = 0;
+  for (int k = 0; k < 200000; ++k) {
+    const float x = from_bits(any(rng));
+    if (!std::isfinite(x)) continue;
+    const float got = tf32_rna_emulated(x), want = round_sig(x, 11, false);
+    ASSERT_EQ(bits(got), bits(want)) << "x = " << x;
+    ASSERT_EQ(bits(got) & 0x1fffu, 0u);  // what mma.sync .tf32 reads: 13 low bits zero
+    ASSERT_EQ(bits(otgpu::detail::tf32_rna_finite(x)), bits(want)) << "x = " << x;
+    ++checked;
+  }
+  EXPECT_GT(checked, 190000);
+}
+
+TEST(MmaEmulation, Bf16RoundingMatchesIndependentRounding) {
+  EXPECT_EQ(bf16_rn(1.f + 0x1p-8f), 1.f);                // tie to even (down)
+  EXPECT_EQ(bf16_rn(1.f + 3 * 0x1p-8f), 1.f + 0x1p-6f);  // tie to even (up)
+  std::mt19937 rng(8);
+  std::uniform_int_distribution<std::uint32_t> any;
+  for (int k = 0; k < 200000; ++k) {
+    const float x = from_bits(any(rng));
+    if (!std::isfinite(x)) continue;
+    ASSERT_EQ(bits(bf16_rn(x)), bits(round_sig(x, 8, true))) << "x = " << x;
+  }
+}
+
+TEST(MmaEmulation, SplitLeavesAtMost2ToMinus22) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int k = 0; k < 100000; ++k) {
+    const float x = nd(rng) * std::ldexp(1.f, static_cast<int>(k % 40) - 20);
+    const auto s = tf32_split(x);
+    ASSERT_EQ(bits(s.big) & 0x1fffu, 0u);
+    ASSERT_EQ(bits(s.small) & 0x1fffu, 0u);
+    const double rest = static_cast<double>(x) - s.big - s.small;
+    ASSERT_LE(std::fabs(rest), 0x1p-22 * std::fabs(x)) << x;
+    ASSERT_LE(std::fabs(static_cast<double>(x) - s.big), 0x1p-11 * std::fabs(x)) << x;
+  }
+}
+
+/// Largest |C_model - C_exact| / mean(C_exact) over all pairs of two offset clouds
+/// (n x d and m x d, offset 1e4, the second shifted by 0.5): the fp32 data are centred
+/// on the mean of y as the staging does (an exact fp32 difference of nearby values),
+/// the model forms |x|^2 + |y|^2 - 2<x,y> in fp32 with its dot product, and the exact
+/// cost is the fp64 sum of squared differences of the uncentred fp32 data.
+struct CostError {
+  double model = 0, simt = 0;  ///< the model's, and the fp32 difference form's
+};
+
+CostError cost_error(int d, MmaArith arith, bool centre, int n = 24, int m = 24) {
+  std::mt19937 rng(100 + d);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(static_cast<std::size_t>(n) * d), y(static_cast<std::size_t>(m) * d);
+  for (float& v : x) v = 1e4f + nd(rng);
+  for (float& v : y) v = 1e4f + 0.5f + nd(rng);
+  std::vector<float> xc = x, yc = y;
+  if (centre) {
+    for (int k = 0; k < d; ++k) {
+      double mean = 0;
+      for (int j = 0; j < m; ++j) mean += y[static_cast<std::size_t>(j) * d + k];
+      const float c = static_cast<float>(mean / m);
+      for (int i = 0; i < n; ++i) xc[static_cast<std::size_t>(i) * d + k] -= c;
+      for (int j = 0; j < m; ++j) yc[static_cast<std::size_t>(j) * d + k] -= c;
+    }
+  }
+  std::vector<double> exact(static_cast<std::size_t>(n) * m);
+  double mean_c = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < m; ++j) {
+      double c = 0;
+      for (int k = 0; k < d; ++k) {
+        const double diff = static_cast<double>(x[static_cast<std::size_t>(i) * d + k]) -
+                            y[static_cast<std::size_t>(j) * d + k];
+        c += diff * diff;
+      }
+      exact[static_cast<std::size_t>(i) * m + j] = c;
+      mean_c += c;
+    }
+  mean_c /= static_cast<double>(n) * m;
+  auto norm = [d](const float* v) {
+    float s = 0.f;
+    for (int k = 0; k < d; ++k) s = std::fma(v[k], v[k], s);
+    return s;
+  };
+  CostError e;
+  for (int i = 0; i < n; ++i) {
+    const float* xi = xc.data() + static_cast<std::size_t>(i) * d;
+    const float nx = norm(xi);
+    for (int j = 0; j < m; ++j) {
+      const float* yj = yc.data() + static_cast<std::size_t>(j) * d;
+      const float dot = mma_dot_model(xi, yj, d, arith);
+      const float c = std::fma(-2.f, dot, nx + norm(yj));  // the kernel's epilogue
+      float simt = 0.f;
+      for (int k = 0; k < d; ++k) {
+        const float diff = xi[k] - yj[k];
+        simt = std::fma(diff, diff, simt);
+      }
+      const double ex = exact[static_cast<std::size_t>(i) * m + j];
+      e.model = std::max(e.model, std::fabs(c - ex) / mean_c);
+      e.simt = std::max(e.simt, std::fabs(simt - ex) / mean_c);
+    }
+  }
+  return e;
+}
+
+// 3xTF32 is fp32-level: within a small factor of the fp32 difference form of the SIMT
+// kernels, below 1.5e-6 of the mean cost up to d = 100 and 6e-6 at d = 3072, where
+// the fp32 sums of 3072 terms (the norms, and the SIMT form's sum alike) dominate.
+// Measured on this data (max over the pairs, relative to mean C):
+//   d       16      17      33      64      100     3072
+//   3xTF32  3.7e-7  3.4e-7  4.1e-7  6.2e-7  7.6e-7  3.7e-6
+//   SIMT    3.4e-7  4.3e-7  4.7e-7  5.2e-7  4.6e-7  3.7e-6
+//   TF32    3.2e-4  4.9e-4  2.0e-4  1.0e-4  1.0e-4  1.2e-5
+//   bf16    2.7e-3  3.0e-3  1.5e-3  9.6e-4  7.7e-4  9.5e-5
+// Plain TF32 and bf16 are coarser (their per-product errors average out over large d).
+// These bounds, with margin, are the GPU tests' tolerances: an error dC in the cost
+// moves the potentials by about dC and the exponents by dC / eps, so 3xTF32 holds
+// fp32-level potentials down to eps = 1e-4 mean(C) (dC / eps ~ 1e-2), while TF32 and
+// bf16 need eps of order 1e-1 mean(C) or more for percent-level agreement.
+TEST(MmaEmulation, ThreeTf32CostIsFp32LevelOnCentredOffsetClouds) {
+  for (int d : {16, 17, 33, 64, 100, 3072}) {
+    SCOPED_TRACE(d);
+    const int n = d > 1000 ? 8 : 24;
+    const CostError x3 = cost_error(d, MmaArith::x3tf32, true, n, n);
+    const CostError t1 = cost_error(d, MmaArith::tf32, true, n, n);
+    const CostError b1 = cost_error(d, MmaArith::bf16, true, n, n);
+    EXPECT_LE(x3.model, d > 1000 ? 6e-6 : 1.5e-6);
+    EXPECT_LE(x3.model, 2.5 * x3.simt + 4e-7);
+    // The opt-ins: documented bounds, and coarser (the test tells them apart).
+    EXPECT_LE(t1.model, 1e-3);
+    EXPECT_GE(t1.model, 2.5 * x3.model);
+    EXPECT_LE(b1.model, 5e-3);
+    EXPECT_GE(b1.model, 4.0 * t1.model);
+  }
+}
+
+// Why the staging centres: without it, |x|^2 + |y|^2 ~ 2 d 1e8 cancels to C ~ 2 d and
+// even exact products leave the fp32 rounding of the norms, ~1e8 x 2^-24 per term.
+TEST(MmaEmulation, UncentredOffsetCloudsCancel) {
+  const CostError e = cost_error(64, MmaArith::x3tf32, false);
+  EXPECT_GT(e.model, 1e-2);
+}
+
+TEST(MmaEmulation, PrecisionOptionNamesAndValidation) {
+  EXPECT_EQ(otgpu::parse_precision("fp32"), otgpu::Precision::fp32);
+  EXPECT_EQ(otgpu::parse_precision("tf32"), otgpu::Precision::tf32);
+  EXPECT_EQ(otgpu::parse_precision("bf16"), otgpu::Precision::bf16);
+  EXPECT_THROW(otgpu::parse_precision("fp64"), otgpu::InvalidArgument);
+  EXPECT_THROW(otgpu::parse_precision("half", "--precision"), otgpu::InvalidArgument);
+  for (auto p : {otgpu::Precision::fp32, otgpu::Precision::tf32, otgpu::Precision::bf16,
+                 otgpu::Precision::fp64})
+    EXPECT_FALSE(otgpu::to_string(p).empty());
+}
+
+// The CPU reference ignores the option (fp64 whatever is asked) and reports fp64; an
+// enum value outside the options is refused naming the argument.
+TEST(MmaEmulation, CpuIgnoresPrecisionAndReportsFp64) {
+  std::vector<double> x(20 * 3), y(16 * 3);
+  std::mt19937 rng(3);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  for (double& v : x) v = nd(rng);
+  for (double& v : y) v = nd(rng) + 0.25;
+  otgpu::SinkhornProblem pb;
+  pb.x = otgpu::TensorView::host(x.data(), {20, 3});
+  pb.y = otgpu::TensorView::host(y.data(), {16, 3});
+  otgpu::SinkhornOptions o;
+  o.eps = 0.5;
+  o.backend = otgpu::Backend::cpu;
+  const otgpu::SinkhornResult r32 = otgpu::sinkhorn(pb, o);
+  o.precision = otgpu::Precision::bf16;
+  const otgpu::SinkhornResult r16 = otgpu::sinkhorn(pb, o);
+  EXPECT_EQ(r32.precision, otgpu::Precision::fp64);
+  EXPECT_FALSE(r32.tensor_cores);
+  EXPECT_EQ(r16.precision, otgpu::Precision::fp64);
+  EXPECT_EQ(r32.f, r16.f);
+  o.precision = otgpu::Precision::fp64;
+  try {
+    (void)otgpu::sinkhorn(pb, o);
+    ADD_FAILURE() << "precision fp64 accepted";
+  } catch (const otgpu::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("precision"), std::string::npos) << e.what();
+  }
+  o.precision = static_cast<otgpu::Precision>(77);
+  EXPECT_THROW((void)otgpu::sinkhorn(pb, o), otgpu::InvalidArgument);
+}
+
+// Which solves the planner puts on tensor cores (on the assumed H200): squared
+// Euclidean online solves from d = 16 in the asked precision; d = 3072 plans (it was
+// refused for its SIMT tile); the Euclidean cost only where the SIMT tile cannot fit,
+// and then in 3xTF32; never the small or dense kernels.
+TEST(MmaEmulation, PlannerRoutesTensorCores) {
+  namespace pl = otgpu::planner;
+  const pl::DeviceProps h200 = pl::h200_assumed();
+  auto plan = [&](std::int64_t n, std::int64_t d, otgpu::CostKind cost, otgpu::Precision prec) {
+    pl::Request r;
+    r.n = r.m = n;
+    r.d = d;
+    r.cost = cost;
+    r.precision = prec;
+    return pl::make_plan(r, h200);
+  };
+  using otgpu::CostKind;
+  using otgpu::Precision;
+  const pl::Plan p64 = plan(65536, 64, CostKind::sqeuclidean, Precision::fp32);
+  EXPECT_EQ(p64.kernel, pl::Kernel::online);
+  EXPECT_TRUE(p64.tensor_cores);
+  EXPECT_EQ(p64.precision, Precision::fp32);
+  EXPECT_EQ(p64.f.rows_per_block, 64);
+  EXPECT_EQ(p64.roofline.bound, "tensor");
+  // 3 products x 2 FLOP x dp per pair, both half-steps.
+  EXPECT_DOUBLE_EQ(p64.roofline.tensor_flops, 2.0 * 65536.0 * 65536.0 * 2 * 64 * 3);
+  EXPECT_NE(pl::describe(p64).find("3xTF32"), std::string::npos);
+  EXPECT_EQ(plan(65536, 64, CostKind::sqeuclidean, Precision::tf32).precision, Precision::tf32);
+  EXPECT_EQ(plan(65536, 17, CostKind::sqeuclidean, Precision::bf16).precision, Precision::bf16);
+  EXPECT_FALSE(plan(65536, 15, CostKind::sqeuclidean, Precision::tf32).tensor_cores);
+  EXPECT_EQ(plan(65536, 15, CostKind::sqeuclidean, Precision::tf32).precision, Precision::fp32);
+  EXPECT_FALSE(plan(65536, 64, CostKind::euclidean, Precision::tf32).tensor_cores);
+  const pl::Plan big = plan(4096, 3072, CostKind::sqeuclidean, Precision::fp32);
+  EXPECT_TRUE(big.tensor_cores);
+  EXPECT_EQ(big.dp, 3072);
+  const pl::Plan big_e = plan(4096, 3072, CostKind::euclidean, Precision::tf32);
+  EXPECT_TRUE(big_e.tensor_cores);
+  EXPECT_EQ(big_e.precision, Precision::fp32);
+  EXPECT_FALSE(plan(256, 32, CostKind::sqeuclidean, Precision::fp32).tensor_cores);  // small
+}
+
+}  // namespace
