@@ -285,7 +285,16 @@ TEST(MmaEmulation, PlannerRoutesTensorCores) {
   const pl::Plan big_e = plan(4096, 3072, CostKind::euclidean, Precision::tf32);
   EXPECT_TRUE(big_e.tensor_cores);
   EXPECT_EQ(big_e.precision, Precision::fp32);
-  EXPECT_FALSE(plan(256, 32, CostKind::sqeuclidean, Precision::fp32).tensor_cores);  // small
+  // A batch the small kernel keeps (every SM busy with one problem per block) runs
+  // SIMT fp32 whatever precision is asked.
+  pl::Request small;
+  small.B = 1024;
+  small.n = small.m = 256;
+  small.d = 32;
+  small.precision = Precision::tf32;
+  const pl::Plan ps = pl::make_plan(small, h200);
+  EXPECT_EQ(ps.kernel, pl::Kernel::small);
+  EXPECT_FALSE(ps.tensor_cores);
 }
 
 }  // namespace
