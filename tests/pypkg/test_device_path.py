@@ -340,3 +340,22 @@ def test_assignment_and_couple_async(fake, rng):
     assert c.i.shape == (5,)
     np.testing.assert_array_equal(c.j.get(), otgpu.couple(x0[0], x1[0], num_pairs=5,
                                                           seed=2).j)
+
+
+def test_native_async_entry_points_refuse_host_memory(rng):
+    # The real extension's signatures (list of addresses, ints as pointers) and its
+    # checks, reachable without a GPU: host inputs are refused before anything is queued.
+    x, y = clouds(rng)
+    msg = "stream-ordered path needs inputs in CUDA device memory"
+    with pytest.raises(otgpu.InvalidArgument, match=msg):
+        real._sinkhorn_async(x, y, None, None, None, 0, [0] * 7, False, eps=0.1)
+    with pytest.raises(otgpu.InvalidArgument, match=msg):
+        real._derived_async("map", x, y, None, None, None, 0, 0, 0, 0, 0, eps=0.1)
+    with pytest.raises(otgpu.InvalidArgument, match=msg):
+        real._assignment_async(x, y, None, 0, [0] * 4)
+    with pytest.raises(otgpu.InvalidArgument, match=msg):
+        real._couple_async(x, y, 0, 0, 0, method="exact", num_pairs=0)
+    with pytest.raises(otgpu.InvalidArgument, match="progress needs the synchronous path"):
+        real._sinkhorn_async(x, y, None, None, None, 0, [0] * 7, False, progress=print)
+    with pytest.raises(ValueError, match="unknown output"):
+        real._derived_async("plan", x, y, None, None, None, 0, 0, 0, 0, 0)
