@@ -7,7 +7,10 @@ non-negative strides); results come back as the caller's kind of array on the
 caller's device. Device arrays run on the CUDA stream given as ``stream=`` (an int
 handle or an object with ``.cuda_stream`` / ``.ptr``), else on torch's (or CuPy's)
 current stream for their tensors, else on the legacy default stream. The GIL is
-released while the library runs. Errors are the library's typed errors
+released while the library runs. For torch CUDA tensors and CuPy arrays, sinkhorn
+and its derived outputs, assignment and couple are stream-ordered: the outputs are
+allocated by the caller's framework on the device and the call returns without a host
+sync (``sync=True`` for the synchronous path). Errors are the library's typed errors
 (:class:`Error` and its subclasses, also ValueError/TypeError/RuntimeError).
 
 ``otgpu.torch`` (imported on its own, needs torch) has differentiable losses.

@@ -14,7 +14,7 @@ import sys
 from . import _device
 from . import _otgpu as _native
 from ._errors import InvalidArgument
-from ._arrays import converter, framework, prepare, resolve_stream, to_host
+from ._arrays import converter, prepare, resolve_stream, to_host
 
 cuda_available = _native.cuda_available
 clear_contexts = _native.clear_contexts
@@ -272,8 +272,9 @@ def _solve_if_needed(fn, x, y, result, a, b, cost_kind, stream, options, cost=No
 
 
 def _derived_async(what, x, y, cost, result, stream, seed, shape, dtype):
-    """A derived output of a DeviceSinkhornResult, queued behind its solve (on the
-    result's stream unless ``stream`` is given) into a new framework array."""
+    """A derived output of a DeviceSinkhornResult, queued behind its solve on the
+    result's stream, into a new framework array. With another ``stream`` the caller
+    orders that stream after the solve's (e.g. torch's wait_stream)."""
     fw = result._fw
     px, py, pcost, pa, pb = result._problem
     arrays = (x, y) if cost is None else (cost,)
