@@ -150,10 +150,17 @@ def test_async_calls_return_before_the_stream_is_done(torch):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        otgpu.sinkhorn(x, y, eps=0.1)  # warm-up: the context and its workspace exist
+        # Warm-up: the context exists and its workspace has grown for every call below
+        # (a growth synchronizes the device, which would hide an unwanted host sync).
+        w = otgpu.sinkhorn(x, y, eps=0.1)
+        otgpu.barycentric_map(x, y, w)
+        otgpu.gradient(x, y, w)
+        otgpu.gradient(x, y, w, wrt="y")
+        otgpu.sample_partners(x, y, w, seed=3)
         otgpu.assignment(x[:64], y[:64])
         otgpu.couple(x[:64], y[:64], method="exact")
     side.synchronize()
+    allocs = otgpu._otgpu._context_allocations(x.device.index, side.cuda_stream)
     with torch.cuda.stream(side):
         torch.cuda._sleep(500_000_000)  # the stream stays busy long after the calls
         r = otgpu.sinkhorn(x, y, eps=0.1)
@@ -166,6 +173,7 @@ def test_async_calls_return_before_the_stream_is_done(torch):
         converged = r.converged  # a device tensor: no read yet
         assert not side.query()  # every call above returned without waiting
     side.synchronize()
+    assert otgpu._otgpu._context_allocations(x.device.index, side.cuda_stream) == allocs
     ref = otgpu.sinkhorn(xh, yh, eps=0.1, backend="cpu")
     assert bool(converged) and float(r.ot_eps) == pytest.approx(ref.ot_eps, rel=1e-3)
     np.testing.assert_allclose(t.cpu().numpy(), otgpu.barycentric_map(xh, yh, ref), atol=5e-3)
