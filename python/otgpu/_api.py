@@ -128,7 +128,7 @@ def sinkhorn(x=None, y=None, *, cost=None, a=None, b=None, stream=None, sync=Fal
     """
     like = x if x is not None else cost
     handle = resolve_stream(stream, like)
-    if not sync and "progress" not in options and options.get("backend") != "cpu":
+    if not sync and options.get("progress") is None and options.get("backend") != "cpu":
         fw = _device.async_framework((x, y, cost, a, b), _native)
         if fw is not None:
             sizes = _device.batch_sizes(x, y, cost)

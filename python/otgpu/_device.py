@@ -127,6 +127,8 @@ def batch_sizes(x, y, cost):
         if len(s) == 2:
             return 1, s[0], s[1], False
         return None
+    if x is None or y is None:
+        return None  # the library names the missing argument
     sx, sy = tuple(x.shape), tuple(y.shape)
     if len(sx) == 3 and len(sy) in (2, 3):
         return sx[0], sx[1], sy[-2], True

@@ -220,6 +220,7 @@ def test_eligibility(fake):
     assert _device.batch_sizes(np.zeros((5, 2)), np.zeros((6, 2)), None) == (1, 5, 6, False)
     assert _device.batch_sizes(None, None, np.zeros((5, 6))) == (1, 5, 6, False)
     assert _device.batch_sizes(np.zeros(5), np.zeros(6), None) is None  # the library's error
+    assert _device.batch_sizes(None, np.zeros((6, 2)), None) is None
 
 
 def test_sinkhorn_writes_framework_outputs_on_the_current_stream(fake, rng):
@@ -278,6 +279,9 @@ def test_warm_start_fills_the_output_buffers(fake, rng):
 def test_calls_that_stay_synchronous(fake, rng):
     xh, yh = clouds(rng)
     x, y = FakeArray(xh), FakeArray(yh)
+    r = otgpu.sinkhorn(x, y, progress=None)  # an absent callback keeps the device path
+    assert isinstance(r, otgpu.DeviceSinkhornResult)
+    fake.native.calls.clear()
     for kwargs in ({"sync": True}, {"progress": lambda s: True}, {"backend": "cpu"},
                    {"a": np.full(30, 1 / 30)}):
         with pytest.raises(LookupError, match="synchronous path"):
