@@ -1,19 +1,24 @@
-"""Flow matching with OT couplings: pair each noise sample with a data sample drawn
-from an entropic OT plan, then regress the velocity field on straight paths.
+"""Flow matching with OT couplings: pair noise samples with data samples by an optimal
+transport coupling of each minibatch, then regress the velocity field on straight paths.
 
-    python3 examples/python/flow_matching_ot.py            # torch MLP when installed
-    python3 examples/python/flow_matching_ot.py --numpy    # NumPy only (CI smoke test)
+    python3 examples/python/flow_matching_ot.py                      # torch MLP when installed
+    python3 examples/python/flow_matching_ot.py --numpy              # NumPy only (CI smoke test)
+    python3 examples/python/flow_matching_ot.py --coupling sinkhorn  # entropic plan draws
 
 One training step (minibatch OT conditional flow matching):
   1. x0 ~ N(0, I) (noise) and x1 from the data, B points each;
-  2. otgpu.sinkhorn(x0, x1) and otgpu.sample_partners: one partner j(i) per noise point,
-     drawn from the plan's row P_i. / sum_j P_ij (reproducible by seed, never forming P);
-  3. t ~ U(0, 1), x_t = (1 - t) x0_i + t x1_j(i), target velocity u = x1_j(i) - x0_i;
+  2. pairs (i, j) from otgpu.couple: "exact" the optimal permutation (the exact
+     assignment), "sinkhorn" B distinct pairs drawn from the entropic plan (never
+     formed), or "partners" one partner per noise point drawn from the rows of a
+     Sinkhorn plan (otgpu.sinkhorn + otgpu.sample_partners; the fallback when the
+     package has no couple);
+  3. t ~ U(0, 1), x_t = (1 - t) x0_i + t x1_j, target velocity u = x1_j - x0_i;
   4. minimise |v(x_t, t) - u|^2.
 Coupled pairs are shorter than independent ones (the paths cross less), which is what
 makes the regression easier; the script prints both mean squared lengths and exits 1
-if the OT pairs are not shorter. (The exact assignment and the library's own coupling
-entry points will replace step 2 once they land; see docs/python.md.)
+if the OT pairs are not shorter. On CUDA tensors the coupling is stream-ordered: the
+pair indices are torch tensors on the device, queued on the current stream, and the
+step never waits for the host (docs/python.md, "The device path").
 """
 
 import argparse
@@ -31,10 +36,14 @@ def data(rng, n):
     return centres[rng.integers(0, 2, n)] + 0.3 * rng.normal(size=(n, 2))
 
 
-def ot_pairs(x0, x1, eps, seed):
-    result = otgpu.sinkhorn(x0, x1, eps=eps, eps_relative=True)
-    j = otgpu.sample_partners(x0, x1, result, seed=seed)
-    return x1[j] if isinstance(j, np.ndarray) else x1[j.long()]
+def ot_pairs(x0, x1, coupling, eps, seed):
+    """(x0_i, x1_j) over the coupled pairs of the minibatch."""
+    if coupling == "partners" or not hasattr(otgpu, "couple"):
+        result = otgpu.sinkhorn(x0, x1, eps=eps, eps_relative=True)
+        j = otgpu.sample_partners(x0, x1, result, seed=seed)
+        return x0, x1[j]
+    c = otgpu.couple(x0, x1, method=coupling, eps=eps, eps_relative=True, seed=seed)
+    return x0[c.i], x1[c.j]
 
 
 def features(xt, t):
@@ -49,15 +58,15 @@ def train_numpy(args):
     for step in range(args.steps):
         x0 = rng.normal(size=(args.batch, 2))
         x1 = data(rng, args.batch)
-        x1_paired = ot_pairs(x0, x1, args.eps, seed=step)
-        ot_len.append(np.mean(np.sum((x1_paired - x0) ** 2, 1)))
+        x0_paired, x1_paired = ot_pairs(x0, x1, args.coupling, args.eps, seed=step)
+        ot_len.append(np.mean(np.sum((x1_paired - x0_paired) ** 2, 1)))
         ind_len.append(np.mean(np.sum((x1 - x0) ** 2, 1)))
-        t = rng.uniform(size=(args.batch, 1))
-        xt = (1 - t) * x0 + t * x1_paired
-        u = x1_paired - x0
+        t = rng.uniform(size=(len(x0_paired), 1))
+        xt = (1 - t) * x0_paired + t * x1_paired
+        u = x1_paired - x0_paired
         phi = features(xt, t)
         # One gradient step on the mean squared velocity error.
-        grad = phi.T @ (phi @ W - u) * (2 / args.batch)
+        grad = phi.T @ (phi @ W - u) * (2 / len(u))
         W -= 0.1 * grad
         if step % max(1, args.steps // 5) == 0:
             loss = np.mean(np.sum((phi @ W - u) ** 2, 1))
@@ -78,18 +87,19 @@ def train_torch(args):
     for step in range(args.steps):
         x0 = torch.randn(args.batch, 2, generator=gen).to(device)
         x1 = torch.tensor(data(rng, args.batch), dtype=torch.float32, device=device)
-        x1_paired = ot_pairs(x0, x1, args.eps, seed=step)  # stays on the device
-        ot_len.append(float(((x1_paired - x0) ** 2).sum(1).mean()))
-        ind_len.append(float(((x1 - x0) ** 2).sum(1).mean()))
-        t = torch.rand(args.batch, 1, generator=gen).to(device)
-        xt = (1 - t) * x0 + t * x1_paired
-        loss = ((net(torch.cat([xt, t], 1)) - (x1_paired - x0)) ** 2).sum(1).mean()
+        # Stays on the device; on CUDA nothing here waits for the host.
+        x0_paired, x1_paired = ot_pairs(x0, x1, args.coupling, args.eps, seed=step)
+        ot_len.append(((x1_paired - x0_paired) ** 2).sum(1).mean())
+        ind_len.append(((x1 - x0) ** 2).sum(1).mean())
+        t = torch.rand(len(x0_paired), 1, generator=gen).to(device)
+        xt = (1 - t) * x0_paired + t * x1_paired
+        loss = ((net(torch.cat([xt, t], 1)) - (x1_paired - x0_paired)) ** 2).sum(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % max(1, args.steps // 5) == 0:
             print(f"step {step:3d}  velocity loss {float(loss):.4f}  ({device})")
-    return float(np.mean(ot_len)), float(np.mean(ind_len))
+    return float(torch.stack(ot_len).mean()), float(torch.stack(ind_len).mean())
 
 
 def main():
@@ -97,7 +107,10 @@ def main():
     ap.add_argument("--numpy", action="store_true", help="use the NumPy path even with torch")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--eps", type=float, default=0.01, help="relative to the mean cost")
+    ap.add_argument("--coupling", choices=["exact", "sinkhorn", "partners"], default="exact",
+                    help="exact permutation, entropic plan draws, or sampled partners")
+    ap.add_argument("--eps", type=float, default=0.01,
+                    help="entropic eps (sinkhorn, partners), relative to the mean cost")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     use_torch = not args.numpy and importlib.util.find_spec("torch") is not None

@@ -3,7 +3,9 @@
 Inputs go to the extension as they are: it imports them through DLPack (or the buffer
 protocol) without copying. Outputs of the library are host arrays (NumPy, owning the
 library's result); :func:`converter` turns them into the caller's kind of array on
-the caller's device (torch, JAX, CuPy), or leaves them as NumPy.
+the caller's device (torch, JAX, CuPy), or leaves them as NumPy. (The stream-ordered
+device path for torch and CuPy CUDA arrays, which never goes through the host, is
+otgpu/_device.py.)
 """
 
 import sys

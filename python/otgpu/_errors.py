@@ -13,6 +13,7 @@ InvalidArgument        InvalidArgument(Error, ValueError)
 ShapeError             ShapeError(InvalidArgument)
 NonFiniteInput         NonFiniteInput(InvalidArgument)
 DTypeError             DTypeError(InvalidArgument, TypeError)
+Infeasible             Infeasible(InvalidArgument)
 DeviceUnavailable      DeviceUnavailable(Error, RuntimeError)
 CudaError              CudaError(Error, RuntimeError), ``.code``: the CUDA status
 OutOfMemory            OutOfMemory(Error, MemoryError)
@@ -41,6 +42,11 @@ class DTypeError(InvalidArgument, TypeError):
     """Element type not supported (float32 and float64 are)."""
 
 
+class Infeasible(InvalidArgument):
+    """The allowed pairs of an assignment problem admit no matching of min(n, m) pairs
+    (too many +inf costs)."""
+
+
 class DeviceUnavailable(Error, RuntimeError):
     """The requested backend or device cannot be used (no CUDA build, no GPU, bad id)."""
 
@@ -62,4 +68,5 @@ class IoError(Error, OSError):
 
 
 __all__ = ["Error", "InvalidArgument", "ShapeError", "NonFiniteInput", "DTypeError",
+           "Infeasible",
            "DeviceUnavailable", "CudaError", "OutOfMemory", "IoError"]

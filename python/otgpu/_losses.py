@@ -35,13 +35,22 @@ def _row(w, k):
 class LossTerms:
     """The solves behind OT_eps(x, y) (``debiased=False``) or S_eps(x, y)
     (``debiased=True``): ``value`` (float64: a float for [n, d] clouds, [B] for a batch)
-    and the gradients on demand, in the caller's kind of array and dtype."""
+    and the gradients on demand, in the caller's kind of array and dtype. For torch
+    CUDA / CuPy arrays and ``debiased=False`` the solve is stream-ordered: ``value`` is
+    then a float64 device array (0-d or [B]) and the gradients float32 device arrays,
+    all queued on the stream without a host sync (``sync=True`` asks for the
+    synchronous path)."""
 
     def __init__(self, x, y, a=None, b=None, debiased=False, **options):
         self._x, self._y, self._a, self._b = x, y, a, b
         self._kw = dict(cost_kind=options.get("cost_kind", "sqeuclidean"),
                         stream=options.get("stream"))
-        self.xy = _api.sinkhorn(x, y, a=a, b=b, **options)
+        # The (x, y) solve takes the stream-ordered path for torch CUDA / CuPy arrays:
+        # value and gradients then stay on the device, queued without a host sync. The
+        # divergence needs the absolute eps of each problem on the host for its self
+        # terms, so it solves synchronously.
+        sync = bool(options.pop("sync", False)) or debiased
+        self.xy = _api.sinkhorn(x, y, a=a, b=b, sync=sync, **options)
         value = self.xy.ot_eps
         self.xx = self.yy = None
         if debiased:
@@ -62,6 +71,7 @@ class LossTerms:
     def _self_solves(p, w, eps, options):
         opts = dict(options)
         opts["eps_relative"] = False
+        opts["sync"] = True
         opts.pop("f_init", None)
         opts.pop("g_init", None)
         if isinstance(eps, float):

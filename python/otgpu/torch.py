@@ -10,7 +10,9 @@ with P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps): no iteration is differentiate
 through, and the backward pass is one pass over the pairs per term. It is exact at
 convergence (ask for a tol suited to the gradients you need). The weights a, b are
 constants (no gradient flows to them). Tensors may be on the CPU or a CUDA device;
-CUDA tensors are read in place on the current torch stream (or ``stream=``). The
+CUDA tensors are read in place on the current torch stream (or ``stream=``); for
+sinkhorn_loss on CUDA tensors the forward and backward passes are stream-ordered (no
+host sync: the loss and its gradients stay on the device; docs/python.md). The
 mathematics is otgpu._losses.LossTerms, shared with NumPy users (otgpu.loss_terms).
 """
 
@@ -29,13 +31,18 @@ class _Loss(torch.autograd.Function):
     def forward(ctx, x, y, a, b, debiased, options):
         terms = LossTerms(x, y, a, b, debiased, **options)
         ctx.terms = terms
+        ctx.dtypes = (x.dtype, y.dtype)
         return torch.as_tensor(terms.value, dtype=x.dtype, device=x.device)
 
     @staticmethod
     def backward(ctx, grad_out):
         terms = ctx.terms
-        gx = _scale(grad_out, terms.grad_x()) if ctx.needs_input_grad[0] else None
-        gy = _scale(grad_out, terms.grad_y()) if ctx.needs_input_grad[1] else None
+        # The stream-ordered CUDA path gives float32 gradients: cast to the inputs' dtype.
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = _scale(grad_out, terms.grad_x()).to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            gy = _scale(grad_out, terms.grad_y()).to(ctx.dtypes[1])
         return gx, gy, None, None, None, None
 
 

@@ -6,6 +6,7 @@
 // explicit stream on a CUDA backend, run on the cached GpuContext of (device,
 // stream), so the work is ordered after the caller's earlier work on that stream.
 #include <fmt/format.h>
+#include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <ctime>
@@ -365,6 +366,117 @@ nb::object run_divergence(nb::handle x, nb::handle y, nb::handle a, nb::handle b
   return to_numpy(std::move(out), {B}, false);
 }
 
+// ---- The stream-ordered path (otgpu/device.h): caller-owned device outputs ----
+//
+// The Python layer allocates every output with the caller's framework on the inputs'
+// device and passes the raw device pointers (data_ptr() / .data.ptr) as ints; these
+// functions only enqueue work on the cached context of (device, stream) and return.
+
+template <class T>
+T* device_ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);  // NOLINT: a device address handed over as an int
+}
+
+/// The options of an async call: the sinkhorn options without progress (a host
+/// callback needs host checks, which the async path has none of).
+ParsedOptions async_options(const nb::kwargs& kw, const char* fn) {
+  ParsedOptions p = parse_options(kw, fn);
+  if (p.progress) {
+    throw otgpu::InvalidArgument(
+        fmt::format("{}: progress needs the synchronous path (sync=True)", fn));
+  }
+  if (!p.options.f_init.empty() || !p.options.g_init.empty()) {
+    throw otgpu::InvalidArgument(
+        fmt::format("{}: f_init/g_init are host warm starts; the async path warm-starts from the "
+                    "output buffers",
+                    fn));
+  }
+  return p;
+}
+
+void require_device(const Placement& where, const char* fn) {
+  if (!where.any_device) {
+    throw otgpu::InvalidArgument(
+        fmt::format("{}: the stream-ordered path needs inputs in CUDA device memory", fn));
+  }
+}
+
+/// ptrs: f, g, ot_eps, transport_cost, marginal_error, residual, iterations (0: skip).
+int run_sinkhorn_async(nb::handle x, nb::handle y, nb::handle cost, nb::handle a, nb::handle b,
+                       std::uintptr_t stream, const std::vector<std::uintptr_t>& ptrs,
+                       bool warm_start, const nb::kwargs& kw) {
+  const char* fn = "sinkhorn";
+  ParsedOptions p = async_options(kw, fn);
+  BoundProblem bp = bind_problem(x, y, cost, a, b, p.cost_kind, fn);
+  require_device(bp.where, fn);
+  p.options.device = resolve_device(bp.where, p.device, fn);
+  if (ptrs.size() != 7) throw nb::value_error("_sinkhorn_async: 7 output pointers expected");
+  otgpu::DeviceSinkhornOutputs out;
+  out.f = device_ptr<float>(ptrs[0]);
+  out.g = device_ptr<float>(ptrs[1]);
+  out.ot_eps = device_ptr<double>(ptrs[2]);
+  out.transport_cost = device_ptr<double>(ptrs[3]);
+  out.marginal_error = device_ptr<double>(ptrs[4]);
+  out.residual = device_ptr<double>(ptrs[5]);
+  out.iterations = device_ptr<int>(ptrs[6]);
+  out.warm_start = warm_start;
+  {
+    nb::gil_scoped_release nogil;
+    ContextLease lease(p.options.device, stream);
+    otgpu::sinkhorn_async(*lease, bp.problem, p.options, out);
+  }
+  return p.options.device;
+}
+
+enum class AsyncDerived { map, grad_x, grad_y, partners };
+
+/// The derived outputs of an async solve, from its fp32 potentials f_ptr [B*n] and
+/// g_ptr [B*m] (device), written to out_ptr. The same problem and options as the solve.
+void run_derived_async(const std::string& what, nb::handle x, nb::handle y, nb::handle cost,
+                       nb::handle a, nb::handle b, std::uintptr_t stream, std::uintptr_t f_ptr,
+                       std::uintptr_t g_ptr, std::uint64_t seed, std::uintptr_t out_ptr,
+                       const nb::kwargs& kw) {
+  AsyncDerived k = AsyncDerived::map;
+  if (what == "map")
+    k = AsyncDerived::map;
+  else if (what == "grad_x")
+    k = AsyncDerived::grad_x;
+  else if (what == "grad_y")
+    k = AsyncDerived::grad_y;
+  else if (what == "partners")
+    k = AsyncDerived::partners;
+  else
+    throw nb::value_error(("_derived_async: unknown output " + what).c_str());
+  const char* fn = k == AsyncDerived::map        ? "barycentric_map"
+                   : k == AsyncDerived::partners ? "sample_partners"
+                                                 : "gradient";
+  ParsedOptions p = async_options(kw, fn);
+  // The gradient with respect to y is gradient_x of the problem seen from y,
+  // (y, x, b, a) with potentials (g, f), whose plan is P^T (balanced problems).
+  BoundProblem bp = k == AsyncDerived::grad_y
+                        ? bind_problem(y, x, nb::none(), b, a, p.cost_kind, fn)
+                        : bind_problem(x, y, cost, a, b, p.cost_kind, fn);
+  require_device(bp.where, fn);
+  p.options.device = resolve_device(bp.where, p.device, fn);
+  const float* f = device_ptr<const float>(k == AsyncDerived::grad_y ? g_ptr : f_ptr);
+  const float* g = device_ptr<const float>(k == AsyncDerived::grad_y ? f_ptr : g_ptr);
+  nb::gil_scoped_release nogil;
+  ContextLease lease(p.options.device, stream);
+  switch (k) {
+    case AsyncDerived::map:
+      otgpu::barycentric_map_async(*lease, bp.problem, p.options, g, device_ptr<float>(out_ptr));
+      break;
+    case AsyncDerived::grad_x:
+    case AsyncDerived::grad_y:
+      otgpu::gradient_x_async(*lease, bp.problem, p.options, f, g, device_ptr<float>(out_ptr));
+      break;
+    case AsyncDerived::partners:
+      otgpu::sample_partners_async(*lease, bp.problem, p.options, g, seed,
+                                   device_ptr<std::int64_t>(out_ptr));
+      break;
+  }
+}
+
 // The C++ side of python/bench/overhead.py: `repeats` calls of otgpu::sinkhorn on the
 // problem and options given, each timed alone in microseconds of the calling thread's
 // CPU time (CLOCK_THREAD_CPUTIME_ID: a loaded machine's preemptions do not count), with
@@ -417,6 +529,22 @@ nb::dict sinkhorn_defaults() {
 }
 
 }  // namespace
+
+otgpu::SinkhornOptions nested_sinkhorn_options(nb::handle v, const char* fn) {
+  if (v.is_none()) return {};
+  if (!PyDict_Check(v.ptr())) {
+    throw nb::type_error(
+        fmt::format("{}: option sinkhorn must be a dict of Sinkhorn options, got {}", fn,
+                    nb::type_name(v.type()).c_str())
+            .c_str());
+  }
+  nb::kwargs kw = nb::borrow<nb::kwargs>(v);
+  ParsedOptions p = parse_options(kw, fn);
+  if (p.progress) {
+    throw otgpu::InvalidArgument(fmt::format("{}: option sinkhorn cannot take progress", fn));
+  }
+  return p.options;
+}
 
 void bind_sinkhorn(nb::module_& m) {
   nb::class_<PySinkhorn>(m, "NativeSinkhorn")
@@ -471,6 +599,34 @@ void bind_sinkhorn(nb::module_& m) {
         nb::arg("seed"), nb::arg("stream").none(), nb::arg("cost_kind"));
   m.def("sinkhorn_divergence", &run_divergence, nb::arg("x"), nb::arg("y"), nb::arg("a").none(),
         nb::arg("b").none(), nb::arg("xy").none(), nb::arg("stream").none(), nb::arg("options"));
+  m.def("_sinkhorn_async", &run_sinkhorn_async, nb::arg("x").none(), nb::arg("y").none(),
+        nb::arg("cost").none(), nb::arg("a").none(), nb::arg("b").none(), nb::arg("stream"),
+        nb::arg("ptrs"), nb::arg("warm_start"), nb::arg("options"),
+        "Enqueues otgpu::sinkhorn_async on the cached context of (device, stream) with "
+        "caller-owned device outputs; returns the device ordinal at once.");
+  m.def("_derived_async", &run_derived_async, nb::arg("what"), nb::arg("x").none(),
+        nb::arg("y").none(), nb::arg("cost").none(), nb::arg("a").none(), nb::arg("b").none(),
+        nb::arg("stream"), nb::arg("f_ptr"), nb::arg("g_ptr"), nb::arg("seed"), nb::arg("out_ptr"),
+        nb::arg("options"));
+  m.def(
+      "_context_allocations",
+      [](int device, std::uintptr_t stream) {
+        nb::gil_scoped_release nogil;
+        ContextLease lease(device, stream);
+        return (*lease).allocations();
+      },
+      nb::arg("device"), nb::arg("stream"),
+      "GpuContext::allocations() of the cached context of (device, stream) (created if "
+      "absent): workspace and pinned growths and handle creations so far.");
+  m.def(
+      "_context_synchronize",
+      [](int device, std::uintptr_t stream) {
+        nb::gil_scoped_release nogil;
+        ContextLease lease(device, stream);
+        (*lease).synchronize();
+      },
+      nb::arg("device"), nb::arg("stream"),
+      "Waits for the work queued on the stream of the cached context of (device, stream).");
   m.def("_time_native_solves", &time_native_solves, nb::arg("x"), nb::arg("y"), nb::arg("repeats"),
         nb::arg("options"));
   m.def("sinkhorn_defaults", &sinkhorn_defaults,

@@ -15,6 +15,7 @@ struct ErrorClasses {
   PyObject* shape = nullptr;
   PyObject* dtype = nullptr;
   PyObject* non_finite = nullptr;
+  PyObject* infeasible = nullptr;
   PyObject* device_unavailable = nullptr;
   PyObject* cuda = nullptr;
   PyObject* out_of_memory = nullptr;
@@ -27,7 +28,8 @@ PyObject* error_class(nb::module_& errors, const char* name) {
 }
 
 void translate(const std::exception_ptr& p, void*) {
-  // Most derived first: ShapeError, DTypeError and NonFiniteInput are InvalidArguments.
+  // Most derived first: ShapeError, DTypeError, NonFiniteInput and Infeasible are
+  // InvalidArguments.
   try {
     std::rethrow_exception(p);
   } catch (const otgpu::ShapeError& e) {
@@ -36,6 +38,8 @@ void translate(const std::exception_ptr& p, void*) {
     PyErr_SetString(g_errors.dtype, e.what());
   } catch (const otgpu::NonFiniteInput& e) {
     PyErr_SetString(g_errors.non_finite, e.what());
+  } catch (const otgpu::Infeasible& e) {
+    PyErr_SetString(g_errors.infeasible, e.what());
   } catch (const otgpu::InvalidArgument& e) {
     PyErr_SetString(g_errors.invalid_argument, e.what());
   } catch (const otgpu::DeviceUnavailable& e) {
@@ -60,6 +64,7 @@ void throw_for_test(const std::string& kind, const std::string& message) {
   if (kind == "ShapeError") throw otgpu::ShapeError(message);
   if (kind == "DTypeError") throw otgpu::DTypeError(message);
   if (kind == "NonFiniteInput") throw otgpu::NonFiniteInput(message);
+  if (kind == "Infeasible") throw otgpu::Infeasible(message);
   if (kind == "DeviceUnavailable") throw otgpu::DeviceUnavailable(message);
   if (kind == "CudaError") throw otgpu::CudaError(message, 2);
   if (kind == "OutOfMemory") throw otgpu::OutOfMemory(message);
@@ -81,6 +86,7 @@ NB_MODULE(_otgpu, m) {
   g_errors.shape = error_class(errors, "ShapeError");
   g_errors.dtype = error_class(errors, "DTypeError");
   g_errors.non_finite = error_class(errors, "NonFiniteInput");
+  g_errors.infeasible = error_class(errors, "Infeasible");
   g_errors.device_unavailable = error_class(errors, "DeviceUnavailable");
   g_errors.cuda = error_class(errors, "CudaError");
   g_errors.out_of_memory = error_class(errors, "OutOfMemory");
@@ -103,4 +109,5 @@ NB_MODULE(_otgpu, m) {
   bind_sinkhorn(m);
   bind_sliced(m);
   bind_gaussian(m);
+  bind_assignment(m);
 }

@@ -92,7 +92,12 @@ struct StreamArg {
 };
 StreamArg read_stream(nb::handle stream);
 
+/// The nested `sinkhorn=` option (a dict of the sinkhorn keyword options, without
+/// progress) of couple and minibatch_ot, as otgpu::SinkhornOptions; None: defaults.
+otgpu::SinkhornOptions nested_sinkhorn_options(nb::handle v, const char* fn);
+
 void bind_sinkhorn(nb::module_& m);
+void bind_assignment(nb::module_& m);
 void bind_sliced(nb::module_& m);
 void bind_gaussian(nb::module_& m);
 

@@ -149,6 +149,7 @@ def test_every_typed_error_maps_to_its_python_class(rng):
                                ("ShapeError", otgpu.ShapeError, ValueError),
                                ("DTypeError", otgpu.DTypeError, TypeError),
                                ("NonFiniteInput", otgpu.NonFiniteInput, ValueError),
+                               ("Infeasible", otgpu.Infeasible, ValueError),
                                ("DeviceUnavailable", otgpu.DeviceUnavailable, RuntimeError),
                                ("CudaError", otgpu.CudaError, RuntimeError),
                                ("OutOfMemory", otgpu.OutOfMemory, MemoryError),

@@ -14,6 +14,10 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "pyth
 @pytest.mark.parametrize("script,args", [
     ("divergence_training.py", ["--numpy", "--steps", "20", "--n", "80"]),
     ("flow_matching_ot.py", ["--numpy", "--steps", "10", "--batch", "96"]),
+    ("flow_matching_ot.py", ["--numpy", "--steps", "5", "--batch", "96", "--coupling",
+                             "sinkhorn"]),
+    ("flow_matching_ot.py", ["--numpy", "--steps", "5", "--batch", "96", "--coupling",
+                             "partners"]),
 ])
 def test_example_runs(script, args):
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args],
