@@ -528,10 +528,12 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
         auto rot = [i, N](int j) { return j >= i ? j - i : j - i + N; };
         double v1 = -inf, v2 = -inf;
         int j1 = -1;
-        for (int j = lane; j < N; j += 32) {
-          const double c = static_cast<double>(ci[j]);
-          if (!(c < inf)) continue;
-          const double val = -c - __ldcg(&price[j]);
+        // (v1, j1) = the largest value, least rot among equals; v2 = the largest of the
+        // rest: independent of the order the columns are seen in, so the loads of four
+        // columns are issued before any is compared (one L2 round trip per four).
+        auto see = [&](double c, double p, int j) {
+          if (!(c < inf)) return;
+          const double val = -c - p;
           if (val > v1 || (val == v1 && rot(j) < rot(j1))) {
             v2 = v1;
             v1 = val;
@@ -539,7 +541,20 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
           } else if (val > v2) {
             v2 = val;
           }
+        };
+        int j = lane;
+        for (; j + 96 < N; j += 128) {
+          T c[4];
+          double p[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            c[u] = ci[j + 32 * u];
+            p[u] = __ldcg(&price[j + 32 * u]);
+          }
+#pragma unroll
+          for (int u = 0; u < 4; ++u) see(static_cast<double>(c[u]), p[u], j + 32 * u);
         }
+        for (; j < N; j += 32) see(static_cast<double>(ci[j]), __ldcg(&price[j]), j);
         for (int sh = 16; sh > 0; sh >>= 1) {
           const double ov1 = __shfl_xor_sync(kFull, v1, sh);
           const double ov2 = __shfl_xor_sync(kFull, v2, sh);
