@@ -363,15 +363,21 @@ __global__ void __launch_bounds__(kAuctionThreads)
 // at N = 4096: 32 KB of prices). A round needs two barriers instead of the block's
 // three: the winner of a column applies its own win (the column's previous owner was
 // assigned when the round began, so it neither bid nor won, and only this winner
-// writes its row), and the column bids (bid_val, bid_row) and the bidder counter
-// alternate between two buffers by round parity: the buffers of the other parity were
-// last touched in the previous round, before its closing barrier, and are cleared
-// during this round's bidding, two barriers before their next use.
-//   bidding   (reads row_col, price; writes my_bid, my_col, bidders, atomicMax bid_val[par])
-//   barrier   (count[par] is final: every block reads the same value)
-//   resolving (reads bidders, my_bid, bid_val[par]; atomicCAS bid_row[par]; the winner
-//             writes col_row[j], price[j], row_col of itself and of the evicted row)
-//   barrier
+// writes its row). The unassigned rows are a compacted list (all rows at the start of
+// a phase; then the losers and the evicted rows of each round, appended by an atomic
+// counter), so the length of the list is known before a round bids: the phase ends when
+// it is 0, and when it is small (the long tail of a phase) one block bids per row, its
+// columns over the block's threads, instead of one warp. The column bids (bid_val,
+// bid_row), the list and its counter alternate between two buffers by round parity:
+// those of the other parity were last read in the previous round, before its closing
+// barrier, and are cleared during this round's bidding, a barrier before their reuse.
+//   bidding   (reads list[par], price; writes my_bid, my_col, atomicMax bid_val[par];
+//             clears bid_*[par ^ 1] and the counter of list[par ^ 1])
+//   barrier   (the infeasibility flag is final)
+//   resolving (reads list[par], my_bid, bid_val[par]; atomicCAS bid_row[par]; the winner
+//             writes col_row[j], price[j], row_col of itself and of the evicted row;
+//             losers and evicted rows are appended to list[par ^ 1])
+//   barrier   (the counter of list[par ^ 1] is final: every block reads the same value)
 // Data that other blocks write (prices, assignments, bids, the row potentials) is read
 // with __ldcg (cached in L2 only, the point of coherence of the device) so that no
 // stale L1 line survives a barrier; the barrier's fences order the writes before it.
@@ -389,7 +395,7 @@ struct GridCtrl {
   unsigned long long shift_rev;  ///< ~encode(least u of a dummy row) (n < m)
   unsigned long long shift_hi;   ///< encode(largest -p_j of a dummy column) (n > m)
   unsigned long long viol;       ///< encode(largest violation of the outputs)
-  int count[2];                  ///< rows that bid in a round, by round parity
+  int unassigned[2];             ///< length of the unassigned-row list, by round parity
   int flag;                      ///< a row or column without an allowed pair
   int pad;
   double phase_sum[2][3];  ///< certificate of a phase: cost, sum |cost|, dual; by phase parity
@@ -421,11 +427,74 @@ __device__ __forceinline__ void problem_sync(unsigned long long* counter, unsign
   __syncthreads();
 }
 
+/// Rounds with at most this many unassigned rows per block bid one row per block.
+constexpr int kTailRowsPerBlock = 2;
+
+/// A bidder's best value v1 = max_j (-C_ij - p_j) at j1 (least rot among equals) and the
+/// largest value v2 of the other columns.
+struct Best {
+  double v1 = -std::numeric_limits<double>::infinity();
+  double v2 = -std::numeric_limits<double>::infinity();
+  int j1 = -1;
+};
+
+/// Columns at or after row i come first among equal values (cyclically): rows with equal
+/// costs (the zero-cost padding, tied data) spread over the columns in one round.
+__device__ __forceinline__ int rot(int j, int i, int N) { return j >= i ? j - i : j - i + N; }
+
+/// Folds (ov1, ov2, oj) into b. The result does not depend on the order of the folds.
+__device__ __forceinline__ void fold(Best& b, double ov1, double ov2, int oj, int i, int N) {
+  if (ov1 > b.v1 || (ov1 == b.v1 && oj >= 0 && (b.j1 < 0 || rot(oj, i, N) < rot(b.j1, i, N)))) {
+    b.v2 = fmax(b.v1, ov2);
+    b.v1 = ov1;
+    b.j1 = oj;
+  } else {
+    b.v2 = fmax(b.v2, ov1);
+  }
+}
+
+/// The columns j0, j0 + stride, ... of row ci (prices read through L2); the loads of
+/// four columns are issued before any is compared.
 template <class T>
-__global__ void __launch_bounds__(kAuctionThreads, 2)
+__device__ __forceinline__ void scan_row(const T* __restrict__ ci, const double* price, int i,
+                                         int N, int j0, int stride, Best& b) {
+  const double inf = d_inf();
+  auto see = [&](double c, double p, int j) {
+    if (c < inf) fold(b, -c - p, -inf, j, i, N);
+  };
+  int j = j0;
+  for (; j + 3 * stride < N; j += 4 * stride) {
+    T c[4];
+    double p[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      c[u] = ci[j + u * stride];
+      p[u] = __ldcg(&price[j + u * stride]);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) see(static_cast<double>(c[u]), p[u], j + u * stride);
+  }
+  for (; j < N; j += stride) see(static_cast<double>(ci[j]), __ldcg(&price[j]), j);
+}
+
+/// The best of the warp's lanes, in every lane.
+__device__ __forceinline__ Best warp_best(Best b, int i, int N) {
+  for (int sh = 16; sh > 0; sh >>= 1) {
+    const double ov1 = __shfl_xor_sync(kFull, b.v1, sh);
+    const double ov2 = __shfl_xor_sync(kFull, b.v2, sh);
+    const int oj = __shfl_xor_sync(kFull, b.j1, sh);
+    fold(b, ov1, ov2, oj, i, N);
+  }
+  return b;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kAuctionThreads, 1)
     auction_grid_kernel(const T* __restrict__ Call, int n, int m, int N, int B, AuctionScratch s,
                         AuctionOutputs o) {
   __shared__ double red[kWarps];
+  __shared__ double tail_v1[kWarps], tail_v2[kWarps];
+  __shared__ int tail_j1[kWarps];
 
   const int b = static_cast<int>(blockIdx.x) / B;
   const int lb = static_cast<int>(blockIdx.x) % B;
@@ -443,7 +512,6 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
   int* row_col = s.row_col + off;
   int* col_row = s.col_row + off;
   int* my_col = s.my_col + off;
-  int* bidders = s.bidders + off;
   unsigned long long* my_bid = s.my_bid + off;
   GridCtrl* g = reinterpret_cast<GridCtrl*>(s.grid_ctrl +
                                             static_cast<std::size_t>(b) * kAuctionGridCtrlBytes);
@@ -495,22 +563,45 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
   long long rounds = 0;
   const long long cap = 20LL * N + 2000;
   unsigned round = 0, phase = 0;  // parities of the double buffers
+  // A row's bid for its best column j1: p_j1 + (v1 - v2) + eps.
+  auto place_bid = [&](int i, const Best& best, unsigned long long* bid_val) {
+    if (best.j1 < 0) {
+      atomicOr(&g->flag, 1);
+      return;
+    }
+    const double second = best.v2 > -inf ? best.v2 : best.v1 - range - eps;
+    const unsigned long long e = encode(__ldcg(&price[best.j1]) + (best.v1 - second) + eps);
+    my_bid[i] = e;
+    my_col[i] = best.j1;
+    atomicMax(&bid_val[best.j1], e);
+  };
 
   while (status == 0) {
-    for (int j = gt; j < N; j += gthreads) {
-      row_col[j] = -1;
-      col_row[j] = -1;
-      s.bid_row[off + j] = -1;
-      s.bid_row2[off + j] = -1;
-      s.bid_val[off + j] = 0;
-      s.bid_val2[off + j] = 0;
+    {
+      const unsigned par = round & 1u;
+      int* rows = (par ? s.unassigned2 : s.unassigned) + off;
+      for (int j = gt; j < N; j += gthreads) {
+        row_col[j] = -1;
+        col_row[j] = -1;
+        s.bid_row[off + j] = -1;
+        s.bid_row2[off + j] = -1;
+        s.bid_val[off + j] = 0;
+        s.bid_val2[off + j] = 0;
+        rows[j] = j;
+      }
+      if (leader) g->unassigned[par] = N;
     }
     problem_sync(&g->barrier, gen, nb);
     long long pr = 0;
     for (;;) {
       const unsigned par = round & 1u;
+      const int count = ld_volatile(&g->unassigned[par]);
+      if (count == 0) break;  // every row assigned: the phase is over
+      ++round;
       int* bid_row = (par ? s.bid_row2 : s.bid_row) + off;
       unsigned long long* bid_val = (par ? s.bid_val2 : s.bid_val) + off;
+      const int* rows = (par ? s.unassigned2 : s.unassigned) + off;
+      int* next_rows = (par ? s.unassigned : s.unassigned2) + off;
       {
         int* other_row = (par ? s.bid_row : s.bid_row2) + off;
         unsigned long long* other_val = (par ? s.bid_val : s.bid_val2) + off;
@@ -518,72 +609,45 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
           other_row[j] = -1;
           other_val[j] = 0;
         }
-        if (leader) g->count[par ^ 1u] = 0;
+        if (leader) g->unassigned[par ^ 1u] = 0;
       }
-      // Bidding: one warp per unassigned row, the rows of the problem spread over the
-      // warps of its B blocks.
-      for (int i = gw; i < N; i += gwarps) {
-        if (__ldcg(&row_col[i]) >= 0) continue;
-        const T* ci = C + static_cast<std::int64_t>(i) * N;
-        auto rot = [i, N](int j) { return j >= i ? j - i : j - i + N; };
-        double v1 = -inf, v2 = -inf;
-        int j1 = -1;
-        // (v1, j1) = the largest value, least rot among equals; v2 = the largest of the
-        // rest: independent of the order the columns are seen in, so the loads of four
-        // columns are issued before any is compared (one L2 round trip per four).
-        auto see = [&](double c, double p, int j) {
-          if (!(c < inf)) return;
-          const double val = -c - p;
-          if (val > v1 || (val == v1 && rot(j) < rot(j1))) {
-            v2 = v1;
-            v1 = val;
-            j1 = j;
-          } else if (val > v2) {
-            v2 = val;
+      // Bidding. Many unassigned rows: one warp per row over the problem's warps. A
+      // few (the long tail of a phase): one block per row, its columns over the
+      // block's threads, so that a bid costs one pass of loads, not N / 128.
+      if (count <= kTailRowsPerBlock * B) {
+        for (int k = lb; k < count; k += B) {
+          const int i = __ldcg(&rows[k]);
+          Best best;
+          scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, tid, kAuctionThreads, best);
+          best = warp_best(best, i, N);
+          if (lane == 0) {
+            tail_v1[warp] = best.v1;
+            tail_v2[warp] = best.v2;
+            tail_j1[warp] = best.j1;
           }
-        };
-        int j = lane;
-        for (; j + 96 < N; j += 128) {
-          T c[4];
-          double p[4];
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            c[u] = ci[j + 32 * u];
-            p[u] = __ldcg(&price[j + 32 * u]);
+          __syncthreads();
+          if (warp == 0) {
+            Best part;
+            if (lane < kWarps) {
+              part.v1 = tail_v1[lane];
+              part.v2 = tail_v2[lane];
+              part.j1 = tail_j1[lane];
+            }
+            part = warp_best(part, i, N);
+            if (lane == 0) place_bid(i, part, bid_val);
           }
-#pragma unroll
-          for (int u = 0; u < 4; ++u) see(static_cast<double>(c[u]), p[u], j + 32 * u);
+          __syncthreads();
         }
-        for (; j < N; j += 32) see(static_cast<double>(ci[j]), __ldcg(&price[j]), j);
-        for (int sh = 16; sh > 0; sh >>= 1) {
-          const double ov1 = __shfl_xor_sync(kFull, v1, sh);
-          const double ov2 = __shfl_xor_sync(kFull, v2, sh);
-          const int oj = __shfl_xor_sync(kFull, j1, sh);
-          if (ov1 > v1 || (ov1 == v1 && oj >= 0 && (j1 < 0 || rot(oj) < rot(j1)))) {
-            v2 = fmax(v1, ov2);
-            v1 = ov1;
-            j1 = oj;
-          } else {
-            v2 = fmax(v2, ov1);
-          }
-        }
-        if (lane == 0) {
-          bidders[atomicAdd(&g->count[par], 1)] = i;
-          if (j1 < 0) {
-            atomicOr(&g->flag, 1);
-          } else {
-            const double second = v2 > -inf ? v2 : v1 - range - eps;
-            const unsigned long long e = encode(__ldcg(&price[j1]) + (v1 - second) + eps);
-            my_bid[i] = e;
-            my_col[i] = j1;
-            atomicMax(&bid_val[j1], e);
-          }
+      } else {
+        for (int k = gw; k < count; k += gwarps) {
+          const int i = __ldcg(&rows[k]);
+          Best best;
+          scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, lane, 32, best);
+          best = warp_best(best, i, N);
+          if (lane == 0) place_bid(i, best, bid_val);
         }
       }
       problem_sync(&g->barrier, gen, nb);
-      const int count = ld_volatile(&g->count[par]);
-      ++round;
-      if (count == 0) break;
       if (ld_volatile(&g->flag)) {
         status = 1;
         break;
@@ -592,18 +656,24 @@ __global__ void __launch_bounds__(kAuctionThreads, 2)
         status = 2;
         break;
       }
-      // Resolving: the highest bid wins (the first of equal bids to claim the column),
-      // and the winner moves in.
+      // Resolving: the highest bid wins (the first of equal bids to claim the column)
+      // and the winner moves in; the losers and the evicted rows are the next round's
+      // unassigned rows.
       for (int k = gt; k < count; k += gthreads) {
-        const int i = __ldcg(&bidders[k]);
+        const int i = __ldcg(&rows[k]);
         const int j = __ldcg(&my_col[i]);
         const unsigned long long e = __ldcg(&my_bid[i]);
         if (__ldcg(&bid_val[j]) == e && atomicCAS(&bid_row[j], -1, i) == -1) {
           const int old = __ldcg(&col_row[j]);
-          if (old >= 0) row_col[old] = -1;
+          if (old >= 0) {
+            row_col[old] = -1;
+            next_rows[atomicAdd(&g->unassigned[par ^ 1u], 1)] = old;
+          }
           col_row[j] = i;
           row_col[i] = j;
           price[j] = decode(e);
+        } else {
+          next_rows[atomicAdd(&g->unassigned[par ^ 1u], 1)] = i;
         }
       }
       problem_sync(&g->barrier, gen, nb);
@@ -800,9 +870,10 @@ __global__ void __launch_bounds__(kThreads)
 
 /// Blocks per problem of the grid path (0: run the block path). All K * B blocks must
 /// be resident at once (the barrier of a problem spins on its peers), so B is capped by
-/// the occupancy the compiled kernel reaches, shared evenly among the problems; one
-/// block per SM and per problem is the most useful (a round's bidders are at most N
-/// warps, often far fewer), and a block per 16 rows the most a first round can use.
+/// the occupancy the compiled kernel reaches (one 512-thread block per SM at its 86
+/// registers), shared evenly among the problems; more than one block per SM and per
+/// problem would only add arrivals at the barrier, and a block per 16 rows is the most
+/// a first round can use.
 template <class T>
 int grid_blocks_per_problem(std::int64_t K, std::int64_t N, AuctionPath path) {
   if (path == AuctionPath::block) return 0;
@@ -895,7 +966,7 @@ int assignment_auction_grid_blocks(std::int64_t K, std::int64_t N, bool f64, Auc
 std::size_t assignment_auction_scratch_bytes(std::int64_t K, std::int64_t N) {
   const auto e = static_cast<std::size_t>(K * N);
   auto al = [](std::size_t x) { return (x + 255) & ~std::size_t{255}; };
-  return 2 * al(e * sizeof(double)) + 6 * al(e * sizeof(int)) +
+  return 2 * al(e * sizeof(double)) + 7 * al(e * sizeof(int)) +
          3 * al(e * sizeof(unsigned long long)) +
          al(static_cast<std::size_t>(K * kAuctionGridCtrlBytes));
 }

@@ -107,7 +107,8 @@ Buffers carve(const Staging& st, std::size_t raw_bytes, bool outputs, char* base
   s.bid_val = c.take<unsigned long long>(K * N);
   s.my_bid = c.take<unsigned long long>(K * N);
   s.bid_row2 = c.take<int>(K * N);
-  s.bidders = c.take<int>(K * N);
+  s.unassigned = c.take<int>(K * N);
+  s.unassigned2 = c.take<int>(K * N);
   s.bid_val2 = c.take<unsigned long long>(K * N);
   s.grid_ctrl = c.take<unsigned char>(K * kernels::kAuctionGridCtrlBytes);
   if (outputs) {

@@ -32,10 +32,10 @@ void assignment_points_epilogue(const float* G, const float* xn, const float* yn
                                 float* C, cudaStream_t stream);
 
 /// Per-problem scratch of the auction, each [K * N] but grid_ctrl (see
-/// assignment_auction_scratch_bytes). The last four serve the grid path only: the
-/// second buffer of the column bids (the grid alternates them by round parity), the
-/// compacted list of the rows that bid in a round, and [K, kAuctionGridCtrlBytes] bytes
-/// of control words (barrier, counters, reductions; zeroed by the launcher).
+/// assignment_auction_scratch_bytes). The last five serve the grid path only: the
+/// second buffer of the column bids and two lists of the unassigned rows (the grid
+/// alternates them by round parity), and [K, kAuctionGridCtrlBytes] bytes of control
+/// words (barrier, counters, reductions; zeroed by the launcher).
 struct AuctionScratch {
   double* price = nullptr;
   double* row_u = nullptr;
@@ -46,7 +46,8 @@ struct AuctionScratch {
   unsigned long long* bid_val = nullptr;
   unsigned long long* my_bid = nullptr;
   int* bid_row2 = nullptr;
-  int* bidders = nullptr;
+  int* unassigned = nullptr;
+  int* unassigned2 = nullptr;
   unsigned long long* bid_val2 = nullptr;
   unsigned char* grid_ctrl = nullptr;
 };
