@@ -366,8 +366,8 @@ __global__ void __launch_bounds__(kAuctionThreads)
 // writes its row). The unassigned rows are a compacted list (all rows at the start of
 // a phase; then the losers and the evicted rows of each round, appended by an atomic
 // counter), so the length of the list is known before a round bids: the phase ends when
-// it is 0, and when it is small (the long tail of a phase) one block bids per row, its
-// columns over the block's threads, instead of one warp. The column bids (bid_val,
+// it is 0, and when it is small (the long tail of a phase) a group of warps, up to a
+// block, bids for each row, the row's columns over the group's threads. The column bids (bid_val,
 // bid_row), the list and its counter alternate between two buffers by round parity:
 // those of the other parity were last read in the previous round, before its closing
 // barrier, and are cleared during this round's bidding, a barrier before their reuse.
@@ -426,9 +426,6 @@ __device__ __forceinline__ void problem_sync(unsigned long long* counter, unsign
   }
   __syncthreads();
 }
-
-/// Rounds with at most this many unassigned rows per block bid one row per block.
-constexpr int kTailRowsPerBlock = 2;
 
 /// A bidder's best value v1 = max_j (-C_ij - p_j) at j1 (least rot among equals) and the
 /// largest value v2 of the other columns.
@@ -611,40 +608,51 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
         }
         if (leader) g->unassigned[par ^ 1u] = 0;
       }
-      // Bidding. Many unassigned rows: one warp per row over the problem's warps. A
-      // few (the long tail of a phase): one block per row, its columns over the
-      // block's threads, so that a bid costs one pass of loads, not N / 128.
-      if (count <= kTailRowsPerBlock * B) {
-        for (int k = lb; k < count; k += B) {
-          const int i = __ldcg(&rows[k]);
-          Best best;
-          scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, tid, kAuctionThreads, best);
-          best = warp_best(best, i, N);
-          if (lane == 0) {
-            tail_v1[warp] = best.v1;
-            tail_v2[warp] = best.v2;
-            tail_j1[warp] = best.j1;
-          }
-          __syncthreads();
-          if (warp == 0) {
-            Best part;
-            if (lane < kWarps) {
-              part.v1 = tail_v1[lane];
-              part.v2 = tail_v2[lane];
-              part.j1 = tail_j1[lane];
-            }
-            part = warp_best(part, i, N);
-            if (lane == 0) place_bid(i, part, bid_val);
-          }
-          __syncthreads();
-        }
-      } else {
+      // Bidding: G warps per unassigned row, G the largest power of two up to a block
+      // (16 warps) with G * count within the problem's warps. Many rows: one warp per
+      // row. Few (the long tail of a phase): a group of warps per row, the row's
+      // columns over the group's threads, so that a bid costs N / (128 G) rounds of
+      // loads, not N / 128.
+      int G = 1;
+      while (G < kWarps && count * (2 * G) <= gwarps) G *= 2;
+      if (G == 1) {
         for (int k = gw; k < count; k += gwarps) {
           const int i = __ldcg(&rows[k]);
           Best best;
           scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, lane, 32, best);
           best = warp_best(best, i, N);
           if (lane == 0) place_bid(i, best, bid_val);
+        }
+      } else {
+        const int per_block = kWarps / G;          // rows a block bids for at once
+        const int grp = warp / G, sub = warp % G;  // the warp's group, its place in it
+        for (int base = lb * per_block; base < count; base += B * per_block) {
+          const int k = base + grp;
+          const bool active = k < count;  // the same for the G warps of a group
+          const int i = active ? __ldcg(&rows[k]) : 0;
+          if (active) {
+            Best best;
+            scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, sub * 32 + lane, G * 32,
+                     best);
+            best = warp_best(best, i, N);
+            if (lane == 0) {
+              tail_v1[warp] = best.v1;
+              tail_v2[warp] = best.v2;
+              tail_j1[warp] = best.j1;
+            }
+          }
+          __syncthreads();
+          if (active && sub == 0) {
+            Best part;
+            if (lane < G) {
+              part.v1 = tail_v1[warp + lane];
+              part.v2 = tail_v2[warp + lane];
+              part.j1 = tail_j1[warp + lane];
+            }
+            part = warp_best(part, i, N);
+            if (lane == 0) place_bid(i, part, bid_val);
+          }
+          __syncthreads();
         }
       }
       problem_sync(&g->barrier, gen, nb);
