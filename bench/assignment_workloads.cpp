@@ -166,8 +166,10 @@ void gpu_row(const Context& ctx, std::vector<Row>& rows, const Case& c, double t
   row.roofline = ctx.fma_flop_per_s;
   row.bound = "fma";
   row.notes.emplace_back(
-      "W4 cuda-auction: fp32 GEMM cost + eps-scaling auction (one block per problem, fp64 "
-      "prices) + certificate, one synchronous call; figure = the GEMM's 2 K bs^2 d FLOP only: "
+      "W4 cuda-auction: fp32 GEMM cost + eps-scaling auction (one block per problem, or a "
+      "cooperative grid of up to #SMs blocks per problem when K < #SMs and bs > 256; "
+      "OTGPU_AUCTION=block|grid forces one; fp64 prices) + certificate, one synchronous call; "
+      "figure = the GEMM's 2 K bs^2 d FLOP only: "
       "the auction (max_rounds bidding rounds of the slowest problem) is not counted");
   row.notes.push_back(
       fmt::format("W4 K={} bs={} d={}: target {:.3g} ms (H100/H200)", c.K, c.bs, c.d, target_ms));

@@ -1,9 +1,11 @@
 // Batched exact assignment on the GPU (otgpu_kernels/assignment.h).
 //
-// Forward auction (Bertsekas) with eps-scaling on the padded square problem, one
-// thread block per problem: the whole solve (every phase and round) runs inside the
-// block, synchronized with __syncthreads, so no round trip to the host. Rows bid, in
-// Jacobi rounds:
+// Forward auction (Bertsekas) with eps-scaling on the padded square problem. The
+// whole solve (every phase and round) runs in one launch, so no round trip to the
+// host: one thread block per problem, synchronized with __syncthreads (auction_kernel),
+// or, for few large problems, several blocks per problem meeting at a barrier in
+// global memory (auction_grid_kernel, a cooperative launch; see "Grid path" below).
+// Both run the same rounds, phases and certificate. Rows bid, in Jacobi rounds:
 //   bidding   one warp per unassigned row i finds its best value v1 = max_j (-C_ij - p_j)
 //             (at j1, ties to the first column at or after i, cyclically) and the second
 //             best v2, and bids p_j1 + (v1 - v2) + eps for j1
@@ -23,6 +25,7 @@
 // the costs are read as staged (fp32, or fp64 for an fp64 cost matrix).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -351,6 +354,474 @@ __global__ void __launch_bounds__(kAuctionThreads)
   }
 }
 
+// ---------------------------------------------------------------------------------
+// Grid path: the same auction with the rows of one problem spread over B blocks.
+//
+// All K * B blocks are resident (cooperative launch), so the B blocks of a problem can
+// meet at a barrier in global memory (problem_sync) without deadlock; problems never
+// wait for each other. Prices, assignments and bids live in global memory (L2-resident
+// at N = 4096: 32 KB of prices). A round needs two barriers instead of the block's
+// three: the winner of a column applies its own win (the column's previous owner was
+// assigned when the round began, so it neither bid nor won, and only this winner
+// writes its row). The unassigned rows are a compacted list (all rows at the start of
+// a phase; then the losers and the evicted rows of each round, appended by an atomic
+// counter), so the length of the list is known before a round bids: the phase ends when
+// it is 0, and when it is small (the long tail of a phase) a group of warps, up to a
+// block, bids for each row, the row's columns over the group's threads. The column bids (bid_val,
+// bid_row), the list and its counter alternate between two buffers by round parity:
+// those of the other parity were last read in the previous round, before its closing
+// barrier, and are cleared during this round's bidding, a barrier before their reuse.
+//   bidding   (reads list[par], price; writes my_bid, my_col, atomicMax bid_val[par];
+//             clears bid_*[par ^ 1] and the counter of list[par ^ 1])
+//   barrier   (the infeasibility flag is final)
+//   resolving (reads list[par], my_bid, bid_val[par]; atomicCAS bid_row[par]; the winner
+//             writes col_row[j], price[j], row_col of itself and of the evicted row;
+//             losers and evicted rows are appended to list[par ^ 1])
+//   barrier   (the counter of list[par ^ 1] is final: every block reads the same value)
+// Data that other blocks write (prices, assignments, bids, the row potentials) is read
+// with __ldcg (cached in L2 only, the point of coherence of the device) so that no
+// stale L1 line survives a barrier; the barrier's fences order the writes before it.
+// Reductions (cost range, certificate sums, shifts) go through fp64 / encoded atomics
+// in the control words and are read after a barrier; the phase sums alternate by phase
+// parity for the same reason as the bids. Every decision (phase end, status, eps, the
+// stopping test) is made from values every block of the problem reads after the same
+// barrier, so the B blocks take the same branches and meet the same barriers.
+
+/// Control words of one problem (kAuctionGridCtrlBytes, zeroed before the launch).
+struct GridCtrl {
+  unsigned long long barrier;    ///< arrivals at the problem's barrier (monotone)
+  unsigned long long lo_rev;     ///< ~encode(least finite cost), by atomicMax
+  unsigned long long hi;         ///< encode(largest finite cost)
+  unsigned long long shift_rev;  ///< ~encode(least u of a dummy row) (n < m)
+  unsigned long long shift_hi;   ///< encode(largest -p_j of a dummy column) (n > m)
+  unsigned long long viol;       ///< encode(largest violation of the outputs)
+  int unassigned[2];             ///< length of the unassigned-row list, by round parity
+  int flag;                      ///< a row or column without an allowed pair
+  int pad;
+  double phase_sum[2][3];  ///< certificate of a phase: cost, sum |cost|, dual; by phase parity
+  double out_sum[2];       ///< cost and dual of the outputs
+};
+static_assert(sizeof(GridCtrl) <= static_cast<std::size_t>(kAuctionGridCtrlBytes));
+
+template <class X>
+__device__ __forceinline__ X ld_volatile(const X* p) {
+  return *const_cast<const volatile X*>(p);
+}
+
+/// Barrier of the B blocks of one problem. `gen` counts the barriers this block met;
+/// all blocks meet the same ones, so the counter reaches gen * B once all arrived.
+/// Thread 0 fences before arriving (its block's writes, ordered by the __syncthreads,
+/// become visible) and after leaving (so the block's later reads see the others').
+__device__ __forceinline__ void problem_sync(unsigned long long* counter, unsigned long long& gen,
+                                             unsigned long long B) {
+  __syncthreads();
+  ++gen;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1ull);
+    const unsigned long long target = gen * B;
+    while (ld_volatile(counter) < target) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+/// A bidder's best value v1 = max_j (-C_ij - p_j) at j1 (least rot among equals) and the
+/// largest value v2 of the other columns.
+struct Best {
+  double v1 = -std::numeric_limits<double>::infinity();
+  double v2 = -std::numeric_limits<double>::infinity();
+  int j1 = -1;
+};
+
+/// Columns at or after row i come first among equal values (cyclically): rows with equal
+/// costs (the zero-cost padding, tied data) spread over the columns in one round.
+__device__ __forceinline__ int rot(int j, int i, int N) { return j >= i ? j - i : j - i + N; }
+
+/// Folds (ov1, ov2, oj) into b. The result does not depend on the order of the folds.
+__device__ __forceinline__ void fold(Best& b, double ov1, double ov2, int oj, int i, int N) {
+  if (ov1 > b.v1 || (ov1 == b.v1 && oj >= 0 && (b.j1 < 0 || rot(oj, i, N) < rot(b.j1, i, N)))) {
+    b.v2 = fmax(b.v1, ov2);
+    b.v1 = ov1;
+    b.j1 = oj;
+  } else {
+    b.v2 = fmax(b.v2, ov1);
+  }
+}
+
+/// The columns j0, j0 + stride, ... of row ci (prices read through L2); the loads of
+/// four columns are issued before any is compared.
+template <class T>
+__device__ __forceinline__ void scan_row(const T* __restrict__ ci, const double* price, int i,
+                                         int N, int j0, int stride, Best& b) {
+  const double inf = d_inf();
+  auto see = [&](double c, double p, int j) {
+    if (c < inf) fold(b, -c - p, -inf, j, i, N);
+  };
+  int j = j0;
+  for (; j + 3 * stride < N; j += 4 * stride) {
+    T c[4];
+    double p[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      c[u] = ci[j + u * stride];
+      p[u] = __ldcg(&price[j + u * stride]);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) see(static_cast<double>(c[u]), p[u], j + u * stride);
+  }
+  for (; j < N; j += stride) see(static_cast<double>(ci[j]), __ldcg(&price[j]), j);
+}
+
+/// The best of the warp's lanes, in every lane.
+__device__ __forceinline__ Best warp_best(Best b, int i, int N) {
+  for (int sh = 16; sh > 0; sh >>= 1) {
+    const double ov1 = __shfl_xor_sync(kFull, b.v1, sh);
+    const double ov2 = __shfl_xor_sync(kFull, b.v2, sh);
+    const int oj = __shfl_xor_sync(kFull, b.j1, sh);
+    fold(b, ov1, ov2, oj, i, N);
+  }
+  return b;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kAuctionThreads, 1)
+    auction_grid_kernel(const T* __restrict__ Call, int n, int m, int N, int B, AuctionScratch s,
+                        AuctionOutputs o) {
+  __shared__ double red[kWarps];
+  __shared__ double tail_v1[kWarps], tail_v2[kWarps];
+  __shared__ int tail_j1[kWarps];
+
+  const int b = static_cast<int>(blockIdx.x) / B;
+  const int lb = static_cast<int>(blockIdx.x) % B;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  const int gt = lb * kAuctionThreads + tid;  // thread within the problem
+  const int gthreads = B * kAuctionThreads;
+  const int gw = lb * kWarps + warp;  // warp within the problem
+  const int gwarps = B * kWarps;
+  const bool leader = lb == 0 && tid == 0;
+  const T* C = Call + static_cast<std::int64_t>(b) * N * N;
+  const std::size_t off = static_cast<std::size_t>(b) * static_cast<std::size_t>(N);
+  double* price = s.price + off;
+  double* ru = s.row_u + off;
+  int* row_col = s.row_col + off;
+  int* col_row = s.col_row + off;
+  int* my_col = s.my_col + off;
+  unsigned long long* my_bid = s.my_bid + off;
+  GridCtrl* g = reinterpret_cast<GridCtrl*>(s.grid_ctrl +
+                                            static_cast<std::size_t>(b) * kAuctionGridCtrlBytes);
+  unsigned long long gen = 0;
+  const auto nb = static_cast<unsigned long long>(B);
+  const double inf = d_inf();
+
+  // ---- scale and the plain infeasibility checks
+  double lo = inf, hi = -inf;
+  for (std::int64_t e = gt; e < static_cast<std::int64_t>(n) * m; e += gthreads) {
+    const double c = static_cast<double>(C[(e / m) * N + e % m]);
+    if (c < inf) {
+      lo = fmin(lo, c);
+      hi = fmax(hi, c);
+    }
+  }
+  lo = block_min(lo, red);
+  hi = block_max(hi, red);
+  if (tid == 0) {
+    atomicMax(&g->lo_rev, ~encode(lo));
+    atomicMax(&g->hi, encode(hi));
+  }
+  if (n <= m) {
+    for (int i = gw; i < n; i += gwarps) {
+      bool any = false;
+      for (int j = lane; j < m; j += 32)
+        any = any || static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!__any_sync(kFull, any) && lane == 0) atomicOr(&g->flag, 1);
+    }
+  }
+  if (m <= n) {
+    for (int j = gt; j < m; j += gthreads) {
+      bool any = false;
+      for (int i = 0; i < n && !any; ++i)
+        any = static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!any) atomicOr(&g->flag, 1);
+    }
+  }
+  for (int j = gt; j < N; j += gthreads) price[j] = 0.0;
+  problem_sync(&g->barrier, gen, nb);
+  int status = ld_volatile(&g->flag) ? 1 : 0;
+  lo = decode(~ld_volatile(&g->lo_rev));
+  hi = decode(ld_volatile(&g->hi));
+  double range = hi - lo;
+  if (!(range > 0)) range = fmax(fabs(hi), 1.0);
+  if (!(range < inf)) range = 1.0;
+  const double eps_floor = range * 4e-16 * N;
+  double eps = range / 4;
+  long long rounds = 0;
+  const long long cap = 20LL * N + 2000;
+  unsigned round = 0, phase = 0;  // parities of the double buffers
+  // A row's bid for its best column j1: p_j1 + (v1 - v2) + eps.
+  auto place_bid = [&](int i, const Best& best, unsigned long long* bid_val) {
+    if (best.j1 < 0) {
+      atomicOr(&g->flag, 1);
+      return;
+    }
+    const double second = best.v2 > -inf ? best.v2 : best.v1 - range - eps;
+    const unsigned long long e = encode(__ldcg(&price[best.j1]) + (best.v1 - second) + eps);
+    my_bid[i] = e;
+    my_col[i] = best.j1;
+    atomicMax(&bid_val[best.j1], e);
+  };
+
+  while (status == 0) {
+    {
+      const unsigned par = round & 1u;
+      int* rows = (par ? s.unassigned2 : s.unassigned) + off;
+      for (int j = gt; j < N; j += gthreads) {
+        row_col[j] = -1;
+        col_row[j] = -1;
+        s.bid_row[off + j] = -1;
+        s.bid_row2[off + j] = -1;
+        s.bid_val[off + j] = 0;
+        s.bid_val2[off + j] = 0;
+        rows[j] = j;
+      }
+      if (leader) g->unassigned[par] = N;
+    }
+    problem_sync(&g->barrier, gen, nb);
+    long long pr = 0;
+    for (;;) {
+      const unsigned par = round & 1u;
+      const int count = ld_volatile(&g->unassigned[par]);
+      if (count == 0) break;  // every row assigned: the phase is over
+      ++round;
+      int* bid_row = (par ? s.bid_row2 : s.bid_row) + off;
+      unsigned long long* bid_val = (par ? s.bid_val2 : s.bid_val) + off;
+      const int* rows = (par ? s.unassigned2 : s.unassigned) + off;
+      int* next_rows = (par ? s.unassigned : s.unassigned2) + off;
+      {
+        int* other_row = (par ? s.bid_row : s.bid_row2) + off;
+        unsigned long long* other_val = (par ? s.bid_val : s.bid_val2) + off;
+        for (int j = gt; j < N; j += gthreads) {
+          other_row[j] = -1;
+          other_val[j] = 0;
+        }
+        if (leader) g->unassigned[par ^ 1u] = 0;
+      }
+      // Bidding: G warps per unassigned row, G the largest power of two up to a block
+      // (16 warps) with G * count within the problem's warps. Many rows: one warp per
+      // row. Few (the long tail of a phase): a group of warps per row, the row's
+      // columns over the group's threads, so that a bid costs N / (128 G) rounds of
+      // loads, not N / 128.
+      int G = 1;
+      while (G < kWarps && count * (2 * G) <= gwarps) G *= 2;
+      if (G == 1) {
+        for (int k = gw; k < count; k += gwarps) {
+          const int i = __ldcg(&rows[k]);
+          Best best;
+          scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, lane, 32, best);
+          best = warp_best(best, i, N);
+          if (lane == 0) place_bid(i, best, bid_val);
+        }
+      } else {
+        const int per_block = kWarps / G;          // rows a block bids for at once
+        const int grp = warp / G, sub = warp % G;  // the warp's group, its place in it
+        for (int base = lb * per_block; base < count; base += B * per_block) {
+          const int k = base + grp;
+          const bool active = k < count;  // the same for the G warps of a group
+          const int i = active ? __ldcg(&rows[k]) : 0;
+          if (active) {
+            Best best;
+            scan_row(C + static_cast<std::int64_t>(i) * N, price, i, N, sub * 32 + lane, G * 32,
+                     best);
+            best = warp_best(best, i, N);
+            if (lane == 0) {
+              tail_v1[warp] = best.v1;
+              tail_v2[warp] = best.v2;
+              tail_j1[warp] = best.j1;
+            }
+          }
+          __syncthreads();
+          if (active && sub == 0) {
+            Best part;
+            if (lane < G) {
+              part.v1 = tail_v1[warp + lane];
+              part.v2 = tail_v2[warp + lane];
+              part.j1 = tail_j1[warp + lane];
+            }
+            part = warp_best(part, i, N);
+            if (lane == 0) place_bid(i, part, bid_val);
+          }
+          __syncthreads();
+        }
+      }
+      problem_sync(&g->barrier, gen, nb);
+      if (ld_volatile(&g->flag)) {
+        status = 1;
+        break;
+      }
+      if (++pr > cap) {
+        status = 2;
+        break;
+      }
+      // Resolving: the highest bid wins (the first of equal bids to claim the column)
+      // and the winner moves in; the losers and the evicted rows are the next round's
+      // unassigned rows.
+      for (int k = gt; k < count; k += gthreads) {
+        const int i = __ldcg(&rows[k]);
+        const int j = __ldcg(&my_col[i]);
+        const unsigned long long e = __ldcg(&my_bid[i]);
+        if (__ldcg(&bid_val[j]) == e && atomicCAS(&bid_row[j], -1, i) == -1) {
+          const int old = __ldcg(&col_row[j]);
+          if (old >= 0) {
+            row_col[old] = -1;
+            next_rows[atomicAdd(&g->unassigned[par ^ 1u], 1)] = old;
+          }
+          col_row[j] = i;
+          row_col[i] = j;
+          price[j] = decode(e);
+        } else {
+          next_rows[atomicAdd(&g->unassigned[par ^ 1u], 1)] = i;
+        }
+      }
+      problem_sync(&g->barrier, gen, nb);
+    }
+    rounds += pr;
+    if (status != 0) break;
+    // Certificate of the phase on the padded problem.
+    double* sum = g->phase_sum[phase & 1u];
+    if (leader) {
+      double* next = g->phase_sum[(phase & 1u) ^ 1u];
+      next[0] = next[1] = next[2] = 0;
+    }
+    ++phase;
+    double cost = 0, acost = 0, dual = 0;
+    for (int i = gw; i < N; i += gwarps) {
+      const T* ci = C + static_cast<std::int64_t>(i) * N;
+      double mn = inf;
+      for (int j = lane; j < N; j += 32) {
+        const double c = static_cast<double>(ci[j]);
+        if (c < inf) mn = fmin(mn, c + __ldcg(&price[j]));
+      }
+      mn = warp_min(mn);
+      if (lane == 0) {
+        ru[i] = mn;
+        const double cc = static_cast<double>(ci[__ldcg(&row_col[i])]);
+        cost += cc;
+        acost += fabs(cc);
+        dual += mn;
+      }
+    }
+    for (int j = gt; j < N; j += gthreads) dual -= __ldcg(&price[j]);
+    cost = block_sum(cost, red);
+    acost = block_sum(acost, red);
+    dual = block_sum(dual, red);
+    if (tid == 0) {
+      atomicAdd(&sum[0], cost);
+      atomicAdd(&sum[1], acost);
+      atomicAdd(&sum[2], dual);
+    }
+    problem_sync(&g->barrier, gen, nb);
+    const double gap = ld_volatile(&sum[0]) - ld_volatile(&sum[2]);
+    if (gap <= 1e-10 * ld_volatile(&sum[1]) + 1e-13 * range * N || eps <= eps_floor) break;
+    eps = fmax(eps / 8, eps_floor);
+  }
+
+  // ---- outputs on the original [n, m] problem (no writer of the scratch is left)
+  if (status != 0) {
+    for (int i = gt; i < n; i += gthreads) {
+      const int rc = __ldcg(&row_col[i]);
+      o.row_to_col[static_cast<std::size_t>(b) * n + i] = rc >= 0 && rc < m ? rc : -1;
+      if (o.u) o.u[static_cast<std::size_t>(b) * n + i] = 0;
+    }
+    for (int j = gt; j < m; j += gthreads) {
+      const int cr = __ldcg(&col_row[j]);
+      if (o.col_to_row)
+        o.col_to_row[static_cast<std::size_t>(b) * m + j] = cr >= 0 && cr < n ? cr : -1;
+      if (o.v) o.v[static_cast<std::size_t>(b) * m + j] = 0;
+    }
+    if (leader) {
+      if (o.cost) o.cost[b] = inf;
+      if (o.dual) o.dual[b] = -inf;
+      if (o.gap) o.gap[b] = inf;
+      if (o.max_violation) o.max_violation[b] = inf;
+      if (o.rounds) o.rounds[b] = rounds;
+      if (o.status) o.status[b] = status;
+    }
+    return;
+  }
+  // Fold the padding (as in the block kernel).
+  if (n < m) {
+    double t = inf;
+    for (int i = n + gt; i < N; i += gthreads) t = fmin(t, __ldcg(&ru[i]));
+    t = block_min(t, red);
+    if (tid == 0) atomicMax(&g->shift_rev, ~encode(t));
+  } else if (n > m) {
+    double sv = -inf;
+    for (int j = m + gt; j < N; j += gthreads) sv = fmax(sv, -__ldcg(&price[j]));
+    sv = block_max(sv, red);
+    if (tid == 0) atomicMax(&g->shift_hi, encode(sv));
+  }
+  problem_sync(&g->barrier, gen, nb);
+  double shift_u = 0, shift_v = 0;
+  if (n < m) {
+    const double t = decode(~ld_volatile(&g->shift_rev));
+    shift_u = -t;
+    shift_v = t;
+  } else if (n > m) {
+    const double sv = decode(ld_volatile(&g->shift_hi));
+    shift_u = sv;
+    shift_v = -sv;
+  }
+  double cost = 0, dual = 0, viol = 0;
+  for (int i = gw; i < n; i += gwarps) {
+    const T* ci = C + static_cast<std::int64_t>(i) * N;
+    const double ui = __ldcg(&ru[i]) + shift_u;
+    double w = 0;
+    for (int j = lane; j < m; j += 32) {
+      const double c = static_cast<double>(ci[j]);
+      if (c < inf) w = fmax(w, ui - __ldcg(&price[j]) + shift_v - c);
+    }
+    w = -warp_min(-w);
+    if (lane == 0) {
+      const int rc = __ldcg(&row_col[i]);
+      const bool real = rc < m;
+      o.row_to_col[static_cast<std::size_t>(b) * n + i] = real ? rc : -1;
+      if (o.u) o.u[static_cast<std::size_t>(b) * n + i] = ui;
+      if (real) cost += static_cast<double>(ci[rc]);
+      dual += ui;
+      viol = fmax(viol, w);
+      if (n > m) viol = fmax(viol, ui);
+    }
+  }
+  for (int j = gt; j < m; j += gthreads) {
+    const double vj = -__ldcg(&price[j]) + shift_v;
+    const int cr = __ldcg(&col_row[j]);
+    if (o.col_to_row) o.col_to_row[static_cast<std::size_t>(b) * m + j] = cr < n ? cr : -1;
+    if (o.v) o.v[static_cast<std::size_t>(b) * m + j] = vj;
+    dual += vj;
+    if (n < m) viol = fmax(viol, vj);
+  }
+  cost = block_sum(cost, red);
+  dual = block_sum(dual, red);
+  viol = block_max(viol, red);
+  if (tid == 0) {
+    atomicAdd(&g->out_sum[0], cost);
+    atomicAdd(&g->out_sum[1], dual);
+    atomicMax(&g->viol, encode(viol));
+  }
+  problem_sync(&g->barrier, gen, nb);
+  if (leader) {
+    const double tc = ld_volatile(&g->out_sum[0]), td = ld_volatile(&g->out_sum[1]);
+    if (o.cost) o.cost[b] = tc;
+    if (o.dual) o.dual[b] = td;
+    if (o.gap) o.gap[b] = tc - td;
+    if (o.max_violation) o.max_violation[b] = decode(ld_volatile(&g->viol));
+    if (o.rounds) o.rounds[b] = rounds;
+    if (o.status) o.status[b] = 0;
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     stage_matrix_kernel(Strided3 src, std::int64_t N, T* __restrict__ dst) {
@@ -405,11 +876,47 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+/// Blocks per problem of the grid path (0: run the block path). All K * B blocks must
+/// be resident at once (the barrier of a problem spins on its peers), so B is capped by
+/// the occupancy the compiled kernel reaches (one 512-thread block per SM at its 86
+/// registers), shared evenly among the problems; more than one block per SM and per
+/// problem would only add arrivals at the barrier, and a block per 16 rows is the most
+/// a first round can use.
+template <class T>
+int grid_blocks_per_problem(std::int64_t K, std::int64_t N, AuctionPath path) {
+  if (path == AuctionPath::block) return 0;
+  int dev = 0, sms = 0, coop = 0, per_sm = 0;
+  OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (path == AuctionPath::automatic && (K >= sms || N <= 256)) return 0;
+  if (!coop) return 0;
+  OTGPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, auction_grid_kernel<T>,
+                                                                 kAuctionThreads, 0));
+  const std::int64_t fit = static_cast<std::int64_t>(per_sm) * sms / K;
+  const std::int64_t useful = std::max<std::int64_t>(2, (N + kWarps - 1) / kWarps);
+  const std::int64_t B = std::min({fit, static_cast<std::int64_t>(sms), useful});
+  return B >= 2 ? static_cast<int>(B) : 0;
+}
+
 template <class T>
 void launch_auction(const T* C, std::int64_t K, std::int64_t n, std::int64_t m, std::int64_t N,
                     const AuctionScratch& scratch, const AuctionOutputs& out,
-                    std::size_t smem_optin_bytes, cudaStream_t stream) {
+                    std::size_t smem_optin_bytes, AuctionPath path, cudaStream_t stream) {
   if (K <= 0) return;
+  if (const int B = grid_blocks_per_problem<T>(K, N, path); B > 0) {
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(scratch.grid_ctrl, 0,
+                                     static_cast<std::size_t>(K * kAuctionGridCtrlBytes), stream));
+    const T* c = C;
+    int ni = static_cast<int>(n), mi = static_cast<int>(m), Ni = static_cast<int>(N), Bi = B;
+    AuctionScratch sc = scratch;
+    AuctionOutputs oc = out;
+    void* args[] = {&c, &ni, &mi, &Ni, &Bi, &sc, &oc};
+    OTGPU_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(&auction_grid_kernel<T>), dim3(static_cast<unsigned>(K * B)),
+        dim3(kAuctionThreads), args, 0, stream));
+    return;
+  }
   const std::size_t price_bytes = static_cast<std::size_t>(N) * sizeof(double);
   // Static shared memory of the kernel is small (reductions); leave 1 KiB for it.
   const bool smem = price_bytes + 1024 <= smem_optin_bytes;
@@ -459,22 +966,28 @@ void assignment_points_epilogue(const float* G, const float* xn, const float* yn
   OTGPU_LAUNCH_CHECK();
 }
 
+int assignment_auction_grid_blocks(std::int64_t K, std::int64_t N, bool f64, AuctionPath path) {
+  return f64 ? grid_blocks_per_problem<double>(K, N, path)
+             : grid_blocks_per_problem<float>(K, N, path);
+}
+
 std::size_t assignment_auction_scratch_bytes(std::int64_t K, std::int64_t N) {
   const auto e = static_cast<std::size_t>(K * N);
   auto al = [](std::size_t x) { return (x + 255) & ~std::size_t{255}; };
-  return 2 * al(e * sizeof(double)) + 4 * al(e * sizeof(int)) +
-         2 * al(e * sizeof(unsigned long long));
+  return 2 * al(e * sizeof(double)) + 7 * al(e * sizeof(int)) +
+         3 * al(e * sizeof(unsigned long long)) +
+         al(static_cast<std::size_t>(K * kAuctionGridCtrlBytes));
 }
 
 void assignment_auction(const float* C, std::int64_t K, std::int64_t n, std::int64_t m,
                         std::int64_t N, const AuctionScratch& scratch, const AuctionOutputs& out,
-                        std::size_t smem_optin_bytes, cudaStream_t stream) {
-  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, stream);
+                        std::size_t smem_optin_bytes, AuctionPath path, cudaStream_t stream) {
+  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, path, stream);
 }
 void assignment_auction(const double* C, std::int64_t K, std::int64_t n, std::int64_t m,
                         std::int64_t N, const AuctionScratch& scratch, const AuctionOutputs& out,
-                        std::size_t smem_optin_bytes, cudaStream_t stream) {
-  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, stream);
+                        std::size_t smem_optin_bytes, AuctionPath path, cudaStream_t stream) {
+  launch_auction(C, K, n, m, N, scratch, out, smem_optin_bytes, path, stream);
 }
 
 }  // namespace otgpu::kernels

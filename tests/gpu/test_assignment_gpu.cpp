@@ -1,12 +1,17 @@
 // The CUDA exact assignment against the CPU reference (fp64 Jonker-Volgenant): equal
 // optimal cost to 1e-6 relative on float geometric costs, the certificate recomputed
 // here from the returned potentials, rectangular and forbidden-pair problems, the
-// stream-ordered async path and no allocation after the first call of a size.
+// stream-ordered async path and no allocation after the first call of a size. Both
+// paths of the auction (one block per problem; several blocks per problem, forced with
+// OTGPU_AUCTION=grid|block, which the driver reads at every call) are run on the same
+// problems.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -18,6 +23,7 @@
 
 #include "cuda/gpu_context_impl.h"
 #include "otgpu/device.h"
+#include "otgpu_kernels/assignment.h"
 #endif
 
 namespace {
@@ -30,6 +36,31 @@ using otgpu::CostKind;
 using otgpu::TensorView;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+/// OTGPU_AUCTION set for a scope (restored after).
+class AuctionPathEnv {
+ public:
+  explicit AuctionPathEnv(const char* value) {
+    if (const char* old = std::getenv("OTGPU_AUCTION")) {
+      had_ = true;
+      old_ = old;
+    }
+    ::setenv("OTGPU_AUCTION", value, 1);
+  }
+  ~AuctionPathEnv() {
+    if (had_) {
+      ::setenv("OTGPU_AUCTION", old_.c_str(), 1);
+    } else {
+      ::unsetenv("OTGPU_AUCTION");
+    }
+  }
+  AuctionPathEnv(const AuctionPathEnv&) = delete;
+  AuctionPathEnv& operator=(const AuctionPathEnv&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
 
 /// The dense fp64 cost of problem b, as the CPU reference forms it.
 std::vector<double> point_cost(const std::vector<double>& x, const std::vector<double>& y,
@@ -94,16 +125,15 @@ void expect_matches_cpu(const AssignmentResult& g, const AssignmentResult& c, st
   EXPECT_LE(rg.max_violation, 1e-5 * std::max(scale, 1.0)) << "problem " << b;
 }
 
-TEST(AssignmentGpu, PointCloudsMatchTheCpu) {
-  REQUIRE_GPU();
-  struct Case {
-    std::int64_t K, n, m, d;
-    CostKind kind;
-  };
-  for (const Case cs :
-       {Case{4, 256, 256, 64, CostKind::sqeuclidean},
-        Case{1, 1024, 1024, 3072, CostKind::sqeuclidean}, Case{3, 200, 300, 8, CostKind::euclidean},
-        Case{3, 300, 200, 8, CostKind::neg_dot}, Case{64, 64, 64, 2, CostKind::sqeuclidean}}) {
+struct PointCase {
+  std::int64_t K, n, m, d;
+  CostKind kind;
+};
+
+/// Point clouds of every case solved on the GPU (by the path the environment selects)
+/// and on the CPU.
+void check_point_clouds(const std::vector<PointCase>& cases) {
+  for (const PointCase& cs : cases) {
     const auto x = otgpu_test::uniform(static_cast<std::size_t>(cs.K * cs.n * cs.d), 3, -1, 1);
     const auto y = otgpu_test::uniform(static_cast<std::size_t>(cs.K * cs.m * cs.d), 4, -1, 1);
     AssignmentProblem p;
@@ -124,8 +154,19 @@ TEST(AssignmentGpu, PointCloudsMatchTheCpu) {
   }
 }
 
-TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
+const std::vector<PointCase> kSmallPointCases{{4, 256, 256, 64, CostKind::sqeuclidean},
+                                              {3, 200, 300, 8, CostKind::euclidean},
+                                              {3, 300, 200, 8, CostKind::neg_dot},
+                                              {64, 64, 64, 2, CostKind::sqeuclidean}};
+
+TEST(AssignmentGpu, PointCloudsMatchTheCpu) {
   REQUIRE_GPU();
+  std::vector<PointCase> cases = kSmallPointCases;
+  cases.push_back({1, 1024, 1024, 3072, CostKind::sqeuclidean});
+  check_point_clouds(cases);
+}
+
+void check_matrices_ties_and_forbidden_pairs() {
   const std::int64_t K = 3, n = 150, m = 150;
   auto c = otgpu_test::uniform(static_cast<std::size_t>(K * n * m), 9);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -150,9 +191,136 @@ TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
   EXPECT_THROW(otgpu::assignment(p, {Backend::cuda}), otgpu::Infeasible);
 }
 
-#ifdef OTGPU_WITH_CUDA
-TEST(AssignmentGpu, AsyncPathIsStreamOrderedAndAllocatesOnce) {
+TEST(AssignmentGpu, MatricesIntegerTiesAndForbiddenPairs) {
   REQUIRE_GPU();
+  check_matrices_ties_and_forbidden_pairs();
+}
+
+/// Cost matrices [K, n, m] (host, fp64) solved on the GPU and the CPU, every problem
+/// compared.
+void check_matrix_batch(const std::vector<double>& c, std::int64_t K, std::int64_t n,
+                        std::int64_t m) {
+  AssignmentProblem p;
+  p.cost_kind = CostKind::matrix;
+  p.cost = TensorView::host(c.data(), {K, n, m});
+  const auto cpu = otgpu::assignment(p, {Backend::cpu});
+  const auto gpu = otgpu::assignment(p, {Backend::cuda});
+  for (std::int64_t b = 0; b < K; ++b) {
+    SCOPED_TRACE(testing::Message() << "K=" << K << " n=" << n << " m=" << m << " problem " << b);
+    std::vector<double> cb(c.begin() + b * n * m, c.begin() + (b + 1) * n * m);
+    expect_matches_cpu(gpu, cpu, b, cb);
+  }
+}
+
+// The grid path (several blocks per problem) on the sizes it exists for, K = 1 and 2.
+TEST(AssignmentGpu, GridPathMatchesTheCpuOnGeometricCosts) {
+  REQUIRE_GPU();
+  const AuctionPathEnv env("grid");
+  check_point_clouds({{1, 512, 512, 64, CostKind::sqeuclidean},
+                      {2, 1024, 1024, 16, CostKind::sqeuclidean},
+                      {1, 2048, 2048, 8, CostKind::sqeuclidean},
+                      {2, 2048, 2048, 4, CostKind::euclidean},
+                      {2, 700, 1024, 8, CostKind::sqeuclidean}});
+}
+
+TEST(AssignmentGpu, GridPathIntegerAndTiedCosts) {
+  REQUIRE_GPU();
+  const AuctionPathEnv env("grid");
+  {
+    // Problem 0: 5 cost levels (ties everywhere); problem 1: 100 levels.
+    const std::int64_t K = 2, n = 1024;
+    auto c = otgpu_test::uniform(static_cast<std::size_t>(K * n * n), 21);
+    for (std::size_t e = 0; e < c.size(); ++e)
+      c[e] = std::floor(c[e] * (e < c.size() / 2 ? 5 : 100));
+    check_matrix_batch(c, K, n, n);
+  }
+  {
+    // Every cost equal (every matching optimal, the cost range 0), and integer costs
+    // on 2048 rows.
+    const std::int64_t K = 2, n = 2048;
+    auto c = otgpu_test::uniform(static_cast<std::size_t>(K * n * n), 22);
+    for (std::size_t e = 0; e < c.size(); ++e)
+      c[e] = e < c.size() / 2 ? 3.0 : std::floor(c[e] * 20);
+    check_matrix_batch(c, K, n, n);
+  }
+  {
+    // Rectangular integer costs with forbidden pairs (a feasible pattern: the
+    // diagonal kept), both orientations.
+    for (const auto& [n, m] : {std::pair<std::int64_t, std::int64_t>{512, 768}, {768, 512}}) {
+      auto c = otgpu_test::uniform(static_cast<std::size_t>(n * m), 23);
+      for (std::int64_t i = 0; i < n; ++i) {
+        for (std::int64_t j = 0; j < m; ++j) {
+          double& v = c[static_cast<std::size_t>(i * m + j)];
+          v = std::floor(v * 10);
+          if ((3 * i + j) % 4 == 0 && i != j) v = kInf;
+        }
+      }
+      check_matrix_batch(c, 1, n, m);
+    }
+  }
+}
+
+// The grid path forced on small problems (N down to 64, K up to 64, at least two blocks
+// per problem): the same cases as the block path above.
+TEST(AssignmentGpu, GridPathForcedOnSmallProblems) {
+  REQUIRE_GPU();
+  const AuctionPathEnv env("grid");
+  check_point_clouds(kSmallPointCases);
+  check_matrices_ties_and_forbidden_pairs();
+}
+
+// Every row and column has an allowed pair but three rows share two columns (Hall's
+// condition fails): the auction climbs to its round cap, and the synchronous call
+// re-solves on the CPU, which throws. Both paths.
+TEST(AssignmentGpu, HallViolationIsInfeasibleOnBothPaths) {
+  REQUIRE_GPU();
+  const std::int64_t n = 40;
+  auto c = otgpu_test::uniform(static_cast<std::size_t>(n * n), 31);
+  for (std::int64_t i = 0; i < 3; ++i) {
+    for (std::int64_t j = 2; j < n; ++j) c[static_cast<std::size_t>(i * n + j)] = kInf;
+  }
+  AssignmentProblem p;
+  p.cost_kind = CostKind::matrix;
+  p.cost = TensorView::host(c.data(), {n, n});
+  for (const char* path : {"block", "grid"}) {
+    const AuctionPathEnv env(path);
+    EXPECT_THROW(otgpu::assignment(p, {Backend::cuda}), otgpu::Infeasible) << path;
+  }
+  // Row 2 allowed on column 2 as well: feasible, the same answer as the CPU.
+  c[2 * n + 2] = 0.5;
+  for (const char* path : {"block", "grid"}) {
+    const AuctionPathEnv env(path);
+    SCOPED_TRACE(path);
+    check_matrix_batch(c, 1, n, n);
+  }
+}
+
+#ifdef OTGPU_WITH_CUDA
+// The path each size takes: the grid for few large problems (and when forced), never
+// below two blocks per problem or above #SMs.
+TEST(AssignmentGpu, GridPathRule) {
+  REQUIRE_GPU();
+  using otgpu::kernels::assignment_auction_grid_blocks;
+  using otgpu::kernels::AuctionPath;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  for (const bool f64 : {false, true}) {
+    const int big = assignment_auction_grid_blocks(1, 4096, f64, AuctionPath::automatic);
+    EXPECT_GE(big, 2);
+    EXPECT_LE(big, sms);
+    const int two = assignment_auction_grid_blocks(2, 4096, f64, AuctionPath::automatic);
+    EXPECT_GE(two, 2);
+    EXPECT_LE(2 * two, sms);
+    EXPECT_EQ(assignment_auction_grid_blocks(1, 256, f64, AuctionPath::automatic), 0);
+    EXPECT_EQ(assignment_auction_grid_blocks(sms, 4096, f64, AuctionPath::automatic), 0);
+    EXPECT_EQ(assignment_auction_grid_blocks(1, 4096, f64, AuctionPath::block), 0);
+    EXPECT_GE(assignment_auction_grid_blocks(3, 64, f64, AuctionPath::grid), 2);
+    EXPECT_GE(assignment_auction_grid_blocks(8, 256, f64, AuctionPath::grid), 2);
+  }
+}
+
+void check_async_path() {
   const std::int64_t K = 8, n = 256, d = 16;
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
@@ -213,6 +381,17 @@ TEST(AssignmentGpu, AsyncPathIsStreamOrderedAndAllocatesOnce) {
   (void)cudaFree(dperm);
   (void)cudaFree(dcost);
   (void)cudaFree(dgap);
+}
+
+TEST(AssignmentGpu, AsyncPathIsStreamOrderedAndAllocatesOnce) {
+  REQUIRE_GPU();
+  check_async_path();
+}
+
+TEST(AssignmentGpu, AsyncGridPathIsStreamOrderedAndAllocatesOnce) {
+  REQUIRE_GPU();
+  const AuctionPathEnv env("grid");
+  check_async_path();
 }
 #endif
 

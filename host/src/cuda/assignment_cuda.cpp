@@ -12,8 +12,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cpu_assignment.h"
@@ -105,6 +107,11 @@ Buffers carve(const Staging& st, std::size_t raw_bytes, bool outputs, char* base
   s.my_col = c.take<int>(K * N);
   s.bid_val = c.take<unsigned long long>(K * N);
   s.my_bid = c.take<unsigned long long>(K * N);
+  s.bid_row2 = c.take<int>(K * N);
+  s.unassigned = c.take<int>(K * N);
+  s.unassigned2 = c.take<int>(K * N);
+  s.bid_val2 = c.take<unsigned long long>(K * N);
+  s.grid_ctrl = c.take<unsigned char>(K * kernels::kAuctionGridCtrlBytes);
   if (outputs) {
     auto& o = bf.out;
     o.row_to_col = c.take<std::int64_t>(K * n);
@@ -120,6 +127,18 @@ Buffers carve(const Staging& st, std::size_t raw_bytes, bool outputs, char* base
   }
   if (total) *total = c.offset;
   return bf;
+}
+
+/// OTGPU_AUCTION=block or =grid forces that path of the auction (tests cover the grid
+/// path on small problems with it, and the bench can compare the two); unset or any
+/// other value: the automatic rule of kernels::AuctionPath.
+kernels::AuctionPath auction_path() {
+  const char* e = std::getenv("OTGPU_AUCTION");
+  if (e == nullptr) return kernels::AuctionPath::automatic;
+  const std::string_view v(e);
+  return v == "grid"    ? kernels::AuctionPath::grid
+         : v == "block" ? kernels::AuctionPath::block
+                        : kernels::AuctionPath::automatic;
 }
 
 /// Queues the staging of the costs and the auction. `src_cost`, `src_x`, `src_y` are
@@ -165,12 +184,13 @@ void enqueue(runtime::Context& ctx, const AssignmentProblem& p, const Staging& s
                                         static_cast<float*>(bf.cost), stream);
   }
   const std::size_t smem = runtime::device_props(ctx.device()).smem_per_block_optin;
+  const kernels::AuctionPath path = auction_path();
   if (st.f64) {
     kernels::assignment_auction(static_cast<const double*>(cost), K, n, m, N, bf.scratch, bf.out,
-                                smem, stream);
+                                smem, path, stream);
   } else {
     kernels::assignment_auction(static_cast<const float*>(cost), K, n, m, N, bf.scratch, bf.out,
-                                smem, stream);
+                                smem, path, stream);
   }
 }
 
