@@ -36,7 +36,9 @@
 #include "otgpu_host/gpu_runtime.h"
 #include "otgpu_host/planner.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/sinkhorn_accel.h"
 #include "otgpu_kernels/sinkhorn_aux.h"
+#include "otgpu_kernels/sinkhorn_continuation.h"
 #include "otgpu_kernels/sinkhorn_dense.h"
 #include "otgpu_kernels/sinkhorn_geometry.h"
 #include "otgpu_kernels/sinkhorn_loop.h"
@@ -74,6 +76,21 @@ struct EventView {
 
 // ------------------------------------------------------------------- layouts --
 
+/// The per-problem state of the accelerated synchronous loop (eps continuation,
+/// over-relaxation), carved after the planner's layout when DevicePlan::accel; all
+/// nullptr otherwise. [B] arrays per problem, potentials [B, n] / [B, m] fp32.
+struct AccelArrays {
+  float *eps_cur = nullptr, *lam_a_cur = nullptr, *lam_b_cur = nullptr;  ///< level eps_t, lambdas
+  int* level_iters = nullptr;  ///< iterations run at the current level
+  unsigned* range = nullptr;   ///< [2B] encoded min, max cost (kernels::cost_range)
+  int* scaling = nullptr;      ///< [1] problems whose continuation starts above eps
+  double *omega = nullptr, *prev_res = nullptr, *prev_rate = nullptr;  ///< OverrelaxState
+  int *failures = nullptr, *restore = nullptr;
+  float *F_prev = nullptr, *G_prev = nullptr;  ///< potentials before the relaxed half-step
+  float *F_saved = nullptr, *G_saved = nullptr, *Ft_saved = nullptr;  ///< restore point
+  bool valid() const { return eps_cur != nullptr; }
+};
+
 /// Non-owning views of the canonical device arrays of one solve.
 struct DeviceSolve {
   CostKind cost = CostKind::sqeuclidean;
@@ -98,6 +115,7 @@ struct DeviceSolve {
   float* partials = nullptr;       ///< split partials of the online half-steps
   std::size_t partials_floats = 0;
   int* loop = nullptr;  ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
+  AccelArrays acc;      ///< the accelerated synchronous loop's state (DevicePlan::accel)
   /// The largest residual of the last check (in the loop state), nullptr without one.
   double* check_max() const { return kernels::loop_max_residual(loop); }
 
@@ -153,6 +171,8 @@ struct Poller {
   /// iteration stopped_at, and the problems active then stay unfinished.
   bool cancelled = false;
   int stopped_at = 0;
+  /// The over-relaxed loop ran: DeviceSolve::acc.omega and failures hold what to report.
+  bool relaxed = false;
   double* pinned_max() const { return reinterpret_cast<double*>(pinned.get() + 4); }
 };
 
@@ -194,7 +214,10 @@ struct DevicePlan {
   int dp = 0;
   int K = 0;
   bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
-  planner::Plan plan;       ///< kernel, splits, workspace layout, chunks
+  /// Carve AccelArrays: a solve whose options ask for the eps continuation (eps_init
+  /// kAuto) or for over-relaxation (with checks).
+  bool accel = false;
+  planner::Plan plan;  ///< kernel, splits, workspace layout, chunks
 };
 
 /// The arrays of a device-side solve or derived output, carved from one buffer.

@@ -218,6 +218,15 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
                                    cudaMemcpyDeviceToHost, s));
   OTGPU_CUDA_CHECK(cudaMemcpyAsync(iters.data(), c.d.iters, iters.size() * sizeof(int),
                                    cudaMemcpyDeviceToHost, s));
+  // The over-relaxed loop: what ran per problem (omega, rejected checks).
+  std::vector<double> omega(poller.relaxed ? B : 0);
+  std::vector<int> failures(poller.relaxed ? B : 0);
+  if (poller.relaxed) {
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(omega.data(), c.d.acc.omega, B * sizeof(double),
+                                     cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(failures.data(), c.d.acc.failures, B * sizeof(int),
+                                     cudaMemcpyDeviceToHost, s));
+  }
   std::vector<int> unfinished(poller.cancelled ? B : 0);  // cancelled: the active flags
   if (poller.cancelled)
     OTGPU_CUDA_CHECK(
@@ -227,6 +236,14 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
       make_result(o, shape, f, g, out4, iters, o.eps_relative ? mean : std::vector<double>(B, 1.0));
   for (std::size_t b = 0; b < unfinished.size(); ++b)
     if (unfinished[b] != 0) part.problems[b].converged = false;
+  for (std::size_t b = 0; b < omega.size(); ++b) {
+    // As the CPU reports it: overrelax when some period ran with w > 1 (a rejected
+    // check implies one), the last w.
+    auto& rep = part.problems[b];
+    rep.omega = omega[b];
+    rep.acceleration = omega[b] > 1.0 || failures[b] > 0 ? SinkhornAcceleration::overrelax
+                                                         : SinkhornAcceleration::none;
+  }
   r.cancelled = r.cancelled || poller.cancelled;
   r.f.insert(r.f.end(), part.f.begin(), part.f.end());
   r.g.insert(r.g.end(), part.g.begin(), part.g.end());
