@@ -282,6 +282,16 @@ std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
                         Poller* poller, runtime::Context* ctx = nullptr);
 
+/// The eps range check of the CPU backend at float32 (detail::min_resolvable_eps,
+/// max_resolvable_eps with u = 2^-24), from the cost range of each problem measured on
+/// the device (kernels::cost_range into d.acc.range: one pass over the n x m pairs and
+/// one synchronization). Throws InvalidArgument naming the range that works. Runs only
+/// when d.acc is carved (DevicePlan::accel: the default options), and must run before
+/// enqueue_iterations there (the continuation reads the range). mean: the mean cost
+/// per problem when eps is relative (else empty); first_problem: index of problem 0.
+void check_eps_fp32(const DeviceSolve& d, const SinkhornOptions& o, const std::vector<double>& mean,
+                    std::int64_t first_problem, cudaStream_t s);
+
 /// Enqueues the final report at the target eps for every problem (active flags
 /// ignored) into d.out4 [B, 4].
 void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s);

@@ -146,7 +146,8 @@ int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStrea
                        Poller* poller, bool* stopped) {
   const AccelArrays& a = d.acc;
   if (o.eps_init != kAuto) return 0;
-  kernels::cost_range(d.cost, d.X, d.Y, d.C, d.B, d.n, d.m, d.dp, a.range, s);
+  // a.range: the cost range measured by check_eps_fp32, which every solve that
+  // reaches the accelerated loop ran first (solve_chunk).
   kernels::continuation_init(d.eps_target(), a.range, o.rho_a, o.rho_b, a.eps_cur, a.lam_a_cur,
                              a.lam_b_cur, a.level_iters, a.scaling, d.B, s);
   int scaling = 0;
@@ -429,6 +430,45 @@ void launch(GraphEntry& e, cudaStream_t s) {
 void finish(GraphEntry& e, cudaStream_t s) { OTGPU_CUDA_CHECK(cudaEventRecord(e.done, s)); }
 
 }  // namespace
+
+void check_eps_fp32(const DeviceSolve& d, const SinkhornOptions& o, const std::vector<double>& mean,
+                    std::int64_t first_problem, cudaStream_t s) {
+  if (!d.acc.valid()) return;
+  const auto B = static_cast<std::size_t>(d.B);
+  kernels::cost_range(d.cost, d.X, d.Y, d.C, d.B, d.n, d.m, d.dp, d.acc.range, s);
+  std::vector<unsigned> range(2 * B);
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(range.data(), d.acc.range, range.size() * sizeof(unsigned),
+                                   cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  constexpr double kUnitRoundoff = 0x1p-24;  // fp32: the kernels' scores and potentials
+  for (std::size_t b = 0; b < B; ++b) {
+    const double cmin = kernels::cost_range_value(range[2 * b]);
+    const double cmax = kernels::cost_range_value(range[2 * b + 1]);
+    if (!(cmin <= cmax)) continue;  // n or m = 0: nothing to resolve
+    const double eps = o.eps * (mean.empty() ? 1.0 : mean[b]);
+    const double max_abs = std::max(std::fabs(cmin), std::fabs(cmax));
+    const double spread = cmax - cmin;
+    const double lo = detail::min_resolvable_eps(max_abs, kUnitRoundoff);
+    const double hi = detail::max_resolvable_eps(spread, kUnitRoundoff);
+    const bool low = eps<lo, high = spread> 0 && eps > hi;
+    if (!low && !high) continue;
+    const double per = eps / o.eps;
+    throw InvalidArgument(fmt::format(
+        "eps: {} ({}absolute {:.3g}) is {} what the CUDA backend's float32 resolves in problem {}, "
+        "whose costs span [{:.3g}, {:.3g}]: {}. The working range is {:.3g} <= eps <= {:.3g} "
+        "(1.8e-4 x max|C_ij| to 1.0e6 x (max C - min C)){}; the CPU backend (float64) resolves "
+        "down to 3.3e-13 x max|C_ij|",
+        o.eps, o.eps_relative ? "relative; " : "", eps, low ? "below" : "above",
+        first_problem + static_cast<std::int64_t>(b), cmin, cmax,
+        low ? "(f_i + g_j - C_ij) / eps would be rounding noise"
+            : "(g_j - C_ij) / eps would vanish below the rounding of log b_j, and with it the "
+              "costs",
+        lo, hi,
+        o.eps_relative
+            ? fmt::format(", i.e. a relative eps in [{:.3g}, {:.3g}]", lo / per, hi / per)
+            : ""));
+  }
+}
 
 Poller context_poller(runtime::Context& ctx) {
   Poller poller;

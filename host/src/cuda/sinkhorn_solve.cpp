@@ -205,6 +205,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
 
   Poller poller = context_poller(ctx);
   poller.eps = o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
+  check_eps_fp32(c.d, o, o.eps_relative ? mean : std::vector<double>{}, begin, s);
   enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);
   state.chunks.push_back(keep_state(pl, c, begin, s));
