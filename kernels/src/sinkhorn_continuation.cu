@@ -107,7 +107,7 @@ __global__ void continuation_step_kernel(const double* __restrict__ residual,
                                          int* __restrict__ iterations, int* active_count,
                                          float* __restrict__ eps_cur, float* __restrict__ lam_a,
                                          float* __restrict__ lam_b, int* __restrict__ level_iters,
-                                         std::int64_t B) {
+                                         int* levels_left, std::int64_t B) {
   const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (b >= B || active[b] == 0) return;
   if (eps_cur[b] > eps_target[b]) {
@@ -119,6 +119,7 @@ __global__ void continuation_step_kernel(const double* __restrict__ residual,
       lam_b[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_b, eps_cur[b]));
     }
     level_iters[b] = s.iters;
+    if (levels_left != nullptr && eps_cur[b] > eps_target[b]) atomicAdd(levels_left, 1);
     return;
   }
   if (check_every > 0 && iteration % check_every == 0 && residual[b] <= tol) {
@@ -173,11 +174,14 @@ void continuation_init(const float* eps_target, const unsigned* range, double rh
 void continuation_step(const double* residual, const float* eps_target, double tol, int check_every,
                        int iteration, double decay, double rho_a, double rho_b, int* active,
                        int* iterations, int* active_count, float* eps_cur, float* lam_a_cur,
-                       float* lam_b_cur, int* level_iters, std::int64_t B, cudaStream_t stream) {
+                       float* lam_b_cur, int* level_iters, int* levels_left, std::int64_t B,
+                       cudaStream_t stream) {
+  if (levels_left != nullptr)
+    OTGPU_CUDA_CHECK(cudaMemsetAsync(levels_left, 0, sizeof(int), stream));
   if (B <= 0) return;
   continuation_step_kernel<<<blocks_of(B), kBlock, 0, stream>>>(
       residual, eps_target, tol, check_every, iteration, decay, rho_a, rho_b, active, iterations,
-      active_count, eps_cur, lam_a_cur, lam_b_cur, level_iters, B);
+      active_count, eps_cur, lam_a_cur, lam_b_cur, level_iters, levels_left, B);
   OTGPU_LAUNCH_CHECK();
 }
 

@@ -83,7 +83,7 @@ struct AccelArrays {
   float *eps_cur = nullptr, *lam_a_cur = nullptr, *lam_b_cur = nullptr;  ///< level eps_t, lambdas
   int* level_iters = nullptr;  ///< iterations run at the current level
   unsigned* range = nullptr;   ///< [2B] encoded min, max cost (kernels::cost_range)
-  int* scaling = nullptr;      ///< [1] problems whose continuation starts above eps
+  int* scaling = nullptr;      ///< [1] problems above eps (at the start, then at level counts)
   double *omega = nullptr, *prev_res = nullptr, *prev_rate = nullptr;  ///< OverrelaxState
   int *failures = nullptr, *restore = nullptr;
   float *F_prev = nullptr, *G_prev = nullptr;  ///< potentials before the relaxed half-step
@@ -277,8 +277,11 @@ std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
 /// launches (d.loop == nullptr, check_every == 0, no conditional nodes in the driver,
 /// a capture that fails, or OTGPU_LOOP=plain in the environment). The graphs are
 /// cached in `ctx` (nullptr: runtime::thread_context(device)) and re-instantiated
-/// only when the shape or a pointer they bake in changes. planner::last_loop_strategy()
-/// says which ran.
+/// only when the shape or a pointer they bake in changes. With a poller and d.acc
+/// carved, when the options ask for the eps continuation (eps_init kAuto) or
+/// over-relaxation, the accelerated loop runs instead (plain launches, before the
+/// small-kernel test: sinkhorn_loop.cpp, accel_iterations); check_eps_fp32 must have
+/// run. planner::last_loop_strategy() says which ran.
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
                         Poller* poller, runtime::Context* ctx = nullptr);
 

@@ -138,9 +138,10 @@ void copy_floats(float* dst, const float* src, std::int64_t count, cudaStream_t 
 /// eps_continuation_start of its eps and cost spread (kernels::continuation_init);
 /// each iteration checks at each problem's eps_t (retiring nothing: tol -1) and
 /// kernels::continuation_step moves a level on (detail::eps_level_step) or, at eps
-/// and at a check iteration, retires a converged problem. The phase lasts
+/// and at a check iteration, retires a converged problem. The phase lasts at most
 /// detail::eps_continuation_max_iters(decay) iterations (every problem is at eps by
-/// then), or none when no problem scales (one read-back of the count decides).
+/// then), ends at the first multiple of kEpsLevelMaxIters where no active problem is
+/// above eps, and is skipped when no problem scales (one read-back decides).
 /// Returns the next iteration; sets *stopped when the poller saw the end.
 int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
                        Poller* poller, bool* stopped) {
@@ -164,14 +165,25 @@ int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStrea
   no_retire.tol = -1.0;
   const int phase = std::min(o.max_iter, detail::eps_continuation_max_iters(o.eps_decay));
   for (int t = 0; t < phase; ++t) {
+    // Every kEpsLevelMaxIters iterations (no level lasts longer) the host reads how many
+    // problems are still above eps, synchronously (a handful of reads per solve), and
+    // ends the phase once none is: problems at eps then over-relax.
+    const bool count_levels = (t + 1) % detail::kEpsLevelMaxIters == 0;
     enqueue_iteration(lv, t, false, s);
     enqueue_check(lv, no_retire, nullptr, t + 1, s);
     kernels::continuation_step(d.res, d.eps_target(), o.tol, o.check_every, t + 1, o.eps_decay,
                                o.rho_a, o.rho_b, d.active, d.iters, d.count, a.eps_cur, a.lam_a_cur,
-                               a.lam_b_cur, a.level_iters, d.B, s);
+                               a.lam_b_cur, a.level_iters, count_levels ? a.scaling : nullptr, d.B,
+                               s);
     if (o.check_every > 0 && (t + 1) % o.check_every == 0 && poll(d, o, t + 1, poller, s)) {
       *stopped = true;
       return t + 1;
+    }
+    if (count_levels) {
+      int left = 0;
+      OTGPU_CUDA_CHECK(cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
+      OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+      if (left == 0) return t + 1;
     }
   }
   return phase;

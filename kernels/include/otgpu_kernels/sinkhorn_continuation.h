@@ -41,10 +41,13 @@ void continuation_init(const float* eps_target, const unsigned* range, double rh
 ///   else, at a check iteration (check_every > 0, iteration % check_every == 0):
 ///     residual[b] <= tol retires it (active[b] = 0, iterations[b] = iteration,
 ///     --*active_count), as a check of the plain loop does.
+/// levels_left (nullable): zeroed, then counts the active problems still above eps
+/// after the step.
 void continuation_step(const double* residual, const float* eps_target, double tol, int check_every,
                        int iteration, double decay, double rho_a, double rho_b, int* active,
                        int* iterations, int* active_count, float* eps_cur, float* lam_a_cur,
-                       float* lam_b_cur, int* level_iters, std::int64_t B, cudaStream_t stream);
+                       float* lam_b_cur, int* level_iters, int* levels_left, std::int64_t B,
+                       cudaStream_t stream);
 
 /// The start of the over-relaxation state (detail::OverrelaxState) of every problem:
 /// omega 1, prev_residual -1, prev_rate -1, failures 0, restore 0.
