@@ -89,4 +89,36 @@ TEST(EpsContinuation, PhaseBoundCoversEveryHistory) {
   EXPECT_EQ(eps_continuation_max_iters(1.0), 0);
 }
 
+TEST(EpsContinuation, RetiresOnlyAtEpsAndAtCheckIterations) {
+  using otgpu::detail::eps_continuation_check;
+  using otgpu::detail::kEpsContinue;
+  using otgpu::detail::kEpsNextLevel;
+  using otgpu::detail::kEpsRetire;
+  const double eps = 1e-3, tol = 1e-4;
+  EpsLevel s{2e-3, 0};
+  // Above eps a residual below tol ends the level, never the solve.
+  EXPECT_EQ(eps_continuation_check(s, eps, 0.5, 1e-9, tol, 10, 10), kEpsNextLevel);
+  EXPECT_EQ(s.eps_t, eps);
+  // At eps: converged residuals retire only at multiples of check_every.
+  EXPECT_EQ(eps_continuation_check(s, eps, 0.5, 1e-5, tol, 10, 13), kEpsContinue);
+  EXPECT_EQ(eps_continuation_check(s, eps, 0.5, 1e-3, tol, 10, 20), kEpsContinue);
+  EXPECT_EQ(eps_continuation_check(s, eps, 0.5, 1e-5, tol, 10, 30), kEpsRetire);
+  EXPECT_EQ(eps_continuation_check(s, eps, 0.5, 1e-5, tol, 0, 30), kEpsContinue);  // no checks
+  EXPECT_EQ(s.iters, 0);  // iterations at eps are not level iterations
+  // A whole history: the levels 4e-3 and 2e-3 end at the loose 1e-2 (iterations 2 and
+  // 5), then at eps the first check (iteration 10) retires it.
+  EpsLevel h{4e-3, 0};
+  std::vector<int> actions;
+  const double res[] = {0.5,  5e-3, 0.3,  0.2,  8e-3, 0.1,  0.01, 1e-3, 2e-4, 5e-5,
+                        5e-5, 5e-5, 5e-5, 5e-5, 5e-5, 5e-5, 5e-5, 5e-5, 5e-5, 5e-5};
+  int retired_at = 0;
+  for (int it = 1; it <= 20 && retired_at == 0; ++it) {
+    const int a = eps_continuation_check(h, eps, 0.5, res[it - 1], tol, 10, it);
+    if (a == kEpsNextLevel) actions.push_back(it);
+    if (a == kEpsRetire) retired_at = it;
+  }
+  EXPECT_EQ(actions, (std::vector<int>{2, 5}));
+  EXPECT_EQ(retired_at, 10);
+}
+
 }  // namespace

@@ -110,23 +110,23 @@ __global__ void continuation_step_kernel(const double* __restrict__ residual,
                                          int* levels_left, std::int64_t B) {
   const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (b >= B || active[b] == 0) return;
-  if (eps_cur[b] > eps_target[b]) {
-    otgpu::detail::EpsLevel s{static_cast<double>(eps_cur[b]), level_iters[b]};
-    if (otgpu::detail::eps_level_step(s, static_cast<double>(eps_target[b]), decay, residual[b])) {
-      const float e = static_cast<float>(s.eps_t);
-      eps_cur[b] = e > eps_target[b] ? e : eps_target[b];
-      lam_a[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_a, eps_cur[b]));
-      lam_b[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_b, eps_cur[b]));
-    }
-    level_iters[b] = s.iters;
-    if (levels_left != nullptr && eps_cur[b] > eps_target[b]) atomicAdd(levels_left, 1);
-    return;
-  }
-  if (check_every > 0 && iteration % check_every == 0 && residual[b] <= tol) {
+  // eps_t in fp32 as the kernels use it; the decision in double, as on the host.
+  otgpu::detail::EpsLevel s{static_cast<double>(eps_cur[b]), level_iters[b]};
+  const int action = otgpu::detail::eps_continuation_check(
+      s, static_cast<double>(eps_target[b]), decay, residual[b], tol, check_every, iteration);
+  level_iters[b] = s.iters;
+  if (action == otgpu::detail::kEpsNextLevel) {
+    const float e = static_cast<float>(s.eps_t);
+    eps_cur[b] = e > eps_target[b] ? e : eps_target[b];
+    lam_a[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_a, eps_cur[b]));
+    lam_b[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_b, eps_cur[b]));
+  } else if (action == otgpu::detail::kEpsRetire) {
     active[b] = 0;
     iterations[b] = iteration;
     atomicSub(active_count, 1);
+    return;
   }
+  if (levels_left != nullptr && eps_cur[b] > eps_target[b]) atomicAdd(levels_left, 1);
 }
 
 __global__ void overrelax_init_kernel(double* omega, double* prev_residual, double* prev_rate,

@@ -46,6 +46,26 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE bool eps_level_step(EpsLevel& s, double eps,
   return true;
 }
 
+/// What a driver does with a problem after eps_continuation_check.
+enum EpsContinuationAction : int {
+  kEpsContinue = 0,   ///< iterate on (same level, or at eps and not converged)
+  kEpsNextLevel = 1,  ///< s.eps_t moved to the next level: recompute its lambdas
+  kEpsRetire = 2,     ///< at eps, a check iteration, residual <= tol: converged
+};
+
+/// The whole per-problem decision after iteration `iteration` (1-based count), given
+/// the residual at the problem's own s.eps_t: above eps, eps_level_step; at eps, the
+/// convergence test, only at check iterations (check_every > 0, iteration a multiple
+/// of it), as the plain loop checks. Never retires a problem above eps.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int eps_continuation_check(EpsLevel& s, double eps,
+                                                               double decay, double residual,
+                                                               double tol, int check_every,
+                                                               int iteration) {
+  if (s.eps_t > eps) return eps_level_step(s, eps, decay, residual) ? kEpsNextLevel : kEpsContinue;
+  if (check_every > 0 && iteration % check_every == 0 && residual <= tol) return kEpsRetire;
+  return kEpsContinue;
+}
+
 /// Most iterations the continuation of any problem can spend above eps for a decay in
 /// (0, 1): kEpsLevelMaxIters per level, one level per factor 1/decay between
 /// kEpsContinuationFactor x eps and eps, plus one level of slack for the rounding of
