@@ -362,13 +362,13 @@ SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend
   SinkhornOptions o = options;
   if (o.tol == kAuto) o.tol = default_tolerance(backend);
   if (o.eps_init == kAuto) {
-    // The CPU keeps kAuto: its solver runs the continuation schedule from 1024 x eps
-    // where it pays (per problem, from the costs). The CUDA driver runs only the
-    // geometric schedule, which can cost more iterations than none (see
-    // otgpu/detail/accel.h): it scales when asked to, not by default. A warm start is
-    // presumably near the solution already: scaling would throw it away.
+    // Both backends keep kAuto: the CPU solver and the CUDA synchronous driver run the
+    // continuation schedule from 1024 x eps where it pays (per problem, from the
+    // costs; otgpu/detail/eps_continuation.h). The CUDA small kernel and
+    // sinkhorn_async read kAuto as no scaling. A warm start is presumably near the
+    // solution already: scaling would throw it away.
     const bool warm = !o.f_init.empty() || !o.g_init.empty();
-    if (warm || backend == Backend::cuda) o.eps_init = 0.0;
+    if (warm) o.eps_init = 0.0;
   }
   return o;
 }

@@ -28,8 +28,9 @@ SinkhornShape validate_sinkhorn(const SinkhornProblem& problem, const SinkhornOp
 
 /// The library's defaults, in one place, for the backend that will run (cpu or
 /// cuda, already resolved): tol kAuto -> default_tolerance(backend); eps_init kAuto
-/// -> 0 (no scaling) on cuda or with a warm start, else kept: the CPU solver runs its
-/// continuation schedule from 1024 x eps where the costs say it pays. Every other
+/// -> 0 (no scaling) with a warm start, else kept: the CPU solver and the CUDA
+/// synchronous driver run the continuation schedule from 1024 x eps where the costs
+/// say it pays (the CUDA small kernel and sinkhorn_async do not scale). Every other
 /// option is copied. Called by the dispatch before either backend runs.
 SinkhornOptions resolve_sinkhorn_options(const SinkhornOptions& options, Backend backend);
 

@@ -5,8 +5,8 @@
 // max_iter) so the iterates match up to fp32 round-off, except where a converged
 // solve is the point. Every comparison states the iteration it compares: plain
 // updates (acceleration = none; the CPU default over-relaxes), no eps scaling
-// (eps_init = 0; the default kAuto runs the CPU's continuation schedule and no scaling
-// on the GPU, see SinkhornOptions::eps_init) and an explicit tol (kAuto resolves to
+// (eps_init = 0; the default kAuto runs the continuation schedule on both backends,
+// see SinkhornOptions::eps_init) and an explicit tol (kAuto resolves to
 // 1e-6 on the CPU and 1e-4 on the GPU).
 #include <gtest/gtest.h>
 
@@ -24,6 +24,7 @@
 
 #include "cpu_sinkhorn.h"
 #include "gpu_test_util.h"
+#include "otgpu/detail/accel.h"
 #include "otgpu/otgpu.h"
 #include "otgpu_host/cuda_backend.h"
 #include "validate.h"
@@ -227,11 +228,12 @@ TEST(SinkhornGpu, ConvergedSolvesAgree) {
   }
 }
 
-/// Each problem reports what ran: the CUDA loop has no over-relaxation yet, so the
-/// default (acceleration = overrelax) runs plain updates there and says so.
-TEST(SinkhornGpu, ReportsThePlainIterationThatRan) {
+/// Each problem reports what ran: the synchronous driver over-relaxes by default (the
+/// small-kernel sizes included: the accelerated loop runs the online kernels), and a
+/// problem reports overrelax with its last w exactly when a period ran with w > 1.
+TEST(SinkhornGpu, ReportsTheIterationThatRan) {
   REQUIRE_GPU();
-  for (const std::int64_t n : {60, 2000}) {  // small-kernel path and online path
+  for (const std::int64_t n : {60, 2000}) {
     Case k{"what_ran", 2, n, n + 3, 2};
     Data D = make(k, 13);
     SinkhornOptions o;
@@ -241,9 +243,17 @@ TEST(SinkhornGpu, ReportsThePlainIterationThatRan) {
     ASSERT_EQ(o.acceleration, otgpu::SinkhornAcceleration::overrelax);
     const auto r = otgpu::sinkhorn(D.p, o);
     for (const auto& rep : r.problems) {
+      EXPECT_GE(rep.omega, 1.0) << "n=" << n;
+      EXPECT_LE(rep.omega, otgpu::detail::kOverrelaxMaxOmega) << "n=" << n;
+      if (rep.omega > 1.0) {
+        EXPECT_EQ(rep.acceleration, otgpu::SinkhornAcceleration::overrelax) << "n=" << n;
+      }
+      EXPECT_TRUE(rep.converged) << "n=" << n << " residual " << rep.residual;
+    }
+    o.acceleration = otgpu::SinkhornAcceleration::none;
+    for (const auto& rep : otgpu::sinkhorn(D.p, o).problems) {
       EXPECT_EQ(rep.acceleration, otgpu::SinkhornAcceleration::none) << "n=" << n;
       EXPECT_EQ(rep.omega, 1.0) << "n=" << n;
-      EXPECT_TRUE(rep.converged) << "n=" << n << " residual " << rep.residual;
     }
   }
 }

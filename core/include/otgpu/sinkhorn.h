@@ -50,8 +50,10 @@ struct SinkhornProblem {
 /// SinkhornOptions::tol and eps_init). Only this exact value means "auto".
 inline constexpr double kAuto = -1.0;
 
-/// How the CPU iterates toward the fixed point. Every choice has the same fixed point
-/// (the entropic solution at eps); they differ in how fast it is reached.
+/// How the solver iterates toward the fixed point. Every choice has the same fixed point
+/// (the entropic solution at eps); they differ in how fast it is reached. The CPU and
+/// the CUDA synchronous driver run both (on the GPU the rule runs per problem on the
+/// device, from the residuals of its checks; sinkhorn_async runs plain updates).
 enum class SinkhornAcceleration : std::uint8_t {
   /// Plain alternating log-domain updates f <- T_f(g), g <- T_g(f).
   none,
@@ -132,8 +134,14 @@ struct SinkhornOptions {
   /// 2 x (max C - min C). At larger eps scaling moves the start without saving
   /// iterations, and the one-iteration-per-level schedule cost many more on some
   /// problems (self-transport, small weighted clouds): see otgpu/detail/accel.h for
-  /// the rule and its data. kAuto is off on the CUDA backend until its driver runs
-  /// that rule; 0 turns scaling off. Convergence is only declared at eps.
+  /// the rule and its data. The CUDA synchronous driver runs the same continuation
+  /// (otgpu/detail/eps_continuation.h): each problem's start from the spread of its
+  /// fp32 costs (one device pass over the n x m pairs), its level moved on the device
+  /// after every iteration from the residual at eps_t, in a first phase of at most
+  /// 50 x (levels + 1) iterations, plain launches; so the CUDA backend's per-problem
+  /// iterations include the levels', as on the CPU (the one-kernel path for n, m <=
+  /// 512 is then not used). sinkhorn_async reads kAuto as no scaling. 0 turns
+  /// scaling off. Convergence is only declared at eps.
   double eps_init = kAuto;
   double eps_decay = 0.5;
   /// KL marginal penalties; +infinity (default) = hard marginal constraint.
@@ -142,7 +150,10 @@ struct SinkhornOptions {
   /// Warm start: when non-empty, initial potentials f [B*n] and g [B*m].
   std::vector<double> f_init;
   std::vector<double> g_init;
-  /// CPU iteration (the CUDA backend runs plain updates; each problem reports what ran).
+  /// The iteration (CPU and CUDA synchronous driver; sinkhorn_async runs plain
+  /// updates, and so does the CUDA small-problem kernel, n, m <= 512, which keeps a
+  /// batch that fits it unless the eps continuation scales one of its problems);
+  /// each problem reports what ran.
   SinkhornAcceleration acceleration = SinkhornAcceleration::overrelax;
   /// Called at each convergence check (from one thread at a time, possibly not the
   /// caller's). Returning false cancels the solve: every problem stops at its next

@@ -36,7 +36,9 @@
 #include "otgpu_host/gpu_runtime.h"
 #include "otgpu_host/planner.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/sinkhorn_accel.h"
 #include "otgpu_kernels/sinkhorn_aux.h"
+#include "otgpu_kernels/sinkhorn_continuation.h"
 #include "otgpu_kernels/sinkhorn_dense.h"
 #include "otgpu_kernels/sinkhorn_geometry.h"
 #include "otgpu_kernels/sinkhorn_loop.h"
@@ -75,6 +77,21 @@ struct EventView {
 
 // ------------------------------------------------------------------- layouts --
 
+/// The per-problem state of the accelerated synchronous loop (eps continuation,
+/// over-relaxation), carved after the planner's layout when DevicePlan::accel; all
+/// nullptr otherwise. [B] arrays per problem, potentials [B, n] / [B, m] fp32.
+struct AccelArrays {
+  float *eps_cur = nullptr, *lam_a_cur = nullptr, *lam_b_cur = nullptr;  ///< level eps_t, lambdas
+  int* level_iters = nullptr;  ///< iterations run at the current level
+  unsigned* range = nullptr;   ///< [2B] encoded min, max cost (kernels::cost_range)
+  int* scaling = nullptr;      ///< [1] problems above eps (at the start, then at level counts)
+  double *omega = nullptr, *prev_res = nullptr, *prev_rate = nullptr;  ///< OverrelaxState
+  int *failures = nullptr, *restore = nullptr;
+  float *F_prev = nullptr, *G_prev = nullptr;  ///< potentials before the relaxed half-step
+  float *F_saved = nullptr, *G_saved = nullptr, *Ft_saved = nullptr;  ///< restore point
+  bool valid() const { return eps_cur != nullptr; }
+};
+
 /// Non-owning views of the canonical device arrays of one solve.
 struct DeviceSolve {
   CostKind cost = CostKind::sqeuclidean;
@@ -101,6 +118,7 @@ struct DeviceSolve {
   int* loop = nullptr;        ///< [kernels::kLoopStateInts] device loop state; nullptr: plain loop
   bool tensor_cores = false;  ///< the plan's: the half-steps run on mma.sync (sinkhorn_mma.h)
   Precision precision = Precision::fp32;
+  AccelArrays acc;  ///< the accelerated synchronous loop's state (DevicePlan::accel)
   /// The largest residual of the last check (in the loop state), nullptr without one.
   double* check_max() const { return kernels::loop_max_residual(loop); }
 
@@ -158,6 +176,8 @@ struct Poller {
   /// iteration stopped_at, and the problems active then stay unfinished.
   bool cancelled = false;
   int stopped_at = 0;
+  /// The over-relaxed loop ran: DeviceSolve::acc.omega and failures hold what to report.
+  bool relaxed = false;
   double* pinned_max() const { return reinterpret_cast<double*>(pinned.get() + 4); }
 };
 
@@ -199,7 +219,10 @@ struct DevicePlan {
   int dp = 0;
   int K = 0;
   bool stage_cost = false;  ///< the cost view is not contiguous fp32: copy it
-  planner::Plan plan;       ///< kernel, splits, workspace layout, chunks
+  /// Carve AccelArrays: a solve whose options ask for the eps continuation (eps_init
+  /// kAuto) or for over-relaxation (with checks).
+  bool accel = false;
+  planner::Plan plan;  ///< kernel, splits, workspace layout, chunks
 };
 
 /// The arrays of a device-side solve or derived output, carved from one buffer.
@@ -259,10 +282,23 @@ std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
 /// launches (d.loop == nullptr, check_every == 0, no conditional nodes in the driver,
 /// a capture that fails, or OTGPU_LOOP=plain in the environment). The graphs are
 /// cached in `ctx` (nullptr: runtime::thread_context(device)) and re-instantiated
-/// only when the shape or a pointer they bake in changes. planner::last_loop_strategy()
-/// says which ran.
+/// only when the shape or a pointer they bake in changes. With a poller and d.acc
+/// carved, when the options ask for the eps continuation (eps_init kAuto) or
+/// over-relaxation, the accelerated loop runs instead (plain launches, before the
+/// small-kernel test: sinkhorn_loop.cpp, accel_iterations); check_eps_fp32 must have
+/// run. planner::last_loop_strategy() says which ran.
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
                         Poller* poller, runtime::Context* ctx = nullptr);
+
+/// The eps range check of the CPU backend at float32 (detail::min_resolvable_eps,
+/// max_resolvable_eps with u = 2^-24), from the cost range of each problem measured on
+/// the device (kernels::cost_range into d.acc.range: one pass over the n x m pairs and
+/// one synchronization). Throws InvalidArgument naming the range that works. Runs only
+/// when d.acc is carved (DevicePlan::accel: the default options), and must run before
+/// enqueue_iterations there (the continuation reads the range). mean: the mean cost
+/// per problem when eps is relative (else empty); first_problem: index of problem 0.
+void check_eps_fp32(const DeviceSolve& d, const SinkhornOptions& o, const std::vector<double>& mean,
+                    std::int64_t first_problem, cudaStream_t s);
 
 /// Enqueues the final report at the target eps for every problem (active flags
 /// ignored) into d.out4 [B, 4].

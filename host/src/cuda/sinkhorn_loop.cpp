@@ -19,6 +19,7 @@
 #include <limits>
 #include <string_view>
 
+#include "otgpu/detail/eps_continuation.h"
 #include "sinkhorn_internal.h"
 
 namespace otgpu::cuda_backend {
@@ -31,14 +32,13 @@ bool forced_plain() {
   return e != nullptr && std::string_view(e) == "plain";
 }
 
-/// One iteration t (f- then g-update) at row min(t, K) of the eps tables. reuse: the
-/// previous iteration ended with a check at the target eps: F = lambda_a Ft.
-void enqueue_iteration(const DeviceSolve& d, int t, bool reuse, cudaStream_t s) {
+/// The f-half of iteration t at row min(t, K) of the eps tables. reuse: the previous
+/// iteration ended with a check at the target eps: F = lambda_a Ft.
+void enqueue_f_half(const DeviceSolve& d, int t, bool reuse, cudaStream_t s) {
   const auto B = static_cast<std::size_t>(d.B);
   const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
   const float* e = d.eps_tab + row;
   const float* la = d.lam_a_tab + row;
-  const float* lb = d.lam_b_tab + row;
   if (reuse) {
     kernels::loop_reuse_f(d.Ft, la, d.active, d.F, d.B, d.n, s);
   } else if (d.points()) {
@@ -46,12 +46,27 @@ void enqueue_iteration(const DeviceSolve& d, int t, bool reuse, cudaStream_t s) 
   } else {
     kernels::dense_row_update(d.C, d.logB, d.G, e, la, d.active, d.F, d.B, d.n, d.m, s);
   }
+}
+
+/// The g-half of iteration t at row min(t, K) of the eps tables.
+void enqueue_g_half(const DeviceSolve& d, int t, cudaStream_t s) {
+  const auto B = static_cast<std::size_t>(d.B);
+  const std::size_t row = static_cast<std::size_t>(std::min(t, d.K)) * B;
+  const float* e = d.eps_tab + row;
+  const float* lb = d.lam_b_tab + row;
   if (d.points()) {
     kernels::online_half_step(d.online(false, e, d.active), lb, d.G, s);
   } else {
     kernels::dense_col_update(d.C, d.logA, d.F, e, lb, d.active, d.G, d.col_ws, d.col_ws_bytes, d.B,
                               d.n, d.m, s);
   }
+}
+
+/// One iteration t (f- then g-update) at row min(t, K) of the eps tables. reuse: the
+/// previous iteration ended with a check at the target eps: F = lambda_a Ft.
+void enqueue_iteration(const DeviceSolve& d, int t, bool reuse, cudaStream_t s) {
+  enqueue_f_half(d, t, reuse, s);
+  enqueue_g_half(d, t, s);
 }
 
 /// The check after an iteration: Ft = the balanced f-update at the target eps, the
@@ -98,6 +113,142 @@ bool plain_iterations(const DeviceSolve& d, const SinkhornOptions& o, int t_begi
 void stop_unfinished(const DeviceSolve& d, const Poller* poller, cudaStream_t s) {
   if (poller != nullptr && poller->cancelled)
     kernels::loop_stop_unfinished(d.active, d.iters, poller->stopped_at, d.B, s);
+}
+
+// ------------------------------------------------------ accelerated loop ----
+//
+// The synchronous loop when the options ask for the eps continuation (eps_init kAuto)
+// or over-relaxation: plain launches (no period graph), every decision per problem
+// on the device by the CPU reference's rules, so that no decision waits for the
+// host's lagged reads (those only stop the enqueueing and feed progress).
+
+/// Whether the accelerated loop runs this synchronous solve.
+bool wants_accel(const DeviceSolve& d, const SinkhornOptions& o, const Poller* poller) {
+  if (poller == nullptr || !d.acc.valid()) return false;
+  return o.eps_init == kAuto ||
+         (o.acceleration == SinkhornAcceleration::overrelax && o.check_every > 0);
+}
+
+/// Sets up the eps continuation's per-problem state (kernels::continuation_init) and
+/// reads back whether any problem of the solve scales (one host sync). a.range: the
+/// cost range measured by check_eps_fp32, which every solve that reaches the
+/// accelerated loop ran first (solve_chunk).
+bool continuation_scales(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s) {
+  const AccelArrays& a = d.acc;
+  if (o.eps_init != kAuto || !a.valid()) return false;
+  kernels::continuation_init(d.eps_target(), a.range, o.rho_a, o.rho_b, a.eps_cur, a.lam_a_cur,
+                             a.lam_b_cur, a.level_iters, a.scaling, d.B, s);
+  int scaling = 0;
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(&scaling, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  return scaling != 0;
+}
+
+void copy_floats(float* dst, const float* src, std::int64_t count, cudaStream_t s) {
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(count) * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, s));
+}
+
+/// Phase A, the eps continuation (eps_init kAuto): every problem starts at
+/// eps_continuation_start of its eps and cost spread (kernels::continuation_init);
+/// each iteration checks at each problem's eps_t (retiring nothing: tol -1) and
+/// kernels::continuation_step moves a level on (detail::eps_level_step) or, at eps
+/// and at a check iteration, retires a converged problem. The phase lasts at most
+/// detail::eps_continuation_max_iters(decay) iterations (every problem is at eps by
+/// then), ends at the first multiple of kEpsLevelMaxIters where no active problem is
+/// above eps, and is skipped when no problem scales (one read-back decides).
+/// Returns the next iteration; sets *stopped when the poller saw the end.
+int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
+                       Poller* poller, bool* stopped) {
+  const AccelArrays& a = d.acc;
+  if (o.eps_init != kAuto) return 0;
+  if (!continuation_scales(d, o, s)) return 0;
+  // The same loop pieces, with the per-problem level eps as the only table row.
+  DeviceSolve lv = d;
+  lv.K = 0;
+  lv.eps_tab = a.eps_cur;
+  lv.lam_a_tab = a.lam_a_cur;
+  lv.lam_b_tab = a.lam_b_cur;
+  SinkhornOptions no_retire = o;
+  no_retire.tol = -1.0;
+  const int phase = std::min(o.max_iter, detail::eps_continuation_max_iters(o.eps_decay));
+  for (int t = 0; t < phase; ++t) {
+    // Every kEpsLevelMaxIters iterations (no level lasts longer) the host reads how many
+    // problems are still above eps, synchronously (a handful of reads per solve), and
+    // ends the phase once none is: problems at eps then over-relax.
+    const bool count_levels = (t + 1) % detail::kEpsLevelMaxIters == 0;
+    enqueue_iteration(lv, t, false, s);
+    enqueue_check(lv, no_retire, nullptr, t + 1, s);
+    kernels::continuation_step(d.res, d.eps_target(), o.tol, o.check_every, t + 1, o.eps_decay,
+                               o.rho_a, o.rho_b, d.active, d.iters, d.count, a.eps_cur, a.lam_a_cur,
+                               a.lam_b_cur, a.level_iters, count_levels ? a.scaling : nullptr, d.B,
+                               s);
+    if (o.check_every > 0 && (t + 1) % o.check_every == 0 && poll(d, o, t + 1, poller, s)) {
+      *stopped = true;
+      return t + 1;
+    }
+    if (count_levels) {
+      int left = 0;
+      OTGPU_CUDA_CHECK(cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
+      OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+      if (left == 0) return t + 1;
+    }
+  }
+  return phase;
+}
+
+/// Phase B from iteration t_begin: over-relaxed iterations at the target eps
+/// (plain during an explicit geometric schedule, t < K), the CPU reference's order:
+///   F_prev = F; F = f-update (or lambda_a Ft after a check); F = (1-w) F_prev + w F;
+///   G likewise, except a plain G at a check iteration and at the last iteration;
+///   at a check: the residual (retiring converged problems), then per active problem
+///   detail::overrelax_check (kernels::sinkhorn_overrelax_rule) and the commit:
+///   accepted -> (F, G, Ft) saved as the restore point; rejected -> restored from it.
+void relaxed_phase(const DeviceSolve& d, const SinkhornOptions& o, int t_begin, cudaStream_t s,
+                   Poller* poller) {
+  const AccelArrays& a = d.acc;
+  const int ce = o.check_every;
+  kernels::overrelax_state_init(a.omega, a.prev_res, a.prev_rate, a.failures, a.restore, d.B, s);
+  poller->relaxed = true;
+  bool after_check = false;
+  int last_check = std::max(t_begin, d.K);
+  for (int t = t_begin; t < o.max_iter; ++t) {
+    const bool at_target = t >= d.K;
+    const bool check_now = ce > 0 && (t + 1) % ce == 0 && at_target;
+    const bool last = t + 1 == o.max_iter;
+    const bool relax_g = at_target && !check_now && !last;
+    if (at_target) copy_floats(a.F_prev, d.F, d.B * d.n, s);
+    enqueue_f_half(d, t, after_check, s);
+    if (at_target) kernels::sinkhorn_overrelax(d.F, a.F_prev, a.omega, d.active, d.B, d.n, s);
+    if (relax_g) copy_floats(a.G_prev, d.G, d.B * d.m, s);
+    enqueue_g_half(d, t, s);
+    if (relax_g) kernels::sinkhorn_overrelax(d.G, a.G_prev, a.omega, d.active, d.B, d.m, s);
+    after_check = check_now;
+    if (!check_now) continue;
+    enqueue_check(d, o, nullptr, t + 1, s);
+    kernels::sinkhorn_overrelax_rule(d.res, t + 1 - last_check, d.active, a.omega, a.prev_res,
+                                     a.prev_rate, a.failures, a.restore, d.B, s);
+    kernels::sinkhorn_overrelax_commit(d.F, d.G, a.F_saved, a.G_saved, a.restore, d.active, d.B,
+                                       d.n, d.m, s);
+    kernels::sinkhorn_overrelax_commit(d.Ft, nullptr, a.Ft_saved, nullptr, a.restore, d.active, d.B,
+                                       d.n, 0, s);
+    last_check = t + 1;
+    if (poll(d, o, t + 1, poller, s)) return;
+  }
+}
+
+/// The accelerated synchronous loop: phase A (continuation) then phase B (relaxed, or
+/// plain launches when over-relaxation is off).
+void accel_iterations(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
+                      Poller* poller) {
+  bool stopped = false;
+  const int t = continuation_phase(d, o, s, poller, &stopped);
+  if (stopped) return;
+  if (o.acceleration == SinkhornAcceleration::overrelax && o.check_every > 0) {
+    relaxed_phase(d, o, t, s, poller);
+  } else {
+    (void)plain_iterations(d, o, t, o.max_iter, false, s, poller);
+  }
 }
 
 // ------------------------------------------------------------------ graphs ----
@@ -300,6 +451,45 @@ void finish(GraphEntry& e, cudaStream_t s) { OTGPU_CUDA_CHECK(cudaEventRecord(e.
 
 }  // namespace
 
+void check_eps_fp32(const DeviceSolve& d, const SinkhornOptions& o, const std::vector<double>& mean,
+                    std::int64_t first_problem, cudaStream_t s) {
+  if (!d.acc.valid()) return;
+  const auto B = static_cast<std::size_t>(d.B);
+  kernels::cost_range(d.cost, d.X, d.Y, d.C, d.B, d.n, d.m, d.dp, d.acc.range, s);
+  std::vector<unsigned> range(2 * B);
+  OTGPU_CUDA_CHECK(cudaMemcpyAsync(range.data(), d.acc.range, range.size() * sizeof(unsigned),
+                                   cudaMemcpyDeviceToHost, s));
+  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  constexpr double kUnitRoundoff = 0x1p-24;  // fp32: the kernels' scores and potentials
+  for (std::size_t b = 0; b < B; ++b) {
+    const double cmin = kernels::cost_range_value(range[2 * b]);
+    const double cmax = kernels::cost_range_value(range[2 * b + 1]);
+    if (!(cmin <= cmax)) continue;  // n or m = 0: nothing to resolve
+    const double eps = o.eps * (mean.empty() ? 1.0 : mean[b]);
+    const double max_abs = std::max(std::fabs(cmin), std::fabs(cmax));
+    const double spread = cmax - cmin;
+    const double lo = detail::min_resolvable_eps(max_abs, kUnitRoundoff);
+    const double hi = detail::max_resolvable_eps(spread, kUnitRoundoff);
+    const bool low = eps<lo, high = spread> 0 && eps > hi;
+    if (!low && !high) continue;
+    const double per = eps / o.eps;
+    throw InvalidArgument(fmt::format(
+        "eps: {} ({}absolute {:.3g}) is {} what the CUDA backend's float32 resolves in problem {}, "
+        "whose costs span [{:.3g}, {:.3g}]: {}. The working range is {:.3g} <= eps <= {:.3g} "
+        "(1.8e-4 x max|C_ij| to 1.0e6 x (max C - min C)){}; the CPU backend (float64) resolves "
+        "down to 3.3e-13 x max|C_ij|",
+        o.eps, o.eps_relative ? "relative; " : "", eps, low ? "below" : "above",
+        first_problem + static_cast<std::int64_t>(b), cmin, cmax,
+        low ? "(f_i + g_j - C_ij) / eps would be rounding noise"
+            : "(g_j - C_ij) / eps would vanish below the rounding of log b_j, and with it the "
+              "costs",
+        lo, hi,
+        o.eps_relative
+            ? fmt::format(", i.e. a relative eps in [{:.3g}, {:.3g}]", lo / per, hi / per)
+            : ""));
+  }
+}
+
 Poller context_poller(runtime::Context& ctx) {
   Poller poller;
   poller.pinned.p = ctx.poll_slots();
@@ -350,6 +540,18 @@ bool poll(const DeviceSolve& d, const SinkhornOptions& o, int iteration, Poller*
 
 void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int device, cudaStream_t s,
                         Poller* poller, runtime::Context* ctx) {
+  // The small kernel runs its whole loop in one launch (plain updates only): it keeps
+  // problems that fit it unless the eps continuation scales one of them, where the
+  // iteration count, not the launch overhead, decides the time (tens of thousands of
+  // plain iterations at eps = 1e-3 x the mean cost). Over-relaxation alone does not
+  // take a small problem off it.
+  if (wants_accel(d, o, poller) && (!small_path(d, device) || continuation_scales(d, o, s))) {
+    accel_iterations(d, o, s, poller);
+    stop_unfinished(d, poller, s);
+    planner::set_last_loop_strategy(o.eps_init == kAuto ? "accelerated: eps continuation"
+                                                        : "accelerated: over-relaxation");
+    return;
+  }
   if (small_path(d, device)) {
     kernels::SmallSinkhornArgs args;
     args.cost = d.cost;

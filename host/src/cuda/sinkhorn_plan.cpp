@@ -192,6 +192,8 @@ DevicePlan plan_device(const SinkhornProblem& problem, const SinkhornOptions& o,
                                              problem.cost_kind, dtype, o);
   r.scaling_steps = pl.K;
   r.stage_cost = pl.stage_cost;
+  pl.accel = solve && (o.eps_init == kAuto ||
+                       (o.acceleration == SinkhornAcceleration::overrelax && o.check_every > 0));
   pl.plan = planner::make_plan(r, props_for(device, pl.dp));
   return pl;
 }
@@ -264,11 +266,35 @@ Carved carve(Carver& cv, const DevicePlan& pl, bool own_fg, bool derived) {
     c.T = at<float>(base, w.T);
     c.ratio = at<double>(base, w.ratio);
   }
+  if (pl.accel) {
+    // After the planner's layout: the accelerated loop's per-problem state.
+    const auto B = static_cast<std::size_t>(sh.batch);
+    const auto nB = B * static_cast<std::size_t>(sh.n), mB = B * static_cast<std::size_t>(sh.m);
+    AccelArrays& a = d.acc;
+    a.eps_cur = cv.take<float>(B);
+    a.lam_a_cur = cv.take<float>(B);
+    a.lam_b_cur = cv.take<float>(B);
+    a.level_iters = cv.take<int>(B);
+    a.range = cv.take<unsigned>(2 * B);
+    a.scaling = cv.take<int>(1);
+    a.omega = cv.take<double>(B);
+    a.prev_res = cv.take<double>(B);
+    a.prev_rate = cv.take<double>(B);
+    a.failures = cv.take<int>(B);
+    a.restore = cv.take<int>(B);
+    a.F_prev = cv.take<float>(nB);
+    a.G_prev = cv.take<float>(mB);
+    a.F_saved = cv.take<float>(nB);
+    a.G_saved = cv.take<float>(mB);
+    a.Ft_saved = cv.take<float>(nB);
+  }
   return c;
 }
 
 std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived) {
-  return planner::layout_workspace(pl.plan, own_fg, derived).total;
+  Carver counter(nullptr);
+  (void)carve(counter, pl, own_fg, derived);
+  return counter.used();
 }
 
 }  // namespace cuda_backend

@@ -205,6 +205,7 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
 
   Poller poller = context_poller(ctx);
   poller.eps = o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
+  check_eps_fp32(c.d, o, o.eps_relative ? mean : std::vector<double>{}, begin, s);
   enqueue_iterations(c.d, o, ctx.device(), s, &poller, &ctx);
   enqueue_finalize(c.d, o, s);
   state.chunks.push_back(keep_state(pl, c, begin, s));
@@ -218,6 +219,15 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
                                    cudaMemcpyDeviceToHost, s));
   OTGPU_CUDA_CHECK(cudaMemcpyAsync(iters.data(), c.d.iters, iters.size() * sizeof(int),
                                    cudaMemcpyDeviceToHost, s));
+  // The over-relaxed loop: what ran per problem (omega, rejected checks).
+  std::vector<double> omega(poller.relaxed ? B : 0);
+  std::vector<int> failures(poller.relaxed ? B : 0);
+  if (poller.relaxed) {
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(omega.data(), c.d.acc.omega, B * sizeof(double),
+                                     cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(failures.data(), c.d.acc.failures, B * sizeof(int),
+                                     cudaMemcpyDeviceToHost, s));
+  }
   std::vector<int> unfinished(poller.cancelled ? B : 0);  // cancelled: the active flags
   if (poller.cancelled)
     OTGPU_CUDA_CHECK(
@@ -229,6 +239,14 @@ void solve_chunk(runtime::Context& ctx, const SinkhornProblem& problem, const Si
   r.tensor_cores = pl.plan.tensor_cores;
   for (std::size_t b = 0; b < unfinished.size(); ++b)
     if (unfinished[b] != 0) part.problems[b].converged = false;
+  for (std::size_t b = 0; b < omega.size(); ++b) {
+    // As the CPU reports it: overrelax when some period ran with w > 1 (a rejected
+    // check implies one), the last w.
+    auto& rep = part.problems[b];
+    rep.omega = omega[b];
+    rep.acceleration = omega[b] > 1.0 || failures[b] > 0 ? SinkhornAcceleration::overrelax
+                                                         : SinkhornAcceleration::none;
+  }
   r.cancelled = r.cancelled || poller.cancelled;
   r.f.insert(r.f.end(), part.f.begin(), part.f.end());
   r.g.insert(r.g.end(), part.g.begin(), part.g.end());
