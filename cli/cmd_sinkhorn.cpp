@@ -271,6 +271,38 @@ class ProgressLine {
 };
 
 /// One stderr line when some problem did not converge (exit 3 with --strict).
+/// The options that shaped the answer, as the solver ran them (the --json "options").
+nlohmann::json options_json(const SinkhornArgs& args, const SinkhornOptions& options, double tol,
+                            bool cost_matrix) {
+  return {{"eps", options.eps},
+          {"eps_relative", options.eps_relative},
+          {"tol", tol},
+          {"max_iter", options.max_iter},
+          {"check_every", options.check_every},
+          {"eps_init",
+           options.eps_init == kAuto ? nlohmann::json("auto") : nlohmann::json(options.eps_init)},
+          {"eps_decay", options.eps_decay},
+          {"rho_a", options.rho_a},
+          {"rho_b", options.rho_b},
+          {"cost", std::string(cost_matrix ? "matrix" : args.cost)},
+          {"backend", args.backend.backend}};
+}
+
+/// One problem's report in the --json "problems" array.
+nlohmann::json report_json(const SinkhornReport& r, double tol) {
+  nlohmann::json pj;
+  pj["ot_eps"] = r.ot_eps;
+  pj["transport_cost"] = r.transport_cost;
+  pj["marginal_error"] = r.marginal_error;
+  pj["residual"] = r.residual;
+  pj["iterations"] = r.iterations;
+  pj["converged"] = r.converged;
+  pj["eps"] = r.eps;
+  pj["tol"] = tol;
+  pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
+  return pj;
+}
+
 int report_unconverged(const SinkhornResult& result, bool strict) {
   std::int64_t bad = 0, first = -1;
   for (std::size_t k = 0; k < result.problems.size(); ++k) {
@@ -373,32 +405,12 @@ void run_sinkhorn(const SinkhornArgs& args) {
     out["m"] = result.m;
     out["d"] = lp.d > 0 ? nlohmann::json(lp.d) : nlohmann::json(nullptr);  // null: cost matrix
     // The options that shaped the answer, as the solver ran them.
-    out["options"] = {{"eps", options.eps},
-                      {"eps_relative", options.eps_relative},
-                      {"tol", result.tol},
-                      {"max_iter", options.max_iter},
-                      {"check_every", options.check_every},
-                      {"eps_init", options.eps_init == kAuto ? nlohmann::json("auto")
-                                                             : nlohmann::json(options.eps_init)},
-                      {"eps_decay", options.eps_decay},
-                      {"rho_a", options.rho_a},
-                      {"rho_b", options.rho_b},
-                      {"cost", std::string(lp.cost.present() ? "matrix" : args.cost)},
-                      {"backend", args.backend.backend}};
+    out["options"] = options_json(args, options, result.tol, lp.cost.present());
     if (!args.sample_out.empty()) out["options"]["seed"] = seed;
     auto problems = nlohmann::json::array();
     for (std::size_t k = 0; k < result.problems.size(); ++k) {
       const SinkhornReport& r = result.problems[k];
-      nlohmann::json pj;
-      pj["ot_eps"] = r.ot_eps;
-      pj["transport_cost"] = r.transport_cost;
-      pj["marginal_error"] = r.marginal_error;
-      pj["residual"] = r.residual;
-      pj["iterations"] = r.iterations;
-      pj["converged"] = r.converged;
-      pj["eps"] = r.eps;
-      pj["tol"] = result.tol;
-      pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
+      nlohmann::json pj = report_json(r, result.tol);
       if (args.divergence) pj["sinkhorn_divergence"] = divergence[k];
       problems.push_back(std::move(pj));
     }
@@ -597,29 +609,9 @@ void run_distributed(const SinkhornArgs& args) {
       out["n"] = n_total;
       out["m"] = result.m;
       out["d"] = lp.d > 0 ? nlohmann::json(lp.d) : nlohmann::json(nullptr);
-      out["options"] = {{"eps", options.eps},
-                        {"eps_relative", options.eps_relative},
-                        {"tol", result.tol},
-                        {"max_iter", options.max_iter},
-                        {"check_every", options.check_every},
-                        {"eps_init", options.eps_init == kAuto ? nlohmann::json("auto")
-                                                               : nlohmann::json(options.eps_init)},
-                        {"eps_decay", options.eps_decay},
-                        {"rho_a", options.rho_a},
-                        {"rho_b", options.rho_b},
-                        {"cost", std::string(lp.cost.present() ? "matrix" : args.cost)},
-                        {"backend", args.backend.backend}};
+      out["options"] = options_json(args, options, result.tol, lp.cost.present());
       if (!args.sample_out.empty()) out["options"]["seed"] = seed;
-      nlohmann::json pj;
-      pj["ot_eps"] = r.ot_eps;
-      pj["transport_cost"] = r.transport_cost;
-      pj["marginal_error"] = r.marginal_error;
-      pj["residual"] = r.residual;
-      pj["iterations"] = r.iterations;
-      pj["converged"] = r.converged;
-      pj["eps"] = r.eps;
-      pj["tol"] = result.tol;
-      pj["acceleration"] = r.acceleration == SinkhornAcceleration::overrelax ? "overrelax" : "none";
+      nlohmann::json pj = report_json(r, result.tol);
       out["problems"] = nlohmann::json::array({pj});
       emit_json(args.json, out);
       if (args.json.to_stdout) {

@@ -750,6 +750,41 @@ void for_each_scored_row(const SinkhornProblem& problem, const SinkhornResult& r
   }
 }
 
+/// The result a solve starts from: the warm start (or zeros) and one report per problem.
+SinkhornResult start_result(const SinkhornOptions& options, const detail::SinkhornShape& shape) {
+  const std::int64_t B = shape.batch;
+  SinkhornResult result;
+  result.backend = Backend::cpu;
+  result.device = -1;
+  result.batch = B;
+  result.n = shape.n;
+  result.m = shape.m;
+  result.d = shape.d;
+  result.f = options.f_init.empty()
+                 ? std::vector<double>(static_cast<std::size_t>(B * shape.n), 0.0)
+                 : options.f_init;
+  result.g = options.g_init.empty()
+                 ? std::vector<double>(static_cast<std::size_t>(B * shape.m), 0.0)
+                 : options.g_init;
+  result.problems.resize(static_cast<std::size_t>(B));
+  result.tol = options.tol;
+  return result;
+}
+
+/// Solves problem b of `result` in place (its potentials in result.f / result.g).
+void solve_into(SinkhornResult& result, std::int64_t b, std::int64_t n, std::int64_t m,
+                const PreparedProblem& pp, const SinkhornOptions& options, int threads,
+                SolveMonitor& monitor, const Shard& shard) {
+  const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
+  std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
+  ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, pp.sched.continuation, threads,
+                       monitor, shard);
+  result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
+  monitor.finished();
+  std::copy(f.begin(), f.end(), f0);
+  std::copy(g.begin(), g.end(), g0);
+}
+
 }  // namespace
 
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options,
@@ -764,32 +799,13 @@ SinkhornResult sinkhorn_with_dense_limit(const SinkhornProblem& problem,
   const int threads = resolve_threads(options.cpu_threads);
   const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
   const std::int64_t B = shape.batch, n = shape.n, m = shape.m;
-  SinkhornResult result;
-  result.backend = Backend::cpu;
-  result.device = -1;
-  result.batch = B;
-  result.n = n;
-  result.m = m;
-  result.d = shape.d;
-  result.f = options.f_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * n), 0.0)
-                                    : options.f_init;
-  result.g = options.g_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * m), 0.0)
-                                    : options.g_init;
-  result.problems.resize(static_cast<std::size_t>(B));
-  result.tol = options.tol;
+  SinkhornResult result = start_result(options, shape);
 
   SolveMonitor monitor(options, B);
   for_each_problem(B, n, m, threads, [&](std::int64_t b, int inner) {
     const PreparedProblem pp =
         prepare_problem(problem, shape, b, balanced, dense_limit_bytes, inner, options);
-    const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
-    std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
-    ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, pp.sched.continuation, inner,
-                         monitor);
-    result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
-    monitor.finished();
-    std::copy(f.begin(), f.end(), f0);
-    std::copy(g.begin(), g.end(), g0);
+    solve_into(result, b, n, m, pp, options, inner, monitor, {});
   });
   result.cancelled = monitor.cancelled();
   return result;
@@ -801,33 +817,14 @@ SinkhornResult sinkhorn_sharded(const Shard& shard, const SinkhornProblem& probl
   const int threads = resolve_threads(options.cpu_threads);
   const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
   const std::int64_t B = shape.batch, n = shape.n, m = shape.m;
-  SinkhornResult result;
-  result.backend = Backend::cpu;
-  result.device = -1;
-  result.batch = B;
-  result.n = n;
-  result.m = m;
-  result.d = shape.d;
-  result.f = options.f_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * n), 0.0)
-                                    : options.f_init;
-  result.g = options.g_init.empty() ? std::vector<double>(static_cast<std::size_t>(B * m), 0.0)
-                                    : options.g_init;
-  result.problems.resize(static_cast<std::size_t>(B));
-  result.tol = options.tol;
+  SinkhornResult result = start_result(options, shape);
   SolveMonitor monitor(options, B);
   // One problem after the other on every rank: the collectives of a problem's solve
   // must not interleave with another's.
   for (std::int64_t b = 0; b < B; ++b) {
     const PreparedProblem pp =
         prepare_sharded(problem, shape, b, balanced, threads, options, shard);
-    const auto f0 = result.f.begin() + b * n, g0 = result.g.begin() + b * m;
-    std::vector<double> f(f0, f0 + n), g(g0, g0 + m);
-    ProblemSolver solver(pp.p, options, pp.eps, pp.sched.start, pp.sched.continuation, threads,
-                         monitor, shard);
-    result.problems[static_cast<std::size_t>(b)] = solver.solve(f, g);
-    monitor.finished();
-    std::copy(f.begin(), f.end(), f0);
-    std::copy(g.begin(), g.end(), g0);
+    solve_into(result, b, n, m, pp, options, threads, monitor, shard);
   }
   result.cancelled = monitor.cancelled();
   return result;
