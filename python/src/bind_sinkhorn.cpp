@@ -33,8 +33,14 @@ struct BoundProblem {
   bool batched = false;  ///< x (or cost) has a batch axis: outputs keep it
 };
 
+/// `seen_from_y`: the arrays are the caller's (y, x, b, a), bound as (x, y, a, b) of the
+/// problem seen from the other side; error messages keep the caller's names.
 BoundProblem bind_problem(nb::handle x, nb::handle y, nb::handle cost, nb::handle a, nb::handle b,
-                          CostKind kind, const char* fn) {
+                          CostKind kind, const char* fn, bool seen_from_y = false) {
+  const char* nx = seen_from_y ? "y" : "x";
+  const char* ny = seen_from_y ? "x" : "y";
+  const char* na = seen_from_y ? "b" : "a";
+  const char* nw = seen_from_y ? "a" : "b";
   BoundProblem bp;
   bp.keep.reserve(5);
   if (!cost.is_none()) {
@@ -50,8 +56,8 @@ BoundProblem bind_problem(nb::handle x, nb::handle y, nb::handle cost, nb::handl
       throw otgpu::InvalidArgument(
           fmt::format("{}: needs point clouds x and y, or a cost matrix cost=", fn));
     }
-    bp.problem.x = to_view(x, "x", bp.where, bp.keep);
-    bp.problem.y = to_view(y, "y", bp.where, bp.keep);
+    bp.problem.x = to_view(x, nx, bp.where, bp.keep);
+    bp.problem.y = to_view(y, ny, bp.where, bp.keep);
     if (kind == CostKind::matrix) {
       throw otgpu::InvalidArgument(fmt::format(
           "{}: cost_kind matrix needs cost=, not point clouds (sqeuclidean or euclidean)", fn));
@@ -59,8 +65,8 @@ BoundProblem bind_problem(nb::handle x, nb::handle y, nb::handle cost, nb::handl
     bp.problem.cost_kind = kind;
     bp.batched = bp.problem.x.rank == 3;
   }
-  bp.problem.a = to_view(a, "a", bp.where, bp.keep);
-  bp.problem.b = to_view(b, "b", bp.where, bp.keep);
+  bp.problem.a = to_view(a, na, bp.where, bp.keep);
+  bp.problem.b = to_view(b, nw, bp.where, bp.keep);
   return bp;
 }
 
@@ -283,12 +289,10 @@ SinkhornResult swapped(const SinkhornResult& r) {
 
 nb::object run_derived(Derived what, nb::handle x, nb::handle y, nb::handle a, nb::handle b,
                        const PySinkhorn& res, nb::handle stream, const std::string& cost_kind) {
-  const char* fn = what == Derived::map      ? "barycentric_map"
-                   : what == Derived::grad_x ? "gradient"
-                                             : "gradient";
+  const char* fn = what == Derived::map ? "barycentric_map" : "gradient";
   const StreamArg s = read_stream(stream);
   const CostKind kind = otgpu::parse_cost_kind(cost_kind, "cost_kind");
-  BoundProblem bp = what == Derived::grad_y ? bind_problem(y, x, nb::none(), b, a, kind, fn)
+  BoundProblem bp = what == Derived::grad_y ? bind_problem(y, x, nb::none(), b, a, kind, fn, true)
                                             : bind_problem(x, y, nb::none(), a, b, kind, fn);
   const SinkhornResult* r = &res.r;
   SinkhornResult flipped;

@@ -109,6 +109,10 @@ def test_dtypes_and_array_likes(rng):
         otgpu.sinkhorn(x.astype(np.int64), y)
     with pytest.raises(TypeError, match="b: dtype float16"):
         otgpu.sinkhorn(x, y, b=np.full(24, 1 / 24, dtype=np.float16))
+    r = otgpu.sinkhorn(x, y, eps=0.2)
+    # The gradient in y binds the problem seen from y; messages keep the caller's names.
+    with pytest.raises(otgpu.DTypeError, match="^y: dtype int64"):
+        otgpu.gradient(x, y.astype(np.int64), r, wrt="y")
     lists = otgpu.sinkhorn(x.tolist(), y.tolist(), eps=0.2)
     assert lists.ot_eps == otgpu.sinkhorn(x, y, eps=0.2).ot_eps
     ro = x.copy()
