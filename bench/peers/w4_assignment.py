@@ -85,6 +85,10 @@ def main():
     ap.add_argument("--suite", choices=("quick", "full"), default="quick")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="-", help="JSON file (default: stdout)")
+    # run_peers.py's common arguments: --device cpu skips the GPU peer
+    # (torch-linear-assignment); --max-n is not used (the W4 sizes are fixed).
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--max-n", type=int, default=None)
     args = ap.parse_args()
     cases = QUICK if args.suite == "quick" else FULL
     peers = []
@@ -111,7 +115,7 @@ def main():
             tla_version = version("torch-linear-assignment")
         except Exception:  # noqa: BLE001 - the version is informative only
             pass
-        if not torch.cuda.is_available():
+        if args.device == "cpu" or not torch.cuda.is_available():
             batch_linear_assignment = None
     except ImportError:
         batch_linear_assignment = None

@@ -81,9 +81,15 @@ def median(values):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="also bs=4096 and K=64 x bs=256")
+    # run_peers.py's common arguments: --suite full is --full; the peer is CPU-only,
+    # so --device and --max-n do not change what runs.
+    ap.add_argument("--suite", choices=("quick", "full"), default="quick")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--max-n", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", help="write the JSON here instead of stdout")
     args = ap.parse_args()
+    args.full = args.full or args.suite == "full"
 
     report = {"machine": machine(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
