@@ -216,7 +216,7 @@ TEST(SinkhornAccelGpu, ProgressAndCancelOnTheAcceleratedLoop) {
   EXPECT_FALSE(r.problems[0].converged);
 }
 
-/// eps below what fp32 resolves (1.8e-4 x max|C|) is one clear error naming the range
+/// eps below what fp32 resolves (3.6e-6 x max|C|) is one clear error naming the range
 /// on the default path; the CPU (fp64) accepts the same eps.
 TEST(SinkhornAccelGpu, EpsBelowFp32ResolutionIsRejected) {
   REQUIRE_GPU();
