@@ -87,15 +87,15 @@ struct Workload {
 std::vector<Workload> all_workloads();
 
 // Registration hooks, one per source file, called by all_workloads().
-void add_roofline_workloads(std::vector<Workload>& out);  // roofline.cpp (W5)
-void add_sinkhorn_workloads(std::vector<Workload>& out);  // sinkhorn_workloads.cpp (W1, W1d, W2)
-void add_sliced_workloads(std::vector<Workload>& out);    // sliced_workloads.cpp (W3)
+void add_roofline_workloads(std::vector<Workload>& out);    // roofline.cpp (W5)
+void add_sinkhorn_workloads(std::vector<Workload>& out);    // sinkhorn_workloads.cpp (W1, W1d, W2)
+void add_sliced_workloads(std::vector<Workload>& out);      // sliced_workloads.cpp (W3)
 void add_assignment_workloads(std::vector<Workload>& out);  // assignment_workloads.cpp (W4)
-void add_latency_workloads(std::vector<Workload>& out);   // latency_workloads.cpp (L1)
-void add_solution_workloads(std::vector<Workload>& out);  // solution_workloads.cpp (TTS)
-void add_coupling_workloads(std::vector<Workload>& out);  // coupling_workloads.cpp (W4e)
-void add_dist_workloads(std::vector<Workload>& out);      // dist_workloads.cpp (W6)
-void add_mma_workloads(std::vector<Workload>& out);       // mma_workloads.cpp (W1tc)
+void add_latency_workloads(std::vector<Workload>& out);     // latency_workloads.cpp (L1)
+void add_solution_workloads(std::vector<Workload>& out);    // solution_workloads.cpp (TTS)
+void add_coupling_workloads(std::vector<Workload>& out);    // coupling_workloads.cpp (W4e)
+void add_dist_workloads(std::vector<Workload>& out);        // dist_workloads.cpp (W6)
+void add_mma_workloads(std::vector<Workload>& out);         // mma_workloads.cpp (W1tc)
 
 /// A row for work that did not run here, saying why (ctx.gpu_skip_reason()).
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,

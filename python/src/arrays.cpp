@@ -235,6 +235,49 @@ std::vector<double> opt_host_vector(nb::handle v, const char* fn, const char* na
   return out;
 }
 
+Geometry bind_geometry(nb::handle x, nb::handle y, nb::handle cost, otgpu::CostKind kind,
+                       const char* fn, const char* x_name, const char* y_name, Placement& where,
+                       std::vector<Array>& keep) {
+  Geometry g;
+  if (!cost.is_none()) {
+    if (!x.is_none() || !y.is_none()) {
+      throw otgpu::InvalidArgument(
+          fmt::format("{}: give either point clouds x and y or a cost matrix, not both", fn));
+    }
+    g.cost = to_view(cost, "cost", where, keep);
+    g.kind = otgpu::CostKind::matrix;
+    g.batched = g.cost.rank == 3;
+    return g;
+  }
+  if (x.is_none() || y.is_none()) {
+    throw otgpu::InvalidArgument(
+        fmt::format("{}: needs point clouds x and y, or a cost matrix cost=", fn));
+  }
+  if (kind == otgpu::CostKind::matrix) {
+    throw otgpu::InvalidArgument(
+        fmt::format("{}: cost_kind matrix needs cost=, not point clouds", fn));
+  }
+  g.x = to_view(x, x_name, where, keep);
+  g.y = to_view(y, y_name, where, keep);
+  g.kind = kind;
+  g.batched = g.x.rank == 3;
+  return g;
+}
+
+bool use_context(const Placement& where, bool stream_given, otgpu::Backend backend,
+                 const char* fn) {
+  if (where.any_device) {
+    if (backend == otgpu::Backend::cpu) {
+      throw otgpu::InvalidArgument(fmt::format(
+          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
+          where.device));
+    }
+    return true;
+  }
+  if (!stream_given || backend == otgpu::Backend::cpu) return false;
+  return backend == otgpu::Backend::cuda || otgpu::cuda_available();
+}
+
 int resolve_device(const Placement& where, int option_device, const char* fn) {
   if (where.any_device) {
     if (option_device >= 0 && option_device != where.device) {

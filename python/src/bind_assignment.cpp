@@ -44,26 +44,6 @@ std::uint64_t opt_seed(nb::handle v, const char* fn) {
   return static_cast<std::uint64_t>(s);
 }
 
-template <class T>
-T* device_ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);  // NOLINT: a device address handed over as an int
-}
-
-/// Where a call runs: a device array (or an explicit stream with a CUDA backend) runs
-/// on the cached context of (device, stream).
-bool use_context(const Placement& where, const StreamArg& s, Backend backend, const char* fn) {
-  if (where.any_device) {
-    if (backend == Backend::cpu) {
-      throw otgpu::InvalidArgument(fmt::format(
-          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
-          where.device));
-    }
-    return true;
-  }
-  if (!s.given || backend == Backend::cpu) return false;
-  return backend == Backend::cuda || otgpu::cuda_available();
-}
-
 // ---- assignment ----
 
 struct AssignmentArgs {
@@ -94,28 +74,12 @@ AssignmentArgs bind_assignment_args(nb::handle x, nb::handle y, nb::handle cost,
       unknown_option(fn, k);
     }
   }
-  if (!cost.is_none()) {
-    if (!x.is_none() || !y.is_none()) {
-      throw otgpu::InvalidArgument(
-          fmt::format("{}: give either point clouds x and y or a cost matrix, not both", fn));
-    }
-    a.problem.cost = to_view(cost, "cost", a.where, a.keep);
-    a.problem.cost_kind = CostKind::matrix;
-    a.batched = a.problem.cost.rank == 3;
-  } else {
-    if (x.is_none() || y.is_none()) {
-      throw otgpu::InvalidArgument(
-          fmt::format("{}: needs point clouds x and y, or a cost matrix cost=", fn));
-    }
-    if (kind == CostKind::matrix) {
-      throw otgpu::InvalidArgument(
-          fmt::format("{}: cost_kind matrix needs cost=, not point clouds", fn));
-    }
-    a.problem.x = to_view(x, "x", a.where, a.keep);
-    a.problem.y = to_view(y, "y", a.where, a.keep);
-    a.problem.cost_kind = kind;
-    a.batched = a.problem.x.rank == 3;
-  }
+  const Geometry g = bind_geometry(x, y, cost, kind, fn, "x", "y", a.where, a.keep);
+  a.problem.x = g.x;
+  a.problem.y = g.y;
+  a.problem.cost = g.cost;
+  a.problem.cost_kind = g.kind;
+  a.batched = g.batched;
   a.options.device = resolve_device(a.where, a.device, fn);
   return a;
 }
@@ -138,7 +102,7 @@ nb::dict run_assignment(nb::handle x, nb::handle y, nb::handle cost, nb::handle 
   const char* fn = "assignment";
   const StreamArg s = read_stream(stream);
   AssignmentArgs a = bind_assignment_args(x, y, cost, kw, fn);
-  const bool ctx = use_context(a.where, s, a.options.backend, fn);
+  const bool ctx = use_context(a.where, s.given, a.options.backend, fn);
   otgpu::AssignmentResult r;
   {
     nb::gil_scoped_release nogil;
@@ -266,7 +230,7 @@ nb::dict run_couple(nb::handle x0, nb::handle x1, nb::handle stream, const nb::k
   const char* fn = "couple";
   const StreamArg s = read_stream(stream);
   CoupleArgs c = bind_couple_args(x0, x1, kw, fn);
-  const bool ctx = use_context(c.where, s, c.options.backend, fn);
+  const bool ctx = use_context(c.where, s.given, c.options.backend, fn);
   otgpu::CouplingResult r;
   {
     nb::gil_scoped_release nogil;

@@ -43,28 +43,12 @@ BoundProblem bind_problem(nb::handle x, nb::handle y, nb::handle cost, nb::handl
   const char* nw = seen_from_y ? "a" : "b";
   BoundProblem bp;
   bp.keep.reserve(5);
-  if (!cost.is_none()) {
-    if (!x.is_none() || !y.is_none()) {
-      throw otgpu::InvalidArgument(
-          fmt::format("{}: give either point clouds x and y or a cost matrix, not both", fn));
-    }
-    bp.problem.cost = to_view(cost, "cost", bp.where, bp.keep);
-    bp.problem.cost_kind = CostKind::matrix;
-    bp.batched = bp.problem.cost.rank == 3;
-  } else {
-    if (x.is_none() || y.is_none()) {
-      throw otgpu::InvalidArgument(
-          fmt::format("{}: needs point clouds x and y, or a cost matrix cost=", fn));
-    }
-    bp.problem.x = to_view(x, nx, bp.where, bp.keep);
-    bp.problem.y = to_view(y, ny, bp.where, bp.keep);
-    if (kind == CostKind::matrix) {
-      throw otgpu::InvalidArgument(fmt::format(
-          "{}: cost_kind matrix needs cost=, not point clouds (sqeuclidean or euclidean)", fn));
-    }
-    bp.problem.cost_kind = kind;
-    bp.batched = bp.problem.x.rank == 3;
-  }
+  const Geometry g = bind_geometry(x, y, cost, kind, fn, nx, ny, bp.where, bp.keep);
+  bp.problem.x = g.x;
+  bp.problem.y = g.y;
+  bp.problem.cost = g.cost;
+  bp.problem.cost_kind = g.kind;
+  bp.batched = g.batched;
   bp.problem.a = to_view(a, na, bp.where, bp.keep);
   bp.problem.b = to_view(b, nw, bp.where, bp.keep);
   return bp;
@@ -159,19 +143,6 @@ ParsedOptions parse_options(const nb::kwargs& kw, const char* fn) {
     }
   }
   return p;
-}
-
-bool use_context(const Placement& where, bool stream_given, Backend backend, const char* fn) {
-  if (where.any_device) {
-    if (backend == Backend::cpu) {
-      throw otgpu::InvalidArgument(fmt::format(
-          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
-          where.device));
-    }
-    return true;
-  }
-  if (!stream_given || backend == Backend::cpu) return false;
-  return backend == Backend::cuda || otgpu::cuda_available();
 }
 
 const char* acceleration_name(otgpu::SinkhornAcceleration a) {
@@ -375,11 +346,6 @@ nb::object run_divergence(nb::handle x, nb::handle y, nb::handle a, nb::handle b
 // The Python layer allocates every output with the caller's framework on the inputs'
 // device and passes the raw device pointers (data_ptr() / .data.ptr) as ints; these
 // functions only enqueue work on the cached context of (device, stream) and return.
-
-template <class T>
-T* device_ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);  // NOLINT: a device address handed over as an int
-}
 
 /// The options of an async call: the sinkhorn options without progress (a host
 /// callback needs host checks, which the async path has none of).

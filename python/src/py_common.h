@@ -44,6 +44,29 @@ struct Placement {
 otgpu::TensorView to_view(nb::handle obj, const char* name, Placement& where,
                           std::vector<Array>& keep);
 
+/// The geometry of one call: a cost matrix `cost` (kind matrix), or point clouds x and
+/// y with the point cost `kind`. `x_name`/`y_name` are the caller's names of x and y
+/// (messages). `batched`: the first array has a batch axis (outputs keep it).
+struct Geometry {
+  otgpu::TensorView x, y, cost;
+  otgpu::CostKind kind = otgpu::CostKind::sqeuclidean;
+  bool batched = false;
+};
+Geometry bind_geometry(nb::handle x, nb::handle y, nb::handle cost, otgpu::CostKind kind,
+                       const char* fn, const char* x_name, const char* y_name, Placement& where,
+                       std::vector<Array>& keep);
+
+/// Whether a call runs on the cached context of (device, stream): device arrays do
+/// (backend cpu cannot read them: InvalidArgument), and so does an explicit stream with
+/// a CUDA backend (or automatic with a GPU present).
+bool use_context(const Placement& where, bool stream_given, otgpu::Backend backend, const char* fn);
+
+/// A device address handed over from Python as an int (data_ptr(), .data.ptr).
+template <class T>
+T* device_ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);  // NOLINT: an address the framework gave us
+}
+
 /// A NumPy array owning `values`, with `shape` (its product must be values.size()),
 /// as float32 when `float32` (a converted copy), else float64 (the vector itself).
 nb::object to_numpy(std::vector<double>&& values, std::initializer_list<std::size_t> shape,
