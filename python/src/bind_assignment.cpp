@@ -17,7 +17,6 @@
 namespace otgpu_py {
 namespace {
 
-using otgpu::Backend;
 using otgpu::CostKind;
 
 bool is_int(nb::handle v) { return PyLong_Check(v.ptr()) && !PyBool_Check(v.ptr()); }

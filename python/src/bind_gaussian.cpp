@@ -8,8 +8,6 @@
 namespace otgpu_py {
 namespace {
 
-using otgpu::Backend;
-
 nb::dict run_gaussian(nb::handle mean1, nb::handle cov1, nb::handle mean2, nb::handle cov2,
                       double eps, bool want_map, const std::string& backend, int device_opt,
                       nb::handle stream) {
@@ -27,17 +25,7 @@ nb::dict run_gaussian(nb::handle mean1, nb::handle cov1, nb::handle mean2, nb::h
   o.want_map = want_map;
   o.backend = otgpu::parse_backend(backend);
   o.device = resolve_device(where, device_opt, fn);
-  bool ctx = false;
-  if (where.any_device) {
-    if (o.backend == Backend::cpu) {
-      throw otgpu::InvalidArgument(fmt::format(
-          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
-          where.device));
-    }
-    ctx = true;
-  } else if (s.given && o.backend != Backend::cpu) {
-    ctx = o.backend == Backend::cuda || otgpu::cuda_available();
-  }
+  const bool ctx = use_context(where, s.given, o.backend, fn);
   otgpu::GaussianOTResult r;
   {
     nb::gil_scoped_release nogil;

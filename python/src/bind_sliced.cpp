@@ -70,17 +70,7 @@ nb::dict run_sliced(nb::handle x, nb::handle y, nb::handle a, nb::handle b, nb::
   prob.b = to_view(b, "b", where, keep);
   o.directions = to_view(directions, "directions", where, keep);
   o.device = resolve_device(where, device, fn);
-  bool ctx = false;
-  if (where.any_device) {
-    if (o.backend == Backend::cpu) {
-      throw otgpu::InvalidArgument(fmt::format(
-          "{}: backend cpu cannot read device memory (the inputs are on CUDA device {})", fn,
-          where.device));
-    }
-    ctx = true;
-  } else if (s.given && o.backend != Backend::cpu) {
-    ctx = o.backend == Backend::cuda || otgpu::cuda_available();
-  }
+  const bool ctx = use_context(where, s.given, o.backend, fn);
   otgpu::SlicedResult r;
   {
     nb::gil_scoped_release nogil;
