@@ -298,26 +298,45 @@ std::uint64_t bits(T v) {
   return out;
 }
 
-/// Everything a period graph bakes in: sizes, options, splits and pointers.
+/// Everything a period graph bakes in: sizes, options, splits, pointers and which
+/// half-step kernels the captured launches chose (tensor cores and their precision).
 std::vector<std::uint64_t> graph_key(const DeviceSolve& d, const SinkhornOptions& o, int mode,
                                      int t_limit) {
-  return {bits(mode),        bits(d.B),
-          bits(d.n),         bits(d.m),
-          bits(d.dp),        bits(static_cast<int>(d.cost)),
-          bits(d.K),         bits(o.check_every),
-          bits(o.tol),       bits(t_limit),
-          bits(d.f_splits),  bits(d.g_splits),
-          bits(d.X),         bits(d.Y),
-          bits(d.C),         bits(d.logA),
-          bits(d.logB),      bits(d.a),
-          bits(d.F),         bits(d.G),
-          bits(d.Ft),        bits(d.eps_tab),
-          bits(d.lam_a_tab), bits(d.lam_b_tab),
-          bits(d.active),    bits(d.iters),
-          bits(d.res),       bits(d.count),
-          bits(d.col_ws),    bits(d.col_ws_bytes),
-          bits(d.partials),  bits(d.partials_floats),
-          bits(d.loop)};
+  return {bits(mode),
+          bits(d.B),
+          bits(d.n),
+          bits(d.m),
+          bits(d.dp),
+          bits(static_cast<int>(d.cost)),
+          bits(d.K),
+          bits(o.check_every),
+          bits(o.tol),
+          bits(t_limit),
+          bits(d.f_splits),
+          bits(d.g_splits),
+          bits(d.X),
+          bits(d.Y),
+          bits(d.C),
+          bits(d.logA),
+          bits(d.logB),
+          bits(d.a),
+          bits(d.F),
+          bits(d.G),
+          bits(d.Ft),
+          bits(d.eps_tab),
+          bits(d.lam_a_tab),
+          bits(d.lam_b_tab),
+          bits(d.active),
+          bits(d.iters),
+          bits(d.res),
+          bits(d.count),
+          bits(d.col_ws),
+          bits(d.col_ws_bytes),
+          bits(d.partials),
+          bits(d.partials_floats),
+          bits(d.loop),
+          bits(d.tensor_cores),
+          bits(static_cast<int>(d.precision))};
 }
 
 /// Records fn's launches on the capture stream into `graph` (nullptr: a new graph,
@@ -442,12 +461,13 @@ GraphEntry& looped_graph(LoopCache& cache, const DeviceSolve& d, const SinkhornO
 }
 #endif
 
+/// Launches e.exec and records e.done behind it at once, so that install() waits for
+/// this launch even when the caller leaves (an exception of poll) before the loop ends.
 void launch(GraphEntry& e, cudaStream_t s) {
   OTGPU_CUDA_CHECK(cudaGraphLaunch(e.exec, s));
   e.launched = true;
+  OTGPU_CUDA_CHECK(cudaEventRecord(e.done, s));
 }
-
-void finish(GraphEntry& e, cudaStream_t s) { OTGPU_CUDA_CHECK(cudaEventRecord(e.done, s)); }
 
 }  // namespace
 
@@ -649,7 +669,6 @@ void enqueue_iterations(const DeviceSolve& d, const SinkhornOptions& o, int devi
   } else {
     launch(*entry, s);  // the device runs the periods while problems are active
   }
-  finish(*entry, s);
   if (!stopped) (void)plain_iterations(d, o, t_limit, o.max_iter, true, s, poller);
   stop_unfinished(d, poller, s);
   planner::set_last_loop_strategy(strategy);
