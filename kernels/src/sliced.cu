@@ -205,8 +205,12 @@ __global__ void __launch_bounds__(kThreads)
 
 /// Order-preserving map of an fp32 key to 32 unsigned bits: flip all bits of a
 /// negative number (larger magnitude sorts first), only the sign bit of a positive one.
+/// -0 is mapped as +0 first: the two compare equal, so the CPU reference orders them
+/// by index (a tie), while their bit patterns would put every -0 before every +0 and
+/// hand a tied point's quantile pieces (and gradient) to the other point.
 __device__ __forceinline__ std::uint32_t float_order_bits(float f) {
-  const std::uint32_t u = __float_as_uint(f);
+  const std::uint32_t bits = __float_as_uint(f);
+  const std::uint32_t u = bits == 0x80000000u ? 0u : bits;  // on the bits: no fast-math fold
   return u ^ ((u >> 31) != 0u ? 0xffffffffu : 0x80000000u);
 }
 
