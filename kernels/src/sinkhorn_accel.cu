@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "otgpu/detail/accel.h"
+#include "otgpu/detail/eps_continuation.h"
 #include "otgpu_kernels/sinkhorn_accel.h"
 #include "sinkhorn_kernel_util.cuh"
 
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 __global__ void __launch_bounds__(kBlock)
-    overrelax_rule_kernel(const double* __restrict__ residual, int period,
+    overrelax_rule_kernel(const double* __restrict__ residual, int period, double tol,
+                          const float* __restrict__ eps_cur, const float* __restrict__ eps_target,
                           const int* __restrict__ active, double* __restrict__ omega,
                           double* __restrict__ prev_residual, double* __restrict__ prev_rate,
                           int* __restrict__ failures, int* __restrict__ restore, std::int64_t B) {
@@ -71,8 +73,8 @@ __global__ void __launch_bounds__(kBlock)
   s.prev_residual = prev_residual[b];
   s.prev_rate = prev_rate[b];
   s.failures = failures[b];
-  restore[b] =
-      otgpu::detail::overrelax_check(s, residual[b], period) == otgpu::detail::kOverrelaxRestore;
+  const bool at_target = eps_cur == nullptr || !(eps_cur[b] > eps_target[b]);
+  restore[b] = otgpu::detail::overrelax_rule_step(s, residual[b], period, at_target, tol) ? 1 : 0;
   omega[b] = s.omega;
   prev_residual[b] = s.prev_residual;
   prev_rate[b] = s.prev_rate;
@@ -114,12 +116,16 @@ void sinkhorn_symmetric_average(float* F, const float* Ft, const int* active, st
   OTGPU_LAUNCH_CHECK();
 }
 
-void sinkhorn_overrelax_rule(const double* residual, int period, const int* active, double* omega,
+void sinkhorn_overrelax_rule(const double* residual, int period, double tol, const float* eps_cur,
+                             const float* eps_target, const int* active, double* omega,
                              double* prev_residual, double* prev_rate, int* failures, int* restore,
                              std::int64_t B, cudaStream_t stream) {
   if (B <= 0) return;
-  overrelax_rule_kernel<<<blocks_for(B), kBlock, 0, stream>>>(
-      residual, period, active, omega, prev_residual, prev_rate, failures, restore, B);
+  // One thread per problem, no stride: every problem needs its own block slot.
+  const auto blocks = static_cast<unsigned>((B + kBlock - 1) / kBlock);
+  overrelax_rule_kernel<<<blocks, kBlock, 0, stream>>>(residual, period, tol, eps_cur, eps_target,
+                                                       active, omega, prev_residual, prev_rate,
+                                                       failures, restore, B);
   OTGPU_LAUNCH_CHECK();
 }
 

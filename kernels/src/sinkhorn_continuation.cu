@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include "otgpu/detail/eps_continuation.h"
-#include "otgpu/detail/math.h"
 #include "otgpu_kernels/sinkhorn_continuation.h"
 #include "sinkhorn_kernel_util.cuh"
 
@@ -87,17 +86,14 @@ __global__ void continuation_init_kernel(const float* __restrict__ eps_target,
                                          std::int64_t B) {
   const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (b >= B) return;
-  const double eps = eps_target[b];
-  const double spread =
-      static_cast<double>(decode(range[2 * b + 1])) - static_cast<double>(decode(range[2 * b]));
-  const double start = otgpu::detail::eps_continuation_start(eps, spread);
-  const float e = start > 0.0 ? static_cast<float>(start) : eps_target[b];
-  // A start that rounds to eps in fp32 is no schedule.
-  if (e > eps_target[b]) atomicAdd(scaling_count, 1);
-  eps_cur[b] = e;
-  lam_a[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_a, e));
-  lam_b[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_b, e));
-  level_iters[b] = 0;
+  otgpu::detail::EpsLevelF32 s;
+  if (otgpu::detail::eps_level_start_f32(s, eps_target[b], decode(range[2 * b]),
+                                         decode(range[2 * b + 1]), rho_a, rho_b))
+    atomicAdd(scaling_count, 1);
+  eps_cur[b] = s.eps_cur;
+  lam_a[b] = s.lam_a;
+  lam_b[b] = s.lam_b;
+  level_iters[b] = s.level_iters;
 }
 
 __global__ void continuation_step_kernel(const double* __restrict__ residual,
@@ -110,23 +106,20 @@ __global__ void continuation_step_kernel(const double* __restrict__ residual,
                                          int* levels_left, std::int64_t B) {
   const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (b >= B || active[b] == 0) return;
-  // eps_t in fp32 as the kernels use it; the decision in double, as on the host.
-  otgpu::detail::EpsLevel s{static_cast<double>(eps_cur[b]), level_iters[b]};
-  const int action = otgpu::detail::eps_continuation_check(
-      s, static_cast<double>(eps_target[b]), decay, residual[b], tol, check_every, iteration);
-  level_iters[b] = s.iters;
-  if (action == otgpu::detail::kEpsNextLevel) {
-    const float e = static_cast<float>(s.eps_t);
-    eps_cur[b] = e > eps_target[b] ? e : eps_target[b];
-    lam_a[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_a, eps_cur[b]));
-    lam_b[b] = static_cast<float>(otgpu::detail::unbalanced_lambda(rho_b, eps_cur[b]));
-  } else if (action == otgpu::detail::kEpsRetire) {
+  otgpu::detail::EpsLevelF32 s{eps_cur[b], lam_a[b], lam_b[b], level_iters[b]};
+  const int action = otgpu::detail::eps_level_step_f32(s, eps_target[b], decay, residual[b], tol,
+                                                       check_every, iteration, rho_a, rho_b);
+  eps_cur[b] = s.eps_cur;
+  lam_a[b] = s.lam_a;
+  lam_b[b] = s.lam_b;
+  level_iters[b] = s.level_iters;
+  if (action == otgpu::detail::kEpsRetire) {
     active[b] = 0;
     iterations[b] = iteration;
     atomicSub(active_count, 1);
     return;
   }
-  if (levels_left != nullptr && eps_cur[b] > eps_target[b]) atomicAdd(levels_left, 1);
+  if (levels_left != nullptr && s.eps_cur > eps_target[b]) atomicAdd(levels_left, 1);
 }
 
 __global__ void overrelax_init_kernel(double* omega, double* prev_residual, double* prev_rate,

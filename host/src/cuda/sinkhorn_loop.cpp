@@ -149,20 +149,49 @@ void copy_floats(float* dst, const float* src, std::int64_t count, cudaStream_t 
                                    cudaMemcpyDeviceToDevice, s));
 }
 
-/// Phase A, the eps continuation (eps_init kAuto): every problem starts at
-/// eps_continuation_start of its eps and cost spread (kernels::continuation_init);
-/// each iteration checks at each problem's eps_t (retiring nothing: tol -1) and
-/// kernels::continuation_step moves a level on (detail::eps_level_step) or, at eps
-/// and at a check iteration, retires a converged problem. The phase lasts at most
-/// detail::eps_continuation_max_iters(decay) iterations (every problem is at eps by
-/// then), ends at the first multiple of kEpsLevelMaxIters where no active problem is
-/// above eps, and is skipped when no problem scales (one read-back decides).
-/// Returns the next iteration; sets *stopped when the poller saw the end.
-int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
-                       Poller* poller, bool* stopped) {
+/// The relaxation rule at a check (kernels::sinkhorn_overrelax_rule: only problems at
+/// their target eps that did not converge; eps_cur nullptr: every problem is at its
+/// target) and the commit: accepted -> (F, G, Ft) saved as the restore point;
+/// rejected -> restored from it.
+void relax_check(const DeviceSolve& d, const SinkhornOptions& o, const float* eps_cur,
+                 cudaStream_t s) {
   const AccelArrays& a = d.acc;
-  if (o.eps_init != kAuto) return 0;
-  if (!continuation_scales(d, o, s)) return 0;
+  kernels::sinkhorn_overrelax_rule(d.res, o.check_every, o.tol, eps_cur, d.eps_target(), d.active,
+                                   a.omega, a.prev_res, a.prev_rate, a.failures, a.restore, d.B, s);
+  kernels::sinkhorn_overrelax_commit(d.F, d.G, a.F_saved, a.G_saved, a.restore, d.active, d.B, d.n,
+                                     d.m, s);
+  kernels::sinkhorn_overrelax_commit(d.Ft, nullptr, a.Ft_saved, nullptr, a.restore, d.active, d.B,
+                                     d.n, 0, s);
+}
+
+/// The accelerated synchronous loop, in the CPU reference's order iteration for
+/// iteration (cpu_sinkhorn.cpp, ProblemSolver::solve), every decision per problem on
+/// the device by the shared rules (otgpu/detail/eps_continuation.h, accel.h):
+///   - levels (eps_init kAuto, while some problem may be above eps): each problem
+///     iterates at its own eps_t (the eps_cur / lambda tables of
+///     kernels::continuation_init), every iteration checks at eps_t (retiring nothing:
+///     tol -1), then at check iterations the relaxation rule of the problems at eps
+///     (before the level step: a problem whose level ends at t was not at eps during
+///     t, as on the CPU) and kernels::continuation_step (next level, or at eps and at
+///     a check iteration, retirement). The host reads how many problems are above
+///     eps every kEpsLevelMaxIters iterations (no level lasts longer) and leaves this
+///     part once none is; it lasts at most detail::eps_continuation_max_iters;
+///   - then the target tables (plain during an explicit geometric schedule, t < K),
+///     the check at check iterations retiring converged problems, then the rule.
+/// Over-relaxation (acceleration overrelax, checks on): F_prev = F; F = f-update (or
+/// lambda_a Ft after a check at the target); F = (1-w) F_prev + w F; G likewise,
+/// except a plain G at a check iteration and at the last iteration. A problem at a
+/// level has w = 1 (the rule never ran for it). The rule's period is check_every: the
+/// first check at eps only records its residual (OverrelaxState::prev_residual < 0), and
+/// every later one comes check_every iterations after the previous.
+void accel_iterations(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
+                      Poller* poller) {
+  const AccelArrays& a = d.acc;
+  const int ce = o.check_every;
+  const bool relax = o.acceleration == SinkhornAcceleration::overrelax && ce > 0;
+  int levels_end = 0;
+  if (o.eps_init == kAuto && continuation_scales(d, o, s))
+    levels_end = std::min(o.max_iter, detail::eps_continuation_max_iters(o.eps_decay));
   // The same loop pieces, with the per-problem level eps as the only table row.
   DeviceSolve lv = d;
   lv.K = 0;
@@ -171,83 +200,48 @@ int continuation_phase(const DeviceSolve& d, const SinkhornOptions& o, cudaStrea
   lv.lam_b_tab = a.lam_b_cur;
   SinkhornOptions no_retire = o;
   no_retire.tol = -1.0;
-  const int phase = std::min(o.max_iter, detail::eps_continuation_max_iters(o.eps_decay));
-  for (int t = 0; t < phase; ++t) {
-    // Every kEpsLevelMaxIters iterations (no level lasts longer) the host reads how many
-    // problems are still above eps, synchronously (a handful of reads per solve), and
-    // ends the phase once none is: problems at eps then over-relax.
-    const bool count_levels = (t + 1) % detail::kEpsLevelMaxIters == 0;
-    enqueue_iteration(lv, t, false, s);
-    enqueue_check(lv, no_retire, nullptr, t + 1, s);
-    kernels::continuation_step(d.res, d.eps_target(), o.tol, o.check_every, t + 1, o.eps_decay,
-                               o.rho_a, o.rho_b, d.active, d.iters, d.count, a.eps_cur, a.lam_a_cur,
-                               a.lam_b_cur, a.level_iters, count_levels ? a.scaling : nullptr, d.B,
-                               s);
-    if (o.check_every > 0 && (t + 1) % o.check_every == 0 && poll(d, o, t + 1, poller, s)) {
-      *stopped = true;
-      return t + 1;
-    }
-    if (count_levels) {
-      int left = 0;
-      OTGPU_CUDA_CHECK(cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
-      OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
-      if (left == 0) return t + 1;
-    }
+  if (relax) {
+    kernels::overrelax_state_init(a.omega, a.prev_res, a.prev_rate, a.failures, a.restore, d.B, s);
+    poller->relaxed = true;
   }
-  return phase;
-}
-
-/// Phase B from iteration t_begin: over-relaxed iterations at the target eps
-/// (plain during an explicit geometric schedule, t < K), the CPU reference's order:
-///   F_prev = F; F = f-update (or lambda_a Ft after a check); F = (1-w) F_prev + w F;
-///   G likewise, except a plain G at a check iteration and at the last iteration;
-///   at a check: the residual (retiring converged problems), then per active problem
-///   detail::overrelax_check (kernels::sinkhorn_overrelax_rule) and the commit:
-///   accepted -> (F, G, Ft) saved as the restore point; rejected -> restored from it.
-void relaxed_phase(const DeviceSolve& d, const SinkhornOptions& o, int t_begin, cudaStream_t s,
-                   Poller* poller) {
-  const AccelArrays& a = d.acc;
-  const int ce = o.check_every;
-  kernels::overrelax_state_init(a.omega, a.prev_res, a.prev_rate, a.failures, a.restore, d.B, s);
-  poller->relaxed = true;
   bool after_check = false;
-  int last_check = std::max(t_begin, d.K);
-  for (int t = t_begin; t < o.max_iter; ++t) {
-    const bool at_target = t >= d.K;
-    const bool check_now = ce > 0 && (t + 1) % ce == 0 && at_target;
-    const bool last = t + 1 == o.max_iter;
-    const bool relax_g = at_target && !check_now && !last;
-    if (at_target) copy_floats(a.F_prev, d.F, d.B * d.n, s);
-    enqueue_f_half(d, t, after_check, s);
-    if (at_target) kernels::sinkhorn_overrelax(d.F, a.F_prev, a.omega, d.active, d.B, d.n, s);
+  for (int t = 0; t < o.max_iter; ++t) {
+    const bool levels = t < levels_end;
+    const DeviceSolve& cur = levels ? lv : d;
+    const bool check_now = ce > 0 && (t + 1) % ce == 0 && t >= d.K;
+    const bool relax_f = relax && t >= d.K;
+    const bool relax_g = relax_f && !check_now && t + 1 != o.max_iter;
+    if (relax_f) copy_floats(a.F_prev, d.F, d.B * d.n, s);
+    enqueue_f_half(cur, t, after_check, s);
+    if (relax_f) kernels::sinkhorn_overrelax(d.F, a.F_prev, a.omega, d.active, d.B, d.n, s);
     if (relax_g) copy_floats(a.G_prev, d.G, d.B * d.m, s);
-    enqueue_g_half(d, t, s);
+    enqueue_g_half(cur, t, s);
     if (relax_g) kernels::sinkhorn_overrelax(d.G, a.G_prev, a.omega, d.active, d.B, d.m, s);
+    if (levels) {
+      after_check = false;  // the check ran at each problem's eps_t: no reuse
+      const bool count_levels = (t + 1) % detail::kEpsLevelMaxIters == 0;
+      enqueue_check(lv, no_retire, nullptr, t + 1, s);
+      if (relax && check_now) relax_check(d, o, a.eps_cur, s);
+      kernels::continuation_step(d.res, d.eps_target(), o.tol, ce, t + 1, o.eps_decay, o.rho_a,
+                                 o.rho_b, d.active, d.iters, d.count, a.eps_cur, a.lam_a_cur,
+                                 a.lam_b_cur, a.level_iters, count_levels ? a.scaling : nullptr,
+                                 d.B, s);
+      if (check_now && poll(d, o, t + 1, poller, s)) return;
+      if (count_levels) {
+        // Synchronous, a handful of times per solve.
+        int left = 0;
+        OTGPU_CUDA_CHECK(
+            cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
+        OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+        if (left == 0) levels_end = t + 1;
+      }
+      continue;
+    }
     after_check = check_now;
     if (!check_now) continue;
     enqueue_check(d, o, nullptr, t + 1, s);
-    kernels::sinkhorn_overrelax_rule(d.res, t + 1 - last_check, d.active, a.omega, a.prev_res,
-                                     a.prev_rate, a.failures, a.restore, d.B, s);
-    kernels::sinkhorn_overrelax_commit(d.F, d.G, a.F_saved, a.G_saved, a.restore, d.active, d.B,
-                                       d.n, d.m, s);
-    kernels::sinkhorn_overrelax_commit(d.Ft, nullptr, a.Ft_saved, nullptr, a.restore, d.active, d.B,
-                                       d.n, 0, s);
-    last_check = t + 1;
+    if (relax) relax_check(d, o, nullptr, s);
     if (poll(d, o, t + 1, poller, s)) return;
-  }
-}
-
-/// The accelerated synchronous loop: phase A (continuation) then phase B (relaxed, or
-/// plain launches when over-relaxation is off).
-void accel_iterations(const DeviceSolve& d, const SinkhornOptions& o, cudaStream_t s,
-                      Poller* poller) {
-  bool stopped = false;
-  const int t = continuation_phase(d, o, s, poller, &stopped);
-  if (stopped) return;
-  if (o.acceleration == SinkhornAcceleration::overrelax && o.check_every > 0) {
-    relaxed_phase(d, o, t, s, poller);
-  } else {
-    (void)plain_iterations(d, o, t, o.max_iter, false, s, poller);
   }
 }
 

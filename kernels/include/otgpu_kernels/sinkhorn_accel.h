@@ -19,8 +19,8 @@
 //      CPU)
 //   at a check, after loop_check_residual (sinkhorn_loop.h) wrote residual[b] and retired the
 //   converged problems:
-//     sinkhorn_overrelax_rule(residual, K, active, omega, prev_residual, prev_rate,
-//                             failures, restore)
+//     sinkhorn_overrelax_rule(residual, K, tol, eps_cur, eps_target, active, omega,
+//                             prev_residual, prev_rate, failures, restore)
 //     sinkhorn_overrelax_commit(F, G, F_saved, G_saved, restore, active)
 //   then the next f-update must start from the (possibly restored) G: a check's
 //   reused f-update (Ft) is stale for restored problems, so recompute it for them or
@@ -54,11 +54,14 @@ void sinkhorn_overrelax(float* F, const float* F_old, const double* omega, const
 void sinkhorn_symmetric_average(float* F, const float* Ft, const int* active, std::int64_t B,
                                 std::int64_t n, cudaStream_t stream);
 
-/// detail::overrelax_check for every problem with active[b] != 0, on residual[b] after
-/// `period` iterations: updates omega, prev_residual, prev_rate, failures [B] and
-/// writes restore[b] = 1 when the period is rejected (0 otherwise, and for inactive
-/// problems).
-void sinkhorn_overrelax_rule(const double* residual, int period, const int* active, double* omega,
+/// detail::overrelax_rule_step for every problem with active[b] != 0, on residual[b]
+/// after `period` iterations: the rule runs for a problem at its target eps
+/// (eps_cur == nullptr: every problem; else eps_cur[b] <= eps_target[b]) whose
+/// residual is above tol; it updates omega, prev_residual, prev_rate, failures [B] and
+/// writes restore[b] = 1 when the period is rejected (0 otherwise, and for inactive,
+/// converged or still-scaling problems).
+void sinkhorn_overrelax_rule(const double* residual, int period, double tol, const float* eps_cur,
+                             const float* eps_target, const int* active, double* omega,
                              double* prev_residual, double* prev_rate, int* failures, int* restore,
                              std::int64_t B, cudaStream_t stream);
 

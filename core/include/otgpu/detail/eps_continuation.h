@@ -13,6 +13,7 @@
 
 #include "otgpu/config.h"
 #include "otgpu/detail/accel.h"
+#include "otgpu/detail/math.h"
 
 namespace otgpu::detail {
 
@@ -76,6 +77,76 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int eps_continuation_max_iters(double decay)
   int levels = 0;
   for (double r = kEpsContinuationFactor; r > 1.0; r *= decay) ++levels;
   return (levels + 1) * kEpsLevelMaxIters;
+}
+
+// ---- the CUDA driver's per-problem state and decisions, exactly as its kernels run them ----
+//
+// The kernels of kernels/src/sinkhorn_continuation.cu and sinkhorn_accel.cu are one
+// thread per problem calling these; tests/test_loop_decisions.cpp calls the same
+// functions on the host and replays the accelerated loop against the CPU reference.
+
+/// One problem's continuation state on the device: the level's eps_t and the lambdas of
+/// the half-steps at it, in fp32 (the kernels' tables), and the iterations run there.
+struct EpsLevelF32 {
+  float eps_cur = 0.0f;
+  float lam_a = 1.0f;
+  float lam_b = 1.0f;
+  int level_iters = 0;
+};
+
+/// The lambdas of a level at eps_t, rounded to fp32 once (unbalanced_lambda in double).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE void eps_level_lambdas(EpsLevelF32& s, double rho_a,
+                                                           double rho_b) {
+  s.lam_a = static_cast<float>(unbalanced_lambda(rho_a, static_cast<double>(s.eps_cur)));
+  s.lam_b = static_cast<float>(unbalanced_lambda(rho_b, static_cast<double>(s.eps_cur)));
+}
+
+/// The start of one problem (kernels::continuation_init): eps_cur =
+/// eps_continuation_start(eps, cmax - cmin) rounded to fp32 when it is > 0, else eps;
+/// the lambdas at eps_cur; no iteration at the level yet. True when the problem scales
+/// (a start that rounds to eps in fp32 is no schedule). cmin, cmax: its fp32 cost range.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE bool eps_level_start_f32(EpsLevelF32& s, float eps_target,
+                                                             float cmin, float cmax, double rho_a,
+                                                             double rho_b) {
+  const double spread = static_cast<double>(cmax) - static_cast<double>(cmin);
+  const double start = eps_continuation_start(static_cast<double>(eps_target), spread);
+  s.eps_cur = start > 0.0 ? static_cast<float>(start) : eps_target;
+  if (!(s.eps_cur > eps_target)) s.eps_cur = eps_target;
+  s.level_iters = 0;
+  eps_level_lambdas(s, rho_a, rho_b);
+  return s.eps_cur > eps_target;
+}
+
+/// One step of one active problem after iteration `iteration` (1-based)
+/// (kernels::continuation_step): eps_continuation_check in double on the fp32 eps_t,
+/// a new level stored in fp32 (never below eps_target) with its lambdas.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int eps_level_step_f32(EpsLevelF32& s, float eps_target,
+                                                           double decay, double residual,
+                                                           double tol, int check_every,
+                                                           int iteration, double rho_a,
+                                                           double rho_b) {
+  EpsLevel level{static_cast<double>(s.eps_cur), s.level_iters};
+  const int action = eps_continuation_check(level, static_cast<double>(eps_target), decay, residual,
+                                            tol, check_every, iteration);
+  s.level_iters = level.iters;
+  if (action == kEpsNextLevel) {
+    const float e = static_cast<float>(level.eps_t);
+    s.eps_cur = e > eps_target ? e : eps_target;
+    eps_level_lambdas(s, rho_a, rho_b);
+  }
+  return action;
+}
+
+/// The over-relaxation rule of one active problem at a check of the CUDA loop
+/// (kernels::sinkhorn_overrelax_rule): overrelax_check on the check's residual, only
+/// for a problem at its target eps whose residual did not converge (a converged
+/// problem retires, a problem at a level is not relaxed: the CPU runs the rule at
+/// neither). True when the period is rejected (restore the saved point).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE bool overrelax_rule_step(OverrelaxState& s, double residual,
+                                                             int period, bool at_target,
+                                                             double tol) {
+  if (!at_target || residual <= tol) return false;
+  return overrelax_check(s, residual, period) == kOverrelaxRestore;
 }
 
 }  // namespace otgpu::detail
