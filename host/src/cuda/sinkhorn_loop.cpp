@@ -230,8 +230,7 @@ void accel_iterations(const DeviceSolve& d, const SinkhornOptions& o, cudaStream
       if (count_levels) {
         // Synchronous, a handful of times per solve.
         int left = 0;
-        OTGPU_CUDA_CHECK(
-            cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
+        OTGPU_CUDA_CHECK(cudaMemcpyAsync(&left, a.scaling, sizeof(int), cudaMemcpyDeviceToHost, s));
         OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
         if (left == 0) levels_end = t + 1;
       }
