@@ -89,6 +89,23 @@ TEST(EpsContinuation, PhaseBoundCoversEveryHistory) {
   EXPECT_EQ(eps_continuation_max_iters(1.0), 0);
 }
 
+TEST(EpsContinuation, PhaseBoundOfADecayNearOneFitsAnInt) {
+  // Validation accepts any decay in (0, 1): 1 - 1e-12 has ~7e12 levels. The bound
+  // saturates at the largest multiple of kEpsLevelMaxIters an int holds (max_iter caps
+  // the phase) instead of overflowing int after a loop of 7e12 steps.
+  const int k = otgpu::detail::kEpsLevelMaxIters;
+  for (double decay : {1.0 - 1e-6, 1.0 - 1e-9, 1.0 - 1e-12, 0.99999999999999989}) {
+    SCOPED_TRACE(decay);
+    const int bound = eps_continuation_max_iters(decay);
+    EXPECT_GT(bound, 0);
+    EXPECT_EQ(bound % k, 0);
+    EXPECT_LE(static_cast<long long>(bound), 2147483647LL);
+  }
+  EXPECT_EQ(eps_continuation_max_iters(1.0 - 1e-12), (2147483647 / k) * k);
+  // Still exact where the levels can be counted: 1024 x 0.999^k > 1 for k = 0..6928.
+  EXPECT_EQ(eps_continuation_max_iters(0.999), (6929 + 1) * k);
+}
+
 TEST(EpsContinuation, RetiresOnlyAtEpsAndAtCheckIterations) {
   using otgpu::detail::eps_continuation_check;
   using otgpu::detail::kEpsContinue;

@@ -11,11 +11,15 @@
 // eps_level_done. Convergence against tol is only tested at eps_t == eps.
 #pragma once
 
+#include <cmath>
+
 #include "otgpu/config.h"
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
 
 namespace otgpu::detail {
+
+using std::log;
 
 /// kAuto starts the continuation at this multiple of eps (then capped by
 /// eps_schedule_start at 2 x the cost spread, and skipped where scaling does not pay).
@@ -72,8 +76,16 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int eps_continuation_check(EpsLevel& s, doub
 /// kEpsContinuationFactor x eps and eps, plus one level of slack for the rounding of
 /// eps_t when it is stored in fp32. A driver that runs every problem's levels in one
 /// phase of this many iterations has every problem at eps by its end.
+/// A decay so close to 1 that the count would pass INT_MAX (about log(1024) / (1 -
+/// decay) levels: 7e9 at decay = 1 - 1e-9, which validation accepts) gives the
+/// largest multiple of kEpsLevelMaxIters an int holds: max_iter caps the phase anyway,
+/// and neither the count nor the loop that counts may run away.
 OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int eps_continuation_max_iters(double decay) {
   if (!(decay > 0.0) || !(decay < 1.0)) return 0;
+  constexpr int kMaxLevels = 2147483647 / kEpsLevelMaxIters - 1;
+  // Levels up to rounding; the exact count below walks them one by one.
+  const double estimate = log(kEpsContinuationFactor) / -log(decay);
+  if (!(estimate < 1e6)) return (kMaxLevels + 1) * kEpsLevelMaxIters;
   int levels = 0;
   for (double r = kEpsContinuationFactor; r > 1.0; r *= decay) ++levels;
   return (levels + 1) * kEpsLevelMaxIters;
