@@ -282,7 +282,8 @@ std::size_t carved_bytes(const DevicePlan& pl, bool own_fg, bool derived);
 /// launches (d.loop == nullptr, check_every == 0, no conditional nodes in the driver,
 /// a capture that fails, or OTGPU_LOOP=plain in the environment). The graphs are
 /// cached in `ctx` (nullptr: runtime::thread_context(device)) and re-instantiated
-/// only when the shape or a pointer they bake in changes. With a poller and d.acc
+/// only when the shape, a pointer or the half-step kernels (tensor cores, precision) they
+/// bake in change. With a poller and d.acc
 /// carved, when the options ask for the eps continuation (eps_init kAuto) or
 /// over-relaxation, the accelerated loop runs instead (plain launches, before the
 /// small-kernel test: sinkhorn_loop.cpp, accel_iterations); check_eps_fp32 must have
