@@ -151,7 +151,11 @@ void relax(const std::vector<double>& prev, double w, std::vector<double>& out) 
 /// accel_iterations for one problem (B = 1), eps_init kAuto, a dense cost.
 /// legacy_split: the driver before this replay existed (the control): no relaxation
 /// and no rule while any level part ran, the relaxation state started afresh after it.
-History device_replay(const Dense& p, const otgpu::SinkhornOptions& o, bool legacy_split = false) {
+/// partner_until: another problem of the batch keeps the level part running until that
+/// iteration (its levels; the driver reads "none above eps" for the whole batch), so
+/// that this problem's decisions can be compared with and without a batch partner.
+History device_replay(const Dense& p, const otgpu::SinkhornOptions& o, bool legacy_split = false,
+                      int partner_until = 0) {
   namespace det = otgpu::detail;
   const int ce = o.check_every;
   const bool relax_on = o.acceleration == otgpu::SinkhornAcceleration::overrelax && ce > 0;
@@ -163,7 +167,9 @@ History device_replay(const Dense& p, const otgpu::SinkhornOptions& o, bool lega
   EpsLevelF32 lev;
   const bool scales = det::eps_level_start_f32(lev, eps_target, static_cast<float>(*cmin),
                                                static_cast<float>(*cmax), o.rho_a, o.rho_b);
-  int levels_end = scales ? std::min(o.max_iter, det::eps_continuation_max_iters(o.eps_decay)) : 0;
+  int levels_end = scales || partner_until > 0
+                       ? std::min(o.max_iter, det::eps_continuation_max_iters(o.eps_decay))
+                       : 0;
   OverrelaxState ov;
   std::vector<double> F(static_cast<std::size_t>(p.n), 0.0), G(static_cast<std::size_t>(p.m), 0.0);
   std::vector<double> Ft(F.size()), F_prev, G_prev, F_s, G_s, Ft_s, tmp;
@@ -215,7 +221,9 @@ History device_replay(const Dense& p, const otgpu::SinkhornOptions& o, bool lega
         h.iterations = t + 1;
         h.converged = true;
       }
-      if ((t + 1) % det::kEpsLevelMaxIters == 0 && active && !(lev.eps_cur > eps_target)) {
+      const bool partner_at_eps = t + 1 >= partner_until;
+      if ((t + 1) % det::kEpsLevelMaxIters == 0 && partner_at_eps &&
+          (!active || !(lev.eps_cur > eps_target))) {
         levels_end = t + 1;
         if (legacy_split) ov = OverrelaxState{};
       }
@@ -294,6 +302,26 @@ TEST(LoopDecisions, ControlTheEarlierPhaseSplitDiffers) {
     if (old.check_iter != cpu.check_iter || old.omega != cpu.omega) ++differing;
   }
   EXPECT_GT(differing, 0);
+}
+
+TEST(LoopDecisions, ABatchPartnerStillScalingChangesNothing) {
+  // In a batch, the level part lasts while any problem is above eps. A problem that
+  // does not scale (moderate eps) or reaches eps early must take the decisions it takes
+  // alone, i.e. the CPU's, while its partner keeps the level part running to 600.
+  for (const double eps : {1.0 / 64.0, 1.0 / 1024.0}) {
+    SCOPED_TRACE(eps);
+    otgpu::SinkhornOptions o = small_eps_options();
+    o.eps = eps;
+    const Dense p = grid_problem(12, 12, 9);
+    const History cpu = cpu_solve(p, o);
+    ASSERT_TRUE(cpu.converged);
+    ASSERT_TRUE(cpu.relaxed);
+    expect_same_decisions(cpu, device_replay(p, o, false, 600), 1e-6);
+    // The control: the earlier driver kept such a problem plain until the partner's
+    // levels ended, then started its rate measurement afresh.
+    const History old = device_replay(p, o, true, 600);
+    EXPECT_TRUE(old.check_iter != cpu.check_iter || old.omega != cpu.omega);
+  }
 }
 
 TEST(LoopDecisions, PlainContinuationMatchesTheCpu) {
