@@ -16,12 +16,15 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -460,6 +463,55 @@ TEST(OnlineReviewGpu, SamplesAreValidDeterministicAndTheNearestAtTinyEps) {
       sync_ok();
       EXPECT_NE(s2.download(), s3.download());
     }
+  }
+}
+
+// Two host threads launch the dynamic-dimension half-step with tiles above 48 KB of
+// different sizes (dp = 200: 51 KB, dp = 800: 205 KB). The shared-memory cap is one
+// attribute of the kernel: set per launch to the launch's size, one thread's lower value
+// could land between the other's set and launch and fail it.
+TEST(OnlineReviewGpu, ConcurrentLaunchesOfDifferentLargeTilesAllSucceed) {
+  REQUIRE_GPU();
+  int device = 0, optin = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+            cudaSuccess);
+  if (geo::online_smem_bytes(800) > static_cast<std::size_t>(optin)) {
+    GTEST_SKIP() << "dp = 800 needs more shared memory than this device allows";
+  }
+  const Batch small_dp = make_batch(1, 128, 64, 200, false, 61u);
+  const Batch large_dp = make_batch(1, 128, 64, 800, false, 62u);
+  const DeviceBatch d_small(small_dp), d_large(large_dp);
+  Guarded<float> out_small(std::vector<float>(128, 0.f), -777.f),
+      out_large(std::vector<float>(128, 0.f), -777.f);
+  std::atomic<int> failures{0};
+  auto worker = [&failures](const Batch* t, const DeviceBatch* d, float* out) {
+    cudaStream_t s = nullptr;
+    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+      ++failures;
+      return;
+    }
+    try {
+      for (int k = 0; k < 400; ++k) otgpu::kernels::online_half_step(d->pass(*t), nullptr, out, s);
+    } catch (const std::exception&) {
+      ++failures;
+    }
+    if (cudaStreamSynchronize(s) != cudaSuccess) ++failures;
+    cudaStreamDestroy(s);
+  };
+  std::thread a(worker, &small_dp, &d_small, out_small.get());
+  std::thread b(worker, &large_dp, &d_large, out_large.get());
+  a.join();
+  b.join();
+  EXPECT_EQ(failures.load(), 0);
+  sync_ok();
+  // And the results are the potentials.
+  const std::vector<float> f = out_large.download();
+  for (int64_t i = 0; i < 128; i += 17) {
+    EXPECT_NEAR(f[static_cast<std::size_t>(i)],
+                ref_potential(ref_lse(large_dp, 0, i), 1.0, large_dp.eps[0]),
+                1e-5 * large_dp.mean_cost + 1e-3 * large_dp.eps[0])
+        << i;
   }
 }
 
