@@ -643,7 +643,12 @@ void check_pass(const OnlinePass& p, const char* what) {
 
 std::size_t dyn_smem_bytes(int dp) { return geometry::online_smem_bytes(dp); }
 
-/// Opts a dynamic-shared-memory kernel in to more than 48 KB when dp needs it.
+/// Opts a dynamic-shared-memory kernel in to more than 48 KB when dp needs it. The cap
+/// is a per-function attribute, not a per-launch one: set to this launch's size, a
+/// host thread launching a larger dp could raise it and a second thread lower it again
+/// before the first launches (the launch then fails with an invalid argument). So it
+/// is always the device's opt-in limit, which every launcher agrees on; occupancy
+/// follows the launch's own size. The kernels using it have no static shared memory.
 template <class Kernel>
 void prepare_dyn(Kernel kernel, std::size_t smem) {
   if (smem > 48 * 1024) {
@@ -656,8 +661,8 @@ void prepare_dyn(Kernel kernel, std::size_t smem) {
           "device allows {}",
           smem, limit));
     }
-    OTGPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+    OTGPU_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
   }
 }
 
@@ -817,6 +822,16 @@ bool launch_mean(const OnlinePass& p, int mode, float* out, float* pot_out, cuda
 
 void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_t stream,
                           float* potential_out) {
+  // Checked before the dispatch: the tiled tensor-core mean would take mode 1 with the
+  // squared Euclidean cost and return unit directions the gradient does not use.
+  if (mode != 0 && mode != 1) {
+    throw InvalidArgument(fmt::format("online_weighted_mean: mode {} (expected 0 or 1)", mode));
+  }
+  if (mode == 1 && p.cost != CostKind::euclidean) {
+    throw InvalidArgument(
+        "online_weighted_mean: mode 1 (the gradient direction of |x - y|) "
+        "needs cost euclidean");
+  }
   if (derived_needs_mma(p)) {
     // The derived kernels' column tile does not fit: the potential by a (tensor-core)
     // half-step, then the tiled mean.
@@ -829,14 +844,6 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
     return online_weighted_mean_tiled(p, mode, out, stream);
   }
   check_pass(p, "online_weighted_mean");
-  if (mode != 0 && mode != 1) {
-    throw InvalidArgument(fmt::format("online_weighted_mean: mode {} (expected 0 or 1)", mode));
-  }
-  if (mode == 1 && p.cost != CostKind::euclidean) {
-    throw InvalidArgument(
-        "online_weighted_mean: mode 1 (the gradient direction of |x - y|) "
-        "needs cost euclidean");
-  }
   const bool euclid = p.cost == CostKind::euclidean;
   if (euclid ? launch_mean<true>(p, mode, out, potential_out, stream)
              : launch_mean<false>(p, mode, out, potential_out, stream)) {

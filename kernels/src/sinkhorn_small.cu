@@ -8,9 +8,9 @@
 //  - cost recomputed from the points in shared memory (d <= 4 always, larger d when
 //    the matrix does not fit): the target point is held in registers, the source
 //    point is a broadcast LDS (every thread of a warp reads the same source), and
-//    c_ij costs 2d FP32 ops (direct differences, d <= 4) or d FMAs (norm expansion
-//    |x|^2 + |y|^2 - 2<x,y>, d >= 8; the driver centers the data to limit the
-//    cancellation).
+//    c_ij costs 2d FP32 ops (direct differences: d <= 4, and the Euclidean cost at
+//    any d) or d FMAs (squared Euclidean, d >= 8: norm expansion |x|^2 + |y|^2 -
+//    2<x,y>; the driver centers the data to limit the cancellation).
 // Bounds of the W2 cases (H100 SXM: 132 SMs, 16 ex2/clk/SM on MUFU, 128 FP32/clk/SM):
 //  - B=1024, n=m=128, d=2 (recomputed): 33.6 M scores per batch-iteration. MUFU
 //    alone needs ~9.5 us; the FP32 pipe (~7 ops per score: 2 sub, mul, fma, fma,
@@ -95,8 +95,15 @@ struct CachedColCost {
 };
 
 /// Cost recomputed from points of padded dimension D (zero padding keeps distances).
+/// Squared Euclidean with D >= 8: the norm expansion (d FMAs; its rounding is ~u of
+/// |x|^2 + |y|^2, fp32-relative to the cost scale on centred data). Euclidean: always
+/// direct differences, since the root of a cancelled |x|^2 + |y|^2 - 2<x,y> would turn
+/// that rounding into ~sqrt(u) |x| ~ 3e-4 |x| for coincident or near points (x_i = y_j
+/// would cost ~3e-4 |x| instead of 0); the online kernels keep differences for the same
+/// reason.
 template <int D, bool kEuclid>
 struct PointCost {
+  static constexpr bool kNormForm = D >= 8 && !kEuclid;
   const float* tgt;       ///< target points [count, D]
   const float* src;       ///< source points [count, D]
   const float* tgt_norm;  ///< |x|^2 of targets (D >= 8 only)
@@ -121,7 +128,7 @@ struct PointCost {
 #pragma unroll
       for (int k = 0; k < D; ++k) r.x[k] = p[k];
     }
-    if constexpr (D >= 8)
+    if constexpr (kNormForm)
       r.norm = tgt_norm[t];
     else
       r.norm = 0.f;  // unused: direct differences
@@ -130,7 +137,7 @@ struct PointCost {
   __device__ float operator()(const Target& t, int j) const {
     const float* q = src + j * D;
     float c;
-    if constexpr (D >= 8) {
+    if constexpr (kNormForm) {
       float dot = 0.f;
 #pragma unroll
       for (int k = 0; k < D; k += 4) {
@@ -143,12 +150,15 @@ struct PointCost {
       c = fmaxf(fmaf(-2.f, dot, t.norm + src_norm[j]), 0.f);
     } else {
       float y[D];
-      if constexpr (D == 4) {
-        const float4 v = *reinterpret_cast<const float4*>(q);
-        y[0] = v.x;
-        y[1] = v.y;
-        y[2] = v.z;
-        y[3] = v.w;
+      if constexpr (D % 4 == 0) {
+#pragma unroll
+        for (int k = 0; k < D; k += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(q + k);
+          y[k] = v.x;
+          y[k + 1] = v.y;
+          y[k + 2] = v.z;
+          y[k + 3] = v.w;
+        }
       } else if constexpr (D == 2) {
         const float2 v = *reinterpret_cast<const float2*>(q);
         y[0] = v.x;
