@@ -51,6 +51,21 @@ TEST(Planner, SmallKernelUpTo512PointsWithin32Dims) {
   EXPECT_EQ(otgpu::planner::make_plan(c, dev).kernel, Kernel::dense);
 }
 
+TEST(Planner, SmallKernelLayoutFollowsThePaddedDimension) {
+  // d = 5 is staged as dp = 8, where the kernel caches the n x m scores (dp >= 8); the
+  // plan must report that layout, the one d = 8 gets, not the recomputing layout that
+  // a raw d = 5 would pick (d = 4, staged as dp = 4, recomputes: a different size).
+  const DeviceProps dev = machine(64, 8);
+  const auto bytes = [&](std::int64_t d) {
+    const auto plan = otgpu::planner::make_plan(points(64, 100, 100, d), dev);
+    EXPECT_EQ(plan.kernel, Kernel::small) << "d = " << d;
+    return plan.small_smem_bytes;
+  };
+  ASSERT_NE(bytes(4), bytes(8));  // the two layouts differ, so the case matters
+  EXPECT_EQ(bytes(5), bytes(8));
+  EXPECT_EQ(bytes(7), bytes(8));
+}
+
 TEST(Planner, SmallKernelNeedsTheSharedMemory) {
   // 512 x 512 with d = 32: the cached cost needs 512 * 513 floats (> 1 MB): no fit
   // in 227 KB; the recomputing variant needs 2 * 512 * 32 floats of points (128 KB)

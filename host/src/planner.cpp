@@ -364,7 +364,9 @@ Plan make_plan(const Request& request, const DeviceProps& dev) {
   // online otherwise.
   if (pts && r.n <= geo::kSmallMaxSide && r.m <= geo::kSmallMaxSide &&
       p.dp <= geo::kSmallMaxOnlineDim) {
-    const auto v = geo::small_variant(true, r.n, r.m, r.d, dev.smem_per_block_optin);
+    // The kernel is launched with the padded dimension (the staged layout), so the
+    // variant it picks (cached scores from dp >= 8) follows dp, not the caller's d.
+    const auto v = geo::small_variant(true, r.n, r.m, p.dp, dev.smem_per_block_optin);
     if (v.fits && small_kernel_preferred(r.B, r.n, r.m, p.dp, dev)) {
       p.kernel = Kernel::small;
       p.small_smem_bytes = v.layout.bytes();
