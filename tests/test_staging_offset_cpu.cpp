@@ -4,7 +4,7 @@
 // rounding (otgpu/detail/staging.h; the kernels call the same function). Replays, in
 // fp64 against fp64:
 //   - each staged coordinate is the fp32 rounding of the centred value (within half
-//     an ulp of it) at offsets 1e4 and 1e6, where rounding first is off by ~1e-3 / 1e-1;
+//     an ulp of it) at offsets 1e4 and 1e6, where rounding first is off by ~5e-4 / 3e-2;
 //   - the data-check cases: NaN, +-inf, the fp32 range measured on the centred value,
 //     a non-finite centre;
 //   - the fp32 norm-form costs of the GEMM paths (coupling, assignment) and the fp32

@@ -14,11 +14,12 @@
 // in double from the caller's values, before the one rounding to fp32. The sliced
 // distance is translation invariant (a common shift <c, theta> of both projections
 // leaves each 1-D Wasserstein distance, and its derivatives, unchanged), while the
-// fp32 projection GEMM rounds at the scale of |<x, theta>| (an ulp of 1e4 is 1e-3: the
-// rounded inputs alone move a projection by about 5e-4 at offset 1e4) unless centred. Weights are
-// read in place when contiguous fp64, else gathered; host views are copied raw into the context's
-// pinned staging memory, uploaded, and go the same way. Memory: one carve of ctx.workspace();
-// directions are processed in chunks so that it stays bounded. Stream: ctx.stream();
+// fp32 projection GEMM rounds at the scale of |<x, theta>| (an ulp of 1e4 is 1e-3:
+// the rounded inputs alone move a projection by about 5e-4 at offset 1e4) unless
+// centred. Weights are read in place when contiguous fp64, else gathered; host views
+// are copied raw into the context's pinned staging memory, uploaded, and go the same
+// way. Memory: one carve of ctx.workspace(); directions are processed in chunks so
+// that it stays bounded. Stream: ctx.stream();
 // the call returns synchronized (the results are host vectors).
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
