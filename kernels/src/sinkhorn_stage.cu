@@ -48,30 +48,6 @@ __global__ void stage_points_kernel(StridedSource src, std::int64_t B, std::int6
   }
 }
 
-__global__ void __launch_bounds__(kBlock)
-    mean_rows_kernel(const float* __restrict__ Y, double* __restrict__ center, std::int64_t m,
-                     int dp) {
-  __shared__ double shared[kBlock / 32];
-  const std::int64_t b = blockIdx.x;
-  for (int k = 0; k < dp; ++k) {
-    double acc = 0;
-    for (std::int64_t j = threadIdx.x; j < m; j += kBlock) acc += Y[(b * m + j) * dp + k];
-    acc = block_sum<kBlock>(acc, shared);
-    if (threadIdx.x == 0) center[b * dp + k] = acc / static_cast<double>(m);
-  }
-}
-
-__global__ void subtract_center_kernel(float* __restrict__ P, const double* __restrict__ center,
-                                       std::int64_t B, std::int64_t rows, int dp) {
-  const std::int64_t total = B * rows * dp;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t k = e % dp;
-    const std::int64_t b = e / (dp * rows);
-    P[e] = static_cast<float>(static_cast<double>(P[e]) - center[b * dp + k]);
-  }
-}
-
 __global__ void stage_weights_kernel(StridedSource src, std::int64_t B, std::int64_t len,
                                      double* __restrict__ w, float* __restrict__ logw) {
   const std::int64_t total = B * len;
@@ -197,17 +173,6 @@ void stage_points(const StridedSource& src, std::int64_t B, std::int64_t rows, s
                   int dp, float* dst, cudaStream_t stream) {
   check_batch(B, "stage_points");
   stage_points_kernel<<<grid_for(B * rows * dp), kBlock, 0, stream>>>(src, B, rows, d, dp, dst);
-  OTGPU_LAUNCH_CHECK();
-}
-
-void center_points(float* X, float* Y, double* center, std::int64_t B, std::int64_t n,
-                   std::int64_t m, int dp, cudaStream_t stream) {
-  check_batch(B, "center_points");
-  mean_rows_kernel<<<static_cast<unsigned>(B), kBlock, 0, stream>>>(Y, center, m, dp);
-  OTGPU_LAUNCH_CHECK();
-  subtract_center_kernel<<<grid_for(B * n * dp), kBlock, 0, stream>>>(X, center, B, n, dp);
-  OTGPU_LAUNCH_CHECK();
-  subtract_center_kernel<<<grid_for(B * m * dp), kBlock, 0, stream>>>(Y, center, B, m, dp);
   OTGPU_LAUNCH_CHECK();
 }
 

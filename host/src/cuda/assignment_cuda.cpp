@@ -1,7 +1,8 @@
 // The CUDA exact assignment driver, on a runtime::Context (the caller's GpuContext or
 // the thread's cached one). Stages the costs into padded square matrices in the
 // context's workspace (a cost matrix gathered as it is; point clouds through one
-// cuBLAS fp32 GEMM for <x_i, y_j> plus an epilogue), then runs the batched auction of
+// cuBLAS fp32 GEMM for <x_i, y_j> plus an epilogue, on clouds centred on the mean of y
+// before rounding for the translation-invariant costs), then runs the batched auction of
 // kernels/src/assignment.cu, which also certifies every problem. Host views go
 // through the context's pinned staging memory. The synchronous path re-solves on the
 // CPU (fp64 Jonker-Volgenant, on the staged costs) any problem the auction could not
@@ -24,6 +25,7 @@
 #include "otgpu_host/assignment_cuda.h"
 #include "otgpu_host/gpu_runtime.h"
 #include "otgpu_kernels/assignment.h"
+#include "otgpu_kernels/centered_gather.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/cuda_libs.h"
 #include "otgpu_kernels/gather.h"
@@ -36,7 +38,8 @@ namespace {
 struct Buffers {
   unsigned char* raw = nullptr;
   float *x = nullptr, *y = nullptr, *xn = nullptr, *yn = nullptr, *g = nullptr;
-  void* cost = nullptr;  ///< [K, N, N] float, or double for an f64 cost matrix
+  double* center = nullptr;  ///< [K, d] the mean of y per problem (centred costs)
+  void* cost = nullptr;      ///< [K, N, N] float, or double for an f64 cost matrix
   kernels::AuctionScratch scratch;
   kernels::AuctionOutputs out;
 };
@@ -48,6 +51,11 @@ struct Staging {
   bool f64 = false;          ///< the cost is staged (and solved) in fp64
   bool direct_cost = false;  ///< the caller's square contiguous matrix is read in place
   bool direct_x = false, direct_y = false;
+  /// Points are translated by the mean of y (in double, before rounding): sqeuclidean
+  /// and euclidean costs are translation invariant, and the GEMM's norm form
+  /// |x|^2 + |y|^2 - 2<x, y> cancels catastrophically on clouds far from the origin
+  /// unless centred. neg_dot (-<x, y>) is not invariant: its points stay as given.
+  bool centred = false;
 };
 
 template <class T>
@@ -65,8 +73,10 @@ Staging describe(const AssignmentProblem& p, const detail::AssignmentShape& s) {
   st.matrix = p.cost_kind == CostKind::matrix;
   st.f64 = st.matrix && p.cost.dtype == DType::f64;
   st.direct_cost = st.matrix && s.n == s.m && p.cost.is_contiguous();
-  st.direct_x = !st.matrix && contiguous_as<float>(p.x);
-  st.direct_y = !st.matrix && contiguous_as<float>(p.y);
+  st.centred = !st.matrix && p.cost_kind != CostKind::neg_dot;
+  // Only uncentred fp32 points are read in place; centred ones are always staged.
+  st.direct_x = !st.matrix && !st.centred && contiguous_as<float>(p.x);
+  st.direct_y = !st.matrix && !st.centred && contiguous_as<float>(p.y);
   constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
   if (st.N * st.N > kIntMax * std::int64_t{4} || st.K > kIntMax || st.d > kIntMax ||
       st.n * st.m > kIntMax) {
@@ -93,6 +103,7 @@ Buffers carve(const Staging& st, std::size_t raw_bytes, bool outputs, char* base
   } else {
     bf.x = c.take<float>(st.direct_x ? 0 : K * n * d);
     bf.y = c.take<float>(st.direct_y ? 0 : K * m * d);
+    bf.center = c.take<double>(st.centred ? K * d : 0);
     bf.xn = c.take<float>(K * n);
     bf.yn = c.take<float>(K * m);
     bf.g = c.take<float>(K * n * m);
@@ -167,8 +178,13 @@ void enqueue(runtime::Context& ctx, const AssignmentProblem& p, const Staging& s
   } else {
     const float* X = st.direct_x ? static_cast<const float*>(src_x) : bf.x;
     const float* Y = st.direct_y ? static_cast<const float*>(src_y) : bf.y;
-    if (!st.direct_x) kernels::gather(strided3(p.x, src_x), bf.x, stream);
-    if (!st.direct_y) kernels::gather(strided3(p.y, src_y), bf.y, stream);
+    if (st.centred) {
+      kernels::stage_centered_pair(strided3(p.x, src_x), strided3(p.y, src_y), K,
+                                   static_cast<int>(d), bf.center, bf.x, bf.y, stream);
+    } else {
+      if (!st.direct_x) kernels::gather(strided3(p.x, src_x), bf.x, stream);
+      if (!st.direct_y) kernels::gather(strided3(p.y, src_y), bf.y, stream);
+    }
     kernels::assignment_row_norms(X, K * n, d, bf.xn, stream);
     kernels::assignment_row_norms(Y, K * m, d, bf.yn, stream);
     // Row-major G [n, m] = X Y^T is column-major G^T [m, n] = Y X^T: with X^T, Y^T the

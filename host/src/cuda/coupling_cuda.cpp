@@ -1,7 +1,11 @@
 // The CUDA coupling driver (otgpu_host/coupling_cuda.h). One stream-ordered sequence
 // per call, on the context's stream:
 //   1. stage x0 / x1 as contiguous fp32 (host views through the pinned staging, any
-//      dtype and strides through the gather kernels);
+//      dtype and strides through the centred gather), both translated by the mean of
+//      x1 computed in double before the one rounding (otgpu_kernels/centered_gather.h):
+//      the costs (sqeuclidean, euclidean) are translation invariant, and the norm form
+//      below cancels catastrophically on clouds far from the origin unless centred
+//      (at offset 1e4, |x|^2 ~ 1e8 d against differences of order 1);
 //   2. the cost matrix C [K, n, m] by one batched cuBLAS SGEMM (<x_i, y_j>) and the
 //      norms: |x|^2 + |y|^2 - 2 <x, y> (fp32, clamped at 0);
 //   3. sinkhorn_async on C (the dense kernel: no limit on d);
@@ -24,10 +28,10 @@
 #include "otgpu/detail/coupling_math.h"
 #include "otgpu/error.h"
 #include "otgpu_host/coupling_cuda.h"
+#include "otgpu_kernels/centered_gather.h"
 #include "otgpu_kernels/coupling.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/cuda_libs.h"
-#include "otgpu_kernels/gather.h"
 #include "validate.h"
 #include "view_staging.h"
 
@@ -39,13 +43,14 @@ using cuda_backend::Carve;
 
 /// The per-call arrays past the Sinkhorn workspace.
 struct Buffers {
-  float* x0 = nullptr;  ///< [K, n, d] staged fp32
-  float* x1 = nullptr;  ///< [K, m, d]
-  float* C = nullptr;   ///< [K, n, m]
-  float* nx = nullptr;  ///< [K, n]
-  float* ny = nullptr;  ///< [K, m]
-  float* f = nullptr;   ///< [K, n]
-  float* g = nullptr;   ///< [K, m]
+  float* x0 = nullptr;       ///< [K, n, d] staged fp32, centred
+  float* x1 = nullptr;       ///< [K, m, d]
+  double* center = nullptr;  ///< [K, d] the mean of x1 per problem
+  float* C = nullptr;        ///< [K, n, m]
+  float* nx = nullptr;       ///< [K, n]
+  float* ny = nullptr;       ///< [K, m]
+  float* f = nullptr;        ///< [K, n]
+  float* g = nullptr;        ///< [K, m]
   double* eps = nullptr;
   double* ot_eps = nullptr;
   double* residual = nullptr;
@@ -67,6 +72,7 @@ Buffers carve(Carve& cv, const detail::CouplingShape& s, const TensorView& x0,
   Buffers b;
   b.x0 = cv.take<float>(K * n * d);
   b.x1 = cv.take<float>(K * m * d);
+  b.center = cv.take<double>(K * d);
   b.C = cv.take<float>(K * n * m);
   b.nx = cv.take<float>(K * n);
   b.ny = cv.take<float>(K * m);
@@ -152,10 +158,10 @@ void enqueue(GpuContext& ctx, const TensorView& x0, const TensorView& x1, const 
   runtime::Context& im = ctx.impl();
   const cudaStream_t st = im.stream();
   const std::int64_t K = s.batch, n = s.bs0, m = s.bs1, d = s.d, P = s.pairs;
-  kernels::gather(cuda_backend::strided3(x0, x0.space == MemorySpace::host ? b.raw0 : x0.data),
-                  b.x0, st);
-  kernels::gather(cuda_backend::strided3(x1, x1.space == MemorySpace::host ? b.raw1 : x1.data),
-                  b.x1, st);
+  kernels::stage_centered_pair(
+      cuda_backend::strided3(x0, x0.space == MemorySpace::host ? b.raw0 : x0.data),
+      cuda_backend::strided3(x1, x1.space == MemorySpace::host ? b.raw1 : x1.data), K,
+      static_cast<int>(d), b.center, b.x0, b.x1, st);
   kernels::row_sqnorms(b.x0, K * n, d, b.nx, st);
   kernels::row_sqnorms(b.x1, K * m, d, b.ny, st);
   // Row-major C_k = X0_k X1_k^T is the column-major (X1_k X0_k^T): m x n, ld m.

@@ -94,7 +94,7 @@ void derived_chunk(runtime::Context& im, DerivedKind what, const SinkhornProblem
   // The derived passes only read the potentials.
   c.d.F = const_cast<float*>(f);
   c.d.G = const_cast<float*>(g);
-  cuda_backend::stage_inputs(problem, pl, c.d, s);
+  cuda_backend::stage_inputs(problem, pl, c, s);
   cuda_backend::stage_center(pl, c, o.eps_relative, s);
   // Row 0 of the table: the target eps (no scaling schedule for derived outputs).
   kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, 0.0, 1.0, o.rho_a, o.rho_b, 0,
@@ -178,7 +178,7 @@ void async_chunk(runtime::Context& im, const SinkhornProblem& problem, const Sin
   cuda_backend::Carved c = cuda_backend::carve(cv, pl, false, false);
   c.d.F = out.f;
   c.d.G = out.g;
-  cuda_backend::stage_inputs(problem, pl, c.d, s);
+  cuda_backend::stage_inputs(problem, pl, c, s);
   cuda_backend::stage_center(pl, c, o.eps_relative, s);
   cuda_backend::stage_schedule(o, pl, c, s);
   if (!out.warm_start) {

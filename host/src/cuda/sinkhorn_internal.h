@@ -358,16 +358,18 @@ void convert_doubles(const void* src, std::int64_t count, float* dst, cudaStream
 
 kernels::StridedSource source(const TensorView& v);
 
-/// Phase 1: the caller's tensors into the canonical arrays (points padded, not yet
-/// centered; costs copied unless contiguous fp32; weights in double and log form).
-void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, DeviceSolve& d,
-                  cudaStream_t s);
+/// Phase 1: the caller's tensors into the canonical arrays (points padded and centred
+/// on the mean of y, computed in double from the caller's values, before the one
+/// rounding to fp32 (otgpu/detail/staging.h); the centre in c.center; costs copied
+/// unless contiguous fp32; weights in double and log form).
+void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, Carved& c, cudaStream_t s);
 
-/// Enqueues the data checks on the staged (not yet centered) arrays.
+/// Enqueues the data checks on the staged arrays (for points: a source value that is
+/// not finite, or whose centred value is outside the fp32 range).
 void enqueue_checks(const DevicePlan& pl, const Carved& c, cudaStream_t s);
 
-/// Phase 2: centers the points (costs are translation invariant) and computes the
-/// mean cost per problem into c.mean when eps is relative.
+/// Phase 2: the mean cost per problem into c.mean when eps is relative (the points
+/// are already centred by stage_inputs).
 void stage_center(const DevicePlan& pl, const Carved& c, bool relative, cudaStream_t s);
 
 /// Phase 3 (solves): balances b, builds the eps / lambda tables, resets the flags.

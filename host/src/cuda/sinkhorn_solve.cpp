@@ -336,7 +336,7 @@ std::vector<Out> derived(DerivedKind what, const SinkhornProblem& problem,
     } else {
       up.run(ctx, raw);
       const SinkhornProblem dev = device_problem(sub, hv, up);
-      stage_inputs(dev, pl, c.d, s);
+      stage_inputs(dev, pl, c, s);
       enqueue_checks(pl, c, s);
       stage_center(pl, c, false, s);
       (void)check_device_inputs(sub, pl, c, false, false, s);

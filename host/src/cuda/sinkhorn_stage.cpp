@@ -7,6 +7,8 @@
 // staging memory into the workspace, and the same kernels stage them from there.
 #include "sinkhorn_internal.h"
 
+#include "otgpu_kernels/centered_gather.h"
+
 namespace otgpu::cuda_backend {
 
 namespace {
@@ -38,8 +40,12 @@ double read_element(const TensorView& v, std::int64_t offset) {
   const std::string where =
       batched ? fmt::format("[{}, {}, {}]", b, i, k) : fmt::format("[{}, {}]", i, k);
   if (std::isfinite(x)) {
-    throw NonFiniteInput(fmt::format(
-        "{}: element {} is {}, outside the fp32 range of the CUDA backend", name, where, x));
+    // The staging rounds x - center (the mean of y), so the range is that of the
+    // centred value (otgpu/detail/staging.h).
+    throw NonFiniteInput(
+        fmt::format("{}: element {} is {}, outside the fp32 range of the CUDA backend once "
+                    "centred on the mean of y",
+                    name, where, x));
   }
   throw NonFiniteInput(fmt::format("{}: element {} is {}", name, where, x));
 }
@@ -122,16 +128,35 @@ kernels::StridedSource source(const TensorView& v) {
   return s;
 }
 
-/// Phase 1: the caller's tensors into the canonical arrays (points padded, not yet
-/// centered; costs copied unless contiguous fp32; weights in double and log form).
-void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, DeviceSolve& d,
-                  cudaStream_t s) {
+namespace {
+
+/// A point cloud [B, rows, d] or [rows, d] (one problem) as the centred gather reads it.
+kernels::Strided3 points3(const TensorView& v) {
+  kernels::Strided3 s;
+  s.data = v.data;
+  s.is_f64 = v.dtype == DType::f64;
+  const int pad = 3 - v.rank;
+  for (int k = 0; k < v.rank; ++k) {
+    s.dim[pad + k] = v.dim(k);
+    s.stride[pad + k] = v.stride(k);
+  }
+  return s;
+}
+
+}  // namespace
+
+/// Phase 1: the caller's tensors into the canonical arrays (points padded and centred
+/// on the mean of y before rounding, the centre in c.center; costs copied unless
+/// contiguous fp32; weights in double and log form).
+void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, Carved& c, cudaStream_t s) {
   const auto& sh = pl.shape;
+  DeviceSolve& d = c.d;
   if (d.points()) {
-    kernels::stage_points(source(problem.x), sh.batch, sh.n, sh.d, pl.dp, const_cast<float*>(d.X),
-                          s);
-    kernels::stage_points(source(problem.y), sh.batch, sh.m, sh.d, pl.dp, const_cast<float*>(d.Y),
-                          s);
+    // The centre from the caller's values in double, then float(v - c) in one pass:
+    // rounding after the subtraction keeps fp64 clouds far from the origin at fp32
+    // accuracy relative to their spread (otgpu/detail/staging.h).
+    kernels::stage_centered_pair(points3(problem.x), points3(problem.y), sh.batch, pl.dp, c.center,
+                                 const_cast<float*>(d.X), const_cast<float*>(d.Y), s);
   } else if (pl.stage_cost) {
     kernels::stage_points(source(problem.cost), sh.batch, sh.n, sh.m, static_cast<int>(sh.m),
                           const_cast<float*>(d.C), s);
@@ -145,7 +170,11 @@ void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, DeviceSo
                          const_cast<double*>(d.b), const_cast<float*>(d.logB), s);
 }
 
-/// Enqueues the data checks on the staged (not yet centered) arrays.
+/// Enqueues the data checks on the staged arrays. Points: the staging wrote NaN or
+/// +-inf exactly where a source value is not finite or its centred value is outside
+/// the fp32 range (staged_coordinate), so a scan for non-finite fp32 values finds the
+/// first bad element; a non-finite centre stages the other coordinates as 0, so the
+/// error names the element of y that caused it.
 void enqueue_checks(const DevicePlan& pl, const Carved& c, cudaStream_t s) {
   const auto& sh = pl.shape;
   const DeviceSolve& d = c.d;
@@ -160,15 +189,11 @@ void enqueue_checks(const DevicePlan& pl, const Carved& c, cudaStream_t s) {
   kernels::check_weights(d.b, sh.batch, sh.m, c.mass + sh.batch, c.bad + 3, s);
 }
 
-/// Phase 2: centers the points (costs are translation invariant) and computes the
-/// mean cost per problem into c.mean when eps is relative.
+/// Phase 2: the mean cost per problem into c.mean when eps is relative, from the
+/// centred points (stage_inputs centred them: costs are translation invariant).
 void stage_center(const DevicePlan& pl, const Carved& c, bool relative, cudaStream_t s) {
   const auto& sh = pl.shape;
   const DeviceSolve& d = c.d;
-  if (d.points()) {
-    kernels::center_points(const_cast<float*>(d.X), const_cast<float*>(d.Y), c.center, sh.batch,
-                           sh.n, sh.m, pl.dp, s);
-  }
   if (!relative) return;
   if (pl.cost == CostKind::sqeuclidean) {
     kernels::mean_sqeuclidean_cost(d.X, d.Y, c.mean, sh.batch, sh.n, sh.m, pl.dp, s);
@@ -306,7 +331,7 @@ StagedSolve stage_solve(runtime::Context& ctx, const SinkhornProblem& problem,
   StagedSolve st{carve(cv, pl, true, false), {}};
   up.run(ctx, cv.take<unsigned char>(up.bytes()));
   const SinkhornProblem dev = device_problem(problem, hv, up);
-  stage_inputs(dev, pl, st.c.d, s);
+  stage_inputs(dev, pl, st.c, s);
   enqueue_checks(pl, st.c, s);
   stage_center(pl, st.c, o.eps_relative, s);
   st.mean = check_device_inputs(problem, pl, st.c, balanced, o.eps_relative, s);

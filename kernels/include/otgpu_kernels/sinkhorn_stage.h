@@ -19,15 +19,10 @@ struct StridedSource {
 };
 
 /// dst[b, i, k] = src(b, i, k) for k < d (a rank-2 source is shared by all b), zero
-/// for d <= k < dp. dst is [B, rows, dp] fp32.
+/// for d <= k < dp. dst is [B, rows, dp] fp32. Cost matrices and fp64 scalars only:
+/// point clouds are staged centred, before rounding (otgpu_kernels/centered_gather.h).
 void stage_points(const StridedSource& src, std::int64_t B, std::int64_t rows, std::int64_t d,
                   int dp, float* dst, cudaStream_t stream);
-
-/// Translates X [B,n,dp] and Y [B,m,dp] by minus the mean of each problem's Y rows
-/// (costs are translation invariant; centered fp32 data loses less). center is a
-/// [B, dp] double scratch array that receives the means.
-void center_points(float* X, float* Y, double* center, std::int64_t B, std::int64_t n,
-                   std::int64_t m, int dp, cudaStream_t stream);
 
 /// w [B, len] double and logw [B, len] fp32 (-inf for zeros) from a rank-1 (shared)
 /// or rank-2 (batched) source, or uniform 1/len when src.data == nullptr.
