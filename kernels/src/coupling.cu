@@ -21,7 +21,11 @@ constexpr std::int64_t kTile = 4096;  // entries per tile of the ordered compact
 constexpr std::int64_t kMaxGridY = 65535;
 
 /// Order-preserving map of a float to an unsigned integer (larger float, larger key).
+/// A NaN key (a NaN potential, or 0 x inf when eps is 0) maps to 0, below every number:
+/// the bit pattern of a positive NaN would rank it above +inf and take it first, while
+/// the CPU's heap never prefers a NaN key to a number.
 __device__ __forceinline__ std::uint32_t ordered_bits(float z) {
+  if (z != z) return 0u;
   const std::uint32_t u = __float_as_uint(z);
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
@@ -122,6 +126,9 @@ __global__ void __launch_bounds__(kThreads)
   LseF acc{-INFINITY, 0.f};
   for (std::int64_t j = threadIdx.x; j < m; j += kThreads) {
     const float s = (gk[j] - c[j]) * inv;
+    // A zero-mass entry (an infinite cost): exp(-inf - (-inf)) below would be NaN while
+    // the running max is still -inf.
+    if (s == -INFINITY) continue;
     if (s <= acc.max) {
       acc.sum += __expf(s - acc.max);
     } else {
@@ -422,13 +429,22 @@ __global__ void __launch_bounds__(kThreads)
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   const std::int64_t k = blockIdx.x;
+  using ReduceN = cub::BlockReduce<std::int64_t, kThreads>;
+  __shared__ typename ReduceN::TempStorage tmp_n;
   double acc = 0;
+  std::int64_t valid = 0;
   for (std::int64_t t = threadIdx.x; t < P; t += kThreads) {
     const std::int64_t a = i[k * P + t], b = j[k * P + t];
-    if (a >= 0 && b >= 0) acc += C[(k * n + a) * m + b];
+    if (a >= 0 && b >= 0) {
+      acc += C[(k * n + a) * m + b];
+      ++valid;
+    }
   }
   const double total = Reduce(tmp).Sum(acc);
-  if (threadIdx.x == 0) mean[k] = total / static_cast<double>(P);
+  const std::int64_t count = ReduceN(tmp_n).Sum(valid);
+  // The mean over the pairs that exist (a draw over NaN scores has j = -1), 0 for none:
+  // what the CPU's mean_pair_cost reports.
+  if (threadIdx.x == 0) mean[k] = count > 0 ? total / static_cast<double>(count) : 0.0;
 }
 
 unsigned blocks_for(std::int64_t total) { return detail::grid_stride_blocks(total, kThreads); }
