@@ -11,6 +11,7 @@
 #include "otgpu/detail/coupling_math.h"
 #include "otgpu_kernels/coupling.h"
 #include "otgpu_kernels/cuda_check.h"
+#include "otgpu_kernels/topk_rules.h"
 
 namespace otgpu::kernels {
 
@@ -20,15 +21,7 @@ constexpr int kThreads = 256;
 constexpr std::int64_t kTile = 4096;  // entries per tile of the ordered compaction
 constexpr std::int64_t kMaxGridY = 65535;
 
-/// Order-preserving map of a float to an unsigned integer (larger float, larger key).
-/// A NaN key (a NaN potential, or 0 x inf when eps is 0) maps to 0, below every number:
-/// the bit pattern of a positive NaN would rank it above +inf and take it first, while
-/// the CPU's heap never prefers a NaN key to a number.
-__device__ __forceinline__ std::uint32_t ordered_bits(float z) {
-  if (z != z) return 0u;
-  const std::uint32_t u = __float_as_uint(z);
-  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
-}
+using topk::ordered_bits;
 
 /// The perturbed log-plan key of entry e = i * m + j of problem k (problem k's C, f, g).
 __device__ __forceinline__ std::uint32_t topk_key(const float* C, const float* f, const float* g,
@@ -283,14 +276,7 @@ __global__ void topk_select_kernel(std::uint32_t* hist, std::uint32_t* prefix,
   std::uint32_t* h = hist + k * 256;
   const std::uint32_t need = remaining[k];
   std::uint32_t above = 0;
-  int bin = 0;
-  for (int b = 255; b >= 0; --b) {
-    if (above + h[b] >= need) {
-      bin = b;
-      break;
-    }
-    above += h[b];
-  }
+  const int bin = topk::pick_bin(h, need, above);
   prefix[k] |= static_cast<std::uint32_t>(bin) << shift;
   remaining[k] = need - above;
   for (int b = 0; b < 256; ++b) h[b] = 0;
@@ -347,8 +333,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const std::int64_t before_eq = s_eq + eq_excl;
     // Ties of this tile that are taken: those of rank < need among all ties.
-    const std::int64_t left = need - before_eq;
-    const std::int64_t taken = left <= 0 ? 0 : (left < eq ? left : eq);
+    const std::int64_t taken = topk::ties_taken(need, before_eq, eq);
     const std::int64_t sel = t < tiles ? tile_gt[k * tiles + t] + taken : 0;
     std::int64_t sel_excl, sel_total;
     Scan(tmp).ExclusiveSum(sel, sel_excl, sel_total);

@@ -1,0 +1,56 @@
+// The index rules of the Gumbel-top-k radix select (kernels/src/coupling.cu): the
+// order-preserving key bits, the bin a pass keeps and the ties taken per tile. The
+// kernels call these and the tests replay the select on the CPU with them, so the tie
+// and NaN rules are pinned without a device. No CUDA header (OTGPU_HOST_DEVICE).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "otgpu/config.h"
+
+namespace otgpu::kernels::topk {
+
+/// Order-preserving map of a float to 32 bits (larger float, larger key). A NaN key (a
+/// NaN potential, or 0 x inf when eps is 0) maps to 0, below every number: the bit
+/// pattern of a positive NaN would rank it above +inf and take it first, while the
+/// CPU's heap never prefers a NaN key to a number. -0 and +0 map alike (they compare
+/// equal, so they tie and the smaller index goes first, as on the CPU).
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE std::uint32_t ordered_bits(float z) {
+  if (z != z) return 0u;
+  if (z == 0.0f) return 0x80000000u;
+#if defined(__CUDA_ARCH__)
+  const std::uint32_t u = __float_as_uint(z);
+#else
+  std::uint32_t u;
+  std::memcpy(&u, &z, sizeof(u));
+#endif
+  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
+}
+
+/// One pass of the select: hist[b] counts the keys that share the prefix found so far
+/// and have b in the 8 bits of this pass; `need` (>= 1) is the rank wanted among them,
+/// counted from the largest. Returns the bin that holds it and sets `above` to the keys
+/// of the larger bins (the next pass wants rank need - above within the bin). When the
+/// bins hold fewer than `need` keys (never: num_pairs <= n m is validated) it returns
+/// bin 0 with above = all of them.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int pick_bin(const std::uint32_t* hist, std::uint32_t need,
+                                                 std::uint32_t& above) {
+  above = 0;
+  for (int b = 255; b >= 0; --b) {
+    if (above + hist[b] >= need) return b;
+    above += hist[b];
+  }
+  return 0;
+}
+
+/// Keys equal to the threshold that a tile takes: the ties rank in increasing linear
+/// index, `need` of them are taken, `before` lie in earlier tiles and the tile holds
+/// `eq`.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE std::int64_t ties_taken(std::int64_t need, std::int64_t before,
+                                                            std::int64_t eq) {
+  const std::int64_t left = need - before;
+  return left <= 0 ? 0 : (left < eq ? left : eq);
+}
+
+}  // namespace otgpu::kernels::topk
