@@ -28,14 +28,7 @@ __device__ __forceinline__ std::uint32_t topk_key(const float* C, const float* f
                                                   double inv_eps, std::int64_t m, std::int64_t e,
                                                   std::uint64_t key_seed, std::int64_t k) {
   const std::int64_t i = e / m, j = e - i * m;
-  // Explicitly rounded operations: every pass must compute bit-identical keys (no
-  // contraction into an FMA in one kernel and not in another).
-  const float s = __fsub_rn(__fadd_rn(f[i], g[j]), C[e]);
-  const double z = __dadd_rn(
-      __dmul_rn(static_cast<double>(s), inv_eps),
-      otgpu::detail::stream_gumbel(key_seed, static_cast<std::uint64_t>(k),
-                                   static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)));
-  return ordered_bits(static_cast<float>(z));
+  return ordered_bits(topk::key_value(f[i], g[j], C[e], inv_eps, key_seed, k, i, j));
 }
 
 __global__ void __launch_bounds__(kThreads)

@@ -12,15 +12,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <set>
 #include <vector>
 
+#include "cpu_coupling.h"
 #include "gpu_test_util.h"
 #include "otgpu/coupling.h"
+#include "otgpu/detail/coupling_math.h"
 #include "otgpu/error.h"
+#include "otgpu/sinkhorn.h"
 #include "otgpu_kernels/topk_rules.h"
 
 namespace {
@@ -166,6 +170,59 @@ TEST(TopKReview, PickBinAndTiesTaken) {
   EXPECT_EQ(topk::ties_taken(4, 3, 3), 1);
   EXPECT_EQ(topk::ties_taken(4, 4, 3), 0);
   EXPECT_EQ(topk::ties_taken(4, 9, 3), 0);
+}
+
+// The kernels' key (topk::key_value, fp32) on the CPU's potentials selects the pairs the
+// CPU's couple() draws without replacement: the same Gumbel stream (key_seed, k, i, j)
+// in the same argument order, the same score. The selections are compared only where
+// the P-th and the (P+1)-th keys are apart by more than fp32 round-off.
+TEST(TopKReview, KernelKeysSelectTheCpuPairs) {
+  const std::int64_t K = 3, n = 6, m = 7, d = 2, P = 5;
+  const auto x = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), 81, -1, 1);
+  const auto y = otgpu_test::uniform(static_cast<std::size_t>(K * m * d), 82, -1, 1);
+  const auto xv = TensorView::host(x.data(), {K, n, d});
+  const auto yv = TensorView::host(y.data(), {K, m, d});
+  CouplingOptions o;
+  o.eps = 0.3;
+  o.num_pairs = P;
+  o.seed = 1234567891234ull;
+  o.backend = otgpu::Backend::cpu;
+  const auto pairs = otgpu::couple(xv, yv, o);
+  otgpu::SinkhornOptions so = otgpu::detail::coupling_sinkhorn_options(o);
+  so.backend = otgpu::Backend::cpu;
+  const auto sol = otgpu::sinkhorn(otgpu::detail::coupling_problem(xv, yv, o), so);
+  const std::uint64_t key_seed = otgpu::detail::stream_seed(o.seed, otgpu::detail::kStreamTopK);
+  int compared = 0;
+  for (std::int64_t k = 0; k < K; ++k) {
+    const double inv = 1.0 / sol.problems[static_cast<std::size_t>(k)].eps;
+    std::vector<float> keys(static_cast<std::size_t>(n * m));
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t j = 0; j < m; ++j) {
+        double c = 0;
+        for (std::int64_t t = 0; t < d; ++t) {
+          const double a = x[static_cast<std::size_t>((k * n + i) * d + t)] -
+                           y[static_cast<std::size_t>((k * m + j) * d + t)];
+          c += a * a;
+        }
+        keys[static_cast<std::size_t>(i * m + j)] =
+            topk::key_value(static_cast<float>(sol.f[static_cast<std::size_t>(k * n + i)]),
+                            static_cast<float>(sol.g[static_cast<std::size_t>(k * m + j)]),
+                            static_cast<float>(c), inv, key_seed, k, i, j);
+      }
+    }
+    std::vector<float> sorted = keys;
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    if (sorted[P - 1] - sorted[P] < 1e-3f * (1.f + std::abs(sorted[P]))) continue;
+    ++compared;
+    const auto want = reference_select(keys, P);
+    for (std::int64_t t = 0; t < P; ++t) {
+      EXPECT_EQ(pairs.i[static_cast<std::size_t>(k * P + t)] * m +
+                    pairs.j[static_cast<std::size_t>(k * P + t)],
+                want[static_cast<std::size_t>(t)])
+          << "problem " << k << " pair " << t;
+    }
+  }
+  EXPECT_GE(compared, 2) << "the seeds give near-ties: pick others";
 }
 
 // ---- on a GPU ----

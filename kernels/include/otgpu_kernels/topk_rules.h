@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "otgpu/config.h"
+#include "otgpu/detail/coupling_math.h"
 
 namespace otgpu::kernels::topk {
 
@@ -26,6 +27,27 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE std::uint32_t ordered_bits(float z) {
   std::memcpy(&u, &z, sizeof(u));
 #endif
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
+}
+
+/// The fp32 key of entry (i, j) of problem k: z = (f_i + g_j - C_ij) / eps + the Gumbel
+/// variate of (key_seed, k, i, j), key_seed = stream_seed(seed, kStreamTopK): the CPU's
+/// key (cpu_coupling.cpp) less the constant log a_i + log b_j of uniform weights. On the
+/// device every operation is explicitly rounded, so that the passes of the select (three
+/// kernels) compute bit-identical keys: no FMA contraction in one and not in another.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE float key_value(float f, float g, float c, double inv_eps,
+                                                    std::uint64_t key_seed, std::int64_t k,
+                                                    std::int64_t i, std::int64_t j) {
+  const double gumbel =
+      otgpu::detail::stream_gumbel(key_seed, static_cast<std::uint64_t>(k),
+                                   static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j));
+#if defined(__CUDA_ARCH__)
+  const float s = __fsub_rn(__fadd_rn(f, g), c);
+  const double z = __dadd_rn(__dmul_rn(static_cast<double>(s), inv_eps), gumbel);
+#else
+  const float s = (f + g) - c;
+  const double z = static_cast<double>(s) * inv_eps + gumbel;
+#endif
+  return static_cast<float>(z);
 }
 
 /// One pass of the select: hist[b] counts the keys that share the prefix found so far
