@@ -363,11 +363,15 @@ class PathEnv {
   std::string old_;
 };
 
-/// GPU and CPU on the same matrices [K, n, m]: the GPU's matching costs the optimum
-/// (1e-6 of the cost scale: fp32 staging of an fp32 view), its potentials certify it.
+/// The GPU on problem p and the CPU on its costs c [K, n, m] (a host copy: the CPU
+/// backend refuses device views): the GPU's matching costs the optimum (1e-6 of the cost
+/// scale: fp32 staging of an fp32 view), its potentials certify it.
 void expect_gpu_matches_cpu(const AssignmentProblem& p, const std::vector<double>& c,
                             std::int64_t K, std::int64_t n, std::int64_t m) {
-  const auto cpu = otgpu::assignment(p, {Backend::cpu});
+  AssignmentProblem hp;
+  hp.cost_kind = CostKind::matrix;
+  hp.cost = TensorView::host(c.data(), {K, n, m});
+  const auto cpu = otgpu::assignment(hp, {Backend::cpu});
   const auto gpu = otgpu::assignment(p, {Backend::cuda});
   ASSERT_EQ(gpu.backend, Backend::cuda);
   for (std::int64_t b = 0; b < K; ++b) {
