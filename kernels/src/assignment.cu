@@ -629,8 +629,7 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
       // row. Few (the long tail of a phase): a group of warps per row, the row's
       // columns over the group's threads, so that a bid costs N / (128 G) rounds of
       // loads, not N / 128.
-      int G = 1;
-      while (G < kWarps && count * (2 * G) <= gwarps) G *= 2;
+      const int G = auction::group_warps(count, gwarps, kWarps);
       if (G == 1) {
         for (int k = gw; k < count; k += gwarps) {
           const int i = __ldcg(&rows[k]);
@@ -906,14 +905,11 @@ int grid_blocks_per_problem(std::int64_t K, std::int64_t N, AuctionPath path) {
   OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
   OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (path == AuctionPath::automatic && (K >= sms || N <= 256)) return 0;
-  if (!coop) return 0;
+  // The occupancy at the launch's own size: 512 threads, no dynamic shared memory.
   OTGPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, auction_grid_kernel<T>,
                                                                  kAuctionThreads, 0));
-  const std::int64_t fit = static_cast<std::int64_t>(per_sm) * sms / K;
-  const std::int64_t useful = std::max<std::int64_t>(2, (N + kWarps - 1) / kWarps);
-  const std::int64_t B = std::min({fit, static_cast<std::int64_t>(sms), useful});
-  return B >= 2 ? static_cast<int>(B) : 0;
+  return static_cast<int>(
+      auction::grid_blocks(K, N, sms, per_sm, coop != 0, path == AuctionPath::automatic, kWarps));
 }
 
 template <class T>

@@ -278,6 +278,55 @@ TEST(AuctionReview, RulesOfTheSchedule) {
   EXPECT_LT(auction::tie_rank(0, 5, 8), auction::tie_rank(4, 5, 8));
 }
 
+// The grid path's launch shape: every K * B blocks resident (K * B <= per_sm * #SMs, the
+// cooperative launch's condition), 2 <= B <= #SMs, at most a block per 16 rows (but 2);
+// the automatic rule only for K < #SMs and N > 256.
+TEST(AuctionReview, GridLaunchStaysCoResident) {
+  for (const int sms : {1, 2, 3, 78, 132}) {
+    for (const int per_sm : {0, 1, 2, 3}) {
+      for (const long long K : {1LL, 2LL, 3LL, 7LL, 64LL, 65LL, 131LL, 132LL, 300LL}) {
+        for (const long long N : {1LL, 31LL, 64LL, 256LL, 257LL, 1000LL, 4096LL}) {
+          for (const bool automatic : {false, true}) {
+            const long long B = auction::grid_blocks(K, N, sms, per_sm, true, automatic, 16);
+            SCOPED_TRACE(testing::Message() << "sms=" << sms << " per_sm=" << per_sm << " K=" << K
+                                            << " N=" << N << " automatic=" << automatic);
+            EXPECT_EQ(auction::grid_blocks(K, N, sms, per_sm, false, automatic, 16), 0);
+            if (automatic && (K >= sms || N <= 256)) {
+              EXPECT_EQ(B, 0);
+            }
+            if (B == 0) continue;
+            EXPECT_GE(B, 2);
+            EXPECT_LE(B, sms);
+            EXPECT_LE(K * B, static_cast<long long>(per_sm) * sms);
+            EXPECT_LE(B, std::max(2LL, (N + 15) / 16));
+          }
+        }
+      }
+    }
+  }
+  // The shapes the GPU suite's GridPathRule expects on a 132-SM device at one block per SM.
+  EXPECT_EQ(auction::grid_blocks(1, 4096, 132, 1, true, true, 16), 132);
+  EXPECT_EQ(auction::grid_blocks(2, 4096, 132, 1, true, true, 16), 66);
+  EXPECT_EQ(auction::grid_blocks(3, 64, 132, 1, true, false, 16), 4);
+  EXPECT_EQ(auction::grid_blocks(8, 256, 132, 1, true, false, 16), 16);
+  EXPECT_EQ(auction::grid_blocks(1, 256, 132, 1, true, true, 16), 0);
+}
+
+// The warps that bid for one row on the grid path: a power of two up to a block, G rows'
+// worth within the problem's warps, the largest such.
+TEST(AuctionReview, GroupWarpsFitTheProblem) {
+  for (const int warps : {32, 48, 64, 512, 2112}) {
+    for (int count = 1; count <= 3000; ++count) {
+      const int G = auction::group_warps(count, warps, 16);
+      ASSERT_TRUE(G == 1 || G == 2 || G == 4 || G == 8 || G == 16) << G;
+      if (G > 1) {
+        ASSERT_LE(G * count, warps) << "count " << count;
+      }
+      ASSERT_TRUE(G == 16 || 2 * G * count > warps) << "count " << count;
+    }
+  }
+}
+
 TEST(AuctionReview, ReplayIsOptimalOnEdgeShapesAndCosts) {
   // Shapes: one pair, one row, one column, rectangular both ways, square.
   for (const auto& [n, m] : std::vector<std::pair<int, int>>{

@@ -68,4 +68,32 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int tie_rank(int j, int i, int N) {
   return j >= i ? j - i : j - i + N;
 }
 
+/// Warps G that bid together for one row on the grid path when `count` rows bid and the
+/// problem has `warps` warps: the largest power of two up to a block (`block_warps`)
+/// with G * count <= warps, at least 1. One warp per row while many rows bid; in the
+/// long tail of a phase a group of warps shares a row's columns.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int group_warps(int count, int warps, int block_warps) {
+  int G = 1;
+  while (G < block_warps && count * (2 * G) <= warps) G *= 2;
+  return G;
+}
+
+/// Blocks per problem of the grid path, 0 for the block path. All K * B blocks must be
+/// resident at once (a problem's blocks spin at their barrier on each other), so K * B
+/// never exceeds `per_sm` (the occupancy of the compiled grid kernel at its launch
+/// size) times `sms`; B is also at most #SMs and one block per `rows_per_block` rows
+/// (but 2). `automatic`: the grid only when K < #SMs and N > 256; `forced`: whenever
+/// two blocks per problem fit. No cooperative launch, or fewer than 2 blocks: 0.
+inline long long grid_blocks(long long K, long long N, int sms, int per_sm, bool cooperative,
+                             bool automatic, long long rows_per_block) {
+  if (automatic && (K >= sms || N <= 256)) return 0;
+  if (!cooperative || K <= 0) return 0;
+  const long long fit = static_cast<long long>(per_sm) * sms / K;
+  long long useful = (N + rows_per_block - 1) / rows_per_block;
+  if (useful < 2) useful = 2;
+  long long B = fit < sms ? fit : sms;
+  if (useful < B) B = useful;
+  return B >= 2 ? B : 0;
+}
+
 }  // namespace otgpu::kernels::auction
