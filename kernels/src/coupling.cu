@@ -10,8 +10,8 @@
 #include "grid.cuh"
 #include "otgpu/detail/coupling_math.h"
 #include "otgpu_kernels/coupling.h"
+#include "otgpu_kernels/coupling_rules.h"
 #include "otgpu_kernels/cuda_check.h"
-#include "otgpu_kernels/topk_rules.h"
 
 namespace otgpu::kernels {
 
@@ -171,10 +171,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const double total = s_carry;
   for (std::int64_t t = threadIdx.x; t < P; t += kThreads) {
-    const double u =
-        otgpu::detail::keyed_uniform(seed, otgpu::detail::kStreamRowUniform,
-                                     static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(t)) *
-        total;
+    const double u = draws::row_uniform(seed, k, t) * total;
     std::int64_t lo = 0, hi = n;  // first index with cdf > u
     while (lo < hi) {
       const std::int64_t mid = (lo + hi) / 2;
@@ -204,10 +201,7 @@ __global__ void __launch_bounds__(kThreads)
   double best = -INFINITY;
   std::int64_t arg = -1;
   for (std::int64_t j = lane; j < m; j += 32) {
-    const double v =
-        static_cast<double>(gk[j] - c[j]) * inv +
-        otgpu::detail::stream_gumbel(col_seed, static_cast<std::uint64_t>(k),
-                                     static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(j));
+    const double v = draws::column_score(gk[j], c[j], inv, col_seed, k, t, j);
     if (v > best) {
       best = v;
       arg = j;

@@ -1,6 +1,6 @@
 // Review of the coupling kernels (kernels/src/coupling.cu). On the CPU (always run): a
 // replay of the Gumbel-top-k radix select and its ordered compaction with the kernels'
-// own rules (otgpu_kernels/topk_rules.h) against a plain sort, on keys full of ties,
+// own rules (otgpu_kernels/coupling_rules.h) against a plain sort, on keys full of ties,
 // NaN, infinities and signed zeros, tiles of several sizes. On a GPU (skips without
 // one): the shapes at the edges of the kernels' index arithmetic (one row, every
 // entry taken, a plan over several tiles of 4096 entries, K > 1), each checked against
@@ -25,7 +25,7 @@
 #include "otgpu/detail/coupling_math.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
-#include "otgpu_kernels/topk_rules.h"
+#include "otgpu_kernels/coupling_rules.h"
 
 namespace {
 
@@ -223,6 +223,85 @@ TEST(TopKReview, KernelKeysSelectTheCpuPairs) {
     }
   }
   EXPECT_GE(compared, 2) << "the seeds give near-ties: pick others";
+}
+
+// The kernels' row uniform and column score (draws::, with replacement) on the CPU's
+// potentials reproduce the CPU's couple() draws: the row by inverse CDF of the fp64 row
+// masses at the uniform, the column as the argmax of the score (where the best and the
+// second score, or the uniform and a CDF step, are apart by more than round-off).
+TEST(TopKReview, KernelDrawsWithReplacementFollowTheCpuStreams) {
+  const std::int64_t K = 2, n = 6, m = 7, d = 2, P = 40;
+  const auto x = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), 83, -1, 1);
+  const auto y = otgpu_test::uniform(static_cast<std::size_t>(K * m * d), 84, -1, 1);
+  const auto xv = TensorView::host(x.data(), {K, n, d});
+  const auto yv = TensorView::host(y.data(), {K, m, d});
+  CouplingOptions o;
+  o.eps = 0.3;
+  o.num_pairs = P;
+  o.replacement = true;
+  o.seed = 987654321987ull;
+  o.backend = otgpu::Backend::cpu;
+  const auto pairs = otgpu::couple(xv, yv, o);
+  otgpu::SinkhornOptions so = otgpu::detail::coupling_sinkhorn_options(o);
+  so.backend = otgpu::Backend::cpu;
+  const auto sol = otgpu::sinkhorn(otgpu::detail::coupling_problem(xv, yv, o), so);
+  const std::uint64_t col_seed =
+      otgpu::detail::stream_seed(o.seed, otgpu::detail::kStreamJointColumn);
+  int rows_compared = 0, cols_compared = 0;
+  for (std::int64_t k = 0; k < K; ++k) {
+    const double inv = 1.0 / sol.problems[static_cast<std::size_t>(k)].eps;
+    auto cost = [&](std::int64_t i, std::int64_t j) {
+      double c = 0;
+      for (std::int64_t t = 0; t < d; ++t) {
+        const double a = x[static_cast<std::size_t>((k * n + i) * d + t)] -
+                         y[static_cast<std::size_t>((k * m + j) * d + t)];
+        c += a * a;
+      }
+      return c;
+    };
+    auto f = [&](std::int64_t i) { return sol.f[static_cast<std::size_t>(k * n + i)]; };
+    auto g = [&](std::int64_t j) { return sol.g[static_cast<std::size_t>(k * m + j)]; };
+    // Row masses r_i / r_max and their inclusive CDF (fp64).
+    std::vector<double> log_r(static_cast<std::size_t>(n)), cdf(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) {
+      double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+      for (std::int64_t j = 0; j < m; ++j) mx = std::max(mx, (g(j) - cost(i, j)) * inv);
+      for (std::int64_t j = 0; j < m; ++j) sum += std::exp((g(j) - cost(i, j)) * inv - mx);
+      log_r[static_cast<std::size_t>(i)] = f(i) * inv + mx + std::log(sum);
+    }
+    const double top = *std::max_element(log_r.begin(), log_r.end());
+    double acc = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      acc += std::exp(log_r[static_cast<std::size_t>(i)] - top);
+      cdf[static_cast<std::size_t>(i)] = acc;
+    }
+    for (std::int64_t t = 0; t < P; ++t) {
+      const std::int64_t ci = pairs.i[static_cast<std::size_t>(k * P + t)];
+      const std::int64_t cj = pairs.j[static_cast<std::size_t>(k * P + t)];
+      const double u = otgpu::kernels::draws::row_uniform(o.seed, k, t) * acc;
+      const auto at = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
+      bool clear = true;
+      for (double step : cdf) clear = clear && std::abs(step - u) > 1e-9 * acc;
+      if (clear) {
+        ++rows_compared;
+        EXPECT_EQ(ci, std::min<std::int64_t>(at, n - 1)) << "problem " << k << " draw " << t;
+      }
+      std::vector<double> score(static_cast<std::size_t>(m));
+      for (std::int64_t j = 0; j < m; ++j) {
+        score[static_cast<std::size_t>(j)] = otgpu::kernels::draws::column_score(
+            static_cast<float>(g(j)), static_cast<float>(cost(ci, j)), inv, col_seed, k, t, j);
+      }
+      const auto best = std::max_element(score.begin(), score.end()) - score.begin();
+      std::vector<double> sorted = score;
+      std::sort(sorted.begin(), sorted.end(), std::greater<>());
+      if (sorted[0] - sorted[1] > 1e-4 * (1 + std::abs(sorted[0]))) {
+        ++cols_compared;
+        EXPECT_EQ(cj, best) << "problem " << k << " draw " << t;
+      }
+    }
+  }
+  EXPECT_GE(rows_compared, 60);
+  EXPECT_GE(cols_compared, 60);
 }
 
 // ---- on a GPU ----

@@ -1,7 +1,9 @@
-// The index rules of the Gumbel-top-k radix select (kernels/src/coupling.cu): the
-// order-preserving key bits, the bin a pass keeps and the ties taken per tile. The
-// kernels call these and the tests replay the select on the CPU with them, so the tie
-// and NaN rules are pinned without a device. No CUDA header (OTGPU_HOST_DEVICE).
+// The index rules of the coupling draws (kernels/src/coupling.cu): the Gumbel-top-k
+// radix select's key, order-preserving key bits, the bin a pass keeps and the ties taken
+// per tile; the draws with replacement's row uniform and column score. The kernels call
+// these and the tests replay them on the CPU against the CPU's couple(), so the keys
+// (Philox streams, argument order) and the tie and NaN rules are pinned without a
+// device. No CUDA header (OTGPU_HOST_DEVICE).
 #pragma once
 
 #include <cstdint>
@@ -76,3 +78,27 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE std::int64_t ties_taken(std::int64_t need, s
 }
 
 }  // namespace otgpu::kernels::topk
+
+namespace otgpu::kernels::draws {
+
+/// The uniform of draw t's row in problem k (draws with replacement): keyed by the
+/// user's seed itself in the row stream, as on the CPU.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE double row_uniform(std::uint64_t seed, std::int64_t k,
+                                                       std::int64_t t) {
+  return otgpu::detail::keyed_uniform(seed, otgpu::detail::kStreamRowUniform,
+                                      static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(t));
+}
+
+/// The score of column j for draw t of problem k (row i_t, with C = C_{i_t j}): (g_j -
+/// C) / eps + the Gumbel variate of (col_seed, k, t, j), col_seed = stream_seed(seed,
+/// kStreamJointColumn); the draw takes the argmax (ties to the smaller j). The CPU adds
+/// log b_j, the same for every j under uniform weights.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE double column_score(float g, float c, double inv_eps,
+                                                        std::uint64_t col_seed, std::int64_t k,
+                                                        std::int64_t t, std::int64_t j) {
+  return static_cast<double>(g - c) * inv_eps +
+         otgpu::detail::stream_gumbel(col_seed, static_cast<std::uint64_t>(k),
+                                      static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(j));
+}
+
+}  // namespace otgpu::kernels::draws
