@@ -1,7 +1,9 @@
 // Review of the coupling kernels (kernels/src/coupling.cu). On the CPU (always run): a
 // replay of the Gumbel-top-k radix select and its ordered compaction with the kernels'
 // own rules (otgpu_kernels/coupling_rules.h) against a plain sort, on keys full of ties,
-// NaN, infinities and signed zeros, tiles of several sizes. On a GPU (skips without
+// NaN, infinities and signed zeros, tiles of several sizes; the kernels' keys, row
+// uniforms and column scores on the CPU Sinkhorn's potentials reproduce the CPU
+// couple()'s pairs (same Philox streams). On a GPU (skips without
 // one): the shapes at the edges of the kernels' index arithmetic (one row, every
 // entry taken, a plan over several tiles of 4096 entries, K > 1), each checked against
 // what must hold whatever the draws: distinct increasing pairs, every entry exactly
