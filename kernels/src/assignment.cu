@@ -32,6 +32,7 @@
 
 #include "grid.cuh"
 #include "otgpu_kernels/assignment.h"
+#include "otgpu_kernels/auction_rules.h"
 #include "otgpu_kernels/cuda_check.h"
 
 namespace otgpu::kernels {
@@ -83,6 +84,63 @@ __device__ __forceinline__ double warp_min(double x) {
   return x;
 }
 
+// ---- The setup both auction kernels share (each thread passes its place in the
+// problem: thread t of `threads`, warp w of `warps`). The costs are read with plain
+// loads: C is never written during the launch, so no cache can hold a stale copy.
+
+/// The least and largest finite cost of the original [n, m] corner over this thread's
+/// entries (lo = +inf, hi = -inf when it has none); the caller reduces them.
+template <class T>
+__device__ void corner_extent(const T* __restrict__ C, int n, int m, int N, int t, int threads,
+                              double& lo, double& hi) {
+  const double inf = d_inf();
+  for (std::int64_t e = t; e < static_cast<std::int64_t>(n) * m; e += threads) {
+    const double c = static_cast<double>(C[(e / m) * N + e % m]);
+    if (c < inf) {
+      lo = fmin(lo, c);
+      hi = fmax(hi, c);
+    }
+  }
+}
+
+/// Sets *flag when a line of the side that must be matched entirely has no allowed pair:
+/// a row when n <= m (one warp per row: every lane of the warp reaches __any_sync), a
+/// column when m <= n (one thread per column). The padding never needs the check: its
+/// zero-cost rows or columns are allowed everywhere.
+template <class T>
+__device__ void flag_empty_lines(const T* __restrict__ C, int n, int m, int N, int t, int threads,
+                                 int w, int warps, int lane, int* flag) {
+  const double inf = d_inf();
+  if (n <= m) {
+    for (int i = w; i < n; i += warps) {
+      bool any = false;
+      for (int j = lane; j < m; j += 32)
+        any = any || static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!__any_sync(kFull, any) && lane == 0) atomicOr(flag, 1);
+    }
+  }
+  if (m <= n) {
+    for (int j = t; j < m; j += threads) {
+      bool any = false;
+      for (int i = 0; i < n && !any; ++i)
+        any = static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
+      if (!any) atomicOr(flag, 1);
+    }
+  }
+}
+
+/// The state before the first phase: every price 0, no row or column assigned. The
+/// assignment is cleared here too (not only when a phase starts) because a problem
+/// found infeasible before its first round writes its outputs from it: without this it
+/// would report the assignment a previous call left in the workspace.
+__device__ void init_state(double* price, int* row_col, int* col_row, int N, int t, int threads) {
+  for (int j = t; j < N; j += threads) {
+    price[j] = 0.0;
+    row_col[j] = -1;
+    col_row[j] = -1;
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kAuctionThreads)
     auction_kernel(const T* __restrict__ Call, int n, int m, int N, AuctionScratch s,
@@ -110,41 +168,18 @@ __global__ void __launch_bounds__(kAuctionThreads)
   // ---- scale and the plain infeasibility checks (a row / column with no allowed pair)
   if (tid == 0) s_flag = 0;
   double lo = inf, hi = -inf;
-  for (std::int64_t e = tid; e < static_cast<std::int64_t>(n) * m; e += kAuctionThreads) {
-    const double c = static_cast<double>(C[(e / m) * N + e % m]);
-    if (c < inf) {
-      lo = fmin(lo, c);
-      hi = fmax(hi, c);
-    }
-  }
-  lo = block_min(lo, red);
+  corner_extent(C, n, m, N, tid, kAuctionThreads, lo, hi);
+  lo = block_min(lo, red);  // its barriers also order s_flag = 0 before the atomicOr below
   hi = block_max(hi, red);
-  if (n <= m) {
-    for (int i = warp; i < n; i += kWarps) {
-      bool any = false;
-      for (int j = lane; j < m; j += 32)
-        any = any || static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
-      if (!__any_sync(kFull, any) && lane == 0) atomicOr(&s_flag, 1);
-    }
-  }
-  if (m <= n) {
-    for (int j = tid; j < m; j += kAuctionThreads) {
-      bool any = false;
-      for (int i = 0; i < n && !any; ++i)
-        any = static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
-      if (!any) atomicOr(&s_flag, 1);
-    }
-  }
-  for (int j = tid; j < N; j += kAuctionThreads) price[j] = 0.0;
+  flag_empty_lines(C, n, m, N, tid, kAuctionThreads, warp, kWarps, lane, &s_flag);
+  init_state(price, row_col, col_row, N, tid, kAuctionThreads);
   __syncthreads();
   int status = s_flag ? 1 : 0;
-  double range = hi - lo;
-  if (!(range > 0)) range = fmax(fabs(hi), 1.0);
-  if (!(range < inf)) range = 1.0;  // no allowed pair at all (status is 1 then)
-  const double eps_floor = range * 4e-16 * N;
-  double eps = range / 4;
+  const auction::Schedule sched = auction::schedule(lo, hi, N);
+  const double range = sched.range, eps_floor = sched.eps_floor;
+  double eps = sched.eps;
   long long rounds = 0;
-  const long long cap = 20LL * N + 2000;  // rounds per phase before giving up
+  const long long cap = sched.cap;
 
   while (status == 0) {
     for (int j = tid; j < N; j += kAuctionThreads) {
@@ -165,7 +200,7 @@ __global__ void __launch_bounds__(kAuctionThreads)
         // Ties go to the first column at or after i (cyclically): rows with equal
         // costs (the zero-cost padding, tied data) spread over the columns in one
         // round instead of queueing for the same column one winner per round.
-        auto rot = [i, N](int j) { return j >= i ? j - i : j - i + N; };
+        auto rot = [i, N](int j) { return auction::tie_rank(j, i, N); };
         double v1 = -inf, v2 = -inf;
         int j1 = -1;
         for (int j = lane; j < N; j += 32) {
@@ -197,8 +232,8 @@ __global__ void __launch_bounds__(kAuctionThreads)
           if (j1 < 0) {
             atomicOr(&s_flag, 1);
           } else {
-            const double second = v2 > -inf ? v2 : v1 - range - eps;
-            const unsigned long long e = encode(price[j1] + (v1 - second) + eps);
+            // Plain load: this block alone writes the prices, ordered by __syncthreads.
+            const unsigned long long e = encode(auction::bid(price[j1], v1, v2, range, eps));
             my_bid[i] = e;
             my_col[i] = j1;
             atomicMax(&bid_val[j1], e);
@@ -261,9 +296,8 @@ __global__ void __launch_bounds__(kAuctionThreads)
     cost = block_sum(cost, red);
     acost = block_sum(acost, red);
     dual = block_sum(dual, red);
-    const double gap = cost - dual;
-    if (gap <= 1e-10 * acost + 1e-13 * range * N || eps <= eps_floor) break;
-    eps = fmax(eps / 8, eps_floor);
+    if (auction::phases_done(cost, acost, dual, range, N, eps, eps_floor)) break;
+    eps = auction::next_eps(eps, eps_floor);
   }
 
   // ---- outputs on the original [n, m] problem
@@ -437,7 +471,7 @@ struct Best {
 
 /// Columns at or after row i come first among equal values (cyclically): rows with equal
 /// costs (the zero-cost padding, tied data) spread over the columns in one round.
-__device__ __forceinline__ int rot(int j, int i, int N) { return j >= i ? j - i : j - i + N; }
+__device__ __forceinline__ int rot(int j, int i, int N) { return auction::tie_rank(j, i, N); }
 
 /// Folds (ov1, ov2, oj) into b. The result does not depend on the order of the folds.
 __device__ __forceinline__ void fold(Best& b, double ov1, double ov2, int oj, int i, int N) {
@@ -518,47 +552,26 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
 
   // ---- scale and the plain infeasibility checks
   double lo = inf, hi = -inf;
-  for (std::int64_t e = gt; e < static_cast<std::int64_t>(n) * m; e += gthreads) {
-    const double c = static_cast<double>(C[(e / m) * N + e % m]);
-    if (c < inf) {
-      lo = fmin(lo, c);
-      hi = fmax(hi, c);
-    }
-  }
+  corner_extent(C, n, m, N, gt, gthreads, lo, hi);
   lo = block_min(lo, red);
   hi = block_max(hi, red);
   if (tid == 0) {
     atomicMax(&g->lo_rev, ~encode(lo));
     atomicMax(&g->hi, encode(hi));
   }
-  if (n <= m) {
-    for (int i = gw; i < n; i += gwarps) {
-      bool any = false;
-      for (int j = lane; j < m; j += 32)
-        any = any || static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
-      if (!__any_sync(kFull, any) && lane == 0) atomicOr(&g->flag, 1);
-    }
-  }
-  if (m <= n) {
-    for (int j = gt; j < m; j += gthreads) {
-      bool any = false;
-      for (int i = 0; i < n && !any; ++i)
-        any = static_cast<double>(C[static_cast<std::int64_t>(i) * N + j]) < inf;
-      if (!any) atomicOr(&g->flag, 1);
-    }
-  }
-  for (int j = gt; j < N; j += gthreads) price[j] = 0.0;
+  flag_empty_lines(C, n, m, N, gt, gthreads, gw, gwarps, lane, &g->flag);
+  init_state(price, row_col, col_row, N, gt, gthreads);
   problem_sync(&g->barrier, gen, nb);
+  // Read after the barrier, where every block of the problem sees the same words: the
+  // blocks take the same branches (status) and the same schedule.
   int status = ld_volatile(&g->flag) ? 1 : 0;
   lo = decode(~ld_volatile(&g->lo_rev));
   hi = decode(ld_volatile(&g->hi));
-  double range = hi - lo;
-  if (!(range > 0)) range = fmax(fabs(hi), 1.0);
-  if (!(range < inf)) range = 1.0;
-  const double eps_floor = range * 4e-16 * N;
-  double eps = range / 4;
+  const auction::Schedule sched = auction::schedule(lo, hi, N);
+  const double range = sched.range, eps_floor = sched.eps_floor;
+  double eps = sched.eps;
   long long rounds = 0;
-  const long long cap = 20LL * N + 2000;
+  const long long cap = sched.cap;
   unsigned round = 0, phase = 0;  // parities of the double buffers
   // A row's bid for its best column j1: p_j1 + (v1 - v2) + eps.
   auto place_bid = [&](int i, const Best& best, unsigned long long* bid_val) {
@@ -566,8 +579,11 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
       atomicOr(&g->flag, 1);
       return;
     }
-    const double second = best.v2 > -inf ? best.v2 : best.v1 - range - eps;
-    const unsigned long long e = encode(__ldcg(&price[best.j1]) + (best.v1 - second) + eps);
+    // __ldcg: the price may have been written by another block of the problem in an
+    // earlier round; a plain load could hit a stale line of this SM's L1 (not coherent
+    // across SMs), the barrier's fences only make the write visible in L2.
+    const unsigned long long e =
+        encode(auction::bid(__ldcg(&price[best.j1]), best.v1, best.v2, range, eps));
     my_bid[i] = e;
     my_col[i] = best.j1;
     atomicMax(&bid_val[best.j1], e);
@@ -613,8 +629,7 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
       // row. Few (the long tail of a phase): a group of warps per row, the row's
       // columns over the group's threads, so that a bid costs N / (128 G) rounds of
       // loads, not N / 128.
-      int G = 1;
-      while (G < kWarps && count * (2 * G) <= gwarps) G *= 2;
+      const int G = auction::group_warps(count, gwarps, kWarps);
       if (G == 1) {
         for (int k = gw; k < count; k += gwarps) {
           const int i = __ldcg(&rows[k]);
@@ -722,9 +737,10 @@ __global__ void __launch_bounds__(kAuctionThreads, 1)
       atomicAdd(&sum[2], dual);
     }
     problem_sync(&g->barrier, gen, nb);
-    const double gap = ld_volatile(&sum[0]) - ld_volatile(&sum[2]);
-    if (gap <= 1e-10 * ld_volatile(&sum[1]) + 1e-13 * range * N || eps <= eps_floor) break;
-    eps = fmax(eps / 8, eps_floor);
+    if (auction::phases_done(ld_volatile(&sum[0]), ld_volatile(&sum[1]), ld_volatile(&sum[2]),
+                             range, N, eps, eps_floor))
+      break;
+    eps = auction::next_eps(eps, eps_floor);
   }
 
   // ---- outputs on the original [n, m] problem (no writer of the scratch is left)
@@ -889,14 +905,11 @@ int grid_blocks_per_problem(std::int64_t K, std::int64_t N, AuctionPath path) {
   OTGPU_CUDA_CHECK(cudaGetDevice(&dev));
   OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (path == AuctionPath::automatic && (K >= sms || N <= 256)) return 0;
-  if (!coop) return 0;
+  // The occupancy at the launch's own size: 512 threads, no dynamic shared memory.
   OTGPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, auction_grid_kernel<T>,
                                                                  kAuctionThreads, 0));
-  const std::int64_t fit = static_cast<std::int64_t>(per_sm) * sms / K;
-  const std::int64_t useful = std::max<std::int64_t>(2, (N + kWarps - 1) / kWarps);
-  const std::int64_t B = std::min({fit, static_cast<std::int64_t>(sms), useful});
-  return B >= 2 ? static_cast<int>(B) : 0;
+  return static_cast<int>(
+      auction::grid_blocks(K, N, sms, per_sm, coop != 0, path == AuctionPath::automatic, kWarps));
 }
 
 template <class T>

@@ -10,6 +10,7 @@
 #include "grid.cuh"
 #include "otgpu/detail/coupling_math.h"
 #include "otgpu_kernels/coupling.h"
+#include "otgpu_kernels/coupling_rules.h"
 #include "otgpu_kernels/cuda_check.h"
 
 namespace otgpu::kernels {
@@ -20,25 +21,14 @@ constexpr int kThreads = 256;
 constexpr std::int64_t kTile = 4096;  // entries per tile of the ordered compaction
 constexpr std::int64_t kMaxGridY = 65535;
 
-/// Order-preserving map of a float to an unsigned integer (larger float, larger key).
-__device__ __forceinline__ std::uint32_t ordered_bits(float z) {
-  const std::uint32_t u = __float_as_uint(z);
-  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
-}
+using topk::ordered_bits;
 
 /// The perturbed log-plan key of entry e = i * m + j of problem k (problem k's C, f, g).
 __device__ __forceinline__ std::uint32_t topk_key(const float* C, const float* f, const float* g,
                                                   double inv_eps, std::int64_t m, std::int64_t e,
                                                   std::uint64_t key_seed, std::int64_t k) {
   const std::int64_t i = e / m, j = e - i * m;
-  // Explicitly rounded operations: every pass must compute bit-identical keys (no
-  // contraction into an FMA in one kernel and not in another).
-  const float s = __fsub_rn(__fadd_rn(f[i], g[j]), C[e]);
-  const double z = __dadd_rn(
-      __dmul_rn(static_cast<double>(s), inv_eps),
-      otgpu::detail::stream_gumbel(key_seed, static_cast<std::uint64_t>(k),
-                                   static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)));
-  return ordered_bits(static_cast<float>(z));
+  return ordered_bits(topk::key_value(f[i], g[j], C[e], inv_eps, key_seed, k, i, j));
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -122,6 +112,9 @@ __global__ void __launch_bounds__(kThreads)
   LseF acc{-INFINITY, 0.f};
   for (std::int64_t j = threadIdx.x; j < m; j += kThreads) {
     const float s = (gk[j] - c[j]) * inv;
+    // A zero-mass entry (an infinite cost): exp(-inf - (-inf)) below would be NaN while
+    // the running max is still -inf.
+    if (s == -INFINITY) continue;
     if (s <= acc.max) {
       acc.sum += __expf(s - acc.max);
     } else {
@@ -178,10 +171,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const double total = s_carry;
   for (std::int64_t t = threadIdx.x; t < P; t += kThreads) {
-    const double u =
-        otgpu::detail::keyed_uniform(seed, otgpu::detail::kStreamRowUniform,
-                                     static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(t)) *
-        total;
+    const double u = draws::row_uniform(seed, k, t) * total;
     std::int64_t lo = 0, hi = n;  // first index with cdf > u
     while (lo < hi) {
       const std::int64_t mid = (lo + hi) / 2;
@@ -211,10 +201,7 @@ __global__ void __launch_bounds__(kThreads)
   double best = -INFINITY;
   std::int64_t arg = -1;
   for (std::int64_t j = lane; j < m; j += 32) {
-    const double v =
-        static_cast<double>(gk[j] - c[j]) * inv +
-        otgpu::detail::stream_gumbel(col_seed, static_cast<std::uint64_t>(k),
-                                     static_cast<std::uint64_t>(t), static_cast<std::uint64_t>(j));
+    const double v = draws::column_score(gk[j], c[j], inv, col_seed, k, t, j);
     if (v > best) {
       best = v;
       arg = j;
@@ -276,14 +263,7 @@ __global__ void topk_select_kernel(std::uint32_t* hist, std::uint32_t* prefix,
   std::uint32_t* h = hist + k * 256;
   const std::uint32_t need = remaining[k];
   std::uint32_t above = 0;
-  int bin = 0;
-  for (int b = 255; b >= 0; --b) {
-    if (above + h[b] >= need) {
-      bin = b;
-      break;
-    }
-    above += h[b];
-  }
+  const int bin = topk::pick_bin(h, need, above);
   prefix[k] |= static_cast<std::uint32_t>(bin) << shift;
   remaining[k] = need - above;
   for (int b = 0; b < 256; ++b) h[b] = 0;
@@ -340,8 +320,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const std::int64_t before_eq = s_eq + eq_excl;
     // Ties of this tile that are taken: those of rank < need among all ties.
-    const std::int64_t left = need - before_eq;
-    const std::int64_t taken = left <= 0 ? 0 : (left < eq ? left : eq);
+    const std::int64_t taken = topk::ties_taken(need, before_eq, eq);
     const std::int64_t sel = t < tiles ? tile_gt[k * tiles + t] + taken : 0;
     std::int64_t sel_excl, sel_total;
     Scan(tmp).ExclusiveSum(sel, sel_excl, sel_total);
@@ -422,13 +401,22 @@ __global__ void __launch_bounds__(kThreads)
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   const std::int64_t k = blockIdx.x;
+  using ReduceN = cub::BlockReduce<std::int64_t, kThreads>;
+  __shared__ typename ReduceN::TempStorage tmp_n;
   double acc = 0;
+  std::int64_t valid = 0;
   for (std::int64_t t = threadIdx.x; t < P; t += kThreads) {
     const std::int64_t a = i[k * P + t], b = j[k * P + t];
-    if (a >= 0 && b >= 0) acc += C[(k * n + a) * m + b];
+    if (a >= 0 && b >= 0) {
+      acc += C[(k * n + a) * m + b];
+      ++valid;
+    }
   }
   const double total = Reduce(tmp).Sum(acc);
-  if (threadIdx.x == 0) mean[k] = total / static_cast<double>(P);
+  const std::int64_t count = ReduceN(tmp_n).Sum(valid);
+  // The mean over the pairs that exist (a draw over NaN scores has j = -1), 0 for none:
+  // what the CPU's mean_pair_cost reports.
+  if (threadIdx.x == 0) mean[k] = count > 0 ? total / static_cast<double>(count) : 0.0;
 }
 
 unsigned blocks_for(std::int64_t total) { return detail::grid_stride_blocks(total, kThreads); }

@@ -56,7 +56,8 @@ std::int64_t topk_tiles(std::int64_t nm);
 /// The P largest keys z_ij = (f_i + g_j - C_ij) / eps_k + Gumbel(key_seed, k, i, j) of
 /// each problem (fp32 keys), written as (i, j) in increasing linear index i * m + j.
 /// The threshold is found by a 4-pass radix select (8 bits per pass) over the keys,
-/// recomputed from C in every pass; ties at the threshold go to the smaller index.
+/// recomputed from C in every pass; ties at the threshold go to the smaller index, and a
+/// NaN key ranks below every number.
 void topk_pairs(const float* C, const float* f, const float* g, const double* eps, std::int64_t K,
                 std::int64_t n, std::int64_t m, std::int64_t P, std::uint64_t key_seed,
                 const TopKScratch& scratch, std::int64_t* i_out, std::int64_t* j_out,
@@ -65,7 +66,8 @@ void topk_pairs(const float* C, const float* f, const float* g, const double* ep
 /// out[k * n + i] = i.
 void iota_rows(std::int64_t* out, std::int64_t K, std::int64_t n, cudaStream_t s);
 
-/// mean[k] = mean over t of C[k, i[k, t], j[k, t]] (fp64 sum; one block per problem).
+/// mean[k] = mean over t of C[k, i[k, t], j[k, t]] over the pairs with i, j >= 0 (0 when
+/// there are none, as on the CPU; fp64 sum; one block per problem).
 void pair_cost_mean(const float* C, const std::int64_t* i, const std::int64_t* j, std::int64_t K,
                     std::int64_t n, std::int64_t m, std::int64_t P, double* mean, cudaStream_t s);
 
