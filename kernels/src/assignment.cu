@@ -931,12 +931,20 @@ void launch_auction(const T* C, std::int64_t K, std::int64_t n, std::int64_t m, 
     return;
   }
   const std::size_t price_bytes = static_cast<std::size_t>(N) * sizeof(double);
-  // Static shared memory of the kernel is small (reductions); leave 1 KiB for it.
-  const bool smem = price_bytes + 1024 <= smem_optin_bytes;
+  // The prices go to shared memory when they fit beside the kernel's static shared
+  // memory (its reductions) within the device's opt-in limit; else they stay global.
+  cudaFuncAttributes attr{};
+  OTGPU_CUDA_CHECK(cudaFuncGetAttributes(&attr, auction_kernel<T>));
+  const std::size_t cap = smem_optin_bytes - std::min(smem_optin_bytes, attr.sharedSizeBytes);
+  const bool smem = price_bytes <= cap;
   const std::size_t dyn = smem ? price_bytes : 0;
   if (dyn > 48 * 1024) {
+    // The opt-in cap is one attribute per kernel, shared by every host thread: set it to
+    // the most this kernel can ever take, never to this launch's size, or a concurrent
+    // launch with fewer prices could lower it between our set and our launch (which
+    // would then fail with an invalid argument).
     OTGPU_CUDA_CHECK(cudaFuncSetAttribute(
-        auction_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn)));
+        auction_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cap)));
   }
   auction_kernel<T><<<static_cast<unsigned>(K), kAuctionThreads, dyn, stream>>>(
       C, static_cast<int>(n), static_cast<int>(m), static_cast<int>(N), scratch, out, smem);
