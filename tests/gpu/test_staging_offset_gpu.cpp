@@ -11,6 +11,8 @@
 // and gradients. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -45,6 +47,8 @@ struct SinkCase {
   CostKind cost = CostKind::sqeuclidean;
   bool weights = false;
 };
+/// Names the case in ctest's listing (gtest prints a byte dump otherwise).
+void PrintTo(const SinkCase& c, std::ostream* os) { *os << c.name; }
 
 otgpu::SinkhornOptions fixed_iterations(Backend be) {
   otgpu::SinkhornOptions o;
