@@ -315,8 +315,7 @@ void enqueue_finalize(const DeviceSolve& d, const SinkhornOptions& o, cudaStream
 
 void set_device(int device);
 
-/// Bytes from v.data to the end of the last element v spans (strides >= 0).
-std::size_t view_span_bytes(const TensorView& v);
+/// view_span_bytes (bytes a view spans): view_staging.h.
 
 /// Host bytes to copy to the device in one transfer, each into its own aligned slot of
 /// one device region.

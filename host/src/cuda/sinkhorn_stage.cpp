@@ -8,6 +8,7 @@
 #include "sinkhorn_internal.h"
 
 #include "otgpu_kernels/centered_gather.h"
+#include "view_staging.h"
 
 namespace otgpu::cuda_backend {
 
@@ -53,16 +54,6 @@ double read_element(const TensorView& v, std::int64_t offset) {
 }  // namespace
 
 void set_device(int device) { OTGPU_CUDA_CHECK(cudaSetDevice(device)); }
-
-std::size_t view_span_bytes(const TensorView& v) {
-  if (!v.present()) return 0;
-  std::int64_t last = 0;
-  for (int k = 0; k < v.rank; ++k) {
-    if (v.dim(k) == 0) return 0;
-    last += (v.dim(k) - 1) * v.stride(k);
-  }
-  return static_cast<std::size_t>(last + 1) * dtype_size(v.dtype);
-}
 
 std::size_t RawUpload::add(const void* host, std::size_t bytes) {
   const std::size_t offset = (total_ + kAlign - 1) / kAlign * kAlign;
@@ -128,23 +119,6 @@ kernels::StridedSource source(const TensorView& v) {
   return s;
 }
 
-namespace {
-
-/// A point cloud [B, rows, d] or [rows, d] (one problem) as the centred gather reads it.
-kernels::Strided3 points3(const TensorView& v) {
-  kernels::Strided3 s;
-  s.data = v.data;
-  s.is_f64 = v.dtype == DType::f64;
-  const int pad = 3 - v.rank;
-  for (int k = 0; k < v.rank; ++k) {
-    s.dim[pad + k] = v.dim(k);
-    s.stride[pad + k] = v.stride(k);
-  }
-  return s;
-}
-
-}  // namespace
-
 /// Phase 1: the caller's tensors into the canonical arrays (points padded and centred
 /// on the mean of y before rounding, the centre in c.center; costs copied unless
 /// contiguous fp32; weights in double and log form).
@@ -155,7 +129,8 @@ void stage_inputs(const SinkhornProblem& problem, const DevicePlan& pl, Carved& 
     // The centre from the caller's values in double, then float(v - c) in one pass:
     // rounding after the subtraction keeps fp64 clouds far from the origin at fp32
     // accuracy relative to their spread (otgpu/detail/staging.h).
-    kernels::stage_centered_pair(points3(problem.x), points3(problem.y), sh.batch, pl.dp, c.center,
+    kernels::stage_centered_pair(strided3(problem.x, problem.x.data),
+                                 strided3(problem.y, problem.y.data), sh.batch, pl.dp, c.center,
                                  const_cast<float*>(d.X), const_cast<float*>(d.Y), s);
   } else if (pl.stage_cost) {
     kernels::stage_points(source(problem.cost), sh.batch, sh.n, sh.m, static_cast<int>(sh.m),

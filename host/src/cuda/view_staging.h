@@ -38,8 +38,12 @@ struct Carve {
 /// Bytes from the first to one past the last element a view touches (strides are
 /// validated non-negative): the raw span copied as is.
 inline std::size_t view_span_bytes(const TensorView& v) {
+  if (!v.present()) return 0;
   std::int64_t last = 0;
-  for (int k = 0; k < v.rank; ++k) last += (v.dim(k) - 1) * v.stride(k);
+  for (int k = 0; k < v.rank; ++k) {
+    if (v.dim(k) == 0) return 0;
+    last += (v.dim(k) - 1) * v.stride(k);
+  }
   return static_cast<std::size_t>(last + 1) * dtype_size(v.dtype);
 }
 
