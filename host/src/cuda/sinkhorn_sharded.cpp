@@ -27,6 +27,8 @@
 // range (fp32 eps check, continuation start) are allreduced before the eps tables.
 #include "../dist/dist_cuda.h"
 
+#include <exception>
+
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/eps_continuation.h"
 #include "otgpu_kernels/sinkhorn_shard.h"
@@ -242,6 +244,7 @@ class ShardSolve {
   /// in the CPU sharded solve). True when the loop ends (cancelled or nothing active).
   bool after_check(int iteration) {
     double stop = 0.0;
+    std::exception_ptr thrown;
     if (o_.progress) {
       SinkhornProgress pr;
       pr.problem = -1;
@@ -251,9 +254,17 @@ class ShardSolve {
       pr.elapsed_s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       pr.active = active_count();
-      if (!o_.progress(pr)) stop = 1.0;
+      try {
+        if (!o_.progress(pr)) stop = 1.0;
+      } catch (...) {
+        // A throwing callback cancels every shard first (none is left waiting in the
+        // collective), then its error surfaces on this rank.
+        thrown = std::current_exception();
+        stop = 1.0;
+      }
     }
     if (comm_.allreduce(stop, dist::ReduceOp::max) > 0.0) {
+      if (thrown) std::rethrow_exception(thrown);
       cancelled_ = true;
       stopped_at_ = iteration;
       return true;
