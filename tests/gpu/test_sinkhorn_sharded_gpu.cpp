@@ -334,6 +334,27 @@ TEST(ShardedSinkhornGpu, BadShardMakesEveryShardThrow) {
   }
 }
 
+TEST(ShardedSinkhornGpu, RanksWithDifferentYAllThrow) {
+  REQUIRE_GPU();
+  const Case k = cases()[0];
+  const Data D = make_data(k);
+  Data shifted = D;
+  for (auto& v : shifted.y) v += 0.25;  // rank 2's y: another cloud, same shape
+  std::vector<std::string> errors(3);
+  dist::run_local(3, [&](dist::Communicator& c) {
+    const auto r = dist::row_range(k.n, c.rank(), 3);
+    SinkhornProblem p = problem_of(k, D, r);
+    if (c.rank() == 2) p.y = TensorView::host(shifted.y.data(), {k.m, k.d});
+    try {
+      (void)dist::sinkhorn(c, p, options_of(k, D, r, Backend::cuda));
+    } catch (const InvalidArgument& e) {
+      errors[static_cast<std::size_t>(c.rank())] = e.what();
+    }
+  });
+  for (const auto& e : errors)
+    EXPECT_NE(e.find("every rank must pass the same y"), std::string::npos) << e;
+}
+
 #if defined(OTGPU_WITH_CUDA)
 TEST(ShardedSinkhornGpu, HostStagedAllreduceDevice) {
   REQUIRE_GPU();

@@ -574,6 +574,32 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     OTGPU_CUDA_CHECK(cudaMemsetAsync(sa.Gl, 0, mB * sizeof(float), s));
   });
 
+  // Every shard centred its points on the mean of y, which is replicated: the centres
+  // must agree (to the rounding of the device reduction), else the ranks were given
+  // different y. One allreduce of the centres and their negatives.
+  if (c.d.points()) {
+    const auto cdim = B * static_cast<std::size_t>(pl.dp);
+    const std::vector<double> centre = download(c.center, cdim, s);
+    std::vector<double> ends(2 * cdim);
+    double size = 1.0;
+    for (std::size_t k = 0; k < cdim; ++k) {
+      ends[k] = centre[k];
+      ends[cdim + k] = -centre[k];
+      size = std::max(size, std::fabs(centre[k]));
+    }
+    comm.allreduce(ends.data(), static_cast<std::int64_t>(ends.size()), dist::ReduceOp::max);
+    for (std::size_t k = 0; k < cdim; ++k) {
+      const double spread = ends[k] + ends[cdim + k];  // max - min over the shards
+      if (!(spread <= 1e-9 * size)) {
+        throw InvalidArgument(fmt::format(
+            "y: the shards centred on different means of y (coordinate {} of problem {} spans "
+            "{:.17g} to {:.17g} over the ranks); every rank must pass the same y",
+            k % static_cast<std::size_t>(pl.dp), begin + static_cast<std::int64_t>(k / pl.dp),
+            -ends[cdim + k], ends[k]));
+      }
+    }
+  }
+
   // The whole problem's mass of a, mean cost and cost range (the same on every shard).
   std::vector<double> merged(B + (o.eps_relative ? B : 0));
   for (std::size_t b = 0; b < B; ++b) merged[b] = mass[b];
@@ -633,16 +659,21 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
       o.eps * (o.eps_relative ? *std::max_element(mean.begin(), mean.end()) : 1.0);
   loop.run(spread, progress_eps);
 
-  enqueue_finalize(d, o, s);
-  state.chunks.push_back(keep_chunk(pl, c, begin, s));
   std::vector<float> f(nB), g(mB);
   std::vector<double> out4(4 * B), bw(mB);
-  OTGPU_CUDA_CHECK(cudaMemcpyAsync(f.data(), d.F, nB * sizeof(float), cudaMemcpyDeviceToHost, s));
-  OTGPU_CUDA_CHECK(cudaMemcpyAsync(g.data(), d.G, mB * sizeof(float), cudaMemcpyDeviceToHost, s));
-  OTGPU_CUDA_CHECK(cudaMemcpyAsync(out4.data(), d.out4, out4.size() * sizeof(double),
-                                   cudaMemcpyDeviceToHost, s));
-  OTGPU_CUDA_CHECK(cudaMemcpyAsync(bw.data(), d.b, mB * sizeof(double), cudaMemcpyDeviceToHost, s));
-  OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  // The report and the kept state (an allocation that may fail on one shard only),
+  // agreed before the report's allreduce.
+  dist::agree(comm, [&] {
+    enqueue_finalize(d, o, s);
+    state.chunks.push_back(keep_chunk(pl, c, begin, s));
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(f.data(), d.F, nB * sizeof(float), cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(g.data(), d.G, mB * sizeof(float), cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaMemcpyAsync(out4.data(), d.out4, out4.size() * sizeof(double),
+                                     cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(
+        cudaMemcpyAsync(bw.data(), d.b, mB * sizeof(double), cudaMemcpyDeviceToHost, s));
+    OTGPU_CUDA_CHECK(cudaStreamSynchronize(s));
+  });
   // out4 per shard: (F_a(f_r) + F_b(g) - eps (mass_r - m_a,r m_b), cost_r, error_r,
   // residual_r): all sums over the shard's rows except F_b(g), which every shard
   // counts: the sum over the shards minus (R - 1) F_b(g) is the whole problem's.
