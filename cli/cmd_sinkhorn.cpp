@@ -53,6 +53,7 @@ struct SinkhornArgs {
   JsonFlags json;
   bool distributed = false;  ///< one rank per process under mpirun, rows split
   std::string devices;       ///< --devices 0,1,...: one shard per device
+  int shards = 0;            ///< --shards G: G shards over the devices (logical when G > count)
 
   // Set when the flag was given (CLI11 fills these in after parsing).
   CLI::Option* cost_opt = nullptr;
@@ -323,17 +324,24 @@ int report_unconverged(const SinkhornResult& result, bool strict) {
 void run_distributed(const SinkhornArgs& args);
 
 void run_sinkhorn(const SinkhornArgs& args) {
-  if (!args.devices.empty()) {
-    const auto devices = parse_devices(args.devices);
-    if (devices.size() > 1) {
-      // The sharded CUDA driver (per-device contexts over NCCL) is not built yet; the
-      // flag is parsed so that scripts can be written against it.
-      throw DeviceUnavailable(fmt::format(
-          "--devices {}: a solve sharded over several GPUs is not built yet (the sharded "
-          "solver runs on CPU ranks: mpirun -np R otgpu sinkhorn --distributed ...); use "
-          "--device {} for one GPU",
-          args.devices, devices[0]));
+  // --devices 0,1,... / --shards G: the rows split over the devices' shards in this
+  // process (SinkhornOptions::devices); G shards go round-robin over the devices, so
+  // --shards 4 on one device runs 4 logical shards there.
+  std::vector<int> shard_devices;
+  if (!args.devices.empty() || args.shards != 0) {
+    const auto listed =
+        !args.devices.empty() ? parse_devices(args.devices) : std::vector<int>{args.backend.device};
+    if (args.shards < 0) {
+      throw InvalidArgument(fmt::format("--shards: {} (must be >= 1)", args.shards));
     }
+    const std::size_t G = args.shards > 0 ? static_cast<std::size_t>(args.shards) : listed.size();
+    for (std::size_t k = 0; k < G; ++k) shard_devices.push_back(listed[k % listed.size()]);
+    if (shard_devices.size() > 1 && args.distributed) {
+      throw InvalidArgument(
+          "--devices / --shards split one process's solve over devices; --distributed splits it "
+          "over MPI ranks: use one of them");
+    }
+    if (shard_devices.size() == 1) shard_devices.clear();  // one device: as --device
   }
   if (args.distributed) {
     run_distributed(args);
@@ -348,6 +356,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
   }
   check_flag_combinations(args);
   SinkhornOptions options = make_options(args);
+  options.devices = shard_devices;
   const std::uint64_t seed = parse_seed(args.seed);
   const LoadedProblem lp = load_problem(args);
   const SinkhornProblem& problem = lp.problem;
@@ -370,7 +379,12 @@ void run_sinkhorn(const SinkhornArgs& args) {
       call_library("sinkhorn", names, [&] { return sinkhorn(problem, options); });
   const auto B = result.batch;
   std::vector<double> divergence;
-  if (args.divergence) divergence = sinkhorn_divergence(problem, result, options);
+  if (args.divergence) {
+    // The self terms run on one device (the first of --devices).
+    SinkhornOptions single = options;
+    single.devices.clear();
+    divergence = sinkhorn_divergence(problem, result, single);
+  }
   progress->finish();
   const int exit_code = report_unconverged(result, args.strict);
 
@@ -407,6 +421,7 @@ void run_sinkhorn(const SinkhornArgs& args) {
     // The options that shaped the answer, as the solver ran them.
     out["options"] = options_json(args, options, result.tol, lp.cost.present());
     if (!args.sample_out.empty()) out["options"]["seed"] = seed;
+    if (!options.devices.empty()) out["options"]["devices"] = options.devices;
     auto problems = nlohmann::json::array();
     for (std::size_t k = 0; k < result.problems.size(); ++k) {
       const SinkhornReport& r = result.problems[k];
@@ -700,7 +715,11 @@ void add_sinkhorn_command(CLI::App& app) {
                 "one rank per process (mpirun -np R otgpu sinkhorn --distributed ...): each rank "
                 "reads only its rows of --x / --cost-matrix / --a, rank 0 writes the outputs");
   sub->add_option("--devices", args->devices,
-                  "GPUs to shard the rows over, e.g. 0,1,2,3 (one device: as --device)");
+                  "GPUs to shard the rows over, e.g. 0,1,2,3 (one device: as --device); a repeated "
+                  "ordinal is a logical shard");
+  sub->add_option("--shards", args->shards,
+                  "shards of the row split, round-robin over --devices (or --device): --shards 4 "
+                  "on one GPU runs 4 logical shards");
   sub->callback([args] { run_sinkhorn(*args); });
 }
 

@@ -7,6 +7,7 @@
 
 #include "cpu_numeric.h"
 #include "cpu_sinkhorn.h"
+#include "dist/multi_device.h"
 #include "otgpu/device.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
@@ -28,6 +29,14 @@ int cuda_device_count() noexcept { return cuda_backend::device_count(); }
 
 SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& options) {
   const auto shape = detail::validate_sinkhorn(problem, options);
+  if (!options.devices.empty()) {
+    // Split over several devices or logical shards (host/src/dist/multi_device.cpp).
+    const auto t0 = std::chrono::steady_clock::now();
+    SinkhornResult r = dist::sinkhorn_devices(problem, options, shape);
+    r.time_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
   const Backend backend =
       detail::resolve_backend(options.backend, options.device, shape.space, "sinkhorn");
   // The library's defaults (tol, eps scaling) for the backend that runs, in one place.

@@ -59,8 +59,9 @@ class Communicator {
   virtual void broadcast(void* data, std::int64_t bytes, int root) = 0;
   virtual void barrier() = 0;
 
-  /// The same on device buffers of float or double (NCCL); the host communicators throw
-  /// InvalidArgument naming the communicator.
+  /// The same on device buffers of float or double: NCCL natively; LocalGroup and MPI
+  /// stage them through pinned host memory (synchronizing the stream; without CUDA or
+  /// a device, DeviceUnavailable naming the communicator).
   virtual void allreduce_device(void* data, std::int64_t count, DType dtype, ReduceOp op,
                                 void* stream);
 
@@ -156,8 +157,10 @@ bool nccl_built() noexcept;
 /// reports of the whole problem (the same on every rank). A rank with bad input makes
 /// every rank throw: the failing rank its own error, the others InvalidArgument
 /// naming that rank and its message (the status is agreed by an allreduce before any
-/// solve). CPU backend (fp64); Backend::cuda throws DeviceUnavailable (the sharded
-/// CUDA driver is not built yet).
+/// solve). CPU backend (fp64) by default; Backend::cuda (or device views) runs the
+/// sharded CUDA driver on options.device, this rank's GPU (fp32, the single-GPU
+/// kernels; g merged through allreduce_device), and keeps the shard's device state in
+/// the result for the derived outputs below.
 SinkhornResult sinkhorn(Communicator& comm, const SinkhornProblem& local_problem,
                         const SinkhornOptions& options = {});
 

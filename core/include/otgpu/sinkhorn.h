@@ -176,6 +176,15 @@ struct SinkhornOptions {
   /// Arithmetic of the CUDA online kernel's cost tile (fp32, tf32 or bf16; the CPU
   /// ignores it). SinkhornResult::precision and tensor_cores report what ran.
   Precision precision = Precision::fp32;
+  /// CUDA devices of a sharded solve in this process (empty: one device, `device`).
+  /// With two or more entries the rows of x (or of the cost matrix) and of a are split
+  /// over them in contiguous slices (otgpu/dist.h's layout), one shard and one thread
+  /// per entry; a repeated ordinal puts several logical shards on one device. The
+  /// shards merge over NCCL when the ordinals are distinct and NCCL is built, else
+  /// through pinned host memory. The result is the whole problem's (f in row order).
+  /// One entry is the plain solve on that device. Needs the cuda backend (or
+  /// automatic), host tensors and n >= the number of entries.
+  std::vector<int> devices;
 };
 
 /// Per-problem outcome.

@@ -1,19 +1,30 @@
 // otgpu::dist::sinkhorn and the sharded derived outputs: validation agreed over the
 // ranks, the row layout, then the CPU solver's own iteration with its cross-row
-// quantities merged over the communicator (cpu::sinkhorn_sharded).
+// quantities merged over the communicator (cpu::sinkhorn_sharded), or with
+// Backend::cuda the sharded CUDA driver (dist_cuda.h, host/src/cuda/sinkhorn_sharded.cpp).
 #include <fmt/format.h>
 
 #include <chrono>
 #include <cmath>
 
 #include "cpu_sinkhorn.h"
+#include "dist_cuda.h"
 #include "otgpu/dist.h"
 #include "otgpu/error.h"
+#include "otgpu_host/cuda_backend.h"
 #include "validate.h"
 
 namespace otgpu::dist {
 
 namespace {
+
+/// The backend of a sharded solve: cuda when asked for, or when the views live on a
+/// device; otherwise the CPU (automatic stays on the CPU: every rank must take the same
+/// road, and the device count may differ between ranks).
+Backend sharded_backend(const SinkhornOptions& options, MemorySpace space) {
+  return options.backend == Backend::cuda || space == MemorySpace::device ? Backend::cuda
+                                                                          : Backend::cpu;
+}
 
 /// validate_sinkhorn of this rank's slice. The equal-mass check of a balanced problem
 /// needs the mass of a over all ranks: it is skipped here (rho set finite for the
@@ -23,16 +34,14 @@ detail::SinkhornShape validate_local(const SinkhornProblem& local, const Sinkhor
   SinkhornOptions probe = options;
   if (std::isinf(probe.rho_a) && std::isinf(probe.rho_b)) probe.rho_a = probe.rho_b = 1.0;
   const auto shape = detail::validate_sinkhorn(local, probe);
-  if (shape.space != MemorySpace::host) {
-    throw DeviceUnavailable(fmt::format(
-        "{}: the sharded solve takes host tensors (the sharded CUDA driver is not built yet)",
+  if (shape.space != MemorySpace::host && options.backend == Backend::cpu) {
+    throw InvalidArgument(fmt::format(
+        "{}: backend cpu cannot read device tensors; use backend cuda (options.device = this "
+        "rank's GPU)",
         what));
   }
-  if (options.backend == Backend::cuda) {
-    throw DeviceUnavailable(fmt::format(
-        "{}: backend cuda is not available for a sharded solve yet (the sharded CUDA driver is "
-        "not built); use backend cpu or automatic",
-        what));
+  if (sharded_backend(options, shape.space) == Backend::cuda) {
+    cuda_backend::require_device(options.device);
   }
   return shape;
 }
@@ -49,7 +58,8 @@ void check_same_problem(Communicator& comm, const detail::SinkhornShape& s,
                       o.eps,
                       static_cast<double>(o.max_iter),
                       static_cast<double>(o.check_every),
-                      o.eps_relative ? 1.0 : 0.0};
+                      o.eps_relative ? 1.0 : 0.0,
+                      static_cast<double>(o.backend)};
   constexpr int kCount = sizeof v / sizeof v[0];
   double both[2 * kCount];
   for (int k = 0; k < kCount; ++k) {
@@ -57,8 +67,8 @@ void check_same_problem(Communicator& comm, const detail::SinkhornShape& s,
     both[kCount + k] = -v[k];
   }
   comm.allreduce(both, 2 * kCount, ReduceOp::max);
-  static constexpr const char* kNames[] = {"batch", "m",        "d",           "cost kind",
-                                           "eps",   "max_iter", "check_every", "eps_relative"};
+  static constexpr const char* kNames[] = {
+      "batch", "m", "d", "cost kind", "eps", "max_iter", "check_every", "eps_relative", "backend"};
   for (int k = 0; k < kCount; ++k) {
     if (both[k] != -both[kCount + k]) {
       throw InvalidArgument(fmt::format(
@@ -96,11 +106,9 @@ detail::SinkhornShape validate_derived(Communicator& comm, const SinkhornProblem
           "n={}, m={})",
           what, r.batch, r.n, r.m, shape.batch, shape.n, shape.m));
     }
-    if (r.backend != Backend::cpu) {
-      throw InvalidArgument(
-          fmt::format("{}: local_result comes from backend {}, not a sharded "
-                      "(cpu) solve",
-                      what, to_string(r.backend)));
+    if (r.backend == Backend::automatic) {
+      throw InvalidArgument(fmt::format(
+          "{}: local_result has no backend: it does not come from dist::sinkhorn", what));
     }
   });
   return shape;
@@ -114,11 +122,17 @@ SinkhornResult sinkhorn(Communicator& comm, const SinkhornProblem& local_problem
   SinkhornOptions resolved;
   agree(comm, [&] {
     shape = validate_local(local_problem, options, "dist::sinkhorn");
-    resolved = detail::resolve_sinkhorn_options(options, Backend::cpu);
+    const Backend backend = sharded_backend(options, shape.space);
+    resolved = detail::resolve_sinkhorn_options(options, backend);
+    resolved.backend = backend;
   });
   check_same_problem(comm, shape, local_problem, resolved, "dist::sinkhorn");
   const auto t0 = std::chrono::steady_clock::now();
-  SinkhornResult r = cpu::sinkhorn_sharded(shard_of(comm, shape.n), local_problem, resolved, shape);
+  const cpu::Shard shard = shard_of(comm, shape.n);
+  SinkhornResult r = resolved.backend == Backend::cuda
+                         ? cuda_backend::sinkhorn_sharded(comm, local_problem, resolved, shape,
+                                                          shard.row_offset, shard.n_global)
+                         : cpu::sinkhorn_sharded(shard, local_problem, resolved, shape);
   r.tol = resolved.tol;
   r.time_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -129,12 +143,24 @@ std::vector<double> barycentric_map(Communicator& comm, const SinkhornProblem& l
                                     const SinkhornResult& local_result) {
   const auto shape =
       validate_derived(comm, local_problem, local_result, true, "dist::barycentric_map");
+  if (local_result.backend == Backend::cuda) {
+    std::vector<double> out;
+    agree(comm,
+          [&] { out = cuda_backend::barycentric_map_sharded(local_problem, local_result, shape); });
+    return out;
+  }
   return cpu::barycentric_map(local_problem, local_result, shape, shard_of(comm, shape.n));
 }
 
 std::vector<double> gradient_x(Communicator& comm, const SinkhornProblem& local_problem,
                                const SinkhornResult& local_result) {
   const auto shape = validate_derived(comm, local_problem, local_result, true, "dist::gradient_x");
+  if (local_result.backend == Backend::cuda) {
+    std::vector<double> out;
+    agree(comm,
+          [&] { out = cuda_backend::gradient_x_sharded(local_problem, local_result, shape); });
+    return out;
+  }
   return cpu::gradient_x(local_problem, local_result, shape, shard_of(comm, shape.n));
 }
 
@@ -142,7 +168,16 @@ std::vector<std::int64_t> sample_partners(Communicator& comm, const SinkhornProb
                                           const SinkhornResult& local_result, std::uint64_t seed) {
   const auto shape =
       validate_derived(comm, local_problem, local_result, false, "dist::sample_partners");
-  return cpu::sample_partners(local_problem, local_result, shape, seed, shard_of(comm, shape.n));
+  const cpu::Shard shard = shard_of(comm, shape.n);
+  if (local_result.backend == Backend::cuda) {
+    std::vector<std::int64_t> out;
+    agree(comm, [&] {
+      out = cuda_backend::sample_partners_sharded(local_problem, local_result, shape, seed,
+                                                  shard.row_offset);
+    });
+    return out;
+  }
+  return cpu::sample_partners(local_problem, local_result, shape, seed, shard);
 }
 
 }  // namespace otgpu::dist

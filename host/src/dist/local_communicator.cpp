@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "host_staged.h"
 #include "otgpu/dist.h"
 
 namespace otgpu::dist {
@@ -108,6 +109,13 @@ class LocalCommunicator final : public Communicator {
 
   void barrier() override { s_.rendezvous(); }
 
+  /// Host-staged through pinned memory (host_staged.h); the reduction is the host
+  /// allreduce's, in rank order.
+  void allreduce_device(void* data, std::int64_t count, DType dtype, ReduceOp op,
+                        void* stream) override {
+    staged_allreduce_device(*this, stage_, data, count, dtype, op, stream);
+  }
+
   void abort(int code, const std::string& message) override {
     const std::string why =
         fmt::format("rank {} of the local group aborted (code {}): {}", rank_, code, message);
@@ -123,6 +131,7 @@ class LocalCommunicator final : public Communicator {
 
   LocalGroup::State& s_;
   int rank_;
+  PinnedStage stage_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "host_staged.h"
 #include "otgpu/dist.h"
 
 #if defined(OTGPU_WITH_MPI)
@@ -98,6 +99,13 @@ class MpiCommunicator final : public Communicator {
 
   void barrier() override { OTGPU_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
 
+  /// Host-staged through pinned memory (host_staged.h), not CUDA-aware MPI: works with
+  /// any MPI build.
+  void allreduce_device(void* data, std::int64_t count, DType dtype, ReduceOp op,
+                        void* stream) override {
+    staged_allreduce_device(*this, stage_, data, count, dtype, op, stream);
+  }
+
   void abort(int code, const std::string& message) override {
     std::fprintf(stderr, "otgpu: rank %d aborts the MPI job: %s\n", rank_, message.c_str());
     std::fflush(stderr);
@@ -107,6 +115,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   int rank_ = 0, size_ = 1;
+  PinnedStage stage_;
 };
 
 }  // namespace
