@@ -558,7 +558,7 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     sa = carve_shard(cv, shape.batch, shape.m);
     up.run(ctx, cv.take<unsigned char>(up.bytes()));
     const SinkhornProblem dev = device_problem(problem, hv, up);
-    stage_inputs(dev, pl, c.d, s);
+    stage_inputs(dev, pl, c, s);
     enqueue_checks(pl, c, s);
     stage_center(pl, c, o.eps_relative, s);
     // The equal-mass check needs the whole a: made below on the merged masses.
