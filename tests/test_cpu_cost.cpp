@@ -139,6 +139,41 @@ TEST(CpuCost, AssignmentOnTheGramFormEqualsTheDirectForm) {
   }
 }
 
+TEST(CpuCost, StridedAndShiftedPointViewsEqualContiguous) {
+  // x stored coordinate-major ([d, n] memory read as [n, d] with strides {1, n}) and y
+  // as every other row of a larger buffer: the staging's strided path against its
+  // contiguous runs, on both cost forms.
+  const std::int64_t n = 24, m = 24, d = 40;
+  const auto x = normal(static_cast<std::size_t>(n * d), 7);
+  const auto y = normal(static_cast<std::size_t>(m * d), 8);
+  std::vector<double> xt(x.size()), y2(2 * y.size(), 1e300);
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t k = 0; k < d; ++k) {
+      xt[static_cast<std::size_t>(k * n + i)] = x[static_cast<std::size_t>(i * d + k)];
+    }
+  }
+  for (std::int64_t j = 0; j < m; ++j) {
+    std::copy(y.begin() + j * d, y.begin() + (j + 1) * d, y2.begin() + 2 * j * d);
+  }
+  otgpu::AssignmentProblem dense, strided;
+  dense.x = otgpu::TensorView::host(x.data(), {n, d});
+  dense.y = otgpu::TensorView::host(y.data(), {m, d});
+  strided.x = otgpu::TensorView::host(xt.data(), {n, d});
+  strided.x.strides[0] = 1;
+  strided.x.strides[1] = n;
+  strided.y = otgpu::TensorView::host(y2.data(), {m, d});
+  strided.y.strides[0] = 2 * d;
+  otgpu::AssignmentOptions o;
+  o.backend = otgpu::Backend::cpu;
+  for (const char* form : {"direct", "gram"}) {
+    const CostFormEnv env(form);
+    const auto a = otgpu::assignment(dense, o), b = otgpu::assignment(strided, o);
+    EXPECT_EQ(a.row_to_col, b.row_to_col) << form;
+    EXPECT_EQ(a.problems[0].cost, b.problems[0].cost) << form;
+    EXPECT_EQ(a.u, b.u) << form;
+  }
+}
+
 TEST(CpuCost, UnknownCostFormIsRejected) {
   const CostFormEnv env("blas");
   try {

@@ -222,6 +222,26 @@ struct Solver {
   }
 };
 
+/// Rows [rows, d] of problem b of a view (points, or a cost matrix with d = m) into
+/// out (row-major fp64); rows with unit stride in the last dimension are read as runs.
+void stage_rows(const TensorView& v, bool batched, std::int64_t b, std::int64_t rows,
+                std::int64_t d, double* out) {
+  const bool runs = v.stride(v.rank - 1) == 1 && (v.dtype == DType::f32 || v.dtype == DType::f64);
+  const std::int64_t base = batched ? b * v.stride(0) : 0, rs = v.stride(v.rank - 2);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    double* o = out + i * d;
+    if (runs && v.dtype == DType::f64) {
+      const double* src = static_cast<const double*>(v.data) + base + i * rs;
+      std::copy(src, src + d, o);
+    } else if (runs) {
+      const float* src = static_cast<const float*>(v.data) + base + i * rs;
+      for (std::int64_t k = 0; k < d; ++k) o[k] = static_cast<double>(src[k]);
+    } else {
+      for (std::int64_t k = 0; k < d; ++k) o[k] = load_problem_element(v, batched, b, i, k);
+    }
+  }
+}
+
 }  // namespace
 
 bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapSolution& out,
@@ -336,22 +356,7 @@ void dense_cost(const AssignmentProblem& p, const detail::AssignmentShape& s, st
     check->delta = 0;
   }
   if (p.cost_kind == CostKind::matrix) {
-    const TensorView& c = p.cost;
-    const bool contiguous_rows = c.stride(c.rank - 1) == 1;
-    const std::int64_t base = s.batched ? b * c.stride(0) : 0;
-    const std::int64_t rs = c.stride(c.rank - 2);
-    for (std::int64_t i = 0; i < n; ++i) {
-      double* oi = out + i * m;
-      if (contiguous_rows && c.dtype == DType::f64) {
-        const double* src = static_cast<const double*>(c.data) + base + i * rs;
-        std::copy(src, src + m, oi);
-      } else if (contiguous_rows) {
-        const float* src = static_cast<const float*>(c.data) + base + i * rs;
-        for (std::int64_t j = 0; j < m; ++j) oi[j] = static_cast<double>(src[j]);
-      } else {
-        for (std::int64_t j = 0; j < m; ++j) oi[j] = load_problem_element(c, s.batched, b, i, j);
-      }
-    }
+    stage_rows(p.cost, s.batched, b, n, m, out);
     return;
   }
   // Points: staged contiguous in fp64, then the direct form (small d) or the Gram form
@@ -366,16 +371,8 @@ void dense_cost(const AssignmentProblem& p, const detail::AssignmentShape& s, st
   pts.kind = p.cost_kind;
   pts.x.resize(static_cast<std::size_t>(n * d));
   pts.y.resize(static_cast<std::size_t>(m * d));
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t k = 0; k < d; ++k) {
-      pts.x[static_cast<std::size_t>(i * d + k)] = load_problem_element(p.x, s.batched, b, i, k);
-    }
-  }
-  for (std::int64_t j = 0; j < m; ++j) {
-    for (std::int64_t k = 0; k < d; ++k) {
-      pts.y[static_cast<std::size_t>(j * d + k)] = load_problem_element(p.y, s.batched, b, j, k);
-    }
-  }
+  stage_rows(p.x, s.batched, b, n, d, pts.x.data());
+  stage_rows(p.y, s.batched, b, m, d, pts.y.data());
   const int threads = omp_in_parallel() ? 1 : threads_for_work(resolve_threads(0), n * m * d);
   if (choose_cost_form(p.cost_kind, d) == CostForm::gram) {
     ck.gram = true;
