@@ -222,26 +222,6 @@ struct Solver {
   }
 };
 
-/// Rows [rows, d] of problem b of a view (points, or a cost matrix with d = m) into
-/// out (row-major fp64); rows with unit stride in the last dimension are read as runs.
-void stage_rows(const TensorView& v, bool batched, std::int64_t b, std::int64_t rows,
-                std::int64_t d, double* out) {
-  const bool runs = v.stride(v.rank - 1) == 1 && (v.dtype == DType::f32 || v.dtype == DType::f64);
-  const std::int64_t base = batched ? b * v.stride(0) : 0, rs = v.stride(v.rank - 2);
-  for (std::int64_t i = 0; i < rows; ++i) {
-    double* o = out + i * d;
-    if (runs && v.dtype == DType::f64) {
-      const double* src = static_cast<const double*>(v.data) + base + i * rs;
-      std::copy(src, src + d, o);
-    } else if (runs) {
-      const float* src = static_cast<const float*>(v.data) + base + i * rs;
-      for (std::int64_t k = 0; k < d; ++k) o[k] = static_cast<double>(src[k]);
-    } else {
-      for (std::int64_t k = 0; k < d; ++k) o[k] = load_problem_element(v, batched, b, i, k);
-    }
-  }
-}
-
 }  // namespace
 
 bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapSolution& out,

@@ -29,6 +29,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cpu_numeric.h"
 #include "otgpu/error.h"
 
 namespace otgpu::cpu {
@@ -226,6 +227,24 @@ void gram_nt(const double* x, const double* y, std::int64_t n, std::int64_t m, s
     const std::int64_t id = omp_get_thread_num(), team = omp_get_num_threads();
     const std::int64_t p0 = np * id / team, p1 = np * (id + 1) / team;
     if (p0 < p1) kernel.fn(xp.get(), yp.get(), n, m, d, out, p0, p1);
+  }
+}
+
+void stage_rows(const TensorView& v, bool batched, std::int64_t b, std::int64_t rows,
+                std::int64_t d, double* out) {
+  const bool runs = v.stride(v.rank - 1) == 1 && (v.dtype == DType::f32 || v.dtype == DType::f64);
+  const std::int64_t base = batched ? b * v.stride(0) : 0, rs = v.stride(v.rank - 2);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    double* o = out + i * d;
+    if (runs && v.dtype == DType::f64) {
+      const double* src = static_cast<const double*>(v.data) + base + i * rs;
+      std::copy(src, src + d, o);
+    } else if (runs) {
+      const float* src = static_cast<const float*>(v.data) + base + i * rs;
+      for (std::int64_t k = 0; k < d; ++k) o[k] = static_cast<double>(src[k]);
+    } else {
+      for (std::int64_t k = 0; k < d; ++k) o[k] = load_problem_element(v, batched, b, i, k);
+    }
   }
 }
 

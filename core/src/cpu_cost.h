@@ -18,6 +18,12 @@ struct StagedPoints {
   CostKind kind = CostKind::sqeuclidean;  ///< sqeuclidean, euclidean or neg_dot
 };
 
+/// Rows [rows, d] of problem b of a view (points, or a cost matrix with d = m) into
+/// out (row-major fp64): [K, rows, d] when `batched`, else [rows, d] shared by every
+/// problem; rows with unit stride in the last dimension are read as runs.
+void stage_rows(const TensorView& v, bool batched, std::int64_t b, std::int64_t rows,
+                std::int64_t d, double* out);
+
 enum class CostForm { direct, gram };
 
 /// The form the reference uses for `kind` at dimension d: the Gram form from

@@ -291,16 +291,8 @@ std::vector<double> point_cost_matrices(const TensorView& x0, const TensorView& 
   const int threads = threads_for_work(resolve_threads(0), n * m * d);
   const bool gram = choose_cost_form(kind, d) == CostForm::gram;
   for (std::int64_t b = 0; b < K; ++b) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      for (std::int64_t k = 0; k < d; ++k) {
-        pts.x[static_cast<std::size_t>(i * d + k)] = load_problem_element(x0, batched, b, i, k);
-      }
-    }
-    for (std::int64_t j = 0; j < m; ++j) {
-      for (std::int64_t k = 0; k < d; ++k) {
-        pts.y[static_cast<std::size_t>(j * d + k)] = load_problem_element(x1, batched, b, j, k);
-      }
-    }
+    stage_rows(x0, batched, b, n, d, pts.x.data());
+    stage_rows(x1, batched, b, m, d, pts.y.data());
     double* c = out.data() + b * n * m;
     if (gram) {
       (void)cost_gram(pts, c, threads);
