@@ -10,11 +10,11 @@ the same seeds: x0 ~ N(0, I) by Box-Muller, x1 = U[0, 1) + 0.1, fp32) and with t
   torch-linear-assignment      batch_linear_assignment on the GPU (when importable and
                                torch sees a GPU)
 A batch of K problems is timed as K solves in a loop (the peers take one problem per
-call, except torch-linear-assignment, which takes the batch). The cost matrix alone
-(params "part": "cost", bs = 256 at d = 64, 512, 3072, the otgpu cpu-cost rows) is
-timed as numpy's product form |x|^2 + |y|^2 - 2 x y^T clamped at 0 on fp64 points
-(numpy's BLAS for the product). Writes JSON:
-  {"machine", "date", "peers": [{"workload": "W4", "params": {"bs", "d", "K"[, "part"]},
+call, except torch-linear-assignment, which takes the batch); their params carry
+"part": "assignment". The cost matrix alone (params "part": "cost", bs = 256 at
+d = 64, 512, 3072, the otgpu cpu-cost rows) is timed as numpy's product form
+|x|^2 + |y|^2 - 2 x y^T clamped at 0 on fp64 points (numpy's BLAS for the product). Writes JSON:
+  {"machine", "date", "peers": [{"workload": "W4", "params": {"bs", "d", "K", "part"},
    "peer", "backend", "ms", "time_unit": "ms/call", "version"}]}
 
 Usage: python3 bench/peers/w4_assignment.py [--suite quick|full] [--repeats N] [--out FILE]
@@ -98,8 +98,9 @@ def main():
     peers = []
 
     def add(K, bs, d, peer, backend, ms, version):
-        peers.append({"workload": "W4", "params": {"bs": bs, "d": d, "K": K}, "peer": peer,
-                      "backend": backend, "ms": ms, "time_unit": "ms/call", "version": version})
+        params = {"bs": bs, "d": d, "K": K, "part": "assignment"}
+        peers.append({"workload": "W4", "params": params, "peer": peer, "backend": backend,
+                      "ms": ms, "time_unit": "ms/call", "version": version})
 
     try:
         import scipy
