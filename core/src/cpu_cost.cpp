@@ -157,17 +157,21 @@ Kernel pick_kernel() {
 /// rows rounded up to w) and holds the panels one after the other, each [kc][w] (kc =
 /// the block's length), the last panel zero-padded. A block's panels are contiguous:
 /// panels d w apart (a multiple of a large power of two at d = 3072) share cache sets.
+/// norms [rows], when given, receives each packed row's squared norm (k order), so
+/// that no other pass over the points computes it.
 std::unique_ptr<double[]> pack(const double* a, std::int64_t rows, std::int64_t d, std::int64_t w,
-                               const double* shift) {
+                               const double* shift, int threads, double* norms) {
   const std::int64_t np = (rows + w - 1) / w;
   // Every element is written below (padding included): no zero-fill.
   std::unique_ptr<double[]> out(new double[static_cast<std::size_t>(np * d * w)]);
-  for (std::int64_t k0 = 0; k0 < d; k0 += kKc) {
-    const std::int64_t kc = std::min(kKc, d - k0);
-    for (std::int64_t p = 0; p < np; ++p) {
-      // Row by row: contiguous reads, strided writes within the panel's kc x w block
-      // (<= 32 KiB, L1-resident).
-      double* dst = out.get() + k0 * np * w + p * kc * w;
+  double* base = out.get();
+  // Panels over threads (disjoint writes); row by row within a panel's k block:
+  // contiguous reads, strided writes within its kc x w block (<= 32 KiB, L1-resident).
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (std::int64_t p = 0; p < np; ++p) {
+    for (std::int64_t k0 = 0; k0 < d; k0 += kKc) {
+      const std::int64_t kc = std::min(kKc, d - k0);
+      double* dst = base + k0 * np * w + p * kc * w;
       for (std::int64_t r = 0; r < w; ++r) {
         const std::int64_t i = p * w + r;
         if (i >= rows) {
@@ -179,6 +183,11 @@ std::unique_ptr<double[]> pack(const double* a, std::int64_t rows, std::int64_t 
           for (std::int64_t k = 0; k < kc; ++k) dst[k * w + r] = src[k] - shift[k0 + k];
         } else {
           for (std::int64_t k = 0; k < kc; ++k) dst[k * w + r] = src[k];
+        }
+        if (norms != nullptr) {
+          double s2 = k0 == 0 ? 0.0 : norms[i];
+          for (std::int64_t k = 0; k < kc; ++k) s2 += dst[k * w + r] * dst[k * w + r];
+          norms[i] = s2;
         }
       }
     }
@@ -216,10 +225,10 @@ CostForm choose_cost_form(CostKind kind, std::int64_t d) {
 }
 
 void gram_nt(const double* x, const double* y, std::int64_t n, std::int64_t m, std::int64_t d,
-             double* out, int threads, const double* shift) {
+             double* out, int threads, const double* shift, double* x_norms, double* y_norms) {
   static const Kernel kernel = pick_kernel();
-  const std::unique_ptr<double[]> xp = pack(x, n, d, kernel.mr, shift);
-  const std::unique_ptr<double[]> yp = pack(y, m, d, kernel.nr, shift);
+  const std::unique_ptr<double[]> xp = pack(x, n, d, kernel.mr, shift, threads, x_norms);
+  const std::unique_ptr<double[]> yp = pack(y, m, d, kernel.nr, shift, threads, y_norms);
   const std::int64_t np = (n + kernel.mr - 1) / kernel.mr;
   const int t = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(threads, np)));
 #pragma omp parallel num_threads(t)
@@ -326,32 +335,17 @@ double cost_gram(const StagedPoints& p, double* out, int threads) {
     const std::int64_t rows = pts == &p.x ? n : m;
     for (std::int64_t i = 0; i < rows; ++i) {
       const double* a = pts->data() + i * d;
-      for (std::int64_t k = 0; k < d; ++k) t[static_cast<std::size_t>(k)] += a[k];
+      double* tk = t.data();
+#pragma omp simd
+      for (std::int64_t k = 0; k < d; ++k) tk[k] += a[k];
     }
   }
   for (double& v : t) v /= static_cast<double>(n + m);
-  gram_nt(p.x.data(), p.y.data(), n, m, d, out, threads, t.data());
-  // |x_i - t|^2 from the same rounded differences the packing took.
-  const double* tp = t.data();
-  auto shifted_norm = [d, tp](const double* a) {
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (std::int64_t k = 0; k < d; ++k) {
-      const double e = a[k] - tp[k];
-      s += e * e;
-    }
-    return s;
-  };
+  // |x_i - t|^2 and |y_j - t|^2 from the packed (shifted, rounded) coordinates.
   std::vector<double> nx(static_cast<std::size_t>(n)), ny(static_cast<std::size_t>(m));
-  double mx = 0, my = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    nx[static_cast<std::size_t>(i)] = shifted_norm(p.x.data() + i * d);
-    mx = std::max(mx, nx[static_cast<std::size_t>(i)]);
-  }
-  for (std::int64_t j = 0; j < m; ++j) {
-    ny[static_cast<std::size_t>(j)] = shifted_norm(p.y.data() + j * d);
-    my = std::max(my, ny[static_cast<std::size_t>(j)]);
-  }
+  gram_nt(p.x.data(), p.y.data(), n, m, d, out, threads, t.data(), nx.data(), ny.data());
+  const double mx = *std::max_element(nx.begin(), nx.end());
+  const double my = *std::max_element(ny.begin(), ny.end());
   const bool root = p.kind == CostKind::euclidean;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (std::int64_t i = 0; i < n; ++i) {

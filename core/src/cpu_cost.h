@@ -59,8 +59,10 @@ double pair_cost(const StagedPoints& p, std::int64_t i, std::int64_t j);
 /// picks (AVX-512F, AVX2 + FMA, or the build's baseline without FMA) can change the
 /// last bits.
 /// With `shift` [d], the products are those of x_i - shift and y_j - shift (each
-/// difference rounded once, while packing).
+/// difference rounded once, while packing). x_norms [n] / y_norms [m], when given,
+/// receive the squared norms of the packed rows (|x_i - shift|^2, summed while packing).
 void gram_nt(const double* x, const double* y, std::int64_t n, std::int64_t m, std::int64_t d,
-             double* out, int threads, const double* shift = nullptr);
+             double* out, int threads, const double* shift = nullptr, double* x_norms = nullptr,
+             double* y_norms = nullptr);
 
 }  // namespace otgpu::cpu
