@@ -7,18 +7,26 @@
 //
 // GPU rows: device-resident fp32 points, one synchronous call on a GpuContext (cost
 // GEMM + batched auction + certificate). CPU rows: the fp64 Jonker-Volgenant
-// reference at the sizes a CPU does in seconds (quick suite: under ~20 s here).
+// reference at the sizes a CPU does in seconds (quick suite: under ~20 s here), and
+// the CPU cost matrix alone (part = cost) in both forms at d = 64, 512, 3072, whose
+// peer is numpy's product form (w4_assignment.py).
 // Figures count the cost's arithmetic only (GEMM 2 K bs^2 d FLOP on the GPU; the CPU's
-// direct differences 3 K bs^2 d FLOP) against the FMA roofline: the solve is not
-// counted, so the ratio is how far the whole call is from the cost's bound.
+// Gram form 2 K bs^2 d, its direct differences 3 K bs^2 d) against the FMA roofline:
+// the solve is not counted, so the ratio is how far the whole call is from the cost's
+// bound.
 #include <fmt/format.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "bench.h"
+#include "cpu_cost.h"
+#include "cpu_numeric.h"
 #include "otgpu/assignment.h"
 #include "otgpu/error.h"
 
@@ -63,12 +71,49 @@ struct Case {
   std::int64_t K, bs, d;
 };
 
-nlohmann::json params_of(const Case& c) {
-  return {{"bs", c.bs}, {"d", c.d}, {"K", c.K}, {"cost", "sqeuclidean"}};
+/// part: "assignment" (cost + solve) or "cost" (the CPU cost matrix alone), so that a
+/// peer entry of one never matches a row of the other.
+nlohmann::json params_of(const Case& c, const char* part = "assignment") {
+  return {{"bs", c.bs}, {"d", c.d}, {"K", c.K}, {"cost", "sqeuclidean"}, {"part", part}};
 }
 
 double elapsed_ms(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// The row of one case: the median time of `call` (one synchronous solve of the
+/// batch), the mean optimal cost, the largest certified gap and the solve's work
+/// (`work_key`: the sum over the batch of the iterations, or their max), figure = the
+/// cost's `flop_per_entry` K bs^2 d FLOP per second against `roofline`.
+Row timed_row(const Context& ctx, const Case& c, std::string solver, std::string backend,
+              const std::function<AssignmentResult()>& call, const char* work_key, bool sum_work,
+              double flop_per_entry, double roofline) {
+  AssignmentResult r;
+  const double ms = median_ms(ctx, [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    r = call();
+    return elapsed_ms(t0);
+  });
+  Row row;
+  row.workload = "W4";
+  row.solver = std::move(solver);
+  row.backend = std::move(backend);
+  row.params = params_of(c);
+  double gap = 0, cost = 0;
+  std::int64_t work = 0;
+  for (const auto& q : r.problems) {
+    gap = std::max(gap, q.gap);
+    cost += q.cost;
+    work = sum_work ? work + q.iterations : std::max(work, q.iterations);
+  }
+  row.result = {{"mean_cost", cost / static_cast<double>(c.K)}, {"max_gap", gap}, {work_key, work}};
+  row.ms = ms;
+  row.time_unit = "ms/call";
+  row.figure = flop_per_entry * static_cast<double>(c.K * c.bs * c.bs * c.d) / (ms * 1e-3);
+  row.figure_unit = "FLOP/s";
+  row.roofline = roofline;
+  row.bound = "fma";
+  return row;
 }
 
 void cpu_row(const Context& ctx, std::vector<Row>& rows, const Case& c) {
@@ -79,37 +124,70 @@ void cpu_row(const Context& ctx, std::vector<Row>& rows, const Case& c) {
   p.y = TensorView::host(x1.data(), {c.K, c.bs, c.d});
   AssignmentOptions o;
   o.backend = Backend::cpu;
-  AssignmentResult r;
-  const double ms = median_ms(ctx, [&] {
-    const auto t0 = std::chrono::steady_clock::now();
-    r = assignment(p, o);
-    return elapsed_ms(t0);
-  });
-  Row row;
-  row.workload = "W4";
-  row.solver = "cpu-jv";
-  row.backend = "cpu";
-  row.params = params_of(c);
-  double gap = 0, cost = 0;
-  std::int64_t aug = 0;
-  for (const auto& q : r.problems) {
-    gap = std::max(gap, q.gap);
-    cost += q.cost;
-    aug += q.iterations;
-  }
-  row.result = {
-      {"mean_cost", cost / static_cast<double>(c.K)}, {"max_gap", gap}, {"augmentations", aug}};
-  row.ms = ms;
-  row.time_unit = "ms/call";
-  row.figure = 3.0 * static_cast<double>(c.K * c.bs * c.bs * c.d) / (ms * 1e-3);
-  row.figure_unit = "FLOP/s";
-  row.roofline = ctx.cpu_fma_flop_per_s;
-  row.bound = "fma";
-  row.notes.emplace_back(
-      "W4 cpu-jv: fp64 cost by direct differences + Jonker-Volgenant (column reduction, "
-      "augmenting row reduction, Dijkstra augmentations), problems over threads; figure = the "
-      "cost's 3 K bs^2 d FLOP only (the solve is not counted)");
+  const bool gram = cpu::choose_cost_form(CostKind::sqeuclidean, c.d) == cpu::CostForm::gram;
+  Row row = timed_row(
+      ctx, c, "cpu-jv", "cpu", [&] { return assignment(p, o); }, "augmentations", true,
+      gram ? 2.0 : 3.0, ctx.cpu_fma_flop_per_s);
+  row.notes.emplace_back(fmt::format(
+      "W4 cpu-jv: fp64 cost (d < {}: direct differences, 3 K bs^2 d FLOP; else the Gram form "
+      "on centred points, 2 K bs^2 d FLOP, its near-tight pairs re-evaluated by differences) + "
+      "Jonker-Volgenant (column reduction, augmenting row reduction, Dijkstra augmentations), "
+      "problems over threads; figure = the cost's FLOP only (the solve is not counted)",
+      cpu::kGramMinDim));
   rows.push_back(std::move(row));
+}
+
+/// The cost matrix alone (part = cost): the direct and the Gram form on the same
+/// staged fp64 points, figure = each form's own FLOP (3 or 2 bs^2 d) per second.
+void cpu_cost_rows(const Context& ctx, std::vector<Row>& rows, std::int64_t bs, std::int64_t d) {
+  std::vector<float> x0, x1;
+  make_points(bs * d, x0, x1);
+  cpu::StagedPoints pts;
+  pts.n = pts.m = bs;
+  pts.d = d;
+  pts.x.assign(x0.begin(), x0.end());
+  pts.y.assign(x1.begin(), x1.end());
+  std::vector<double> direct(static_cast<std::size_t>(bs * bs)), gram(direct.size());
+  const int threads = cpu::resolve_threads(0);
+  double delta = 0;
+  for (const bool use_gram : {false, true}) {
+    const double ms = median_ms(ctx, [&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (use_gram) {
+        delta = cpu::cost_gram(pts, gram.data(), threads);
+      } else {
+        cpu::cost_direct(pts, direct.data(), threads);
+      }
+      return elapsed_ms(t0);
+    });
+    Row row;
+    row.workload = "W4";
+    row.solver = use_gram ? "cpu-cost-gram" : "cpu-cost-direct";
+    row.backend = "cpu";
+    row.params = params_of({1, bs, d}, "cost");
+    row.ms = ms;
+    row.time_unit = "ms/call";
+    row.figure = (use_gram ? 2.0 : 3.0) * static_cast<double>(bs * bs * d) / (ms * 1e-3);
+    row.figure_unit = "FLOP/s";
+    row.roofline = ctx.cpu_fma_flop_per_s;
+    row.bound = "fma";
+    if (use_gram) {
+      double err = 0, top = 0;
+      for (std::size_t e = 0; e < direct.size(); ++e) {
+        err = std::max(err, std::abs(gram[e] - direct[e]));
+        top = std::max(top, direct[e]);
+      }
+      row.result = {{"max_abs_diff", err}, {"delta_bound", delta}, {"max_cost", top}};
+    }
+    row.notes.emplace_back(
+        "W4 cpu-cost: the fp64 cost matrix alone from staged fp64 points, all threads: direct "
+        "differences (3 bs^2 d FLOP) or the Gram form |x'|^2 + |y'|^2 - 2<x', y'> on centred "
+        "points (2 bs^2 d FLOP; packed register-tiled kernel, AVX-512/AVX2/SSE2 by run-time "
+        "dispatch); result: the largest |gram - direct| and the bound delta the certificate "
+        "uses. W5's cpu-fma limit is measured at the build's baseline (SSE2, no FMA): the Gram "
+        "kernel's AVX-512 path can exceed it");
+    rows.push_back(std::move(row));
+  }
 }
 
 #ifdef OTGPU_WITH_CUDA
@@ -139,32 +217,10 @@ void gpu_row(const Context& ctx, std::vector<Row>& rows, const Case& c, double t
   AssignmentProblem p;
   p.x = TensorView::device(d0.p, {c.K, c.bs, c.d});
   p.y = TensorView::device(d1.p, {c.K, c.bs, c.d});
-  AssignmentResult r;
-  const double ms = median_ms(ctx, [&] {
-    const auto t0 = std::chrono::steady_clock::now();
-    r = assignment(gctx, p);  // returns synchronized
-    return elapsed_ms(t0);
-  });
-  Row row;
-  row.workload = "W4";
-  row.solver = "cuda-auction";
-  row.backend = "cuda";
-  row.params = params_of(c);
-  double gap = 0, cost = 0;
-  std::int64_t rounds = 0;
-  for (const auto& q : r.problems) {
-    gap = std::max(gap, q.gap);
-    cost += q.cost;
-    rounds = std::max(rounds, q.iterations);
-  }
-  row.result = {
-      {"mean_cost", cost / static_cast<double>(c.K)}, {"max_gap", gap}, {"max_rounds", rounds}};
-  row.ms = ms;
-  row.time_unit = "ms/call";
-  row.figure = 2.0 * static_cast<double>(c.K * c.bs * c.bs * c.d) / (ms * 1e-3);
-  row.figure_unit = "FLOP/s";
-  row.roofline = ctx.fma_flop_per_s;
-  row.bound = "fma";
+  // assignment(gctx, ...) returns synchronized.
+  Row row = timed_row(
+      ctx, c, "cuda-auction", "cuda", [&] { return assignment(gctx, p); }, "max_rounds", false, 2.0,
+      ctx.fma_flop_per_s);
   row.notes.emplace_back(
       "W4 cuda-auction: fp32 GEMM cost + eps-scaling auction (one block per problem, or a "
       "cooperative grid of up to #SMs blocks per problem when K < #SMs and bs > 256; "
@@ -188,6 +244,7 @@ void run_w4(const Context& ctx, std::vector<Row>& rows) {
       cpu.push_back({64, 256, 3072});
     }
     for (const Case& c : cpu) cpu_row(ctx, rows, c);
+    for (const std::int64_t d : {64, 512, 3072}) cpu_cost_rows(ctx, rows, 256, d);
   }
   const std::vector<std::pair<Case, double>> gpu = {
       {{1, 256, 64}, 0},    {{1, 1024, 64}, 5},    {{1, 4096, 64}, 50}, {{1, 256, 3072}, 0},

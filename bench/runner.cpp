@@ -225,8 +225,14 @@ std::string params_text(const nlohmann::json& p) {
 std::string result_text(const Row& r) {
   const auto& res = r.result;
   if (!res.is_object()) return "";
-  if (res.contains("converged"))
-    return res["converged"].get<bool>() ? "converged" : "NOT converged";
+  if (res.contains("converged")) {
+    std::string s = res["converged"].get<bool>() ? "converged" : "NOT converged";
+    // W4e: the L1 marginal error the solve stopped at (the peers stop at the same one).
+    if (res.contains("marginal_error_l1")) {
+      s += fmt::format(" L1 {}", value_text(res["marginal_error_l1"]));
+    }
+    return s;
+  }
   if (res.contains("sw2")) return fmt::format("sw2={}", value_text(res["sw2"]));
   return "";
 }

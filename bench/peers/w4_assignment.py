@@ -10,9 +10,12 @@ the same seeds: x0 ~ N(0, I) by Box-Muller, x1 = U[0, 1) + 0.1, fp32) and with t
   torch-linear-assignment      batch_linear_assignment on the GPU (when importable and
                                torch sees a GPU)
 A batch of K problems is timed as K solves in a loop (the peers take one problem per
-call, except torch-linear-assignment, which takes the batch). Writes JSON:
-  {"machine", "date", "peers": [{"workload": "W4", "params": {"bs", "d", "K"}, "peer",
-   "backend", "ms", "time_unit": "ms/call", "version"}]}
+call, except torch-linear-assignment, which takes the batch); their params carry
+"part": "assignment". The cost matrix alone (params "part": "cost", bs = 256 at
+d = 64, 512, 3072, the otgpu cpu-cost rows) is timed as numpy's product form
+|x|^2 + |y|^2 - 2 x y^T clamped at 0 on fp64 points (numpy's BLAS for the product). Writes JSON:
+  {"machine", "date", "peers": [{"workload": "W4", "params": {"bs", "d", "K", "part"},
+   "peer", "backend", "ms", "time_unit": "ms/call", "version"}]}
 
 Usage: python3 bench/peers/w4_assignment.py [--suite quick|full] [--repeats N] [--out FILE]
 """
@@ -27,6 +30,7 @@ import time
 import numpy as np
 
 SEED_X0, SEED_X1 = 4001, 4002
+COST_BS, COST_DIMS = 256, (64, 512, 3072)  # the cost-only rows (part = cost)
 QUICK = [(1, 256, 64), (1, 1024, 64), (1, 256, 3072), (64, 256, 64)]
 FULL = [(1, 256, 64), (1, 1024, 64), (1, 4096, 64), (1, 256, 3072), (1, 1024, 3072),
         (1, 4096, 3072), (64, 256, 64), (64, 256, 3072), (1, 2048, 64)]
@@ -94,8 +98,9 @@ def main():
     peers = []
 
     def add(K, bs, d, peer, backend, ms, version):
-        peers.append({"workload": "W4", "params": {"bs": bs, "d": d, "K": K}, "peer": peer,
-                      "backend": backend, "ms": ms, "time_unit": "ms/call", "version": version})
+        params = {"bs": bs, "d": d, "K": K, "part": "assignment"}
+        peers.append({"workload": "W4", "params": params, "peer": peer, "backend": backend,
+                      "ms": ms, "time_unit": "ms/call", "version": version})
 
     try:
         import scipy
@@ -119,6 +124,17 @@ def main():
             batch_linear_assignment = None
     except ImportError:
         batch_linear_assignment = None
+
+    for d in COST_DIMS:
+        x0, x1 = make_points(COST_BS * d)
+        x = x0.reshape(COST_BS, d).astype(np.float64)
+        y = x1.reshape(COST_BS, d).astype(np.float64)
+        peers.append({"workload": "W4",
+                      "params": {"bs": COST_BS, "d": d, "K": 1, "part": "cost"},
+                      "peer": "numpy |x|^2 + |y|^2 - 2 x @ y.T", "backend": "cpu",
+                      "ms": median_ms(lambda: sq_cost(x, y), max(args.repeats, 5)),
+                      "time_unit": "ms/call", "version": f"numpy {np.__version__}"})
+        print(f"w4 peers: cost bs={COST_BS} d={d} done", file=sys.stderr)
 
     for K, bs, d in cases:
         x0, x1 = make_points(K * bs * d)

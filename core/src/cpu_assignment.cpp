@@ -29,6 +29,7 @@
 #include <limits>
 #include <utility>
 
+#include "cpu_cost.h"
 #include "cpu_numeric.h"
 #include "otgpu/error.h"
 
@@ -291,17 +292,26 @@ bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapS
 
 AssignmentReport certify_assignment(const double* c, std::int64_t n, std::int64_t m,
                                     const std::int64_t* row_to_col, const double* u,
-                                    const double* v) {
+                                    const double* v, const CostCheck* check) {
   AssignmentReport rep;
   CompensatedSum cost, dual;
   double viol = 0;
+  // With a Gram-form c, a pair whose slack there exceeds delta has a positive slack
+  // in the direct form too; the others (the matched pairs, near-ties) are re-evaluated.
+  const bool recheck = check != nullptr && check->gram;
+  const double delta = recheck ? check->delta : 0;
   for (std::int64_t i = 0; i < n; ++i) {
     const double* ci = c + i * m;
     const double ui = u[i];
     for (std::int64_t j = 0; j < m; ++j) {
-      if (ci[j] < kInf) viol = std::max(viol, ui + v[j] - ci[j]);
+      if (!(ci[j] < kInf)) continue;
+      double e = ui + v[j] - ci[j];
+      if (recheck && e >= -delta) e = ui + v[j] - pair_cost(check->points, i, j);
+      viol = std::max(viol, e);
     }
-    if (row_to_col[i] >= 0) cost.add(ci[row_to_col[i]]);
+    if (row_to_col[i] >= 0) {
+      cost.add(recheck ? pair_cost(check->points, i, row_to_col[i]) : ci[row_to_col[i]]);
+    }
     dual.add(ui);
   }
   for (std::int64_t j = 0; j < m; ++j) dual.add(v[j]);
@@ -319,88 +329,42 @@ AssignmentReport certify_assignment(const double* c, std::int64_t n, std::int64_
 }
 
 void dense_cost(const AssignmentProblem& p, const detail::AssignmentShape& s, std::int64_t b,
-                double* out) {
+                double* out, CostCheck* check) {
   const std::int64_t n = s.n, m = s.m, d = s.d;
+  if (check != nullptr) {
+    check->gram = false;
+    check->delta = 0;
+  }
   if (p.cost_kind == CostKind::matrix) {
-    const TensorView& c = p.cost;
-    const bool contiguous_rows = c.stride(c.rank - 1) == 1;
-    const std::int64_t base = s.batched ? b * c.stride(0) : 0;
-    const std::int64_t rs = c.stride(c.rank - 2);
-    for (std::int64_t i = 0; i < n; ++i) {
-      double* oi = out + i * m;
-      if (contiguous_rows && c.dtype == DType::f64) {
-        const double* src = static_cast<const double*>(c.data) + base + i * rs;
-        std::copy(src, src + m, oi);
-      } else if (contiguous_rows) {
-        const float* src = static_cast<const float*>(c.data) + base + i * rs;
-        for (std::int64_t j = 0; j < m; ++j) oi[j] = static_cast<double>(src[j]);
-      } else {
-        for (std::int64_t j = 0; j < m; ++j) oi[j] = load_problem_element(c, s.batched, b, i, j);
-      }
-    }
+    stage_rows(p.cost, s.batched, b, n, m, out);
     return;
   }
-  // Points: staged contiguous in fp64, then the direct formula (no |x|^2 + |y|^2 -
-  // 2<x, y> cancellation).
-  std::vector<double> x(static_cast<std::size_t>(n * d)), y(static_cast<std::size_t>(m * d));
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t k = 0; k < d; ++k) {
-      x[static_cast<std::size_t>(i * d + k)] = load_problem_element(p.x, s.batched, b, i, k);
-    }
-  }
-  for (std::int64_t j = 0; j < m; ++j) {
-    for (std::int64_t k = 0; k < d; ++k) {
-      y[static_cast<std::size_t>(j * d + k)] = load_problem_element(p.y, s.batched, b, j, k);
-    }
-  }
-  // Rows in blocks of kRows share each read of y_j: at d = 3072 a row of y is 24 KB,
-  // and re-reading all of y for every row made the sweep memory-bound (0.2x scipy's
-  // BLAS-based cost at bs = 256); each pair keeps its own sum, in the same order.
-  constexpr std::int64_t kRows = 4;
-  const bool dot = p.cost_kind == CostKind::neg_dot;
-  const bool root = p.cost_kind == CostKind::euclidean;
+  // Points: staged contiguous in fp64, then the direct form (small d) or the Gram form
+  // (large d, cpu_cost.h), whose pairs near the optimum the solve re-evaluates by
+  // direct differences (solve_problem with the CostCheck).
+  CostCheck local;
+  CostCheck& ck = check != nullptr ? *check : local;
+  StagedPoints& pts = ck.points;
+  pts.n = n;
+  pts.m = m;
+  pts.d = d;
+  pts.kind = p.cost_kind;
+  pts.x.resize(static_cast<std::size_t>(n * d));
+  pts.y.resize(static_cast<std::size_t>(m * d));
+  stage_rows(p.x, s.batched, b, n, d, pts.x.data());
+  stage_rows(p.y, s.batched, b, m, d, pts.y.data());
   const int threads = omp_in_parallel() ? 1 : threads_for_work(resolve_threads(0), n * m * d);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (std::int64_t i0 = 0; i0 < n; i0 += kRows) {
-    const std::int64_t rows = std::min(kRows, n - i0);
-    const double* x0 = x.data() + i0 * d;
-    const double* x1 = x0 + (rows > 1 ? d : 0);
-    const double* x2 = x0 + (rows > 2 ? 2 * d : 0);
-    const double* x3 = x0 + (rows > 3 ? 3 * d : 0);
-    for (std::int64_t j = 0; j < m; ++j) {
-      const double* yj = y.data() + j * d;
-      double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-      if (dot) {
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (std::int64_t k = 0; k < d; ++k) {
-          a0 += x0[k] * yj[k];
-          a1 += x1[k] * yj[k];
-          a2 += x2[k] * yj[k];
-          a3 += x3[k] * yj[k];
-        }
-      } else {
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (std::int64_t k = 0; k < d; ++k) {
-          const double t0 = x0[k] - yj[k], t1 = x1[k] - yj[k];
-          const double t2 = x2[k] - yj[k], t3 = x3[k] - yj[k];
-          a0 += t0 * t0;
-          a1 += t1 * t1;
-          a2 += t2 * t2;
-          a3 += t3 * t3;
-        }
-      }
-      const double acc[kRows] = {a0, a1, a2, a3};
-      for (std::int64_t r = 0; r < rows; ++r) {
-        const double c = acc[r];
-        out[(i0 + r) * m + j] = dot ? -c : (root ? std::sqrt(c) : c);
-      }
-    }
+  if (choose_cost_form(p.cost_kind, d) == CostForm::gram) {
+    ck.gram = true;
+    ck.delta = cost_gram(pts, out, threads);
+  } else {
+    cost_direct(pts, out, threads);
   }
 }
 
 bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t* row_to_col,
                    std::int64_t* col_to_row, double* u, double* v, AssignmentReport& report,
-                   std::string& why) {
+                   std::string& why, const CostCheck* check) {
   const bool transpose = n > m;
   std::vector<double> ct;
   const double* solve_on = c;
@@ -427,7 +391,20 @@ bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t
     std::copy(sol.u.begin(), sol.u.end(), u);
     std::copy(sol.v.begin(), sol.v.end(), v);
   }
-  report = certify_assignment(c, n, m, row_to_col, u, v);
+  if (check != nullptr && check->gram) {
+    // The smaller side's potentials from the direct cost of its matched pair, so that
+    // complementary slackness holds for the direct form the cost is reported in.
+    if (n <= m) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        u[i] = pair_cost(check->points, i, row_to_col[i]) - v[row_to_col[i]];
+      }
+    } else {
+      for (std::int64_t j = 0; j < m; ++j) {
+        v[j] = pair_cost(check->points, col_to_row[j], j) - u[col_to_row[j]];
+      }
+    }
+  }
+  report = certify_assignment(c, n, m, row_to_col, u, v, check);
   report.iterations = sol.augmentations;
   return true;
 }
@@ -453,14 +430,15 @@ AssignmentResult assignment(const AssignmentProblem& problem, const AssignmentOp
 #pragma omp parallel num_threads(threads)
   {
     std::vector<double> c(static_cast<std::size_t>(n * m));
+    CostCheck check;
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < K; ++b) {
       try {
-        dense_cost(problem, shape, b, c.data());
+        dense_cost(problem, shape, b, c.data(), &check);
         solve_problem(c.data(), n, m, r.row_to_col.data() + b * n, r.col_to_row.data() + b * m,
                       r.u.data() + b * n, r.v.data() + b * m,
-                      r.problems[static_cast<std::size_t>(b)],
-                      failure[static_cast<std::size_t>(b)]);
+                      r.problems[static_cast<std::size_t>(b)], failure[static_cast<std::size_t>(b)],
+                      &check);
       } catch (...) {
 #pragma omp critical(otgpu_assignment_error)
         if (!error) error = std::current_exception();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "assignment_validate.h"
+#include "cpu_cost.h"
 #include "otgpu/assignment.h"
 
 namespace otgpu::cpu {
@@ -27,6 +28,15 @@ struct LapSolution {
 bool solve_dense_lap(const double* c, std::int64_t rows, std::int64_t cols, LapSolution& out,
                      std::string& why);
 
+/// What dense_cost leaves for the certificate of a point problem: the staged points
+/// and, when the cost came from the Gram form, delta, the bound on its distance from
+/// the direct form (cpu_cost.h). A cost matrix leaves gram = false.
+struct CostCheck {
+  StagedPoints points;
+  bool gram = false;
+  double delta = 0;
+};
+
 /// cost, dual, gap and max_violation of a matching of the dense n x m matrix c
 /// (row-major, any orientation: min(n, m) pairs matched, -1 = unmatched) with
 /// potentials u [n], v [m]. The potentials of the larger side must be <= 0 (the dual
@@ -35,16 +45,20 @@ AssignmentReport certify_assignment(const double* c, std::int64_t n, std::int64_
                                     const std::int64_t* row_to_col, const double* u,
                                     const double* v);
 
-/// Dense fp64 cost of problem b ([n, m] row-major) from the (validated, host) problem.
+/// Dense fp64 cost of problem b ([n, m] row-major) from the (validated, host) problem:
+/// a cost matrix as given, point costs by the form choose_cost_form picks. `check`
+/// (optional) receives what solve_problem needs to certify a Gram-form cost.
 void dense_cost(const AssignmentProblem& problem, const detail::AssignmentShape& shape,
-                std::int64_t b, double* out);
+                std::int64_t b, double* out, CostCheck* check = nullptr);
 
 /// Solves one dense problem c [n, m] (row-major fp64, any n, m; transposed internally
 /// when n > m) into the caller's arrays (row_to_col [n], col_to_row [m], u [n], v [m])
-/// and certifies it. Returns false with `why` when it is infeasible.
+/// and certifies it. Returns false with `why` when it is infeasible. With a Gram-form
+/// `check`, the smaller side's potentials are reset from the direct cost of each
+/// matched pair and the report is that of the direct form (certify_assignment).
 bool solve_problem(const double* c, std::int64_t n, std::int64_t m, std::int64_t* row_to_col,
                    std::int64_t* col_to_row, double* u, double* v, AssignmentReport& report,
-                   std::string& why);
+                   std::string& why, const CostCheck* check = nullptr);
 
 /// Throws Infeasible "cost: problem <index> is infeasible: <why>".
 [[noreturn]] void throw_infeasible(std::int64_t problem, const std::string& why);

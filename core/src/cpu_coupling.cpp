@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_cost.h"
 #include "cpu_numeric.h"
 #include "cpu_problem.h"
 #include "otgpu/detail/coupling_math.h"
@@ -273,6 +274,33 @@ void sample_joint_pairs(const SinkhornProblem& problem, const SinkhornResult& re
                    result.problems[static_cast<std::size_t>(b)].eps, num_pairs, replacement, seed,
                    i_out + b * num_pairs, j_out + b * num_pairs);
   }
+}
+
+std::vector<double> point_cost_matrices(const TensorView& x0, const TensorView& x1, CostKind kind,
+                                        const detail::CouplingShape& shape) {
+  const std::int64_t K = shape.batch, n = shape.bs0, m = shape.bs1, d = shape.d;
+  const bool batched = x0.rank == 3;
+  std::vector<double> out(static_cast<std::size_t>(K * n * m));
+  StagedPoints pts;
+  pts.n = n;
+  pts.m = m;
+  pts.d = d;
+  pts.kind = kind;
+  pts.x.resize(static_cast<std::size_t>(n * d));
+  pts.y.resize(static_cast<std::size_t>(m * d));
+  const int threads = threads_for_work(resolve_threads(0), n * m * d);
+  const bool gram = choose_cost_form(kind, d) == CostForm::gram;
+  for (std::int64_t b = 0; b < K; ++b) {
+    stage_rows(x0, batched, b, n, d, pts.x.data());
+    stage_rows(x1, batched, b, m, d, pts.y.data());
+    double* c = out.data() + b * n * m;
+    if (gram) {
+      (void)cost_gram(pts, c, threads);
+    } else {
+      cost_direct(pts, c, threads);
+    }
+  }
+  return out;
 }
 
 std::vector<double> mean_pair_cost(const SinkhornProblem& problem,

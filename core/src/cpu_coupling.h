@@ -41,6 +41,15 @@ void sample_joint_pairs(const SinkhornProblem& problem, const SinkhornResult& re
                         bool replacement, std::uint64_t seed, std::int64_t* i_out,
                         std::int64_t* j_out);
 
+/// The fp64 cost matrices [K, bs0, bs1] of host points x0, x1 (cost_kind sqeuclidean
+/// or euclidean) by the assignment reference's kernels (cpu_cost.h: coordinate
+/// differences at small d, the Gram form on centred points at large d, within its
+/// bound delta ~ 1e-13 relative of the differences). Built once per call, so that the
+/// solve, the draws and the pair costs read one matrix instead of each evaluating
+/// the points pair by pair.
+std::vector<double> point_cost_matrices(const TensorView& x0, const TensorView& x1, CostKind kind,
+                                        const detail::CouplingShape& shape);
+
 /// Mean of C(x_i, y_j) over each problem's `pairs` pairs (i, j) [B, pairs], in fp64.
 std::vector<double> mean_pair_cost(const SinkhornProblem& problem,
                                    const detail::SinkhornShape& shape, std::int64_t pairs,

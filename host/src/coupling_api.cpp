@@ -87,7 +87,23 @@ CouplingResult couple_exact(const TensorView& x0, const TensorView& x1,
 
 CouplingResult couple_entropic_cpu(const TensorView& x0, const TensorView& x1,
                                    const CouplingOptions& options, const detail::CouplingShape& s) {
-  const SinkhornProblem sp = detail::coupling_problem(x0, x1, options);
+  SinkhornProblem sp = detail::coupling_problem(x0, x1, options);
+  // Host points whose cost matrices fit: built once by the cost kernels and handed to
+  // the solve as a matrix, which the draws and the pair costs then read too (the
+  // point path evaluates every pair by its coordinates, once for the solve and again
+  // for the draws).
+  std::vector<double> dense;
+  constexpr std::int64_t kDenseLimitBytes = std::int64_t{1} << 28;
+  if (s.space == MemorySpace::host &&
+      (options.cost_kind == CostKind::sqeuclidean || options.cost_kind == CostKind::euclidean) &&
+      s.batch * s.bs0 * s.bs1 <= kDenseLimitBytes / 8) {
+    dense = cpu::point_cost_matrices(x0, x1, options.cost_kind, s);
+    sp.x = {};
+    sp.y = {};
+    sp.cost = x0.rank == 3 ? TensorView::host(dense.data(), {s.batch, s.bs0, s.bs1})
+                           : TensorView::host(dense.data(), {s.bs0, s.bs1});
+    sp.cost_kind = CostKind::matrix;
+  }
   SinkhornOptions so = detail::coupling_sinkhorn_options(options);
   so.backend = Backend::cpu;
   const SinkhornResult res = sinkhorn(sp, so);

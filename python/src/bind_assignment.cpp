@@ -9,6 +9,8 @@
 #include <nanobind/stl/vector.h>
 
 #include <climits>
+#include <initializer_list>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -41,6 +43,42 @@ std::uint64_t opt_seed(nb::handle v, const char* fn) {
     throw otgpu::InvalidArgument(fmt::format("{}: option seed = {} must be >= 0", fn, s));
   }
   return static_cast<std::uint64_t>(s);
+}
+
+/// One of `choices` by its name; InvalidArgument "<fn>: <name>: unknown value ..."
+/// listing them otherwise.
+template <class E>
+E opt_choice(nb::handle value, const char* fn, const char* name,
+             std::initializer_list<std::pair<std::string_view, E>> choices) {
+  const std::string v = opt_str(value, fn, name);
+  std::string names;
+  for (const auto& [text, e] : choices) {
+    if (v == text) return e;
+    names += names.empty() ? std::string(text) : fmt::format(", {}", text);
+  }
+  throw otgpu::InvalidArgument(fmt::format("{}: {}: unknown value '{}' ({})", fn, name, v, names));
+}
+
+/// The options couple() and minibatch_ot() share (same names, same meaning) into `o`
+/// (CouplingOptions or MinibatchOptions); false when `k` is not one of them.
+template <class Options>
+bool parse_shared_option(Options& o, std::string_view k, nb::handle value, const char* fn) {
+  if (k == "cost_kind") {
+    o.cost_kind = otgpu::parse_cost_kind(opt_str(value, fn, "cost_kind"), "cost_kind");
+  } else if (k == "eps") {
+    o.eps = opt_double(value, fn, "eps");
+  } else if (k == "eps_relative") {
+    o.eps_relative = opt_bool(value, fn, "eps_relative");
+  } else if (k == "seed") {
+    o.seed = opt_seed(value, fn);
+  } else if (k == "sinkhorn") {
+    o.sinkhorn = nested_sinkhorn_options(value, fn);
+  } else if (k == "backend") {
+    o.backend = otgpu::parse_backend(opt_str(value, fn, "backend"), "backend");
+  } else {
+    return false;
+  }
+  return true;
 }
 
 // ---- assignment ----
@@ -166,36 +204,19 @@ otgpu::CouplingOptions parse_couple_options(const nb::kwargs& kw, const char* fn
   device = -1;
   for (auto [key, value] : kw) {
     const std::string_view k = PyUnicode_AsUTF8(key.ptr());
+    if (parse_shared_option(o, k, value, fn)) continue;
     if (k == "method") {
       o.method = otgpu::parse_coupling_method(opt_str(value, fn, "method"), "method");
-    } else if (k == "cost_kind") {
-      o.cost_kind = otgpu::parse_cost_kind(opt_str(value, fn, "cost_kind"), "cost_kind");
-    } else if (k == "eps") {
-      o.eps = opt_double(value, fn, "eps");
-    } else if (k == "eps_relative") {
-      o.eps_relative = opt_bool(value, fn, "eps_relative");
     } else if (k == "rho") {
       o.rho = opt_double(value, fn, "rho");
     } else if (k == "pairs") {
-      const std::string v = opt_str(value, fn, "pairs");
-      if (v == "per_row") {
-        o.pairs = otgpu::CouplingPairs::per_row;
-      } else if (v == "joint") {
-        o.pairs = otgpu::CouplingPairs::joint;
-      } else {
-        throw otgpu::InvalidArgument(
-            fmt::format("{}: pairs: unknown value '{}' (per_row, joint)", fn, v));
-      }
+      o.pairs = opt_choice<otgpu::CouplingPairs>(
+          value, fn, "pairs",
+          {{"per_row", otgpu::CouplingPairs::per_row}, {"joint", otgpu::CouplingPairs::joint}});
     } else if (k == "num_pairs") {
       o.num_pairs = opt_int64(value, fn, "num_pairs");
     } else if (k == "replacement") {
       o.replacement = opt_bool(value, fn, "replacement");
-    } else if (k == "seed") {
-      o.seed = opt_seed(value, fn);
-    } else if (k == "sinkhorn") {
-      o.sinkhorn = nested_sinkhorn_options(value, fn);
-    } else if (k == "backend") {
-      o.backend = otgpu::parse_backend(opt_str(value, fn, "backend"), "backend");
     } else if (k == "device") {
       device = value.is_none() ? -1 : opt_int(value, fn, "device");
     } else {
@@ -290,36 +311,20 @@ nb::dict run_minibatch(nb::handle x, nb::handle y, const nb::kwargs& kw) {
   otgpu::MinibatchOptions o;
   for (auto [key, value] : kw) {
     const std::string_view k = PyUnicode_AsUTF8(key.ptr());
+    if (parse_shared_option(o, k, value, fn)) continue;
     if (k == "k") {
       o.k = opt_int64(value, fn, "k");
     } else if (k == "bs") {
       o.bs = opt_int64(value, fn, "bs");
     } else if (k == "method") {
-      const std::string v = opt_str(value, fn, "method");
-      if (v == "exact") {
-        o.method = otgpu::MinibatchMethod::exact;
-      } else if (v == "sinkhorn") {
-        o.method = otgpu::MinibatchMethod::sinkhorn;
-      } else {
-        throw otgpu::InvalidArgument(
-            fmt::format("{}: method: unknown value '{}' (exact, sinkhorn)", fn, v));
-      }
+      o.method =
+          opt_choice<otgpu::MinibatchMethod>(value, fn, "method",
+                                             {{"exact", otgpu::MinibatchMethod::exact},
+                                              {"sinkhorn", otgpu::MinibatchMethod::sinkhorn}});
     } else if (k == "debiased") {
       o.debiased = opt_bool(value, fn, "debiased");
-    } else if (k == "cost_kind") {
-      o.cost_kind = otgpu::parse_cost_kind(opt_str(value, fn, "cost_kind"), "cost_kind");
-    } else if (k == "eps") {
-      o.eps = opt_double(value, fn, "eps");
-    } else if (k == "eps_relative") {
-      o.eps_relative = opt_bool(value, fn, "eps_relative");
-    } else if (k == "seed") {
-      o.seed = opt_seed(value, fn);
     } else if (k == "gradient") {
       o.gradient = opt_bool(value, fn, "gradient");
-    } else if (k == "sinkhorn") {
-      o.sinkhorn = nested_sinkhorn_options(value, fn);
-    } else if (k == "backend") {
-      o.backend = otgpu::parse_backend(opt_str(value, fn, "backend"), "backend");
     } else if (k == "device") {
       o.device = value.is_none() ? 0 : opt_int(value, fn, "device");
     } else {
