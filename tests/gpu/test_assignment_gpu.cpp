@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "check_util.h"
 #include "gpu_test_util.h"
 #include "otgpu/assignment.h"
 #include "otgpu/error.h"
@@ -34,6 +35,7 @@ using otgpu::AssignmentResult;
 using otgpu::Backend;
 using otgpu::CostKind;
 using otgpu::TensorView;
+using otgpu_test::point_cost;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -61,28 +63,6 @@ class AuctionPathEnv {
   bool had_ = false;
   std::string old_;
 };
-
-/// The dense fp64 cost of problem b, as the CPU reference forms it.
-std::vector<double> point_cost(const std::vector<double>& x, const std::vector<double>& y,
-                               std::int64_t b, std::int64_t n, std::int64_t m, std::int64_t d,
-                               CostKind kind) {
-  std::vector<double> c(static_cast<std::size_t>(n * m));
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t j = 0; j < m; ++j) {
-      double sq = 0, dot = 0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double a = x[static_cast<std::size_t>((b * n + i) * d + k)];
-        const double e = y[static_cast<std::size_t>((b * m + j) * d + k)];
-        sq += (a - e) * (a - e);
-        dot += a * e;
-      }
-      c[static_cast<std::size_t>(i * m + j)] = kind == CostKind::neg_dot     ? -dot
-                                               : kind == CostKind::euclidean ? std::sqrt(sq)
-                                                                             : sq;
-    }
-  }
-  return c;
-}
 
 /// The GPU's matching evaluated on the fp64 cost must cost what the CPU's optimum
 /// costs (1e-6 relative), and its potentials must certify it within the reported
