@@ -10,27 +10,25 @@
 
 namespace otgpu_test {
 
-/// `count` values uniform in [lo, hi): std::mt19937_64 seeded with `seed`, drawn in
-/// order through std::uniform_real_distribution<double>.
-inline std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo = 0,
-                                   double hi = 1) {
+/// `count` draws of `dist` from std::mt19937_64 seeded with `seed`, in order.
+template <class Distribution>
+std::vector<double> draws(std::size_t count, std::uint32_t seed, Distribution dist) {
   std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
   std::vector<double> v(count);
   for (double& x : v) x = dist(rng);
   return v;
 }
 
-/// `count` values normal with the given mean and standard deviation:
-/// std::mt19937_64 seeded with `seed`, drawn in order through
-/// std::normal_distribution<double>(mean, sd).
+/// `count` values uniform in [lo, hi).
+inline std::vector<double> uniform(std::size_t count, std::uint32_t seed, double lo = 0,
+                                   double hi = 1) {
+  return draws(count, seed, std::uniform_real_distribution<double>(lo, hi));
+}
+
+/// `count` values normal with mean `mean` and standard deviation `sd`.
 inline std::vector<double> normal(std::size_t count, std::uint32_t seed, double mean = 0,
                                   double sd = 1) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> dist(mean, sd);
-  std::vector<double> v(count);
-  for (double& x : v) x = dist(rng);
-  return v;
+  return draws(count, seed, std::normal_distribution<double>(mean, sd));
 }
 
 }  // namespace otgpu_test

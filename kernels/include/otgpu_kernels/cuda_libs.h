@@ -95,7 +95,8 @@ constexpr ApiSymbol<typename FieldOf<decltype(Field)>::Table> api_symbol(const c
 
 /// What a table is loaded from. `library` names it in messages ("cuBLAS"); `soname` is
 /// tried on the loader's path first, then as `fallback_dir`/`soname` when that folder
-/// is not empty.
+/// is not empty. The strings and `symbols` are not copied: they must outlive the loader
+/// (static tables in practice).
 template <class Api>
 struct LibrarySpec {
   const char* library;
@@ -143,8 +144,6 @@ class LazyApi {
   const Api* if_loaded() const noexcept {
     return ready_.load(std::memory_order_acquire) ? &table_ : nullptr;
   }
-
-  const LibrarySpec<Api>& spec() const noexcept { return spec_; }
 
  private:
   LibrarySpec<Api> spec_;
