@@ -4,20 +4,17 @@
 
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include "otgpu/otgpu.h"
+#include "seeded_data.h"
 
 namespace otgpu_test {
 
+/// The shared seeded generator (seeded_data.h) under the name these suites use.
 inline std::vector<double> uniform_values(std::size_t count, std::uint32_t seed, double lo = 0.0,
                                           double hi = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(count);
-  for (double& x : v) x = dist(rng);
-  return v;
+  return uniform(count, seed, lo, hi);
 }
 
 /// Positive weights with total mass `mass`.

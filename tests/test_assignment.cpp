@@ -12,9 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "check_util.h"
 #include "otgpu/assignment.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
+#include "seeded_data.h"
 
 namespace {
 
@@ -25,19 +27,13 @@ using otgpu::CostKind;
 using otgpu::DType;
 using otgpu::MemorySpace;
 using otgpu::TensorView;
+using otgpu_test::point_cost;
+using otgpu_test::uniform;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 TensorView host_view(const std::vector<double>& v, std::initializer_list<std::int64_t> shape) {
   return TensorView::contiguous(v.data(), DType::f64, MemorySpace::host, shape);
-}
-
-std::vector<double> uniform(std::size_t n, unsigned seed, double lo = 0, double hi = 1) {
-  std::mt19937_64 g(seed);
-  std::uniform_real_distribution<double> u(lo, hi);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
 }
 
 /// The least cost over all injections of the smaller side into the larger one, by
@@ -200,32 +196,12 @@ TEST(AssignmentCpu, ForbiddenPairsAreAvoided) {
   check_certificate(r, 0, c, 1e-12);
 }
 
-std::vector<double> dense_points_cost(const std::vector<double>& x, const std::vector<double>& y,
-                                      std::int64_t n, std::int64_t m, std::int64_t d,
-                                      CostKind kind) {
-  std::vector<double> c(static_cast<std::size_t>(n * m));
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t j = 0; j < m; ++j) {
-      double sq = 0, dot = 0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double a = x[static_cast<std::size_t>(i * d + k)];
-        const double b = y[static_cast<std::size_t>(j * d + k)];
-        sq += (a - b) * (a - b);
-        dot += a * b;
-      }
-      c[static_cast<std::size_t>(i * m + j)] = kind == CostKind::neg_dot     ? -dot
-                                               : kind == CostKind::euclidean ? std::sqrt(sq)
-                                                                             : sq;
-    }
-  }
-  return c;
-}
-
 TEST(AssignmentCpu, PointCostsMatchTheMatrixPath) {
   const std::int64_t K = 2, n = 50, m = 60, d = 5;
   const auto x = uniform(static_cast<std::size_t>(K * n * d), 11, -1, 1);
   const auto y = uniform(static_cast<std::size_t>(K * m * d), 12, -1, 1);
   std::vector<float> xf(x.begin(), x.end());
+  const std::vector<double> xfd(xf.begin(), xf.end());  // the fp32 values the solver reads
   for (CostKind kind : {CostKind::sqeuclidean, CostKind::euclidean, CostKind::neg_dot}) {
     AssignmentProblem p;
     p.cost_kind = kind;
@@ -235,10 +211,7 @@ TEST(AssignmentCpu, PointCostsMatchTheMatrixPath) {
     o.backend = otgpu::Backend::cpu;
     const auto r = otgpu::assignment(p, o);
     for (std::int64_t b = 0; b < K; ++b) {
-      const std::vector<double> xb(xf.begin() + b * n * d, xf.begin() + (b + 1) * n * d);
-      const std::vector<double> yb(y.begin() + b * m * d, y.begin() + (b + 1) * m * d);
-      const auto c = dense_points_cost(xb, yb, n, m, d, kind);
-      check_certificate(r, b, c, 1e-9);
+      check_certificate(r, b, point_cost(xfd, y, b, n, m, d, kind), 1e-9);
     }
   }
 }

@@ -9,14 +9,15 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "check_util.h"
 #include "otgpu/assignment.h"
 #include "otgpu/coupling.h"
 #include "otgpu/error.h"
+#include "seeded_data.h"
 
 namespace {
 
@@ -25,14 +26,8 @@ using otgpu::CouplingOptions;
 using otgpu::CouplingPairs;
 using otgpu::CouplingResult;
 using otgpu::TensorView;
-
-std::vector<double> normal(std::size_t n, unsigned seed, double scale = 1.0) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<double> u(0.0, scale);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
+using otgpu_test::expect_error;
+using otgpu_test::normal;
 
 double sqd(const double* x, const double* y, int d) {
   double s = 0;
@@ -89,7 +84,7 @@ constexpr double kChi29 = 70.0;
 
 struct Small {
   int n = 6, m = 5, d = 2;
-  std::vector<double> x = normal(12, 1), y = normal(10, 2, 1.5);
+  std::vector<double> x = normal(12, 1), y = normal(10, 2, 0.0, 1.5);
   double eps_rel = 0.5;
 };
 
@@ -244,7 +239,7 @@ TEST(Coupling, SeedsDetermineThePairs) {
 
 TEST(Coupling, UnbalancedDrawsValidPairs) {
   const int n = 10, m = 14, d = 3;
-  const auto x = normal(n * d, 31), y = normal(m * d, 32, 2.0);
+  const auto x = normal(n * d, 31), y = normal(m * d, 32, 0.0, 2.0);
   CouplingOptions o;
   o.method = CouplingMethod::unbalanced;
   o.rho = 5.0;
@@ -308,18 +303,6 @@ TEST(Coupling, ExactIsTheOptimalPermutation) {
   const auto ar = otgpu::assignment(ap, ao);
   EXPECT_EQ(rb.j, ar.row_to_col);
   EXPECT_NEAR(rb.problems[0].ot * big, ar.problems[0].cost, 1e-9);
-}
-
-template <class E>
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one naming " << needle;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
 }
 
 TEST(Coupling, BadInputIsATypedError) {

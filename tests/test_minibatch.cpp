@@ -5,30 +5,24 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "check_util.h"
 #include "otgpu/assignment.h"
 #include "otgpu/error.h"
 #include "otgpu/minibatch.h"
 #include "otgpu/sinkhorn.h"
+#include "seeded_data.h"
 
 namespace {
 
 using otgpu::MinibatchMethod;
 using otgpu::MinibatchOptions;
 using otgpu::TensorView;
-
-std::vector<double> normal(std::size_t n, unsigned seed, double shift = 0.0) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<double> u(shift, 1.0);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
+using otgpu_test::expect_error;
+using otgpu_test::normal;
 
 constexpr int kN = 12, kM = 10, kD = 2;
 
@@ -177,18 +171,6 @@ TEST(Minibatch, SeedDeterminesTheEstimate) {
   o.seed = 18;
   const auto c = otgpu::minibatch_ot(xv, yv, o);
   EXPECT_NE(a.rows_x, c.rows_x);
-}
-
-template <class E>
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one naming " << needle;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
 }
 
 TEST(Minibatch, BadInputIsATypedError) {

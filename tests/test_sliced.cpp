@@ -6,13 +6,13 @@
 #include <cmath>
 #include <functional>
 #include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "otgpu/detail/quantile_merge.h"
 #include "otgpu/error.h"
 #include "otgpu/sliced.h"
+#include "seeded_data.h"
 
 namespace {
 
@@ -20,22 +20,8 @@ using otgpu::Backend;
 using otgpu::SlicedOptions;
 using otgpu::SlicedProblem;
 using otgpu::TensorView;
-
-std::vector<double> uniform_vec(std::size_t n, unsigned seed, double lo = 0.0, double hi = 1.0) {
-  std::mt19937_64 g(seed);
-  std::uniform_real_distribution<double> u(lo, hi);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
-
-std::vector<double> normal_vec(std::size_t n, unsigned seed) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<double> u(0.0, 1.0);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
+using otgpu_test::normal;
+using otgpu_test::uniform;
 
 /// Independent 1-D reference: north-west corner rule on sorted data with remaining
 /// masses (not cumulative breakpoints, unlike the library).
@@ -114,8 +100,8 @@ SlicedOptions cpu_options(int L, double p = 2.0, std::uint64_t seed = 0) {
 TEST(Wasserstein1D, UniformEqualSizesIsSortedMatching) {
   for (double p : {1.0, 1.5, 2.0, 3.0}) {
     for (std::size_t n : {1u, 2u, 7u, 64u, 257u}) {
-      auto x = uniform_vec(n, 11u + static_cast<unsigned>(n));
-      auto y = normal_vec(n, 97u + static_cast<unsigned>(n));
+      auto x = uniform(n, 11u + static_cast<unsigned>(n));
+      auto y = normal(n, 97u + static_cast<unsigned>(n));
       std::vector<double> xs = x, ys = y;
       std::sort(xs.begin(), xs.end());
       std::sort(ys.begin(), ys.end());
@@ -131,10 +117,10 @@ TEST(Wasserstein1D, WeightedUnequalSizesMatchesNorthWestCorner) {
   for (double p : {1.0, 2.0, 2.5}) {
     for (auto [n, m] :
          {std::pair<std::size_t, std::size_t>{1, 1}, {1, 9}, {9, 1}, {13, 31}, {100, 37}}) {
-      auto x = normal_vec(n, 3u + static_cast<unsigned>(n));
-      auto y = uniform_vec(m, 5u + static_cast<unsigned>(m), -1, 2);
-      auto a = uniform_vec(n, 7u, 0.1, 2.0);
-      auto b = uniform_vec(m, 8u, 0.1, 3.0);  // different total mass: normalized
+      auto x = normal(n, 3u + static_cast<unsigned>(n));
+      auto y = uniform(m, 5u + static_cast<unsigned>(m), -1, 2);
+      auto a = uniform(n, 7u, 0.1, 2.0);
+      auto b = uniform(m, 8u, 0.1, 3.0);  // different total mass: normalized
       const double got = w1d(x, y, p, a, b);
       EXPECT_NEAR(got, nw_corner(x, a, y, b, p), 1e-12 * (1 + got))
           << "p=" << p << " n=" << n << " m=" << m;
@@ -157,7 +143,7 @@ TEST(Wasserstein1D, ZeroWeightsAndTiesAreHandled) {
 }
 
 TEST(Wasserstein1D, ClosedForms) {
-  auto x = normal_vec(50, 1);
+  auto x = normal(50, 1);
   // A shift moves every quantile by c: W_p^p = |c|^p.
   for (double c : {-0.75, 0.3, 2.0}) {
     std::vector<double> y = x;
@@ -180,8 +166,8 @@ TEST(Wasserstein1D, ClosedForms) {
   }
   // One point against many: everything moves to the single point.
   std::vector<double> one = {0.25};
-  auto ys = uniform_vec(17, 4);
-  auto bs = uniform_vec(17, 6, 0.5, 1.5);
+  auto ys = uniform(17, 4);
+  auto bs = uniform(17, 6, 0.5, 1.5);
   const double sb = std::accumulate(bs.begin(), bs.end(), 0.0);
   double expect = 0;
   for (std::size_t j = 0; j < ys.size(); ++j)
@@ -191,9 +177,9 @@ TEST(Wasserstein1D, ClosedForms) {
 
 TEST(Wasserstein1D, FloatAndStridedViews) {
   // x as float, and y read with stride 2 out of an interleaved buffer.
-  auto xd = normal_vec(40, 21);
+  auto xd = normal(40, 21);
   std::vector<float> xf(xd.begin(), xd.end());
-  auto yd = normal_vec(30, 22);
+  auto yd = normal(30, 22);
   std::vector<double> inter(60, 1e300);  // odd slots must never be read
   for (std::size_t j = 0; j < 30; ++j) inter[2 * j] = yd[j];
   TensorView yv = TensorView::host(inter.data(), {30});
@@ -206,10 +192,10 @@ TEST(Wasserstein1D, FloatAndStridedViews) {
 
 TEST(Wasserstein1D, BatchedWithSharedAndBatchedWeights) {
   const std::int64_t B = 3, n = 12, m = 7;
-  auto x = normal_vec(B * n, 31);
-  auto y = normal_vec(B * m, 32);
-  auto a = uniform_vec(B * n, 33, 0.0, 1.0);
-  auto b = uniform_vec(m, 34, 0.2, 1.0);
+  auto x = normal(B * n, 31);
+  auto y = normal(B * m, 32);
+  auto a = uniform(B * n, 33, 0.0, 1.0);
+  auto b = uniform(m, 34, 0.2, 1.0);
   const auto r = otgpu::wasserstein_1d(
       TensorView::host(x.data(), {B, n}), TensorView::host(y.data(), {B, m}),
       TensorView::host(a.data(), {B, n}), TensorView::host(b.data(), {m}), 2.0, Backend::cpu);
@@ -224,12 +210,12 @@ TEST(Wasserstein1D, BatchedWithSharedAndBatchedWeights) {
 
 TEST(MonotoneCoupling1D, MarginalsSizeAndCost) {
   for (auto [n, m] : {std::pair<std::int64_t, std::int64_t>{1, 1}, {5, 3}, {40, 41}, {64, 10}}) {
-    auto x = normal_vec(static_cast<std::size_t>(n), 41);
-    auto y = normal_vec(static_cast<std::size_t>(m), 42);
-    auto a = uniform_vec(static_cast<std::size_t>(n), 43, 0.0, 2.0);
+    auto x = normal(static_cast<std::size_t>(n), 41);
+    auto y = normal(static_cast<std::size_t>(m), 42);
+    auto a = uniform(static_cast<std::size_t>(n), 43, 0.0, 2.0);
     a[0] = 0.0;  // zero-weight point: it must receive nothing
     if (n == 1) a[0] = 1.0;
-    auto b = uniform_vec(static_cast<std::size_t>(m), 44, 0.1, 1.0);
+    auto b = uniform(static_cast<std::size_t>(m), 44, 0.1, 1.0);
     const auto cs = otgpu::monotone_coupling_1d(v1(x), v1(y), v1(a), v1(b), 2.0);
     ASSERT_EQ(cs.size(), 1u);
     const auto& c = cs[0];
@@ -338,9 +324,9 @@ TEST(QuantileMerge, ChunkedWalkFromMergePathSplitsEqualsSequentialWalk) {
 // ---- sliced ----
 
 TEST(Sliced, OneDimensionEqualsExactWassersteinForAnyDirections) {
-  auto x = normal_vec(33, 51);
-  auto y = uniform_vec(20, 52, -2, 2);
-  auto a = uniform_vec(33, 53, 0.1, 1);
+  auto x = normal(33, 51);
+  auto y = uniform(20, 52, -2, 2);
+  auto a = uniform(33, 53, 0.1, 1);
   SlicedProblem pr;
   pr.x = TensorView::host(x.data(), {33, 1});
   pr.y = TensorView::host(y.data(), {20, 1});
@@ -365,7 +351,7 @@ TEST(Sliced, TranslationClosedFormAndMonteCarloRate) {
   // y = x + c: every projection is a shift by <theta, c>, so SW_2^2 = E<theta, c>^2
   // = |c|^2 / d exactly in expectation; the Monte-Carlo error decays like 1/sqrt(L).
   const std::int64_t n = 32, d = 6;
-  auto x = normal_vec(n * d, 61);
+  auto x = normal(n * d, 61);
   std::vector<double> c = {0.5, -1.0, 0.25, 2.0, 0.0, -0.75};
   std::vector<double> y = x;
   for (std::int64_t i = 0; i < n; ++i)
@@ -399,8 +385,8 @@ TEST(Sliced, ExactRotationInvarianceWithRotatedDirections) {
   // SW(Rx, Ry; R theta) == SW(x, y; theta) for an orthogonal R; with random
   // directions the two agree statistically.
   const std::int64_t n = 40, m = 25, d = 3, L = 32;
-  auto x = normal_vec(n * d, 71);
-  auto y = uniform_vec(m * d, 72);
+  auto x = normal(n * d, 71);
+  auto y = uniform(m * d, 72);
   const double ang = 0.7;
   // Rotation about the axis (1, 1, 1)/sqrt(3) (Rodrigues).
   const double cs = std::cos(ang), sn = std::sin(ang), t = 1 - cs, u = 1 / std::sqrt(3.0);
@@ -473,7 +459,7 @@ TEST(Sliced, DirectionsAreSeededUnitAndIsotropic) {
     for (int q = 0; q < d; ++q) EXPECT_NEAR(cov[k][q], k == q ? 0.25 : 0.0, 0.01);
   }
   // The solver uses exactly these directions.
-  auto x = normal_vec(30 * d, 1), y = normal_vec(20 * d, 2);
+  auto x = normal(30 * d, 1), y = normal(20 * d, 2);
   SlicedProblem pr;
   pr.x = TensorView::host(x.data(), {30, d});
   pr.y = TensorView::host(y.data(), {20, d});
@@ -493,8 +479,8 @@ TEST(Sliced, DirectionsAreSeededUnitAndIsotropic) {
 TEST(Sliced, PerDirectionTermsAreExactOneDimensionalCosts) {
   const std::int64_t n = 23, m = 31, d = 5;
   const int L = 6;
-  auto x = normal_vec(n * d, 81), y = uniform_vec(m * d, 82);
-  auto a = uniform_vec(n, 83, 0.0, 1.0), b = uniform_vec(m, 84, 0.3, 1.0);
+  auto x = normal(n * d, 81), y = uniform(m * d, 82);
+  auto a = uniform(n, 83, 0.0, 1.0), b = uniform(m, 84, 0.3, 1.0);
   SlicedProblem pr;
   pr.x = TensorView::host(x.data(), {n, d});
   pr.y = TensorView::host(y.data(), {m, d});
@@ -532,8 +518,8 @@ TEST(Sliced, PerDirectionTermsAreExactOneDimensionalCosts) {
 void check_gradients(bool max_sliced, double p) {
   const std::int64_t n = 9, m = 6, d = 3;
   const int L = 5;
-  auto x = normal_vec(n * d, 91), y = normal_vec(m * d, 92);
-  auto a = uniform_vec(n, 93, 0.2, 1.0), b = uniform_vec(m, 94, 0.2, 1.0);
+  auto x = normal(n * d, 91), y = normal(m * d, 92);
+  auto a = uniform(n, 93, 0.2, 1.0), b = uniform(m, 94, 0.2, 1.0);
   const auto th = otgpu::sliced_directions(d, L, 3);
   auto eval = [&](const std::vector<double>& xx, const std::vector<double>& yy, bool grads) {
     SlicedProblem pr;
@@ -576,7 +562,7 @@ TEST(Sliced, GradientOfUniformEqualSizesIsClosedForm) {
   // For y = x + c every matched partner is the shifted twin: grad = -2 E[theta theta^T] c / n.
   const std::int64_t n = 16, d = 2;
   const int L = 8;
-  auto x = normal_vec(n * d, 101);
+  auto x = normal(n * d, 101);
   std::vector<double> c = {0.3, -0.2};
   auto y = x;
   for (std::int64_t i = 0; i < n; ++i)
@@ -607,10 +593,10 @@ TEST(Sliced, GradientOfUniformEqualSizesIsClosedForm) {
 TEST(Sliced, BatchedEqualsOneByOne) {
   const std::int64_t B = 4, n = 19, m = 11, d = 7;
   const int L = 9;
-  auto x = normal_vec(B * n * d, 111);
-  auto y = uniform_vec(B * m * d, 112);
-  auto a = uniform_vec(B * n, 113, 0.0, 1.0);
-  auto b = uniform_vec(m, 114, 0.5, 1.0);
+  auto x = normal(B * n * d, 111);
+  auto y = uniform(B * m * d, 112);
+  auto a = uniform(B * n, 113, 0.0, 1.0);
+  auto b = uniform(m, 114, 0.5, 1.0);
   std::vector<float> xf(x.begin(), x.end());  // mixed dtypes in one problem
   SlicedProblem pr;
   pr.x = TensorView::host(xf.data(), {B, n, d});
@@ -662,7 +648,7 @@ void expect_error(const std::function<void()>& fn, std::initializer_list<std::st
 
 TEST(Sliced, BadInputsAreRejectedWithNamedValues) {
   const std::int64_t n = 5, m = 4, d = 3;
-  auto x = normal_vec(n * d, 1), y = normal_vec(m * d, 2);
+  auto x = normal(n * d, 1), y = normal(m * d, 2);
   auto good = [&] {
     SlicedProblem pr;
     pr.x = TensorView::host(x.data(), {n, d});

@@ -1,11 +1,11 @@
-// Lazy loading of cuBLAS and cuSOLVER (otgpu_kernels/cuda_libs.h).
+// Lazy loading of cuBLAS and cuSOLVER (otgpu_kernels/cuda_libs.h): one loader
+// (detail::LazyApi), two tables of (exported name, field).
 #include "otgpu_kernels/cuda_libs.h"
 
 #include <dlfcn.h>
 #include <fmt/format.h>
 
-#include <atomic>
-#include <mutex>
+#include <array>
 #include <string>
 
 #include "otgpu/error.h"
@@ -16,21 +16,14 @@
 
 namespace otgpu::kernels {
 
-namespace {
+namespace detail {
 
-#define OTGPU_STR2(x) #x
-#define OTGPU_STR(x) OTGPU_STR2(x)
-constexpr const char* kCublasSoname = "libcublas.so." OTGPU_STR(CUBLAS_VER_MAJOR);
-constexpr const char* kCusolverSoname = "libcusolver.so." OTGPU_STR(CUSOLVER_VER_MAJOR);
-
-/// dlopen by soname (the loader's search path), then in the build toolkit's folder.
-/// Handles are never closed: the tables stay valid until the process exits.
-void* open_library(const char* soname, const char* what) {
+void* open_library(const char* library, const char* soname, const char* fallback_dir) {
   void* h = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
   if (h != nullptr) return h;
   const char* first = dlerror();
   std::string reason = first != nullptr ? first : "not found";
-  const std::string dir = OTGPU_CUDA_LIBRARY_DIR;
+  const std::string dir = fallback_dir != nullptr ? fallback_dir : "";
   if (!dir.empty()) {
     const std::string path = dir + "/" + soname;
     h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -41,85 +34,73 @@ void* open_library(const char* soname, const char* what) {
   throw DeviceUnavailable(fmt::format(
       "{} ({}) could not be loaded: {}; the CUDA paths that use it need the CUDA {} runtime "
       "libraries on the loader's path (LD_LIBRARY_PATH)",
-      what, soname, reason, what));
+      library, soname, reason, library));
 }
 
-template <class Fn>
-void bind(void* lib, const char* soname, const char* name, Fn& out) {
-  dlerror();
-  void* sym = dlsym(lib, name);
+void* find_symbol(void* handle, const char* soname, const char* name) {
+  dlerror();  // clear a stale error: dlsym reports through it
+  void* sym = dlsym(handle, name);
   if (sym == nullptr) {
     const char* err = dlerror();
     throw DeviceUnavailable(fmt::format("{} has no function {}: {}", soname, name,
                                         err != nullptr ? err : "symbol not found"));
   }
-  out = reinterpret_cast<Fn>(sym);
+  return sym;
 }
 
-std::mutex g_mutex;
-CublasApi g_cublas;
-CusolverApi g_cusolver;
-std::atomic<bool> g_cublas_ready{false};
-std::atomic<bool> g_cusolver_ready{false};
+}  // namespace detail
+
+namespace {
+
+using detail::api_symbol;
+
+#define OTGPU_STR2(x) #x
+#define OTGPU_STR(x) OTGPU_STR2(x)
+constexpr const char* kCublasSoname = "libcublas.so." OTGPU_STR(CUBLAS_VER_MAJOR);
+constexpr const char* kCusolverSoname = "libcusolver.so." OTGPU_STR(CUSOLVER_VER_MAJOR);
+
+constexpr std::array kCublasSymbols{
+    api_symbol<&CublasApi::create>("cublasCreate_v2"),
+    api_symbol<&CublasApi::destroy>("cublasDestroy_v2"),
+    api_symbol<&CublasApi::set_stream>("cublasSetStream_v2"),
+    api_symbol<&CublasApi::set_math_mode>("cublasSetMathMode"),
+    api_symbol<&CublasApi::sgemm>("cublasSgemm_v2"),
+    api_symbol<&CublasApi::dgemm_batched>("cublasDgemmBatched"),
+    api_symbol<&CublasApi::dgemm_strided_batched>("cublasDgemmStridedBatched"),
+    api_symbol<&CublasApi::sgemm_strided_batched>("cublasSgemmStridedBatched"),
+    api_symbol<&CublasApi::get_status_string>("cublasGetStatusString"),
+};
+
+constexpr std::array kCusolverSymbols{
+    api_symbol<&CusolverApi::create>("cusolverDnCreate"),
+    api_symbol<&CusolverApi::destroy>("cusolverDnDestroy"),
+    api_symbol<&CusolverApi::set_stream>("cusolverDnSetStream"),
+    api_symbol<&CusolverApi::create_params>("cusolverDnCreateParams"),
+    api_symbol<&CusolverApi::destroy_params>("cusolverDnDestroyParams"),
+    api_symbol<&CusolverApi::create_syevj_info>("cusolverDnCreateSyevjInfo"),
+    api_symbol<&CusolverApi::destroy_syevj_info>("cusolverDnDestroySyevjInfo"),
+    api_symbol<&CusolverApi::xsyevj_set_max_sweeps>("cusolverDnXsyevjSetMaxSweeps"),
+    api_symbol<&CusolverApi::dsyevj_batched_buffer_size>("cusolverDnDsyevjBatched_bufferSize"),
+    api_symbol<&CusolverApi::dsyevj_batched>("cusolverDnDsyevjBatched"),
+    api_symbol<&CusolverApi::xsyevd_buffer_size>("cusolverDnXsyevd_bufferSize"),
+    api_symbol<&CusolverApi::xsyevd>("cusolverDnXsyevd"),
+};
+
+// Constant-initialized (constexpr constructor, constexpr tables): usable from any
+// static initializer, no order-of-initialization question.
+detail::LazyApi<CublasApi> g_cublas({"cuBLAS", kCublasSoname, OTGPU_CUDA_LIBRARY_DIR,
+                                     kCublasSymbols});
+detail::LazyApi<CusolverApi> g_cusolver({"cuSOLVER", kCusolverSoname, OTGPU_CUDA_LIBRARY_DIR,
+                                         kCusolverSymbols});
 
 }  // namespace
 
 const char* cublas_soname() noexcept { return kCublasSoname; }
 const char* cusolver_soname() noexcept { return kCusolverSoname; }
 
-const CublasApi& cublas() {
-  if (g_cublas_ready.load(std::memory_order_acquire)) return g_cublas;
-  const std::lock_guard<std::mutex> lock(g_mutex);
-  if (!g_cublas_ready.load(std::memory_order_relaxed)) {
-    void* lib = open_library(kCublasSoname, "cuBLAS");
-    CublasApi t;
-    const char* so = kCublasSoname;
-    bind(lib, so, "cublasCreate_v2", t.create);
-    bind(lib, so, "cublasDestroy_v2", t.destroy);
-    bind(lib, so, "cublasSetStream_v2", t.set_stream);
-    bind(lib, so, "cublasSetMathMode", t.set_math_mode);
-    bind(lib, so, "cublasSgemm_v2", t.sgemm);
-    bind(lib, so, "cublasDgemmBatched", t.dgemm_batched);
-    bind(lib, so, "cublasDgemmStridedBatched", t.dgemm_strided_batched);
-    bind(lib, so, "cublasSgemmStridedBatched", t.sgemm_strided_batched);
-    bind(lib, so, "cublasGetStatusString", t.get_status_string);
-    g_cublas = t;
-    g_cublas_ready.store(true, std::memory_order_release);
-  }
-  return g_cublas;
-}
-
-const CublasApi* cublas_if_loaded() noexcept {
-  return g_cublas_ready.load(std::memory_order_acquire) ? &g_cublas : nullptr;
-}
-
-const CusolverApi* cusolver_if_loaded() noexcept {
-  return g_cusolver_ready.load(std::memory_order_acquire) ? &g_cusolver : nullptr;
-}
-
-const CusolverApi& cusolver() {
-  if (g_cusolver_ready.load(std::memory_order_acquire)) return g_cusolver;
-  const std::lock_guard<std::mutex> lock(g_mutex);
-  if (!g_cusolver_ready.load(std::memory_order_relaxed)) {
-    void* lib = open_library(kCusolverSoname, "cuSOLVER");
-    CusolverApi t;
-    const char* so = kCusolverSoname;
-    bind(lib, so, "cusolverDnCreate", t.create);
-    bind(lib, so, "cusolverDnDestroy", t.destroy);
-    bind(lib, so, "cusolverDnSetStream", t.set_stream);
-    bind(lib, so, "cusolverDnCreateParams", t.create_params);
-    bind(lib, so, "cusolverDnDestroyParams", t.destroy_params);
-    bind(lib, so, "cusolverDnCreateSyevjInfo", t.create_syevj_info);
-    bind(lib, so, "cusolverDnDestroySyevjInfo", t.destroy_syevj_info);
-    bind(lib, so, "cusolverDnXsyevjSetMaxSweeps", t.xsyevj_set_max_sweeps);
-    bind(lib, so, "cusolverDnDsyevjBatched_bufferSize", t.dsyevj_batched_buffer_size);
-    bind(lib, so, "cusolverDnDsyevjBatched", t.dsyevj_batched);
-    bind(lib, so, "cusolverDnXsyevd_bufferSize", t.xsyevd_buffer_size);
-    bind(lib, so, "cusolverDnXsyevd", t.xsyevd);
-    g_cusolver = t;
-    g_cusolver_ready.store(true, std::memory_order_release);
-  }
-  return g_cusolver;
-}
+const CublasApi& cublas() { return g_cublas.get(); }
+const CusolverApi& cusolver() { return g_cusolver.get(); }
+const CublasApi* cublas_if_loaded() noexcept { return g_cublas.if_loaded(); }
+const CusolverApi* cusolver_if_loaded() noexcept { return g_cusolver.if_loaded(); }
 
 }  // namespace otgpu::kernels

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "check_util.h"
 #include "gpu_test_util.h"
 #include "otgpu/assignment.h"
 #include "otgpu/error.h"
@@ -34,6 +35,7 @@ using otgpu::AssignmentResult;
 using otgpu::Backend;
 using otgpu::CostKind;
 using otgpu::TensorView;
+using otgpu_test::point_cost;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -61,28 +63,6 @@ class AuctionPathEnv {
   bool had_ = false;
   std::string old_;
 };
-
-/// The dense fp64 cost of problem b, as the CPU reference forms it.
-std::vector<double> point_cost(const std::vector<double>& x, const std::vector<double>& y,
-                               std::int64_t b, std::int64_t n, std::int64_t m, std::int64_t d,
-                               CostKind kind) {
-  std::vector<double> c(static_cast<std::size_t>(n * m));
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t j = 0; j < m; ++j) {
-      double sq = 0, dot = 0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double a = x[static_cast<std::size_t>((b * n + i) * d + k)];
-        const double e = y[static_cast<std::size_t>((b * m + j) * d + k)];
-        sq += (a - e) * (a - e);
-        dot += a * e;
-      }
-      c[static_cast<std::size_t>(i * m + j)] = kind == CostKind::neg_dot     ? -dot
-                                               : kind == CostKind::euclidean ? std::sqrt(sq)
-                                                                             : sq;
-    }
-  }
-  return c;
-}
 
 /// The GPU's matching evaluated on the fp64 cost must cost what the CPU's optimum
 /// costs (1e-6 relative), and its potentials must certify it within the reported
@@ -326,39 +306,35 @@ void check_async_path() {
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   otgpu::GpuContext ctx(0, stream);
   const auto& rt = ctx.impl();
-  float *dx = nullptr, *dy = nullptr;
-  std::int64_t* dperm = nullptr;
-  double *dcost = nullptr, *dgap = nullptr;
-  ASSERT_EQ(cudaMalloc(&dx, K * n * d * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dy, K * n * d * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dperm, K * n * sizeof(std::int64_t)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dcost, K * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dgap, K * sizeof(double)), cudaSuccess);
+  otgpu_test::DeviceBuffer<float> dx(K * n * d), dy(K * n * d);
+  otgpu_test::DeviceBuffer<std::int64_t> dperm(K * n);
+  otgpu_test::DeviceBuffer<double> dcost(K), dgap(K);
   AssignmentProblem dp;
-  dp.x = TensorView::device(dx, {K, n, d});
-  dp.y = TensorView::device(dy, {K, n, d});
+  dp.x = TensorView::device(dx.data(), {K, n, d});
+  dp.y = TensorView::device(dy.data(), {K, n, d});
   otgpu::DeviceAssignmentOutputs out;
-  out.row_to_col = dperm;
-  out.cost = dcost;
-  out.gap = dgap;
+  out.row_to_col = dperm.data();
+  out.cost = dcost.data();
+  out.gap = dgap.data();
   std::int64_t allocations = -1;
   for (unsigned seed = 1; seed <= 4; ++seed) {
     const auto x = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), seed);
     const auto y = otgpu_test::uniform(static_cast<std::size_t>(K * n * d), seed + 100);
     const std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
     // Written on the context's stream right before the call: the solve must follow.
-    ASSERT_EQ(cudaMemcpyAsync(dx, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice, stream),
+    ASSERT_EQ(cudaMemcpyAsync(dx.data(), xf.data(), xf.size() * 4, cudaMemcpyHostToDevice, stream),
               cudaSuccess);
-    ASSERT_EQ(cudaMemcpyAsync(dy, yf.data(), yf.size() * 4, cudaMemcpyHostToDevice, stream),
+    ASSERT_EQ(cudaMemcpyAsync(dy.data(), yf.data(), yf.size() * 4, cudaMemcpyHostToDevice, stream),
               cudaSuccess);
     otgpu::assignment_async(ctx, dp, {}, out);
     std::vector<std::int64_t> perm(static_cast<std::size_t>(K * n));
     std::vector<double> cost(K), gap(K);
-    ASSERT_EQ(cudaMemcpyAsync(perm.data(), dperm, perm.size() * 8, cudaMemcpyDeviceToHost, stream),
+    ASSERT_EQ(
+        cudaMemcpyAsync(perm.data(), dperm.data(), perm.size() * 8, cudaMemcpyDeviceToHost, stream),
+        cudaSuccess);
+    ASSERT_EQ(cudaMemcpyAsync(cost.data(), dcost.data(), K * 8, cudaMemcpyDeviceToHost, stream),
               cudaSuccess);
-    ASSERT_EQ(cudaMemcpyAsync(cost.data(), dcost, K * 8, cudaMemcpyDeviceToHost, stream),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemcpyAsync(gap.data(), dgap, K * 8, cudaMemcpyDeviceToHost, stream),
+    ASSERT_EQ(cudaMemcpyAsync(gap.data(), dgap.data(), K * 8, cudaMemcpyDeviceToHost, stream),
               cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     AssignmentProblem hp;
@@ -376,11 +352,6 @@ void check_async_path() {
     if (seed == 1) allocations = rt.allocations();
     EXPECT_EQ(rt.allocations(), allocations) << "a call of a known size allocated";
   }
-  (void)cudaFree(dx);
-  (void)cudaFree(dy);
-  (void)cudaFree(dperm);
-  (void)cudaFree(dcost);
-  (void)cudaFree(dgap);
 }
 
 TEST(AssignmentGpu, AsyncPathIsStreamOrderedAndAllocatesOnce) {

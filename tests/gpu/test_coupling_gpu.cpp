@@ -237,16 +237,10 @@ TEST(CouplingGpu, AsyncGivesTheSyncPairsAndAllocatesOnce) {
   const int K = 8, n = 128, m = 128, d = 16, P = 128;
   const auto x = otgpu_test::uniform(K * n * d, 9), y = otgpu_test::uniform(K * m * d, 10);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-  float *dx = nullptr, *dy = nullptr;
-  std::int64_t *di = nullptr, *dj = nullptr;
-  ASSERT_EQ(cudaMalloc(&dx, xf.size() * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dy, yf.size() * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&di, K * P * 8), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dj, K * P * 8), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dx, xf.data(), xf.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dy, yf.data(), yf.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  const auto xv = TensorView::device(dx, {K, n, d});
-  const auto yv = TensorView::device(dy, {K, m, d});
+  otgpu_test::DeviceBuffer<float> dx(xf), dy(yf);
+  otgpu_test::DeviceBuffer<std::int64_t> di(K * P), dj(K * P);
+  const auto xv = TensorView::device(dx.data(), {K, n, d});
+  const auto yv = TensorView::device(dy.data(), {K, m, d});
   otgpu::GpuContext ctx(0);
   for (bool repl : {false, true}) {
     CouplingOptions o;
@@ -254,21 +248,14 @@ TEST(CouplingGpu, AsyncGivesTheSyncPairsAndAllocatesOnce) {
     o.num_pairs = P;
     o.seed = 3;
     const auto sync = otgpu::couple(ctx, xv, yv, o);
-    otgpu::couple_async(ctx, xv, yv, o, di, dj);
+    otgpu::couple_async(ctx, xv, yv, o, di.data(), dj.data());
     const std::int64_t before = ctx.allocations();
-    otgpu::couple_async(ctx, xv, yv, o, di, dj);
+    otgpu::couple_async(ctx, xv, yv, o, di.data(), dj.data());
     EXPECT_EQ(ctx.allocations(), before) << "no allocation after the first call of a size";
     ctx.synchronize();
-    std::vector<std::int64_t> hi(K * P), hj(K * P);
-    ASSERT_EQ(cudaMemcpy(hi.data(), di, K * P * 8, cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(hj.data(), dj, K * P * 8, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(hi, sync.i);
-    EXPECT_EQ(hj, sync.j);
+    EXPECT_EQ(di.to_host(), sync.i);
+    EXPECT_EQ(dj.to_host(), sync.j);
   }
-  cudaFree(dx);
-  cudaFree(dy);
-  cudaFree(di);
-  cudaFree(dj);
 }
 #endif
 

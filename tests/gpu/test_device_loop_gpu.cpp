@@ -40,33 +40,7 @@ struct PlainLoop {
   PlainLoop& operator=(const PlainLoop&) = delete;
 };
 
-template <class T>
-class DeviceVec {
- public:
-  explicit DeviceVec(std::size_t count) : count_(count) {
-    EXPECT_EQ(
-        cudaMalloc(reinterpret_cast<void**>(&p_), std::max<std::size_t>(count, 1) * sizeof(T)),
-        cudaSuccess);
-  }
-  explicit DeviceVec(const std::vector<T>& host) : DeviceVec(host.size()) {
-    EXPECT_EQ(cudaMemcpy(p_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
-  ~DeviceVec() { cudaFree(p_); }
-  DeviceVec(const DeviceVec&) = delete;
-  DeviceVec& operator=(const DeviceVec&) = delete;
-  T* get() const { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> out(count_);
-    EXPECT_EQ(cudaMemcpy(out.data(), p_, count_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-
- private:
-  std::size_t count_;
-  T* p_ = nullptr;
-};
-
+using otgpu_test::DeviceBuffer;
 using otgpu_test::uniform;
 
 /// One problem set, on the host (for the CPU reference) and on the device.
@@ -74,7 +48,7 @@ struct Problem {
   std::int64_t B, n, m, d;
   CostKind cost;
   std::vector<double> x, y, c, a, b;
-  DeviceVec<double> dx, dy, dc, da, db;
+  DeviceBuffer<double> dx, dy, dc, da, db;
   SinkhornProblem host, device;
 
   Problem(std::int64_t B_, std::int64_t n_, std::int64_t m_, std::int64_t d_, CostKind cost_,
@@ -98,24 +72,22 @@ struct Problem {
         db(b) {
     normalize(a, n);
     normalize(b, m);
-    EXPECT_EQ(cudaMemcpy(da.get(), a.data(), a.size() * sizeof(double), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(db.get(), b.data(), b.size() * sizeof(double), cudaMemcpyHostToDevice),
-              cudaSuccess);
+    da.upload(a);
+    db.upload(b);
     host.cost_kind = device.cost_kind = cost;
     if (cost == CostKind::matrix) {
       host.cost = TensorView::host(c.data(), {B, n, m});
-      device.cost = TensorView::device(dc.get(), {B, n, m});
+      device.cost = TensorView::device(dc.data(), {B, n, m});
     } else {
       host.x = TensorView::host(x.data(), {B, n, d});
       host.y = TensorView::host(y.data(), {B, m, d});
-      device.x = TensorView::device(dx.get(), {B, n, d});
-      device.y = TensorView::device(dy.get(), {B, m, d});
+      device.x = TensorView::device(dx.data(), {B, n, d});
+      device.y = TensorView::device(dy.data(), {B, m, d});
     }
     host.a = TensorView::host(a.data(), {B, n});
     host.b = TensorView::host(b.data(), {B, m});
-    device.a = TensorView::device(da.get(), {B, n});
-    device.b = TensorView::device(db.get(), {B, m});
+    device.a = TensorView::device(da.data(), {B, n});
+    device.b = TensorView::device(db.data(), {B, m});
   }
 
   void normalize(std::vector<double>& w, std::int64_t len) const {
@@ -242,17 +214,18 @@ struct AsyncOut {
 };
 
 AsyncOut run_async(otgpu::GpuContext& ctx, const Problem& p, const SinkhornOptions& o) {
-  DeviceVec<float> f(static_cast<std::size_t>(p.B * p.n)), g(static_cast<std::size_t>(p.B * p.m));
-  DeviceVec<int> it(static_cast<std::size_t>(p.B));
-  DeviceVec<double> res(static_cast<std::size_t>(p.B));
+  DeviceBuffer<float> f(static_cast<std::size_t>(p.B * p.n)),
+      g(static_cast<std::size_t>(p.B * p.m));
+  DeviceBuffer<int> it(static_cast<std::size_t>(p.B));
+  DeviceBuffer<double> res(static_cast<std::size_t>(p.B));
   otgpu::DeviceSinkhornOutputs out;
-  out.f = f.get();
-  out.g = g.get();
-  out.iterations = it.get();
-  out.residual = res.get();
+  out.f = f.data();
+  out.g = g.data();
+  out.iterations = it.data();
+  out.residual = res.data();
   otgpu::sinkhorn_async(ctx, p.device, o, out);
   ctx.synchronize();
-  return {f.host(), g.host(), it.host(), res.host()};
+  return {f.to_host(), g.to_host(), it.to_host(), res.to_host()};
 }
 
 TEST(DeviceLoop, AsyncConditionalLoopStopsWhereTheSyncLoopStops) {

@@ -41,16 +41,9 @@ TEST(DistNcclGpu, OneRankCollectivesAreTheIdentity) {
   EXPECT_EQ(got[0], 7.0);
 
   std::vector<float> values = {1.f, -3.f, 0.5f, 8.f};
-  void* dev = nullptr;
-  ASSERT_EQ(cudaMalloc(&dev, values.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dev, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  c.allreduce_device(dev, 4, otgpu::DType::f32, otgpu::dist::ReduceOp::max, nullptr);
-  std::vector<float> back(values.size());
-  ASSERT_EQ(cudaMemcpy(back.data(), dev, values.size() * sizeof(float), cudaMemcpyDeviceToHost),
-            cudaSuccess);
-  EXPECT_EQ(back, values);
-  ASSERT_EQ(cudaFree(dev), cudaSuccess);
+  otgpu_test::DeviceBuffer<float> dev(values);
+  c.allreduce_device(dev.data(), 4, otgpu::DType::f32, otgpu::dist::ReduceOp::max, nullptr);
+  EXPECT_EQ(dev.to_host(), values);
 #endif
 }
 

@@ -81,29 +81,14 @@ TEST(DivergenceGpu, UnbalancedSelfDivergenceIsZero) {
 TEST(DivergenceGpu, DeviceMemoryWeightsGiveTheSameMassTerm) {
   REQUIRE_GPU();
   const Unbalanced u(1303);
-  double *dx = nullptr, *dy = nullptr, *da = nullptr, *db = nullptr;
-  ASSERT_EQ(cudaMalloc(&dx, u.x.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dy, u.y.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&da, u.a.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&db, u.b.size() * sizeof(double)), cudaSuccess);
-  const auto up = [](double* dst, const std::vector<double>& src) {
-    return cudaMemcpy(dst, src.data(), src.size() * sizeof(double), cudaMemcpyHostToDevice);
-  };
-  ASSERT_EQ(up(dx, u.x), cudaSuccess);
-  ASSERT_EQ(up(dy, u.y), cudaSuccess);
-  ASSERT_EQ(up(da, u.a), cudaSuccess);
-  ASSERT_EQ(up(db, u.b), cudaSuccess);
+  const otgpu_test::DeviceBuffer<double> dx(u.x), dy(u.y), da(u.a), db(u.b);
   SinkhornProblem p;
-  p.x = TensorView::device(dx, {u.n, u.d});
-  p.y = TensorView::device(dy, {u.m, u.d});
-  p.a = TensorView::device(da, {u.n});
-  p.b = TensorView::device(db, {u.m});
+  p.x = TensorView::device(dx.data(), {u.n, u.d});
+  p.y = TensorView::device(dy.data(), {u.m, u.d});
+  p.a = TensorView::device(da.data(), {u.n});
+  p.b = TensorView::device(db.data(), {u.m});
   const auto dev = otgpu::sinkhorn_divergence(p, options(Backend::cuda));
   const auto host = otgpu::sinkhorn_divergence(u.host(), options(Backend::cuda));
-  cudaFree(dx);
-  cudaFree(dy);
-  cudaFree(da);
-  cudaFree(db);
   EXPECT_NEAR(dev[0], host[0], 1e-5 * (1.0 + std::abs(host[0])));
 }
 #endif

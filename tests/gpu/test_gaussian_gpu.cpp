@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gaussian_test_util.h"
+#include "gpu_test_util.h"
 #include "otgpu/error.h"
 #include "otgpu/gaussian.h"
 #include "otgpu/sinkhorn.h"
@@ -20,6 +21,8 @@
 
 #include "cuda/gpu_context_impl.h"
 #include "otgpu/device.h"
+
+using otgpu_test::DeviceBuffer;
 #endif
 
 namespace {
@@ -30,11 +33,6 @@ using otgpu::GaussianOTOptions;
 using otgpu::GaussianOTResult;
 using otgpu::TensorView;
 using otgpu_test::Mat;
-
-#define SKIP_WITHOUT_GPU()                                                 \
-  do {                                                                     \
-    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
-  } while (0)
 
 struct Data {
   std::int64_t B, d;
@@ -109,7 +107,7 @@ void compare(const Data& data, double eps, bool want_map) {
 }
 
 TEST(GaussianGpu, MatchesCpuAcrossSizesAndSolvers) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // d <= 32 goes through syevjBatched, d > 32 through Xsyevd; 1 and 32/33 are the edges.
   for (std::int64_t d : {1, 2, 7, 32, 33, 64}) {
     for (std::int64_t B : {1, 5}) {
@@ -121,7 +119,7 @@ TEST(GaussianGpu, MatchesCpuAcrossSizesAndSolvers) {
 }
 
 TEST(GaussianGpu, ManySmallPairsAndBroadcast) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare(make_data(1000, 3, true, true, 301), 0.1, true);
   compare(make_data(257, 8, false, true, 302), 0.0, true);  // one source, many targets
   compare(make_data(257, 8, true, false, 303), 1.0, true);  // many sources, one target
@@ -129,7 +127,7 @@ TEST(GaussianGpu, ManySmallPairsAndBroadcast) {
 }
 
 TEST(GaussianGpu, IllConditionedAndSingularSources) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare(make_data(4, 6, true, true, 401, 1e-4, 10.0), 0.01, false);
   // Rank-deficient source: the map uses the pseudo-inverse on the range of S1 and
   // must push S1 onto P S2 P on both backends.
@@ -152,22 +150,9 @@ TEST(GaussianGpu, IllConditionedAndSingularSources) {
 
 #ifdef OTGPU_WITH_CUDA
 TEST(GaussianGpu, DeviceMemoryInputsMatchHostInputs) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   const Data data = make_data(6, 4, true, false, 501);
-  double *dm1 = nullptr, *ds1 = nullptr, *dm2 = nullptr, *ds2 = nullptr;
-  ASSERT_EQ(cudaMalloc(&dm1, data.m1.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&ds1, data.s1.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dm2, data.m2.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&ds2, data.s2.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(
-      cudaMemcpy(ds1, data.s1.data(), data.s1.size() * sizeof(double), cudaMemcpyHostToDevice),
-      cudaSuccess);
-  ASSERT_EQ(
-      cudaMemcpy(dm2, data.m2.data(), data.m2.size() * sizeof(double), cudaMemcpyHostToDevice),
-      cudaSuccess);
-  ASSERT_EQ(
-      cudaMemcpy(ds2, data.s2.data(), data.s2.size() * sizeof(double), cudaMemcpyHostToDevice),
-      cudaSuccess);
+  DeviceBuffer<double> ds1(data.s1), dm2(data.m2), ds2(data.s2);
   const std::int64_t B = data.B, d = data.d;
   // Means stored transposed on the device ([d, B] memory read through strides).
   std::vector<double> m1t(data.m1.size());
@@ -176,12 +161,12 @@ TEST(GaussianGpu, DeviceMemoryInputsMatchHostInputs) {
       m1t[static_cast<std::size_t>(i * B + k)] = data.m1[static_cast<std::size_t>(k * d + i)];
     }
   }
-  ASSERT_EQ(cudaMemcpy(dm1, m1t.data(), m1t.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  TensorView m1v = TensorView::device(dm1, {B, d});
+  const DeviceBuffer<double> dm1(m1t);
+  TensorView m1v = TensorView::device(dm1.data(), {B, d});
   m1v.strides = {1, B, 0};
-  const GaussianBatch src{m1v, TensorView::device(ds1, {B, d, d})};
-  const GaussianBatch tgt{TensorView::device(dm2, {d}), TensorView::device(ds2, {d, d})};
+  const GaussianBatch src{m1v, TensorView::device(ds1.data(), {B, d, d})};
+  const GaussianBatch tgt{TensorView::device(dm2.data(), {d}),
+                          TensorView::device(ds2.data(), {d, d})};
   const auto dev = otgpu::gaussian_ot(src, tgt, options_for(Backend::automatic, 0.5, true));
   const auto host =
       otgpu::gaussian_ot(data.source(), data.target(), options_for(Backend::cuda, 0.5, true));
@@ -195,18 +180,13 @@ TEST(GaussianGpu, DeviceMemoryInputsMatchHostInputs) {
   // Validation sees device data too.
   std::vector<double> bad = data.s2;
   bad[1] = bad[1] + 1.0;  // breaks symmetry of the shared target covariance
-  ASSERT_EQ(cudaMemcpy(ds2, bad.data(), bad.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
+  ds2.upload(bad);
   EXPECT_THROW(otgpu::gaussian_ot(src, tgt, options_for(Backend::cuda, 0.0, false)),
                otgpu::InvalidArgument);
-  (void)cudaFree(dm1);
-  (void)cudaFree(ds1);
-  (void)cudaFree(dm2);
-  (void)cudaFree(ds2);
 }
 
 TEST(GaussianGpu, ContextMatchesCpuAndAllocatesOnce) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   {
@@ -245,7 +225,7 @@ TEST(GaussianGpu, ContextMatchesCpuAndAllocatesOnce) {
 }
 
 TEST(GaussianGpu, HostStridedFloatInputsMatchCpu) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // Covariances in f32 read with stride 2 out of an interleaved buffer (raw copy to
   // the device, gathered and symmetrized there); both backends read the same floats.
   const Data data = make_data(4, 6, true, true, 811);
@@ -268,18 +248,14 @@ TEST(GaussianGpu, HostStridedFloatInputsMatchCpu) {
 }
 
 TEST(GaussianGpu, DeviceValuesAreValidatedThroughTheContext) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   const Data data = make_data(3, 3, true, true, 901);
   std::vector<double> s1 = data.s1;
   s1[9 + 4] = std::nan("");  // pair 1, element [1, 1]
-  double *dm = nullptr, *ds = nullptr;
-  ASSERT_EQ(cudaMalloc(&dm, data.m1.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&ds, s1.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dm, data.m1.data(), data.m1.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(ds, s1.data(), s1.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  const GaussianBatch src{TensorView::device(dm, {3, 3}), TensorView::device(ds, {3, 3, 3})};
+  const DeviceBuffer<double> dm(data.m1);
+  DeviceBuffer<double> ds(s1);
+  const GaussianBatch src{TensorView::device(dm.data(), {3, 3}),
+                          TensorView::device(ds.data(), {3, 3, 3})};
   otgpu::GpuContext ctx(0);
   try {
     (void)otgpu::gaussian_ot(ctx, src, src, options_for(Backend::cuda, 0.0, false));
@@ -291,8 +267,7 @@ TEST(GaussianGpu, DeviceValuesAreValidatedThroughTheContext) {
   // A negative eigenvalue well beyond the tolerance: -diag(1, 1, 1) for pair 2.
   s1 = data.s1;
   for (int k = 0; k < 9; ++k) s1[18 + k] = (k % 4 == 0) ? -1.0 : 0.0;
-  ASSERT_EQ(cudaMemcpy(ds, s1.data(), s1.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
+  ds.upload(s1);
   try {
     (void)otgpu::gaussian_ot(ctx, src, src, options_for(Backend::cuda, 0.0, false));
     ADD_FAILURE() << "a non-PSD covariance in device memory was not reported";
@@ -301,13 +276,11 @@ TEST(GaussianGpu, DeviceValuesAreValidatedThroughTheContext) {
               std::string::npos)
         << e.what();
   }
-  (void)cudaFree(dm);
-  (void)cudaFree(ds);
 }
 #endif
 
 TEST(GaussianGpu, BadDeviceIsDeviceUnavailable) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   GaussianOTOptions o = options_for(Backend::cuda, 0.0, false);
   o.device = 1000;
   const std::vector<double> m{0.0};

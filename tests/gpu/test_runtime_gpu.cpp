@@ -30,28 +30,8 @@ using otgpu::SinkhornProblem;
 using otgpu::SinkhornResult;
 using otgpu::TensorView;
 
+using otgpu_test::DeviceBuffer;
 using otgpu_test::uniform;
-
-/// A device copy of host data, freed at scope exit.
-template <class T>
-struct DeviceBuffer {
-  T* p = nullptr;
-  std::size_t count = 0;
-  explicit DeviceBuffer(std::size_t n) : count(n) {
-    if (cudaMalloc(reinterpret_cast<void**>(&p), n * sizeof(T)) != cudaSuccess) p = nullptr;
-  }
-  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) {
-    if (p != nullptr) cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  std::vector<T> download() const {
-    std::vector<T> h(count);
-    cudaMemcpy(h.data(), p, count * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
 
 SinkhornOptions fixed(Backend be, int iters = 30) {
   SinkhornOptions o;
@@ -151,8 +131,8 @@ TEST(RuntimeGpu, RepeatedCallsAllocateNothingAfterTheFirst) {
 /// busy for milliseconds, so that a call not ordered after it would run first.
 void queue_slow_work(cudaStream_t s, DeviceBuffer<char>& a, DeviceBuffer<char>& b, int rounds) {
   for (int k = 0; k < rounds; ++k) {
-    cudaMemcpyAsync(b.p, a.p, a.count, cudaMemcpyDeviceToDevice, s);
-    cudaMemcpyAsync(a.p, b.p, a.count, cudaMemcpyDeviceToDevice, s);
+    cudaMemcpyAsync(b.data(), a.data(), a.bytes(), cudaMemcpyDeviceToDevice, s);
+    cudaMemcpyAsync(a.data(), b.data(), a.bytes(), cudaMemcpyDeviceToDevice, s);
   }
 }
 
@@ -161,9 +141,8 @@ TEST(RuntimeGpu, SynchronousSolveIsOrderedAfterTheCallersStream) {
   const Clouds c(2, 400, 350, 3, 5);
   const auto o_gpu = fixed(Backend::cuda);
   const auto cpu = otgpu::sinkhorn(c.host(), fixed(Backend::cpu));
+  // 1 GiB each (the constructor throws OutOfMemory when they do not fit).
   DeviceBuffer<char> big_a(std::size_t{1} << 30), big_b(std::size_t{1} << 30);
-  ASSERT_NE(big_a.p, nullptr);
-  ASSERT_NE(big_b.p, nullptr);
   double *pin_x = nullptr, *pin_y = nullptr;
   ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pin_x), c.x.size() * sizeof(double)),
             cudaSuccess);
@@ -173,16 +152,16 @@ TEST(RuntimeGpu, SynchronousSolveIsOrderedAfterTheCallersStream) {
   std::memcpy(pin_y, c.y.data(), c.y.size() * sizeof(double));
   DeviceBuffer<double> dx(c.x.size()), dy(c.y.size());
   SinkhornProblem p;
-  p.x = TensorView::device(dx.p, {c.B, c.n, c.d});
-  p.y = TensorView::device(dy.p, {c.B, c.m, c.d});
+  p.x = TensorView::device(dx.data(), {c.B, c.n, c.d});
+  p.y = TensorView::device(dy.data(), {c.B, c.m, c.d});
 
   auto fill_nan_then_write = [&](cudaStream_t s) {
     // NaN bytes first, on the same stream: reading x or y before the copies land fails.
-    cudaMemsetAsync(dx.p, 0xFF, c.x.size() * sizeof(double), s);
-    cudaMemsetAsync(dy.p, 0xFF, c.y.size() * sizeof(double), s);
+    cudaMemsetAsync(dx.data(), 0xFF, c.x.size() * sizeof(double), s);
+    cudaMemsetAsync(dy.data(), 0xFF, c.y.size() * sizeof(double), s);
     queue_slow_work(s, big_a, big_b, 4);
-    cudaMemcpyAsync(dx.p, pin_x, c.x.size() * sizeof(double), cudaMemcpyHostToDevice, s);
-    cudaMemcpyAsync(dy.p, pin_y, c.y.size() * sizeof(double), cudaMemcpyHostToDevice, s);
+    cudaMemcpyAsync(dx.data(), pin_x, c.x.size() * sizeof(double), cudaMemcpyHostToDevice, s);
+    cudaMemcpyAsync(dy.data(), pin_y, c.y.size() * sizeof(double), cudaMemcpyHostToDevice, s);
   };
 
   // 1. A context on the caller's non-blocking stream.
@@ -232,20 +211,20 @@ TEST(RuntimeGpu, SetStreamWhileWorkIsQueuedKeepsResultsExact) {
   ASSERT_EQ(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking), cudaSuccess);
   {
     otgpu::GpuContext ctx(0, s1);
-    otgpu::DeviceSinkhornOutputs o1{f1.p, g1.p}, o2{f2.p, g2.p};
-    otgpu::sinkhorn_async(ctx, problem(c1, x1.p, y1.p), o, o1);
+    otgpu::DeviceSinkhornOutputs o1{f1.data(), g1.data()}, o2{f2.data(), g2.data()};
+    otgpu::sinkhorn_async(ctx, problem(c1, x1.data(), y1.data()), o, o1);
     ctx.set_stream(s2);
-    otgpu::sinkhorn_async(ctx, problem(c2, x2.p, y2.p), o, o2);
+    otgpu::sinkhorn_async(ctx, problem(c2, x2.data(), y2.data()), o, o2);
     ASSERT_EQ(cudaStreamSynchronize(s2), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(s1), cudaSuccess);
   }
   auto to_double = [](const std::vector<float>& v) {
     return std::vector<double>(v.begin(), v.end());
   };
-  expect_close(to_double(f1.download()), cpu1.f, 0.5, "first stream f");
-  expect_close(to_double(g1.download()), cpu1.g, 0.5, "first stream g");
-  expect_close(to_double(f2.download()), cpu2.f, 0.5, "second stream f");
-  expect_close(to_double(g2.download()), cpu2.g, 0.5, "second stream g");
+  expect_close(to_double(f1.to_host()), cpu1.f, 0.5, "first stream f");
+  expect_close(to_double(g1.to_host()), cpu1.g, 0.5, "first stream g");
+  expect_close(to_double(f2.to_host()), cpu2.f, 0.5, "second stream f");
+  expect_close(to_double(g2.to_host()), cpu2.g, 0.5, "second stream g");
   cudaStreamDestroy(s1);
   cudaStreamDestroy(s2);
 }
@@ -416,19 +395,19 @@ TEST(RuntimeGpu, BatchesAboveTheGridLimitRunOnEveryPath) {
       dmap(static_cast<std::size_t>(B * n * d));
   DeviceBuffer<double> dot(static_cast<std::size_t>(B));
   SinkhornProblem pd;
-  pd.x = TensorView::device(dx.p, {B, n, d});
-  pd.y = TensorView::device(dy.p, {B, m, d});
+  pd.x = TensorView::device(dx.data(), {B, n, d});
+  pd.y = TensorView::device(dy.data(), {B, m, d});
   otgpu::GpuContext ctx(0);
-  otgpu::DeviceSinkhornOutputs out{df.p, dg.p};
-  out.ot_eps = dot.p;
+  otgpu::DeviceSinkhornOutputs out{df.data(), dg.data()};
+  out.ot_eps = dot.data();
   otgpu::sinkhorn_async(ctx, pd, o, out);
-  otgpu::barycentric_map_async(ctx, pd, o, dg.p, dmap.p);
+  otgpu::barycentric_map_async(ctx, pd, o, dg.data(), dmap.data());
   ctx.synchronize();
-  const auto fa = df.download();
+  const auto fa = df.to_host();
   expect_close(std::vector<double>(fa.begin(), fa.end()), gpu.f, 0.01, "B=70000 async f");
-  const auto ma = dmap.download();
+  const auto ma = dmap.to_host();
   expect_close(std::vector<double>(ma.begin(), ma.end()), map_cpu, 1.0, "B=70000 async map");
-  const auto ot = dot.download();
+  const auto ot = dot.to_host();
   EXPECT_NEAR(ot[static_cast<std::size_t>(B - 1)], gpu.problems.back().ot_eps,
               1e-5 + 1e-5 * std::abs(gpu.problems.back().ot_eps));
 
@@ -473,16 +452,16 @@ TEST(RuntimeGpu, SmallProblemsAcrossTheChunkBoundary) {
   DeviceBuffer<float> df(static_cast<std::size_t>(B * n)), dg(static_cast<std::size_t>(B * m)),
       dgrad(static_cast<std::size_t>(B * n * d));
   SinkhornProblem pd;
-  pd.x = TensorView::device(dx.p, {B, n, d});
-  pd.y = TensorView::device(dy.p, {B, m, d});
-  pd.a = TensorView::device(da.p, {B, n});
+  pd.x = TensorView::device(dx.data(), {B, n, d});
+  pd.y = TensorView::device(dy.data(), {B, m, d});
+  pd.a = TensorView::device(da.data(), {B, n});
   otgpu::GpuContext ctx(0);
-  otgpu::sinkhorn_async(ctx, pd, o, {df.p, dg.p});
-  otgpu::gradient_x_async(ctx, pd, o, df.p, dg.p, dgrad.p);
+  otgpu::sinkhorn_async(ctx, pd, o, {df.data(), dg.data()});
+  otgpu::gradient_x_async(ctx, pd, o, df.data(), dg.data(), dgrad.data());
   ctx.synchronize();
-  const auto fa = df.download();
+  const auto fa = df.to_host();
   expect_close(std::vector<double>(fa.begin(), fa.end()), gpu.f, 0.01, "small async f");
-  const auto ga = dgrad.download();
+  const auto ga = dgrad.to_host();
   expect_close(std::vector<double>(ga.begin(), ga.end()), grad_cpu, 0.2, "small async gradient",
                1e-4);
 }

@@ -38,6 +38,7 @@ using otgpu::SinkhornProblem;
 using otgpu::SinkhornResult;
 using otgpu::TensorView;
 
+using otgpu_test::DeviceBuffer;
 using otgpu_test::uniform;
 
 struct Case {
@@ -405,15 +406,11 @@ TEST(SinkhornGpu, DeviceViews) {
   REQUIRE_GPU();
   Case k{"device", 2, 200, 150, 3};
   Data D = make(k, 31);
-  float *dx = nullptr, *dy = nullptr;
   std::vector<float> xf(D.x.begin(), D.x.end()), yf(D.y.begin(), D.y.end());
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dx), xf.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dy), yf.size() * sizeof(float)), cudaSuccess);
-  cudaMemcpy(dx, xf.data(), xf.size() * sizeof(float), cudaMemcpyHostToDevice);
-  cudaMemcpy(dy, yf.data(), yf.size() * sizeof(float), cudaMemcpyHostToDevice);
+  DeviceBuffer<float> dx(xf), dy(yf);
   SinkhornProblem pd;
-  pd.x = TensorView::device(dx, {k.B, k.n, k.d});
-  pd.y = TensorView::device(dy, {k.B, k.m, k.d});
+  pd.x = TensorView::device(dx.data(), {k.B, k.n, k.d});
+  pd.y = TensorView::device(dy.data(), {k.B, k.m, k.d});
   SinkhornProblem ph;
   ph.x = TensorView::host(xf.data(), {k.B, k.n, k.d});
   ph.y = TensorView::host(yf.data(), {k.B, k.m, k.d});
@@ -435,7 +432,7 @@ TEST(SinkhornGpu, DeviceViews) {
   }
   // NaN in device memory is found on the device and named (x[0, 1, 2] is flat 5).
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  cudaMemcpy(dx + 5, &nan, sizeof(float), cudaMemcpyHostToDevice);
+  dx.upload({nan}, 5);
   try {
     otgpu::sinkhorn(pd, o);
     ADD_FAILURE() << "NaN in device x accepted";
@@ -446,8 +443,6 @@ TEST(SinkhornGpu, DeviceViews) {
   // A CPU backend cannot read device memory.
   o.backend = Backend::cpu;
   EXPECT_THROW(otgpu::sinkhorn(pd, o), otgpu::InvalidArgument);
-  cudaFree(dx);
-  cudaFree(dy);
 }
 
 TEST(SinkhornGpu, MissingDeviceOrdinal) {
@@ -479,30 +474,15 @@ TEST(SinkhornGpuAsync, MatchesSynchronousSolveWithoutReallocating) {
   const std::int64_t B = 3, n = 700, m = 650, d = 3;
   const auto x = uniform(static_cast<std::size_t>(B * n * d), 3);
   const auto y = uniform(static_cast<std::size_t>(B * m * d), 4, 0.1, 1.1);
-  double *dx = nullptr, *dy = nullptr, *d_ot = nullptr;
-  float *df = nullptr, *dg = nullptr;
-  int* d_it = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dx), x.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&dy), y.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(
-      cudaMalloc(reinterpret_cast<void**>(&df), static_cast<std::size_t>(B * n) * sizeof(float)),
-      cudaSuccess);
-  ASSERT_EQ(
-      cudaMalloc(reinterpret_cast<void**>(&dg), static_cast<std::size_t>(B * m) * sizeof(float)),
-      cudaSuccess);
-  ASSERT_EQ(
-      cudaMalloc(reinterpret_cast<void**>(&d_ot), static_cast<std::size_t>(B) * sizeof(double)),
-      cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_it), static_cast<std::size_t>(B) * sizeof(int)),
-            cudaSuccess);
-  cudaMemcpy(dx, x.data(), x.size() * sizeof(double), cudaMemcpyHostToDevice);
-  cudaMemcpy(dy, y.data(), y.size() * sizeof(double), cudaMemcpyHostToDevice);
+  DeviceBuffer<double> dx(x), dy(y), d_ot(static_cast<std::size_t>(B));
+  DeviceBuffer<float> df(static_cast<std::size_t>(B * n)), dg(static_cast<std::size_t>(B * m));
+  DeviceBuffer<int> d_it(static_cast<std::size_t>(B));
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
 
   SinkhornProblem p;
-  p.x = TensorView::device(dx, {B, n, d});
-  p.y = TensorView::device(dy, {B, m, d});
+  p.x = TensorView::device(dx.data(), {B, n, d});
+  p.y = TensorView::device(dy.data(), {B, m, d});
   SinkhornOptions o;
   o.eps = 0.05;
   o.eps_relative = true;
@@ -513,10 +493,10 @@ TEST(SinkhornGpuAsync, MatchesSynchronousSolveWithoutReallocating) {
 
   otgpu::GpuContext ctx(0, stream);
   otgpu::DeviceSinkhornOutputs out;
-  out.f = df;
-  out.g = dg;
-  out.ot_eps = d_ot;
-  out.iterations = d_it;
+  out.f = df.data();
+  out.g = dg.data();
+  out.ot_eps = d_ot.data();
+  out.iterations = d_it.data();
   otgpu::sinkhorn_async(ctx, p, o, out);
   const std::size_t grown = ctx.workspace_bytes();
   EXPECT_EQ(grown, otgpu::sinkhorn_async_workspace_bytes(p, o));
@@ -524,12 +504,9 @@ TEST(SinkhornGpuAsync, MatchesSynchronousSolveWithoutReallocating) {
   EXPECT_EQ(ctx.workspace_bytes(), grown);
   ctx.synchronize();
 
-  std::vector<float> f(static_cast<std::size_t>(B * n));
-  std::vector<double> ot(static_cast<std::size_t>(B));
-  std::vector<int> it(static_cast<std::size_t>(B));
-  cudaMemcpy(f.data(), df, f.size() * sizeof(float), cudaMemcpyDeviceToHost);
-  cudaMemcpy(ot.data(), d_ot, ot.size() * sizeof(double), cudaMemcpyDeviceToHost);
-  cudaMemcpy(it.data(), d_it, it.size() * sizeof(int), cudaMemcpyDeviceToHost);
+  const std::vector<float> f = df.to_host();
+  const std::vector<double> ot = d_ot.to_host();
+  const std::vector<int> it = d_it.to_host();
   for (std::size_t k = 0; k < f.size(); ++k)
     ASSERT_NEAR(f[k], ref.f[k], 1e-6 + 1e-6 * std::abs(ref.f[k]));
   for (std::size_t b = 0; b < ot.size(); ++b) {
@@ -544,46 +521,11 @@ TEST(SinkhornGpuAsync, MatchesSynchronousSolveWithoutReallocating) {
   EXPECT_THROW(otgpu::sinkhorn_async(ctx, host_p, o, out), otgpu::InvalidArgument);
 
   cudaStreamDestroy(stream);
-  cudaFree(dx);
-  cudaFree(dy);
-  cudaFree(df);
-  cudaFree(dg);
-  cudaFree(d_ot);
-  cudaFree(d_it);
 }
 
 }  // namespace
 
 namespace {
-
-/// Owning device copy of a host vector (test helper).
-template <class T>
-class DeviceCopy {
- public:
-  explicit DeviceCopy(const std::vector<T>& host) : count_(host.size()) {
-    EXPECT_EQ(
-        cudaMalloc(reinterpret_cast<void**>(&p_), std::max<std::size_t>(count_, 1) * sizeof(T)),
-        cudaSuccess);
-    if (count_ > 0) {
-      EXPECT_EQ(cudaMemcpy(p_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice),
-                cudaSuccess);
-    }
-  }
-  explicit DeviceCopy(std::size_t count) : DeviceCopy(std::vector<T>(count)) {}
-  ~DeviceCopy() { cudaFree(p_); }
-  DeviceCopy(const DeviceCopy&) = delete;
-  DeviceCopy& operator=(const DeviceCopy&) = delete;
-  T* get() const { return p_; }
-  std::vector<T> download() const {
-    std::vector<T> out(count_);
-    EXPECT_EQ(cudaMemcpy(out.data(), p_, count_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-
- private:
-  std::size_t count_;
-  T* p_ = nullptr;
-};
 
 /// The same view shape and strides, pointing at device memory.
 TensorView on_device(TensorView v, const void* device_data) {
@@ -619,13 +561,13 @@ TEST(SinkhornGpuDeviceViews, StagingMatchesHostViews) {
   ph.y = TensorView::host(yf.data(), {B, m, d});
   ph.a = TensorView::host(a.data(), {n});
   ph.b = TensorView::host(bw.data(), {B, m});
-  DeviceCopy<double> dxb(xbuf), da(a), db(bw);
-  DeviceCopy<float> dy(yf);
+  DeviceBuffer<double> dxb(xbuf), da(a), db(bw);
+  DeviceBuffer<float> dy(yf);
   SinkhornProblem pd = ph;
-  pd.x = on_device(ph.x, dxb.get());
-  pd.y = on_device(ph.y, dy.get());
-  pd.a = on_device(ph.a, da.get());
-  pd.b = on_device(ph.b, db.get());
+  pd.x = on_device(ph.x, dxb.data());
+  pd.y = on_device(ph.y, dy.data());
+  pd.a = on_device(ph.a, da.data());
+  pd.b = on_device(ph.b, db.data());
 
   for (CostKind cost : {CostKind::sqeuclidean, CostKind::euclidean}) {
     ph.cost_kind = pd.cost_kind = cost;
@@ -667,8 +609,8 @@ TEST(SinkhornGpuDeviceViews, StagingMatchesHostViews) {
   // eps (mean of C on the device).
   const auto cd = uniform(static_cast<std::size_t>(B * n * m), 45, 0.0, 2.0);
   std::vector<float> cf(cd.begin(), cd.end());
-  DeviceCopy<double> dcd(cd);
-  DeviceCopy<float> dcf(cf);
+  DeviceBuffer<double> dcd(cd);
+  DeviceBuffer<float> dcf(cf);
   SinkhornOptions o;
   o.eps = 0.05;
   o.eps_relative = true;
@@ -682,8 +624,8 @@ TEST(SinkhornGpuDeviceViews, StagingMatchesHostViews) {
   const auto rm = otgpu::sinkhorn(mh, o);
   SinkhornProblem md = mh;
   md.b = pd.b;
-  for (const TensorView& cv : {on_device(TensorView::host(cf.data(), {B, n, m}), dcf.get()),
-                               on_device(TensorView::host(cd.data(), {B, n, m}), dcd.get())}) {
+  for (const TensorView& cv : {on_device(TensorView::host(cf.data(), {B, n, m}), dcf.data()),
+                               on_device(TensorView::host(cd.data(), {B, n, m}), dcd.data())}) {
     md.cost = cv;
     const auto r = otgpu::sinkhorn(md, o);
     for (std::size_t q = 0; q < rm.g.size(); ++q) {
@@ -712,12 +654,12 @@ TEST(SinkhornGpuDeviceViews, BadDeviceDataIsReported) {
   auto expect_error = [&](auto mutate, auto tag, const std::string& needle) {
     auto xx = x, yy = y, aa = a, bb = b;
     mutate(xx, yy, aa, bb);
-    DeviceCopy<double> dx(xx), dy(yy), da(aa), dbw(bb);
+    DeviceBuffer<double> dx(xx), dy(yy), da(aa), dbw(bb);
     SinkhornProblem p;
-    p.x = TensorView::device(dx.get(), {n, d});
-    p.y = TensorView::device(dy.get(), {m, d});
-    p.a = TensorView::device(da.get(), {n});
-    p.b = TensorView::device(dbw.get(), {m});
+    p.x = TensorView::device(dx.data(), {n, d});
+    p.y = TensorView::device(dy.data(), {m, d});
+    p.a = TensorView::device(da.data(), {n});
+    p.b = TensorView::device(dbw.data(), {m});
     try {
       otgpu::sinkhorn(p, o);
       ADD_FAILURE() << "accepted: " << needle;
@@ -756,39 +698,39 @@ TEST(SinkhornGpuAsync, DerivedOutputsMatchCpu) {
     for (std::int64_t d : {2, 17, 70}) {
       Case k{"async_derived", 2, 257, 190, d, cost, 0.1, true};
       Data D = make(k, 61);
-      DeviceCopy<double> dx(D.x), dy(D.y), da(D.a), db(D.b);
+      DeviceBuffer<double> dx(D.x), dy(D.y), da(D.a), db(D.b);
       SinkhornProblem pd;
       pd.cost_kind = cost;
-      pd.x = on_device(D.p.x, dx.get());
-      pd.y = on_device(D.p.y, dy.get());
-      pd.a = on_device(D.p.a, da.get());
-      pd.b = on_device(D.p.b, db.get());
+      pd.x = on_device(D.p.x, dx.data());
+      pd.y = on_device(D.p.y, dy.data());
+      pd.a = on_device(D.p.a, da.data());
+      pd.b = on_device(D.p.b, db.data());
       SinkhornOptions o;
       o.eps = 0.1;  // absolute: the CPU comparison below needs no per-problem scale
       o.max_iter = 60;
       o.check_every = 0;
       o.backend = Backend::cuda;
       const auto nB = static_cast<std::size_t>(k.B * k.n), mB = static_cast<std::size_t>(k.B * k.m);
-      DeviceCopy<float> df(nB), dg(mB), dmap(nB * static_cast<std::size_t>(d)),
+      DeviceBuffer<float> df(nB), dg(mB), dmap(nB * static_cast<std::size_t>(d)),
           dgrad(nB * static_cast<std::size_t>(d));
-      DeviceCopy<std::int64_t> dsamp(nB);
+      DeviceBuffer<std::int64_t> dsamp(nB);
       cudaStream_t stream = nullptr;
       ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
       {
         otgpu::GpuContext ctx(0, stream);
         otgpu::DeviceSinkhornOutputs out;
-        out.f = df.get();
-        out.g = dg.get();
+        out.f = df.data();
+        out.g = dg.data();
         otgpu::sinkhorn_async(ctx, pd, o, out);
         const std::size_t grown = ctx.workspace_bytes();
-        otgpu::barycentric_map_async(ctx, pd, o, dg.get(), dmap.get());
-        otgpu::gradient_x_async(ctx, pd, o, df.get(), dg.get(), dgrad.get());
-        otgpu::sample_partners_async(ctx, pd, o, dg.get(), 99, dsamp.get());
+        otgpu::barycentric_map_async(ctx, pd, o, dg.data(), dmap.data());
+        otgpu::gradient_x_async(ctx, pd, o, df.data(), dg.data(), dgrad.data());
+        otgpu::sample_partners_async(ctx, pd, o, dg.data(), 99, dsamp.data());
         EXPECT_EQ(ctx.workspace_bytes(), grown) << "derived outputs reallocated";
         ctx.synchronize();
       }
       cudaStreamDestroy(stream);
-      const auto f = df.download(), g = dg.download();
+      const auto f = df.to_host(), g = dg.to_host();
       SinkhornResult at;  // the GPU's potentials, evaluated by the CPU
       at.backend = Backend::cpu;
       at.batch = k.B;
@@ -800,19 +742,19 @@ TEST(SinkhornGpuAsync, DerivedOutputsMatchCpu) {
       at.problems.resize(static_cast<std::size_t>(k.B));
       for (auto& r : at.problems) r.eps = o.eps;
       const auto map_c = otgpu::barycentric_map(D.p, at);
-      const auto map_g = dmap.download();
+      const auto map_g = dmap.to_host();
       ASSERT_EQ(map_c.size(), map_g.size());
       for (std::size_t q = 0; q < map_c.size(); ++q) {
         ASSERT_NEAR(map_g[q], map_c[q], 2e-4) << "map d=" << d << " at " << q;
       }
       const auto grad_c = otgpu::gradient_x(D.p, at);
-      const auto grad_g = dgrad.download();
+      const auto grad_g = dgrad.to_host();
       for (std::size_t q = 0; q < grad_c.size(); ++q) {
         ASSERT_NEAR(grad_g[q], grad_c[q], 2e-4 * std::abs(grad_c[q]) + 4e-6)
             << "grad d=" << d << " at " << q;
       }
       const auto s_c = otgpu::sample_partners(D.p, at, 99);
-      const auto s_g = dsamp.download();
+      const auto s_g = dsamp.to_host();
       std::size_t same = 0;
       for (std::size_t q = 0; q < s_c.size(); ++q) same += s_c[q] == s_g[q];
       EXPECT_GE(static_cast<double>(same), 0.97 * static_cast<double>(s_c.size()));
@@ -824,18 +766,18 @@ TEST(SinkhornGpuAsync, DerivedOutputsMatchCpu) {
 TEST(SinkhornGpuAsync, DerivedOutputsRejectBadArguments) {
   REQUIRE_GPU();
   std::vector<double> c(12, 1.0);
-  DeviceCopy<double> dc(c);
-  DeviceCopy<float> buf(16);
+  DeviceBuffer<double> dc(c);
+  DeviceBuffer<float> buf(16);
   SinkhornProblem p;
   p.cost_kind = CostKind::matrix;
-  p.cost = TensorView::device(dc.get(), {3, 4});
+  p.cost = TensorView::device(dc.data(), {3, 4});
   SinkhornOptions o;
   otgpu::GpuContext ctx(0, nullptr);
-  EXPECT_THROW(otgpu::barycentric_map_async(ctx, p, o, buf.get(), buf.get()),
+  EXPECT_THROW(otgpu::barycentric_map_async(ctx, p, o, buf.data(), buf.data()),
                otgpu::InvalidArgument);  // a cost matrix has no points to average
-  EXPECT_THROW(otgpu::gradient_x_async(ctx, p, o, nullptr, buf.get(), buf.get()),
+  EXPECT_THROW(otgpu::gradient_x_async(ctx, p, o, nullptr, buf.data(), buf.data()),
                otgpu::InvalidArgument);
-  EXPECT_THROW(otgpu::sample_partners_async(ctx, p, o, buf.get(), 1, nullptr),
+  EXPECT_THROW(otgpu::sample_partners_async(ctx, p, o, buf.data(), 1, nullptr),
                otgpu::InvalidArgument);
 }
 

@@ -17,8 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
+#include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/sinkhorn_dense.h"
 #include "otgpu_kernels/sinkhorn_small.h"
 
@@ -29,51 +31,7 @@ using std::int64_t;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr float kSentinel = 12345.0f;
 
-bool have_device() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define SKIP_WITHOUT_DEVICE()                  \
-  do {                                         \
-    if (!have_device()) {                      \
-      GTEST_SKIP() << "no usable CUDA device"; \
-    }                                          \
-  } while (0)
-
-void cuda_ok(cudaError_t e, const char* what) {
-  ASSERT_EQ(e, cudaSuccess) << what << ": " << cudaGetErrorString(e);
-}
-
-/// Owning device buffer for the tests (the library never allocates in launchers).
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(const std::vector<T>& host) : size_(host.size()) {
-    if (size_ == 0) return;
-    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&ptr_), size_ * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr_, host.data(), size_ * sizeof(T), cudaMemcpyHostToDevice),
-              cudaSuccess);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  T* get() const { return ptr_; }
-  std::vector<T> download() const {
-    std::vector<T> out(size_);
-    if (size_ > 0) {
-      EXPECT_EQ(cudaMemcpy(out.data(), ptr_, size_ * sizeof(T), cudaMemcpyDeviceToHost),
-                cudaSuccess);
-    }
-    return out;
-  }
-
- private:
-  std::size_t size_ = 0;
-  T* ptr_ = nullptr;
-};
+using otgpu_test::DeviceBuffer;
 
 std::vector<float> uniform(std::mt19937& rng, std::size_t count, float lo, float hi) {
   std::uniform_real_distribution<float> u(lo, hi);
@@ -216,7 +174,7 @@ constexpr double kPotAtol = 2e-5;
 constexpr double kPotRtol = 2e-5;
 
 TEST_P(DenseHalfSteps, RowAndColumnMatchDoubleReference) {
-  SKIP_WITHOUT_DEVICE();
+  REQUIRE_GPU();
   const DenseCase c = GetParam();
   const int64_t B = c.B, n = c.n, m = c.m;
   std::mt19937 rng(static_cast<unsigned>(B * 1000003 + n * 101 + m));
@@ -242,14 +200,14 @@ TEST_P(DenseHalfSteps, RowAndColumnMatchDoubleReference) {
   DeviceBuffer<float> dOutG(std::vector<float>(static_cast<std::size_t>(B * m), kSentinel));
   const std::size_t ws_bytes = otgpu::kernels::dense_col_workspace_bytes(B, n, m);
   DeviceBuffer<unsigned char> dWs(std::vector<unsigned char>(ws_bytes, 0xff));
-  const float* lam_ptr = c.use_lambda ? dLam.get() : nullptr;
+  const float* lam_ptr = c.use_lambda ? dLam.data() : nullptr;
 
-  otgpu::kernels::dense_row_update(dC.get() + off, dLB.get() + off, dG.get() + off, dEps.get(),
-                                   lam_ptr, dActive.get(), dOutF.get(), B, n, m, nullptr);
-  otgpu::kernels::dense_col_update(dC.get() + off, dLA.get() + off, dF.get() + off, dEps.get(),
-                                   lam_ptr, dActive.get(), dOutG.get(), dWs.get(), ws_bytes, B, n,
-                                   m, nullptr);
-  cuda_ok(cudaDeviceSynchronize(), "sync");
+  otgpu::kernels::dense_row_update(dC.data() + off, dLB.data() + off, dG.data() + off, dEps.data(),
+                                   lam_ptr, dActive.data(), dOutF.data(), B, n, m, nullptr);
+  otgpu::kernels::dense_col_update(dC.data() + off, dLA.data() + off, dF.data() + off, dEps.data(),
+                                   lam_ptr, dActive.data(), dOutG.data(), dWs.data(), ws_bytes, B,
+                                   n, m, nullptr);
+  OTGPU_CUDA_CHECK(cudaDeviceSynchronize());
 
   auto refF = ref_row_update(C, logB, G0, eps, c.use_lambda ? &lambda : nullptr, B, n, m);
   auto refG = ref_col_update(C, logA, F0, eps, c.use_lambda ? &lambda : nullptr, B, n, m);
@@ -257,8 +215,8 @@ TEST_P(DenseHalfSteps, RowAndColumnMatchDoubleReference) {
     for (int64_t i = 0; i < n; ++i) refF[static_cast<std::size_t>(n + i)] = kSentinel;
     for (int64_t j = 0; j < m; ++j) refG[static_cast<std::size_t>(m + j)] = kSentinel;
   }
-  expect_close(dOutF.download(), refF, kPotAtol, kPotRtol, "F");
-  expect_close(dOutG.download(), refG, kPotAtol, kPotRtol, "G");
+  expect_close(dOutF.to_host(), refF, kPotAtol, kPotRtol, "F");
+  expect_close(dOutG.to_host(), refG, kPotAtol, kPotRtol, "G");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -273,7 +231,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<DenseCase>& p) { return dense_name(p.param); });
 
 TEST(DenseRowStats, MatchesDoubleReference) {
-  SKIP_WITHOUT_DEVICE();
+  REQUIRE_GPU();
   for (const auto& [B, n, m] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1},
                                 {3, 33, 1000},
                                 {1, 1000, 4099},
@@ -290,13 +248,13 @@ TEST(DenseRowStats, MatchesDoubleReference) {
     DeviceBuffer<float> dMass(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
     DeviceBuffer<float> dCost(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
     DeviceBuffer<float> dMass2(std::vector<float>(static_cast<std::size_t>(B * n), kSentinel));
-    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(), dEps.get(),
-                                    dMass.get(), dCost.get(), B, n, m, nullptr);
+    otgpu::kernels::dense_row_stats(dC.data(), dLA.data(), dLB.data(), dF.data(), dG.data(),
+                                    dEps.data(), dMass.data(), dCost.data(), B, n, m, nullptr);
     // row_cost may be null when only the masses are wanted.
-    otgpu::kernels::dense_row_stats(dC.get(), dLA.get(), dLB.get(), dF.get(), dG.get(), dEps.get(),
-                                    dMass2.get(), nullptr, B, n, m, nullptr);
-    cuda_ok(cudaDeviceSynchronize(), "sync");
-    EXPECT_EQ(dMass2.download(), dMass.download());
+    otgpu::kernels::dense_row_stats(dC.data(), dLA.data(), dLB.data(), dF.data(), dG.data(),
+                                    dEps.data(), dMass2.data(), nullptr, B, n, m, nullptr);
+    OTGPU_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(dMass2.to_host(), dMass.to_host());
     std::vector<double> mass(static_cast<std::size_t>(B * n)), cost(mass.size());
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < n; ++i) {
@@ -315,8 +273,8 @@ TEST(DenseRowStats, MatchesDoubleReference) {
         cost[static_cast<std::size_t>(b * n + i)] = sc;
       }
     // Exponents up to ~25 in fp32 lose ~1e-6 relative; sums of m fp32 terms ~1e-6.
-    expect_close(dMass.download(), mass, 1e-12, 1e-4, "row_mass");
-    expect_close(dCost.download(), cost, 1e-12, 1e-4, "row_cost");
+    expect_close(dMass.to_host(), mass, 1e-12, 1e-4, "row_mass");
+    expect_close(dCost.to_host(), cost, 1e-12, 1e-4, "row_cost");
   }
 }
 
@@ -443,11 +401,11 @@ void PrintTo(const SmallCase& c, std::ostream* os) { *os << c.name; }
 class SmallSinkhorn : public ::testing::TestWithParam<SmallCase> {};
 
 TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
-  SKIP_WITHOUT_DEVICE();
+  REQUIRE_GPU();
   const SmallCase c = GetParam();
   const int64_t B = c.B, n = c.n, m = c.m, d = c.d;
   int device = 0;
-  cuda_ok(cudaGetDevice(&device), "cudaGetDevice");
+  OTGPU_CUDA_CHECK(cudaGetDevice(&device));
   ASSERT_TRUE(otgpu::kernels::small_kernel_fits(c.cost, n, m, d, device))
       << "needs " << otgpu::kernels::small_kernel_smem_bytes(c.cost, n, m, d, device) << " bytes";
 
@@ -487,25 +445,25 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
 
   otgpu::kernels::SmallSinkhornArgs a;
   a.cost = c.cost;
-  a.X = dX.get();
-  a.Y = dY.get();
-  a.C = dC.get();
-  a.logA = dLA.get();
-  a.logB = dLB.get();
-  a.F = dF.get();
-  a.G = dG.get();
-  a.eps = dEps.get();
-  a.eps_init = dEpsInit.get();
+  a.X = dX.data();
+  a.Y = dY.data();
+  a.C = dC.data();
+  a.logA = dLA.data();
+  a.logB = dLB.data();
+  a.F = dF.data();
+  a.G = dG.data();
+  a.eps = dEps.data();
+  a.eps_init = dEpsInit.data();
   a.eps_decay = c.spec.eps_decay;
   a.rho_a = c.spec.rho_a;
   a.rho_b = c.spec.rho_b;
   a.tol = c.spec.tol;
   a.max_iter = c.spec.max_iter;
   a.check_every = c.spec.check_every;
-  a.active = dActive.get();
-  a.iterations = dIters.get();
-  a.residual = dRes.get();
-  a.converged = dConv.get();
+  a.active = dActive.data();
+  a.iterations = dIters.data();
+  a.residual = dRes.data();
+  a.converged = dConv.data();
   a.B = B;
   a.n = n;
   a.m = m;
@@ -516,9 +474,9 @@ TEST_P(SmallSinkhorn, MatchesDoubleSinkhornLoop) {
     a.t_end = std::min(t + chunk, c.spec.max_iter);
     otgpu::kernels::small_sinkhorn(a, nullptr);
   }
-  cuda_ok(cudaDeviceSynchronize(), "sync");
-  const auto F = dF.download(), G = dG.download(), res = dRes.download();
-  const auto iters = dIters.download(), conv = dConv.download(), act = dActive.download();
+  OTGPU_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto F = dF.to_host(), G = dG.to_host(), res = dRes.to_host();
+  const auto iters = dIters.to_host(), conv = dConv.to_host(), act = dActive.to_host();
 
   // fp32 iterates track the double loop: each half-step adds ~1e-7 of the cost
   // scale (score rounding, ex2.approx), and the balanced problem's constant shift
@@ -670,10 +628,10 @@ TEST(SmallSinkhornLauncher, RejectsBadArguments) {
 }
 
 TEST(SmallSinkhornLauncher, FitQueryMatchesDeviceLimit) {
-  SKIP_WITHOUT_DEVICE();
+  REQUIRE_GPU();
   int device = 0, limit = 0;
-  cuda_ok(cudaGetDevice(&device), "cudaGetDevice");
-  cuda_ok(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "attr");
+  OTGPU_CUDA_CHECK(cudaGetDevice(&device));
+  OTGPU_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   // W2 shapes must fit on an H100-class device (227 KB per block).
   if (limit >= 227 * 1024) {
     EXPECT_TRUE(otgpu::kernels::small_kernel_fits(CostKind::sqeuclidean, 512, 512, 32, device));

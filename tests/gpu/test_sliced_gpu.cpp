@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "gpu_test_util.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
 #include "otgpu/sliced.h"
@@ -26,18 +27,10 @@ using otgpu::SlicedProblem;
 using otgpu::SlicedResult;
 using otgpu::TensorView;
 
-#define SKIP_WITHOUT_GPU()                                                 \
-  do {                                                                     \
-    if (!otgpu::cuda_available()) GTEST_SKIP() << "no usable CUDA device"; \
-  } while (0)
-
-std::vector<double> uniform_vec(std::size_t n, unsigned seed, double lo = 0.0, double hi = 1.0) {
-  std::mt19937_64 g(seed);
-  std::uniform_real_distribution<double> u(lo, hi);
-  std::vector<double> v(n);
-  for (auto& x : v) x = u(g);
-  return v;
-}
+using otgpu_test::uniform;
+#ifdef OTGPU_WITH_CUDA
+using otgpu_test::DeviceBuffer;
+#endif
 
 double rel_l2(const std::vector<double>& got, const std::vector<double>& ref) {
   double num = 0, den = 0;
@@ -62,11 +55,11 @@ struct Case {
 /// Runs the case on both backends and compares values, per-direction terms and
 /// gradients.
 void compare(const Case& c, bool max_sliced = false) {
-  auto x = uniform_vec(static_cast<std::size_t>(c.B * c.n * c.d), 1);
-  auto y = uniform_vec(static_cast<std::size_t>(c.B * c.m * c.d), 2, 0.1, 1.1);
+  auto x = uniform(static_cast<std::size_t>(c.B * c.n * c.d), 1);
+  auto y = uniform(static_cast<std::size_t>(c.B * c.m * c.d), 2, 0.1, 1.1);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-  auto a = uniform_vec(static_cast<std::size_t>((c.batched_a ? c.B : 1) * c.n), 3, 0.0, 1.0);
-  auto b = uniform_vec(static_cast<std::size_t>((c.batched_b ? c.B : 1) * c.m), 4, 0.2, 1.0);
+  auto a = uniform(static_cast<std::size_t>((c.batched_a ? c.B : 1) * c.n), 3, 0.0, 1.0);
+  auto b = uniform(static_cast<std::size_t>((c.batched_b ? c.B : 1) * c.m), 4, 0.2, 1.0);
   if (c.zero_weights) {
     for (std::size_t k = 0; k < a.size(); k += 3) a[k] = 0.0;
     for (std::size_t k = 1; k < b.size(); k += 3) b[k] = 0.0;
@@ -107,12 +100,12 @@ void compare(const Case& c, bool max_sliced = false) {
 }
 
 TEST(SlicedGpu, MatchesCpuUniform) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare({1, 1000, 1000, 8, 32, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MatchesCpuTailsAndUnequalSizes) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // n = 1, n = block + 1, primes, n != m: the merge-path split and tails.
   compare({1, 1, 1, 3, 5, 2.0, false, false, false, false, false});
   compare({2, 1, 17, 3, 5, 2.0, false, false, false, false, false});
@@ -122,7 +115,7 @@ TEST(SlicedGpu, MatchesCpuTailsAndUnequalSizes) {
 }
 
 TEST(SlicedGpu, MatchesCpuWeighted) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare({4, 300, 211, 6, 16, 2.0, true, true, true, false, false});
   compare({2, 1025, 999, 3, 8, 3.0, true, false, false, false, false});
   compare({2, 513, 2049, 3, 8, 1.5, false, true, false, false, false});
@@ -131,7 +124,7 @@ TEST(SlicedGpu, MatchesCpuWeighted) {
 }
 
 TEST(SlicedGpu, MatchesCpuZeroWeights) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // Flat stretches of the cumulative weights: ties in the merge-path split, zero-mass
   // pieces, points that receive no mass (zero gradient on both backends).
   compare({2, 1000, 700, 3, 8, 2.0, true, true, true, true, true});
@@ -140,34 +133,34 @@ TEST(SlicedGpu, MatchesCpuZeroWeights) {
 }
 
 TEST(SlicedGpu, MatchesCpuOneDimensionAndHighDimension) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare({5, 100, 70, 1, 3, 2.0, true, true, true, false, false});
   compare({1, 512, 512, 3072, 16, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MatchesCpuMaxSliced) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   compare({3, 200, 150, 4, 24, 2.0, true, false, true, false, false}, true);
 }
 
 TEST(SlicedGpu, SeveralDirectionChunks) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // 600000 points per side: the GPU sorts 2^26 elements per chunk, so 130
   // directions take two chunks (the second one partial).
   compare({1, 600000, 600000, 2, 130, 2.0, false, false, false, false, false});
 }
 
 TEST(SlicedGpu, MaxSlicedSeveralDirectionChunks) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // 2^20 points per side: 64 directions per chunk, so 70 take two chunks and the
   // gradient pass of max-sliced recomputes only the chunk holding the selected term.
   compare({1, 1 << 20, 1 << 20, 2, 70, 2.0, false, false, false, false, false}, true);
 }
 
 TEST(SlicedGpu, Wasserstein1DMatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  auto x = uniform_vec(3 * 777, 5), y = uniform_vec(3 * 500, 6, -1, 1);
-  auto a = uniform_vec(3 * 777, 7, 0, 1);
+  REQUIRE_GPU();
+  auto x = uniform(3 * 777, 5), y = uniform(3 * 500, 6, -1, 1);
+  auto a = uniform(3 * 777, 7, 0, 1);
   for (double p : {1.0, 2.0}) {
     const auto c = otgpu::wasserstein_1d(TensorView::host(x.data(), {3, 777}),
                                          TensorView::host(y.data(), {3, 500}),
@@ -181,12 +174,12 @@ TEST(SlicedGpu, Wasserstein1DMatchesCpu) {
 }
 
 TEST(SlicedGpu, ExplicitDirectionsAndSeedsAgreeWithCpu) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   const std::int64_t n = 300, d = 5;
   const int L = 12;
-  auto x = uniform_vec(n * d, 8), y = uniform_vec(n * d, 9);
+  auto x = uniform(n * d, 8), y = uniform(n * d, 9);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-  auto dirs = uniform_vec(static_cast<std::size_t>(d * L), 10, -1, 1);
+  auto dirs = uniform(static_cast<std::size_t>(d * L), 10, -1, 1);
   SlicedProblem pr;
   pr.x = TensorView::host(xf.data(), {n, d});
   pr.y = TensorView::host(yf.data(), {n, d});
@@ -209,37 +202,26 @@ TEST(SlicedGpu, ExplicitDirectionsAndSeedsAgreeWithCpu) {
 
 #ifdef OTGPU_WITH_CUDA
 TEST(SlicedGpu, DeviceMemoryInputsStridedAndDouble) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   const std::int64_t B = 2, n = 333, m = 222, d = 7;
-  auto x = uniform_vec(static_cast<std::size_t>(B * n * d), 11);
-  auto y = uniform_vec(static_cast<std::size_t>(B * m * d), 12);
-  auto a = uniform_vec(static_cast<std::size_t>(B * n), 13, 0.1, 1);
-  double *dx = nullptr, *dy = nullptr, *da = nullptr, *ddir = nullptr;
-  ASSERT_EQ(cudaMalloc(&dx, x.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dy, y.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&da, 2 * a.size() * sizeof(double)), cudaSuccess);
+  auto x = uniform(static_cast<std::size_t>(B * n * d), 11);
+  auto y = uniform(static_cast<std::size_t>(B * m * d), 12);
+  auto a = uniform(static_cast<std::size_t>(B * n), 13, 0.1, 1);
   // a is read with stride 2 out of an interleaved buffer.
   std::vector<double> a2(2 * a.size(), -1.0);
   for (std::size_t k = 0; k < a.size(); ++k) a2[2 * k] = a[k];
-  ASSERT_EQ(cudaMemcpy(dx, x.data(), x.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dy, y.data(), y.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(da, a2.data(), a2.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
+  const DeviceBuffer<double> dx(x), dy(y), da(a2);
   const int L = 10;
   auto dirs = otgpu::sliced_directions(d, L, 3);
-  ASSERT_EQ(cudaMalloc(&ddir, dirs.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(ddir, dirs.data(), dirs.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
+  const DeviceBuffer<double> ddir(dirs);
 
   SlicedProblem hp, dp;
   hp.x = TensorView::host(x.data(), {B, n, d});
   hp.y = TensorView::host(y.data(), {B, m, d});
   hp.a = TensorView::host(a.data(), {B, n});
-  dp.x = TensorView::device(dx, {B, n, d});
-  dp.y = TensorView::device(dy, {B, m, d});
-  dp.a = TensorView::device(da, {B, n});
+  dp.x = TensorView::device(dx.data(), {B, n, d});
+  dp.y = TensorView::device(dy.data(), {B, m, d});
+  dp.a = TensorView::device(da.data(), {B, n});
   dp.a.strides = {2 * n, 2, 0};
   SlicedOptions o;
   o.projections = L;
@@ -255,7 +237,7 @@ TEST(SlicedGpu, DeviceMemoryInputsStridedAndDouble) {
   }
   EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
   // Device-resident explicit directions.
-  o.directions = TensorView::device(ddir, {d, L});
+  o.directions = TensorView::device(ddir.data(), {d, L});
   const auto gd = otgpu::sliced_wasserstein(dp, o);
   for (std::size_t k = 0; k < c.per_direction.size(); ++k) {
     EXPECT_NEAR(gd.per_direction[k], c.per_direction[k], 2e-4 * c.per_direction[k]);
@@ -263,51 +245,35 @@ TEST(SlicedGpu, DeviceMemoryInputsStridedAndDouble) {
   // The CPU backend refuses device memory.
   o.backend = Backend::cpu;
   EXPECT_THROW(otgpu::sliced_wasserstein(dp, o), otgpu::InvalidArgument);
-  cudaFree(dx);
-  cudaFree(dy);
-  cudaFree(da);
-  cudaFree(ddir);
 }
 
 TEST(SlicedGpu, DeviceMemoryFloatZeroCopyAndStrided) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // x: contiguous f32 [n, d] (used in place, no staging copy); y: f32 [m, d] read with
   // a padded row stride; a: contiguous f32 [n] (converted to f64); b: f64 [m] in place.
   const std::int64_t n = 517, m = 301, d = 4, pad = 3;
-  const auto x = uniform_vec(static_cast<std::size_t>(n * d), 21);
-  const auto y = uniform_vec(static_cast<std::size_t>(m * d), 22, -0.5, 1.5);
-  const auto a = uniform_vec(static_cast<std::size_t>(n), 23, 0.1, 1.0);
-  const auto b = uniform_vec(static_cast<std::size_t>(m), 24, 0.1, 1.0);
+  const auto x = uniform(static_cast<std::size_t>(n * d), 21);
+  const auto y = uniform(static_cast<std::size_t>(m * d), 22, -0.5, 1.5);
+  const auto a = uniform(static_cast<std::size_t>(n), 23, 0.1, 1.0);
+  const auto b = uniform(static_cast<std::size_t>(m), 24, 0.1, 1.0);
   std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end()), af(a.begin(), a.end());
   std::vector<float> ypad(static_cast<std::size_t>(m * (d + pad)), 1e30f);
   for (std::int64_t j = 0; j < m; ++j)
     for (std::int64_t k = 0; k < d; ++k)
       ypad[static_cast<std::size_t>(j * (d + pad) + k)] = yf[static_cast<std::size_t>(j * d + k)];
-  float *dxp = nullptr, *dyp = nullptr, *dap = nullptr;
-  double* dbp = nullptr;
-  ASSERT_EQ(cudaMalloc(&dxp, xf.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dyp, ypad.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dap, af.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dbp, b.size() * sizeof(double)), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dxp, xf.data(), xf.size() * sizeof(float), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dyp, ypad.data(), ypad.size() * sizeof(float), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dap, af.data(), af.size() * sizeof(float), cudaMemcpyHostToDevice),
-            cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dbp, b.data(), b.size() * sizeof(double), cudaMemcpyHostToDevice),
-            cudaSuccess);
+  const DeviceBuffer<float> dxp(xf), dyp(ypad), dap(af);
+  const DeviceBuffer<double> dbp(b);
 
   SlicedProblem hp, dp;
   hp.x = TensorView::host(xf.data(), {n, d});
   hp.y = TensorView::host(yf.data(), {m, d});
   hp.a = TensorView::host(af.data(), {n});
   hp.b = TensorView::host(b.data(), {m});
-  dp.x = TensorView::device(dxp, {n, d});
-  dp.y = TensorView::device(dyp, {m, d});
+  dp.x = TensorView::device(dxp.data(), {n, d});
+  dp.y = TensorView::device(dyp.data(), {m, d});
   dp.y.strides = {d + pad, 1, 0};
-  dp.a = TensorView::device(dap, {n});
-  dp.b = TensorView::device(dbp, {m});
+  dp.a = TensorView::device(dap.data(), {n});
+  dp.b = TensorView::device(dbp.data(), {m});
   SlicedOptions o;
   o.projections = 9;
   o.seed = 7;
@@ -324,25 +290,18 @@ TEST(SlicedGpu, DeviceMemoryFloatZeroCopyAndStrided) {
   EXPECT_LT(rel_l2(g.grad_x, c.grad_x), 2e-3);
   EXPECT_LT(rel_l2(g.grad_y, c.grad_y), 2e-3);
   // The caller's device data is left untouched.
-  std::vector<float> back(xf.size());
-  ASSERT_EQ(cudaMemcpy(back.data(), dxp, back.size() * sizeof(float), cudaMemcpyDeviceToHost),
-            cudaSuccess);
-  EXPECT_EQ(back, xf);
-  cudaFree(dxp);
-  cudaFree(dyp);
-  cudaFree(dap);
-  cudaFree(dbp);
+  EXPECT_EQ(dxp.to_host(), xf);
 }
 
 TEST(SlicedGpu, HostDoubleStridedInputsMatchCpu) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // Host views the kernels cannot read as they are: f64 points read with stride 2
   // out of an interleaved buffer, f32 weights with stride 3. They are copied raw
   // (strides and all) to the device and laid out there.
   const std::int64_t B = 2, n = 301, m = 177, d = 5;
-  const auto x = uniform_vec(static_cast<std::size_t>(2 * B * n * d), 31);
-  const auto y = uniform_vec(static_cast<std::size_t>(B * m * d), 32, -0.5, 1.5);
-  const auto a = uniform_vec(static_cast<std::size_t>(3 * n), 33, 0.1, 1.0);
+  const auto x = uniform(static_cast<std::size_t>(2 * B * n * d), 31);
+  const auto y = uniform(static_cast<std::size_t>(B * m * d), 32, -0.5, 1.5);
+  const auto a = uniform(static_cast<std::size_t>(3 * n), 33, 0.1, 1.0);
   const std::vector<float> af(a.begin(), a.end());
   SlicedProblem pr;
   pr.x = TensorView::host(x.data(), {B, n, d});
@@ -367,7 +326,7 @@ TEST(SlicedGpu, HostDoubleStridedInputsMatchCpu) {
 }
 
 TEST(SlicedGpu, ContextStreamOrderingAndNoAllocationAfterFirstCall) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   const std::int64_t B = 3, n = 500, m = 400, d = 6;
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
@@ -375,27 +334,24 @@ TEST(SlicedGpu, ContextStreamOrderingAndNoAllocationAfterFirstCall) {
   const auto& rt = ctx.impl();
 
   auto run = [&](unsigned seed, bool max_sliced) {
-    const auto x = uniform_vec(static_cast<std::size_t>(B * n * d), seed);
-    const auto y = uniform_vec(static_cast<std::size_t>(B * m * d), seed + 1, 0.2, 1.2);
+    const auto x = uniform(static_cast<std::size_t>(B * n * d), seed);
+    const auto y = uniform(static_cast<std::size_t>(B * m * d), seed + 1, 0.2, 1.2);
     const std::vector<float> xf(x.begin(), x.end()), yf(y.begin(), y.end());
-    float *dx = nullptr, *hx = nullptr;
-    ASSERT_EQ(cudaMalloc(&dx, xf.size() * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMemset(dx, 0, xf.size() * sizeof(float)), cudaSuccess);
+    const DeviceBuffer<float> dx(xf.size());  // zeros
+    float* hx = nullptr;
     ASSERT_EQ(cudaMallocHost(&hx, xf.size() * sizeof(float)), cudaSuccess);
     std::copy(xf.begin(), xf.end(), hx);
     // x is written on the context's (non-blocking) stream right before the call: the
     // call must be ordered after that copy, or it reads zeros.
-    ASSERT_EQ(cudaMemcpyAsync(dx, hx, xf.size() * sizeof(float), cudaMemcpyHostToDevice, stream),
-              cudaSuccess);
+    ASSERT_EQ(
+        cudaMemcpyAsync(dx.data(), hx, xf.size() * sizeof(float), cudaMemcpyHostToDevice, stream),
+        cudaSuccess);
     SlicedProblem dp, hp;
-    dp.x = TensorView::device(dx, {B, n, d});
+    dp.x = TensorView::device(dx.data(), {B, n, d});
     hp.x = TensorView::host(xf.data(), {B, n, d});
     hp.y = TensorView::host(yf.data(), {B, m, d});
-    float* dy = nullptr;
-    ASSERT_EQ(cudaMalloc(&dy, yf.size() * sizeof(float)), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(dy, yf.data(), yf.size() * sizeof(float), cudaMemcpyHostToDevice),
-              cudaSuccess);
-    dp.y = TensorView::device(dy, {B, m, d});
+    const DeviceBuffer<float> dy(yf);
+    dp.y = TensorView::device(dy.data(), {B, m, d});
     SlicedOptions o;
     o.projections = 24;
     o.seed = seed;
@@ -417,8 +373,6 @@ TEST(SlicedGpu, ContextStreamOrderingAndNoAllocationAfterFirstCall) {
     o.device = 0;
     const auto h = otgpu::sliced_wasserstein(ctx, hp, o);
     EXPECT_EQ(h.per_direction, g.per_direction);
-    (void)cudaFree(dx);
-    (void)cudaFree(dy);
     (void)cudaFreeHost(hx);
   };
   run(5, false);
@@ -443,11 +397,11 @@ TEST(SlicedGpu, ContextStreamOrderingAndNoAllocationAfterFirstCall) {
 }
 
 TEST(SlicedGpu, ContextReleasesItsMemory) {
-  SKIP_WITHOUT_GPU();
+  REQUIRE_GPU();
   // A problem whose workspace is hundreds of MiB: held while the context lives,
   // returned when it is destroyed.
   const std::int64_t n = std::int64_t{1} << 20, d = 4;
-  const auto x = uniform_vec(static_cast<std::size_t>(n * d), 41);
+  const auto x = uniform(static_cast<std::size_t>(n * d), 41);
   const std::vector<float> xf(x.begin(), x.end());
   SlicedProblem pr;
   pr.x = TensorView::host(xf.data(), {n, d});
