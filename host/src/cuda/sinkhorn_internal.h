@@ -422,6 +422,13 @@ struct SolveState {
   ~SolveState();
 };
 
+/// Copies what the derived outputs need (staged points or cost, weights, centres, F, G
+/// and the target eps of pl's chunk) out of the workspace into a stream-ordered
+/// allocation of the chunk's own, which outlives the next call's reuse of the
+/// workspace (the synchronous solve and each shard of the sharded driver keep one).
+SolveState::Chunk keep_state(const DevicePlan& pl, const Carved& c, std::int64_t begin,
+                             cudaStream_t s);
+
 /// The host result from the downloaded arrays; scale[b]: eps of problem b / options.eps.
 SinkhornResult make_result(const SinkhornOptions& o, const detail::SinkhornShape& sh,
                            const std::vector<float>& f, const std::vector<float>& g,

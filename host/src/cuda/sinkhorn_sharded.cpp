@@ -427,83 +427,6 @@ class ShardSolve {
   std::chrono::steady_clock::time_point start_;
 };
 
-/// Bytes of one chunk's kept state and, with a base, its pointers (the layout of the
-/// single-GPU SolveState::Chunk).
-std::size_t layout_kept(const DevicePlan& pl, void* base, SolveState::Chunk* ch) {
-  const auto& sh = pl.shape;
-  const auto B = static_cast<std::size_t>(sh.batch);
-  const auto nB = B * static_cast<std::size_t>(sh.n), mB = B * static_cast<std::size_t>(sh.m);
-  const auto dp = static_cast<std::size_t>(pl.dp);
-  const bool pts = pl.cost != CostKind::matrix;
-  Carver cv(base);
-  SolveState::Chunk c;
-  c.X = cv.take<float>(pts ? nB * dp : 0);
-  c.Y = cv.take<float>(pts ? mB * dp : 0);
-  c.C = cv.take<float>(pts ? 0 : nB * static_cast<std::size_t>(sh.m));
-  c.logA = cv.take<float>(nB);
-  c.logB = cv.take<float>(mB);
-  c.a = cv.take<double>(nB);
-  c.b = cv.take<double>(mB);
-  c.center = cv.take<double>(pts ? B * dp : 0);
-  c.F = cv.take<float>(nB);
-  c.G = cv.take<float>(mB);
-  c.eps = cv.take<float>(B);
-  if (ch != nullptr) {
-    const auto begin = ch->begin, count = ch->count;
-    void* mem = ch->mem;
-    *ch = c;
-    ch->begin = begin;
-    ch->count = count;
-    ch->mem = mem;
-  }
-  return cv.used();
-}
-
-void copy_d2d(const void* dst, const void* src, std::size_t bytes, cudaStream_t s) {
-  if (bytes == 0 || src == nullptr || dst == nullptr) return;
-  OTGPU_CUDA_CHECK(
-      cudaMemcpyAsync(const_cast<void*>(dst), src, bytes, cudaMemcpyDeviceToDevice, s));
-}
-
-/// The shard's staged problem and potentials, copied out of the workspace into a
-/// stream-ordered allocation of their own (as the single-GPU solve keeps them), so the
-/// derived outputs of this rank reuse the globally balanced b.
-SolveState::Chunk keep_chunk(const DevicePlan& pl, const Carved& c, std::int64_t begin,
-                             cudaStream_t s) {
-  SolveState::Chunk ch;
-  ch.begin = begin;
-  ch.count = pl.shape.batch;
-  const std::size_t bytes = layout_kept(pl, nullptr, nullptr);
-  const cudaError_t st = cudaMallocAsync(&ch.mem, bytes, s);
-  if (st == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
-    throw OutOfMemory(fmt::format(
-        "cuda backend: cannot allocate {} bytes of device memory for the shard's state", bytes));
-  }
-  OTGPU_CUDA_CHECK(st);
-  (void)layout_kept(pl, ch.mem, &ch);
-  const auto& sh = pl.shape;
-  const auto B = static_cast<std::size_t>(sh.batch);
-  const auto nB = B * static_cast<std::size_t>(sh.n), mB = B * static_cast<std::size_t>(sh.m);
-  const auto dp = static_cast<std::size_t>(pl.dp);
-  const DeviceSolve& d = c.d;
-  if (d.points()) {
-    copy_d2d(ch.X, d.X, nB * dp * sizeof(float), s);
-    copy_d2d(ch.Y, d.Y, mB * dp * sizeof(float), s);
-    copy_d2d(ch.center, c.center, B * dp * sizeof(double), s);
-  } else {
-    copy_d2d(ch.C, d.C, nB * static_cast<std::size_t>(sh.m) * sizeof(float), s);
-  }
-  copy_d2d(ch.logA, d.logA, nB * sizeof(float), s);
-  copy_d2d(ch.logB, d.logB, mB * sizeof(float), s);
-  copy_d2d(ch.a, d.a, nB * sizeof(double), s);
-  copy_d2d(ch.b, d.b, mB * sizeof(double), s);
-  copy_d2d(ch.F, d.F, nB * sizeof(float), s);
-  copy_d2d(ch.G, d.G, mB * sizeof(float), s);
-  copy_d2d(ch.eps, d.eps_target(), B * sizeof(float), s);
-  return ch;
-}
-
 /// F_b(g) = <b, g> (rho_b infinite) or rho_b <b, 1 - exp(-g / rho_b)> per problem, in
 /// double from the downloaded (balanced) b and fp32 g: the term of the finalize kernel's
 /// dual value that every shard counts once.
@@ -665,7 +588,7 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   // agreed before the report's allreduce.
   dist::agree(comm, [&] {
     enqueue_finalize(d, o, s);
-    state.chunks.push_back(keep_chunk(pl, c, begin, s));
+    state.chunks.push_back(keep_state(pl, c, begin, s));
     OTGPU_CUDA_CHECK(cudaMemcpyAsync(f.data(), d.F, nB * sizeof(float), cudaMemcpyDeviceToHost, s));
     OTGPU_CUDA_CHECK(cudaMemcpyAsync(g.data(), d.G, mB * sizeof(float), cudaMemcpyDeviceToHost, s));
     OTGPU_CUDA_CHECK(cudaMemcpyAsync(out4.data(), d.out4, out4.size() * sizeof(double),

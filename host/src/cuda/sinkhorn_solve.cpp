@@ -139,6 +139,8 @@ void copy_d2d(const void* dst, const void* src, std::size_t bytes, cudaStream_t 
       cudaMemcpyAsync(const_cast<void*>(dst), src, bytes, cudaMemcpyDeviceToDevice, s));
 }
 
+}  // namespace
+
 /// Copies what the derived outputs need out of the workspace into a chunk state of its
 /// own (stream-ordered allocation from the device's pool).
 SolveState::Chunk keep_state(const DevicePlan& pl, const Carved& c, std::int64_t begin,
@@ -176,6 +178,8 @@ SolveState::Chunk keep_state(const DevicePlan& pl, const Carved& c, std::int64_t
   copy_d2d(ch.eps, d.eps_target(), B * sizeof(float), s);
   return ch;
 }
+
+namespace {
 
 /// One chunk of a synchronous solve (B <= max_batch_per_launch()), host or device
 /// views: raw upload of the host bytes, staging and checks on the device, the loop with
