@@ -491,15 +491,37 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   const std::int64_t stages = tiles * nk;
 
   // Stages run (tile, chunk) in order; stage s lands in buffer s & 1. The next stage to
-  // copy is (nj0, nkc), the one being multiplied (j0, kc): counters, no division.
+  // copy is (nj0, nkc), the one being multiplied (j0, kc): counters, no division. The Y
+  // copies run on per-thread state (a global pointer advanced per stage, the rows left
+  // from the thread's first row): thread t copies quad t % (KC/4) of rows
+  // t / (KC/4) + 16 u, u < kYPasses (one row parity, so one swizzled smem offset).
   std::int64_t nj0 = j_begin;
   int nkc = 0;
+  constexpr int kYQuads = KC / 4, kYRowsPerPass = kThreads / kYQuads;
+  constexpr int kYPasses = kBN / kYRowsPerPass;
+  static_assert(kYPasses * kYRowsPerPass == kBN && kYRowsPerPass % 2 == 0, "whole rows");
+  const int yr = threadIdx.x / kYQuads, yq = threadIdx.x % kYQuads;
+  const float* ysrc = cols_b + (j_begin + yr) * dp + 4 * yq;  // dereferenced only where valid
+  std::int64_t yleft = j_end - j_begin - yr;
+  float* const ydst = ys + yr * KC + mma_quad_offset(yq, yr, kSwz);
+  const std::int64_t ystep = static_cast<std::int64_t>(kYRowsPerPass) * dp;
   auto issue = [&](int buf) {
-    load_chunk<KC, kSwz>(ys + buf * L.y_floats, cols_b, nj0, j_end, dp, nkc * KC);
+    const bool k_ok = nkc * KC + 4 * yq < dp;
+    const int left = yleft < kBN ? static_cast<int>(yleft) : kBN;
+#pragma unroll
+    for (int u = 0; u < kYPasses; ++u) {
+      const bool valid = k_ok && u * kYRowsPerPass < left;
+      cp_async16(ydst + buf * L.y_floats + u * kYRowsPerPass * KC,
+                 valid ? ysrc + u * ystep : cols_b, valid);
+    }
     if (!kResident) load_chunk<KC, kSwz>(xs + buf * kBM * KC, rows_b, r0, p.n_rows, dp, nkc * KC);
     if (++nkc == nk) {
       nkc = 0;
       nj0 += kBN;
+      ysrc += static_cast<std::int64_t>(kBN) * dp - (nk - 1) * KC;
+      yleft -= kBN;
+    } else {
+      ysrc += KC;
     }
   };
   if constexpr (kFragX && kResident) {
