@@ -147,10 +147,15 @@ __device__ __forceinline__ float4 tf32_small4(float4 v, float4 big) {
 /// order of otgpu::detail::mma_dot_model (its CPU replay).
 /// kPresplit (TF32 arithmetics): xb and yb hold the TF32 roundings and xsm, ysm (same
 /// layouts) the rounded remainders (3xTF32), split once in shared memory; otherwise
-/// the split is done here from raw fp32 values.
+/// the split is done here from raw fp32 values. kFragX: xb, xsm point at the lane's
+/// fragment-order rows (stage_x_fragments). 3xTF32 accumulates big*big into acc and
+/// the two small products into lo (small*big, then big*small, per k-step), which the
+/// caller adds to acc once per tile: shorter dependent HMMA chains (ptxas pads a chain
+/// with NOPs) and the small terms summed among themselves.
 template <MmaArith A, int KC, bool kSwz, bool kPresplit, bool kFragX = false>
 __device__ __forceinline__ void mma_chunk(const float* xb, const float* xsm, int ldx,
-                                          const float* yb, const float* ysm, float (&acc)[8][4]) {
+                                          const float* yb, const float* ysm, float (&acc)[8][4],
+                                          float (&lo)[8][4]) {
   static_assert(!kFragX || (kPresplit && A != MmaArith::bf16), "fragment order: split TF32 rows");
   static_assert(KC % 16 == 0, "whole 16-coordinate groups");
   constexpr bool k3 = A == MmaArith::x3tf32;
@@ -194,10 +199,10 @@ __device__ __forceinline__ void mma_chunk(const float* xb, const float* xsm, int
                                          __float_as_uint(fs[st].z), __float_as_uint(fs[st].w)};
 #pragma unroll
             for (int j = 0; j < kQB; ++j)
-              mma_tf32(acc[qb + j], as, lo_of(yv[j], st), hi_of(yv[j], st));
+              mma_tf32(lo[qb + j], as, lo_of(yv[j], st), hi_of(yv[j], st));
 #pragma unroll
             for (int j = 0; j < kQB; ++j)
-              mma_tf32(acc[qb + j], ab, lo_of(ys[j], st), hi_of(ys[j], st));
+              mma_tf32(lo[qb + j], ab, lo_of(ys[j], st), hi_of(ys[j], st));
           }
 #pragma unroll
           for (int j = 0; j < kQB; ++j)
@@ -246,8 +251,8 @@ __device__ __forceinline__ void mma_chunk(const float* xb, const float* xsm, int
           if constexpr (k3) {
             const std::uint32_t as[4] = {lo_of(xs0, st), lo_of(xs1, st), hi_of(xs0, st),
                                          hi_of(xs1, st)};
-            mma_tf32(acc[q], as, lo_of(yv, st), hi_of(yv, st));
-            mma_tf32(acc[q], ab, lo_of(ys, st), hi_of(ys, st));
+            mma_tf32(lo[q], as, lo_of(yv, st), hi_of(yv, st));
+            mma_tf32(lo[q], ab, lo_of(ys, st), hi_of(ys, st));
           }
           mma_tf32(acc[q], ab, lo_of(yv, st), hi_of(yv, st));
         }
@@ -535,9 +540,12 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  float acc[8][4];
+  float acc[8][4], acc_lo[8][4];  // 3xTF32: big*big, and the small products (mma_chunk)
 #pragma unroll
-  for (int q = 0; q < 8; ++q) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+  for (int q = 0; q < 8; ++q) {
+    acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+    acc_lo[q][0] = acc_lo[q][1] = acc_lo[q][2] = acc_lo[q][3] = 0.f;
+  }
   Lse2 st[2] = {lse2_empty(), lse2_empty()};
   Stat2 ss[2] = {{-INFINITY, 0.f, 0.f}, {-INFINITY, 0.f, 0.f}};
   float best[2] = {-INFINITY, -INFINITY};
@@ -574,11 +582,11 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     if constexpr (kFragX) {
       const int xo =
           (warp * 8 + g) * frag_pair_stride(L.ldx) + 8 * t + (kResident ? 2 * KC * kc : 0);
-      mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc);
+      mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc_lo);
     } else {
       const int xo = kResident ? warp * 16 * L.ldx + kc * KC : warp * 16 * KC;
       const float* xsw = kResident ? xs + xo : xs + buf * kBM * KC + xo;
-      mma_chunk<A, KC, kSwz, false>(xsw, nullptr, L.ldx, ysb, nullptr, acc);
+      mma_chunk<A, KC, kSwz, false>(xsw, nullptr, L.ldx, ysb, nullptr, acc, acc_lo);
     }
     if (kc != nk - 1) {
       ++kc;
@@ -586,6 +594,15 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     }
     kc = 0;  // the tile's last chunk: its epilogue, then the next tile
 
+    if constexpr (A == MmaArith::x3tf32) {  // the tile's dot products: big*big + small terms
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          acc[q][e] += acc_lo[q][e];
+          acc_lo[q][e] = 0.f;
+        }
+    }
     // ---- epilogue of the column tile ----
     {
       const float ny = ny_col + __shfl_xor_sync(0xffffffffu, ny_col, 1);  // both halves
@@ -772,9 +789,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < 32; ++k) o[k] = 0.f;
 
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kBN) {
-    float acc[8][4];
+    float acc[8][4], acc_lo[8][4];
 #pragma unroll
-    for (int q = 0; q < 8; ++q) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+    for (int q = 0; q < 8; ++q) {
+      acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+      acc_lo[q][0] = acc_lo[q][1] = acc_lo[q][2] = acc_lo[q][3] = 0.f;
+    }
     float ny = 0.f;
     for (int kc = 0; kc < dp; kc += KC) {
       load_chunk<KC, true>(xs, rows_b, r0, p.n_rows, dp, kc);
@@ -788,9 +808,13 @@ __global__ void __launch_bounds__(kThreads)
           ny = fmaf(ys[threadIdx.x * ld + k], ys[threadIdx.x * ld + k], ny);
       }
       mma_chunk<MmaArith::x3tf32, KC, true, false>(xs + warp * 16 * ld, nullptr, ld, ys, nullptr,
-                                                   acc);
+                                                   acc, acc_lo);
       __syncthreads();
     }
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[q][e] += acc_lo[q][e];
     if (threadIdx.x < kBN) {
       const std::int64_t j = j0 + threadIdx.x;
       hs[threadIdx.x] = j < p.n_cols ? scaled_term(p.col_logw[b * p.n_cols + j],

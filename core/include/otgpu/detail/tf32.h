@@ -125,13 +125,15 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE constexpr int mma_quad_offset(int quad, int 
 ///  - TF32 (m16n8k8, two k-steps per group): k-step s in {0, 1} feeds coordinates
 ///    16 G + 4 t + 2 s (as k = t) and 16 G + 4 t + 2 s + 1 (as k = t + 4), t = 0..3;
 ///  - bf16 (m16n8k16, one step per group): all 16 coordinates of the group.
-/// Each mma adds its exact sum of exact operand products to the fp32 accumulator with
-/// one rounding; with 3xTF32 each k-step issues small_x*big_y, big_x*small_y,
-/// big_x*big_y in that order (the small terms first). The operands are split once
-/// (x = big + small by tf32_split); the hardware's internal order within one mma is not
-/// specified by NVIDIA, and the model's error bound (the test's) leaves room for it.
+/// Each mma adds its exact sum of exact operand products to an fp32 accumulator with
+/// one rounding. With 3xTF32 each k-step issues small_x*big_y then big_x*small_y into
+/// a second accumulator (the small terms) and big_x*big_y into the first; the kernel
+/// adds the second to the first once per column tile, after all d coordinates (one
+/// more rounding). The operands are split once (x = big + small by tf32_split); the
+/// hardware's internal order within one mma is not specified by NVIDIA, and the
+/// model's error bound (the test's) leaves room for it.
 inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
-  float acc = 0.f;
+  float acc = 0.f, lo = 0.f;
   auto at = [d](const float* v, int k) { return k < d ? v[k] : 0.f; };
   for (int g0 = 0; g0 < d; g0 += 16) {
     if (a == MmaArith::bf16) {
@@ -153,13 +155,13 @@ inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
         }
       }
       if (a == MmaArith::x3tf32) {
-        acc = static_cast<float>(acc + sb);
-        acc = static_cast<float>(acc + bs);
+        lo = static_cast<float>(lo + sb);
+        lo = static_cast<float>(lo + bs);
       }
       acc = static_cast<float>(acc + bb);
     }
   }
-  return acc;
+  return a == MmaArith::x3tf32 ? acc + lo : acc;
 }
 
 }  // namespace otgpu::detail
