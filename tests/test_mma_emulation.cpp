@@ -153,7 +153,8 @@ CostError cost_error(int d, MmaArith arith, bool centre, int n = 24, int m = 24)
     const float nx = norm(xi);
     for (int j = 0; j < m; ++j) {
       const float* yj = yc.data() + static_cast<std::size_t>(j) * d;
-      const float dot = mma_dot_model(xi, yj, d, arith);
+      // As the kernel: the small products apart for streamed rows (padded d > 64).
+      const float dot = mma_dot_model(xi, yj, d, arith, (d + 3) / 4 * 4 > 64);
       const float c = std::fma(-2.f, dot, nx + norm(yj));  // the kernel's epilogue
       float simt = 0.f;
       for (int k = 0; k < d; ++k) {
@@ -206,11 +207,11 @@ TEST(MmaEmulation, ThreeTf32CostIsFp32LevelOnCentredOffsetClouds) {
 /// registers are placed into A and B by the PTX fragment layouts of m16n8k8 .tf32
 /// (a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]; b0 = B[t][g],
 /// b1 = B[t+4][g]) and m16n8k16 .bf16 (pairs at k = 2t, 2t+8), and every mma adds its
-/// exact sum to its fp32 accumulator with one rounding (3xTF32: small*big and big*small
-/// into the small-terms accumulator, big*big into the main one, per k-step; the two
-/// added once at the end). Returns D[16][8].
+/// exact sum to its fp32 accumulator with one rounding (3xTF32 per k-step: small*big,
+/// big*small, big*big; with small_apart the first two into a second accumulator added
+/// once at the end). Returns D[16][8].
 std::vector<float> replay_tile(const std::vector<float>& x, const std::vector<float>& y, int d,
-                               MmaArith arith) {
+                               MmaArith arith, bool small_apart) {
   using otgpu::detail::mma_quad_offset;
   const int ld = (d + 31) / 32 * 32, groups = ld / 16;
   auto at = [d](const std::vector<float>& v, int r, int k) {
@@ -276,13 +277,13 @@ std::vector<float> replay_tile(const std::vector<float>& x, const std::vector<fl
           Bs[t][g] = ys[yo], Bs[t + 4][g] = ys[yo + 1];
         }
       if (arith == MmaArith::x3tf32) {
-        mma(lo, As, Bb, 8);
-        mma(lo, Ab, Bs, 8);
+        mma(small_apart ? lo : acc, As, Bb, 8);
+        mma(small_apart ? lo : acc, Ab, Bs, 8);
       }
       mma(acc, Ab, Bb, 8);
     }
   }
-  if (arith == MmaArith::x3tf32)
+  if (small_apart && arith == MmaArith::x3tf32)
     for (std::size_t k = 0; k < acc.size(); ++k) acc[k] += lo[k];
   return acc;
 }
@@ -309,15 +310,16 @@ float consecutive_order_dot(const float* x, const float* y, int d) {
 // replay of its shared-memory layout and fragments gives the same fp32 value for every
 // pair, in the three arithmetics, at d a multiple of 32, of 16 and neither (zero-
 // filled). The data spread over 2^-8..2^8 so that orders of summation differ in the
-// last bit; the consecutive order of the previous kernel is told apart (the test
-// pins the permutation, not just the error bound).
+// last bit; the consecutive order of the previous kernel and the two accumulations of
+// 3xTF32 (one accumulator for resident rows, the small products apart for streamed
+// rows) are told apart (the test pins the order, not just the error bound).
 TEST(MmaEmulation, LaneReplayOfTheKernelTileMatchesTheModelBitForBit) {
   std::mt19937 rng(42);
   std::normal_distribution<float> nd(0.f, 1.f);
   std::uniform_int_distribution<int> ex(-8, 8);
   for (int d : {64, 48, 40, 100}) {
     SCOPED_TRACE(d);
-    int differs_from_consecutive = 0;
+    int differs_from_consecutive = 0, apart_differs = 0;
     // 64 tiles per d: swapping the order of the two small products changes ~0.3% of
     // the accumulations; over 8192 pairs the test sees it.
     for (int tile_no = 0; tile_no < 64; ++tile_no) {
@@ -325,20 +327,26 @@ TEST(MmaEmulation, LaneReplayOfTheKernelTileMatchesTheModelBitForBit) {
       for (float& v : x) v = std::ldexp(nd(rng), ex(rng));
       for (float& v : y) v = std::ldexp(nd(rng), ex(rng));
       for (MmaArith a : {MmaArith::x3tf32, MmaArith::tf32, MmaArith::bf16}) {
-        const std::vector<float> tile = replay_tile(x, y, d, a);
-        for (int i = 0; i < 16; ++i)
-          for (int j = 0; j < 8; ++j) {
-            const float* xi = x.data() + static_cast<std::size_t>(i) * d;
-            const float* yj = y.data() + static_cast<std::size_t>(j) * d;
-            const float model = mma_dot_model(xi, yj, d, a);
-            ASSERT_EQ(bits(tile[static_cast<std::size_t>(i) * 8 + j]), bits(model))
-                << "arith " << static_cast<int>(a) << " tile " << tile_no << " pair " << i << ","
-                << j;
-            if (a == MmaArith::x3tf32 && bits(model) != bits(consecutive_order_dot(xi, yj, d)))
-              ++differs_from_consecutive;
-          }
+        for (bool apart : {false, true}) {
+          const std::vector<float> tile = replay_tile(x, y, d, a, apart);
+          for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) {
+              const float* xi = x.data() + static_cast<std::size_t>(i) * d;
+              const float* yj = y.data() + static_cast<std::size_t>(j) * d;
+              const float model = mma_dot_model(xi, yj, d, a, apart);
+              ASSERT_EQ(bits(tile[static_cast<std::size_t>(i) * 8 + j]), bits(model))
+                  << "arith " << static_cast<int>(a) << " apart " << apart << " tile " << tile_no
+                  << " pair " << i << "," << j;
+              if (a == MmaArith::x3tf32 && bits(model) != bits(consecutive_order_dot(xi, yj, d)))
+                ++differs_from_consecutive;
+              if (a == MmaArith::x3tf32 && apart &&
+                  bits(model) != bits(mma_dot_model(xi, yj, d, a, false)))
+                ++apart_differs;
+            }
+        }
       }
     }
+    EXPECT_GT(apart_differs, 0);  // the two accumulations are told apart
     EXPECT_GT(differs_from_consecutive, 0);
   }
 }

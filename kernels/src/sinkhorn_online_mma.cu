@@ -6,8 +6,8 @@
 // coordinates (16 for dp = 16) staged in shared memory by cp.async, double-buffered:
 // the loads of the next (tile, chunk) stage fly while the current one multiplies. Up to
 // dp = 64 the block's rows stay in shared memory for the whole launch and only Y
-// streams; above, X and Y chunks stream together (any dp, the same 46 KB of shared
-// memory: no padding cliff and no size limit).
+// streams; above, X and Y chunks stream together (any dp, the same shared memory: no
+// padding cliff and no size limit).
 //
 // Warp w owns rows [16 w, 16 w + 16) and every column of the tile: 8 accumulator tiles
 // m16n8, 32 floats per thread. Lane (g = lane / 4, t = lane % 4) holds, per tile q,
@@ -15,24 +15,31 @@
 // rows per column tile, pushed into a running base-2 (max, sum) with one rescale per 16
 // scores. The four lanes of a quad share rows and merge their states at the end.
 //
-// Counts per pair (squared Euclidean, folded score): 3 (3xTF32) or 1 (TF32) mma.sync
-// m16n8k8 per 8 coordinates per 16 x 8 pairs; on the SIMT side one FFMA (score), the
-// LSE's max and add and 1 + 1/16 MUFU.EX2. Static SASS (scripts/sass-mma-report,
-// bench/results/sass-sm90-cuda13.0-2026-11-29-mma.md): at dp = 64, 3xTF32, a warp
-// issues ~48 instructions per 32 pairs (the SIMT kernel: 151 per pair and thread),
-// ~7 per HMMA, so the estimate is issue-bound near 2.7 pairs per clock and SM (~12 ms
-// per iteration at n = m = 65536 on an H200) against the tensor bound of 6 dp = 384
-// FLOP per pair (~1.3e12 pairs/s at the published 494.7 TFLOP/s dense TF32, 6.7 ms);
-// TF32 ~29 instructions per 32 pairs. Unmeasured: this machine has no GPU.
+// Operands in shared memory (otgpu/detail/tf32.h: mma_quad_offset, mma_dot_model).
+// Each 16-coordinate group is read by lane quad t as coordinates 4t..4t+3, one LDS.128
+// per row, so a fragment's k index maps to a permuted coordinate (a dot product does not
+// care; the CPU model replays the permutation). Y chunks: rows of KC floats, swizzled
+// (odd rows swap the halves of each 32-float segment) instead of padded, split once per
+// stage for the block (TF32 rounding in place, 3xTF32 remainders beside). X (TF32
+// arithmetics): split once per block (resident rows, read from global memory) or per
+// stage (streamed chunks) into fragment order, so that each A fragment of a k-step is
+// one LDS.128 with no register moves. 3xTF32 with streamed rows accumulates the two
+// small products apart (acc_lo), added to big*big once per tile: shorter dependent
+// HMMA chains where shared memory, not registers, limits the blocks per SM.
+//
+// Counts (static SASS, scripts/sass-mma-report, bench/results/
+// sass-sm90-cuda13.0-2026-11-29-mma-s8.md): at dp = 64 a warp issues 37.2
+// instructions per 32 pairs with 3xTF32 (was 47.8), 24.7 with TF32 (29.3), 23.1 with
+// bf16 (24.8); 6 HMMA per 32 pairs with 3xTF32. At 4 issues and ~1 HMMA.1688 per clock
+// and SM, 3xTF32 stays issue-bound (3.4 pairs per clock and SM against 5.3 for the
+// tensor pipe): ~9.5 ms per iteration at n = m = 65536 on an H200 (the target is 6).
+// Shared memory: 3xTF32 takes 59,136 bytes at dp = 33..64 and above (3 blocks per SM),
+// 42,752 at dp = 32 (5 blocks). Unmeasured: this machine has no GPU.
 //
 // 3xTF32: the operands are split x = big + small (otgpu/detail/tf32.h: the rounding is
-// two integer instructions, the same code the CPU test proves) and the products
-// small*big, big*small, big*big are issued in that order, so the fp32 accumulator sees
-// the small terms first. Each Y chunk is split once for the block, in place, with the
-// remainders in a third buffer (presplit_chunk); each warp splits its own X rows. The
-// epilogue rounds as the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is
-// bounded by the centring of the staging (tests/test_mma_emulation.cpp measures it on
-// the CPU model).
+// two integer instructions, the same code the CPU test proves). The epilogue rounds as
+// the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is bounded by the
+// centring of the staging (tests/test_mma_emulation.cpp measures it on the CPU model).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -148,10 +155,10 @@ __device__ __forceinline__ float4 tf32_small4(float4 v, float4 big) {
 /// kPresplit (TF32 arithmetics): xb and yb hold the TF32 roundings and xsm, ysm (same
 /// layouts) the rounded remainders (3xTF32), split once in shared memory; otherwise
 /// the split is done here from raw fp32 values. kFragX: xb, xsm point at the lane's
-/// fragment-order rows (stage_x_fragments). 3xTF32 accumulates big*big into acc and
-/// the two small products into lo (small*big, then big*small, per k-step), which the
-/// caller adds to acc once per tile: shorter dependent HMMA chains (ptxas pads a chain
-/// with NOPs) and the small terms summed among themselves.
+/// fragment-order rows (stage_x_fragments). 3xTF32 issues per k-step small*big, then
+/// big*small into lo and big*big into acc; lo may alias acc (one accumulator), or be
+/// a second one that the caller adds to acc once per tile: shorter dependent HMMA
+/// chains (ptxas pads a chain with NOPs) for 32 more registers.
 template <MmaArith A, int KC, bool kSwz, bool kPresplit, bool kFragX = false>
 __device__ __forceinline__ void mma_chunk(const float* xb, const float* xsm, int ldx,
                                           const float* yb, const float* ysm, float (&acc)[8][4],
@@ -421,11 +428,11 @@ struct Args {
 
 /// Shared memory of the main kernel, in floats: X, then its 3xTF32 remainders (resident
 /// TF32 rows: split once, in fragment order, 32 row pairs of frag_pair_stride; resident
-/// bf16 rows: [kBM][ldx]; streamed rows: two [kBM][KC] chunk buffers and the current
-/// chunk's remainders), two Y chunk buffers and the current one's remainders, then per
-/// column / row terms. Rows of KC = 32 floats (and resident rows, a multiple of 32) are
-/// swizzled, not padded. 3xTF32 above dp = 32 takes more than 48 KB (opt-in: 59,136
-/// bytes at dp = 64, 3 blocks per SM; streamed rows 49,920 bytes, 4 blocks).
+/// bf16 rows: [kBM][ldx]; streamed rows: two raw [kBM][KC] chunk buffers, then the
+/// current chunk split in fragment order, and its remainders), two Y chunk buffers and
+/// the current one's remainders, then per column / row terms. Rows of KC = 32 floats
+/// (and resident bf16 rows, a multiple of 32) are swizzled, not padded. 3xTF32 at
+/// dp = 33..64 and streamed takes 59,136 bytes (opt-in above 48 KB; 3 blocks per SM).
 struct Smem {
   int ldx, x_floats, xsm_floats, y_floats, ysm_floats;
   __host__ __device__ int floats() const {
@@ -582,11 +589,18 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     if constexpr (kFragX) {
       const int xo =
           (warp * 8 + g) * frag_pair_stride(L.ldx) + 8 * t + (kResident ? 2 * KC * kc : 0);
-      mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc_lo);
+      // Streamed rows: the small products in acc_lo (shorter HMMA chains; the block
+      // is limited by shared memory, not the 32 extra registers). Resident rows: in
+      // acc (lo aliases it), which keeps dp <= 32 at 5 blocks per SM.
+      if constexpr (kResident) {
+        mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc);
+      } else {
+        mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc_lo);
+      }
     } else {
       const int xo = kResident ? warp * 16 * L.ldx + kc * KC : warp * 16 * KC;
       const float* xsw = kResident ? xs + xo : xs + buf * kBM * KC + xo;
-      mma_chunk<A, KC, kSwz, false>(xsw, nullptr, L.ldx, ysb, nullptr, acc, acc_lo);
+      mma_chunk<A, KC, kSwz, false>(xsw, nullptr, L.ldx, ysb, nullptr, acc, acc);
     }
     if (kc != nk - 1) {
       ++kc;
@@ -594,7 +608,7 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     }
     kc = 0;  // the tile's last chunk: its epilogue, then the next tile
 
-    if constexpr (A == MmaArith::x3tf32) {  // the tile's dot products: big*big + small terms
+    if constexpr (A == MmaArith::x3tf32 && !kResident) {  // big*big + the small terms
 #pragma unroll
       for (int q = 0; q < 8; ++q)
 #pragma unroll
@@ -789,12 +803,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int k = 0; k < 32; ++k) o[k] = 0.f;
 
   for (std::int64_t j0 = 0; j0 < p.n_cols; j0 += kBN) {
-    float acc[8][4], acc_lo[8][4];
+    float acc[8][4];
 #pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
-      acc_lo[q][0] = acc_lo[q][1] = acc_lo[q][2] = acc_lo[q][3] = 0.f;
-    }
+    for (int q = 0; q < 8; ++q) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
     float ny = 0.f;
     for (int kc = 0; kc < dp; kc += KC) {
       load_chunk<KC, true>(xs, rows_b, r0, p.n_rows, dp, kc);
@@ -808,13 +819,9 @@ __global__ void __launch_bounds__(kThreads)
           ny = fmaf(ys[threadIdx.x * ld + k], ys[threadIdx.x * ld + k], ny);
       }
       mma_chunk<MmaArith::x3tf32, KC, true, false>(xs + warp * 16 * ld, nullptr, ld, ys, nullptr,
-                                                   acc, acc_lo);
+                                                   acc, acc);
       __syncthreads();
     }
-#pragma unroll
-    for (int q = 0; q < 8; ++q)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[q][e] += acc_lo[q][e];
     if (threadIdx.x < kBN) {
       const std::int64_t j = j0 + threadIdx.x;
       hs[threadIdx.x] = j < p.n_cols ? scaled_term(p.col_logw[b * p.n_cols + j],

@@ -126,14 +126,17 @@ OTGPU_HOST_DEVICE OTGPU_FORCEINLINE constexpr int mma_quad_offset(int quad, int 
 ///    16 G + 4 t + 2 s (as k = t) and 16 G + 4 t + 2 s + 1 (as k = t + 4), t = 0..3;
 ///  - bf16 (m16n8k16, one step per group): all 16 coordinates of the group.
 /// Each mma adds its exact sum of exact operand products to an fp32 accumulator with
-/// one rounding. With 3xTF32 each k-step issues small_x*big_y then big_x*small_y into
-/// a second accumulator (the small terms) and big_x*big_y into the first; the kernel
-/// adds the second to the first once per column tile, after all d coordinates (one
-/// more rounding). The operands are split once (x = big + small by tf32_split); the
-/// hardware's internal order within one mma is not specified by NVIDIA, and the
-/// model's error bound (the test's) leaves room for it.
-inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
+/// one rounding. With 3xTF32 each k-step issues small_x*big_y, big_x*small_y, then
+/// big_x*big_y; with small_apart (the kernel's streamed rows, padded d > 64) the two
+/// small products go to a second accumulator, added to the first once after all d
+/// coordinates (one more rounding), else all three to the one accumulator in that
+/// order. The operands are split once (x = big + small by tf32_split); the hardware's
+/// internal order within one mma is not specified by NVIDIA, and the model's error
+/// bound (the test's) leaves room for it.
+inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a,
+                           bool small_apart = false) {
   float acc = 0.f, lo = 0.f;
+  float& small = small_apart ? lo : acc;
   auto at = [d](const float* v, int k) { return k < d ? v[k] : 0.f; };
   for (int g0 = 0; g0 < d; g0 += 16) {
     if (a == MmaArith::bf16) {
@@ -155,13 +158,13 @@ inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
         }
       }
       if (a == MmaArith::x3tf32) {
-        lo = static_cast<float>(lo + sb);
-        lo = static_cast<float>(lo + bs);
+        small = static_cast<float>(small + sb);
+        small = static_cast<float>(small + bs);
       }
       acc = static_cast<float>(acc + bb);
     }
   }
-  return a == MmaArith::x3tf32 ? acc + lo : acc;
+  return small_apart && a == MmaArith::x3tf32 ? acc + lo : acc;
 }
 
 }  // namespace otgpu::detail
