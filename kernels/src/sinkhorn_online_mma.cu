@@ -28,13 +28,13 @@
 // HMMA chains where shared memory, not registers, limits the blocks per SM.
 //
 // Counts (static SASS, scripts/sass-mma-report, bench/results/
-// sass-sm90-cuda13.0-2026-11-29-mma-s8.md): at dp = 64 a warp issues 37.2
+// sass-sm90-cuda13.0-2026-11-29-mma-s8.md): at dp = 64 a warp issues 37.7
 // instructions per 32 pairs with 3xTF32 (was 47.8), 24.7 with TF32 (29.3), 23.1 with
 // bf16 (24.8); 6 HMMA per 32 pairs with 3xTF32. At 4 issues and ~1 HMMA.1688 per clock
 // and SM, 3xTF32 stays issue-bound (3.4 pairs per clock and SM against 5.3 for the
-// tensor pipe): ~9.5 ms per iteration at n = m = 65536 on an H200 (the target is 6).
+// tensor pipe): ~9.7 ms per iteration at n = m = 65536 on an H200 (the target is 6).
 // Shared memory: 3xTF32 takes 59,136 bytes at dp = 33..64 and above (3 blocks per SM),
-// 42,752 at dp = 32 (5 blocks). Unmeasured: this machine has no GPU.
+// 42,752 at dp = 32 (4 blocks by its 105 registers). Unmeasured: this machine has no GPU.
 //
 // 3xTF32: the operands are split x = big + small (otgpu/detail/tf32.h: the rounding is
 // two integer instructions, the same code the CPU test proves). The epilogue rounds as
