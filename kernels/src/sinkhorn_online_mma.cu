@@ -503,11 +503,11 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   const std::int64_t stages = tiles * nk;
 
   // Stages run (tile, chunk) in order; stage s lands in buffer s & 1. The next stage to
-  // copy is (nj0, nkc), the one being multiplied (j0, kc): counters, no division. The Y
-  // copies run on per-thread state (a global pointer advanced per stage, the rows left
-  // from the thread's first row): thread t copies quad t % (KC/4) of rows
-  // t / (KC/4) + 16 u, u < kYPasses (one row parity, so one swizzled smem offset).
-  std::int64_t nj0 = j_begin;
+  // copy is chunk nkc of the tile ysrc points into, the one being multiplied (j0, kc):
+  // counters, no division. The Y copies run on per-thread state (a global pointer
+  // advanced per stage, the rows left from the thread's first row): thread t copies
+  // quad t % (KC/4) of rows t / (KC/4) + 16 u, u < kYPasses (one row parity, so one
+  // swizzled shared-memory offset).
   int nkc = 0;
   constexpr int kYQuads = KC / 4, kYRowsPerPass = kThreads / kYQuads;
   constexpr int kYPasses = kBN / kYRowsPerPass;
@@ -529,7 +529,6 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     if (!kResident) load_chunk<KC, kSwz>(xs + buf * kBM * KC, rows_b, r0, p.n_rows, dp, nkc * KC);
     if (++nkc == nk) {
       nkc = 0;
-      nj0 += kBN;
       ysrc += static_cast<std::int64_t>(kBN) * dp - (nk - 1) * KC;
       yleft -= kBN;
     } else {
