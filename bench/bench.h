@@ -21,6 +21,8 @@ struct Context {
   double exp_per_s = 0;             ///< GPU: measured fp32 exp2 throughput (MUFU), 0 if no GPU
   double fma_flop_per_s = 0;        ///< GPU: measured fp32 FMA FLOP/s
   double copy_bytes_per_s = 0;      ///< GPU: measured device copy bandwidth (read + write bytes)
+  double tf32_flop_per_s = 0;       ///< GPU: measured mma.sync TF32 FLOP/s (W5), 0 if not run
+  double bf16_flop_per_s = 0;       ///< GPU: measured mma.sync bf16 FLOP/s (W5), 0 if not run
   double cpu_exp_per_s = 0;         ///< CPU: measured fp64 std::exp throughput, all threads
   double cpu_fma_flop_per_s = 0;    ///< CPU: measured fp64 FMA FLOP/s, all threads
   double cpu_copy_bytes_per_s = 0;  ///< CPU: measured memcpy bandwidth (read + write bytes)

@@ -8,8 +8,9 @@
 // tiles (2 dp FLOP per product, 3 products per pair and coordinate with 3xTF32, one
 // with TF32) is in the row's result. The roofline is the lower of the exp bound (W5's
 // measured exp2 rate over 1 + 1/16 exps per pair) and the tensor bound: the dense TF32
-// rate over the tile's FLOP per pair. The TF32 rate is the H200 SXM's published dense
-// figure, 494.7 TFLOP/s (989 with sparsity), not a measurement: W5 has no mma loop.
+// rate over the tile's FLOP per pair. The TF32 rate is W5's measured mma.sync TF32
+// throughput (bench/cuda/tensor_probe.cu) when it ran, else the H200 SXM's published
+// dense figure, 494.7 TFLOP/s (989 with sparsity), labelled "assumed".
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -20,13 +21,11 @@
 
 #include "bench.h"
 #include "otgpu/sinkhorn.h"
+#include "tensor_probe.h"
 
 namespace otgpu::bench {
 
 namespace {
-
-/// Published dense TF32 tensor-core rate of the H200 SXM (FLOP/s, 2 per multiply-add).
-constexpr double kAssumedTf32FlopPerS = 494.7e12;
 
 double flop_per_pair(std::int64_t d, Precision p) {
   const double dp = static_cast<double>((d + 3) / 4 * 4);
@@ -90,18 +89,25 @@ void run_w1tc(const Context& ctx, std::vector<Row>& rows) {
       r.figure = pairs / (ms * 1e-3);
       r.figure_unit = "pair/s";
       const double exp_bound = ctx.exp_per_s > 0 ? ctx.exp_per_s / (1.0 + 1.0 / 16.0) : 0.0;
-      const double tc_bound = kAssumedTf32FlopPerS / fpp;
+      const bool measured = ctx.tf32_flop_per_s > 0;
+      const double tc_rate = measured ? ctx.tf32_flop_per_s : kPublishedTf32FlopPerS;
+      const double tc_bound = tc_rate / fpp;
       r.roofline = exp_bound > 0 ? std::min(exp_bound, tc_bound) : tc_bound;
-      r.bound = r.roofline == tc_bound ? "tensor (assumed)" : "exp";
+      r.bound =
+          r.roofline == tc_bound ? (measured ? "tensor (measured)" : "tensor (assumed)") : "exp";
       r.result = {{"tensor_cores", tensor_cores},
                   {"tensor_flop_per_s", r.figure * fpp},
                   {"tensor_flop_per_pair", fpp},
-                  {"tensor_roofline_flop_per_s", kAssumedTf32FlopPerS}};
+                  {"tensor_roofline_flop_per_s", tc_rate},
+                  {"tensor_roofline_source", measured ? "W5 tf32-mma probe" : "published"},
+                  {"published_tf32_flop_per_s", kPublishedTf32FlopPerS}};
       r.notes.emplace_back(
-          "W1 tensor-core rows: figure = pairs/s; roofline = min(exp bound, dense TF32 "
-          "494.7 TFLOP/s (H200 SXM, published, not measured) / (2 dp x 3 (3xTF32) or 1 (TF32) "
-          "FLOP per pair)); the FLOP/s reached is result.tensor_flop_per_s. Targets (issue "
-          "10): d=64 n=65536 <= 6 ms/iter with 3xTF32 (FlashSinkhorn TF32 7.25); d=3072 runs");
+          "W1 tensor-core rows: figure = pairs/s; roofline = min(exp bound, TF32 rate / (2 dp "
+          "x 3 (3xTF32) or 1 (TF32) FLOP per pair)), the TF32 rate measured by W5's mma.sync "
+          "probe (bound \"tensor (measured)\") or, without it, the published H200 SXM dense "
+          "494.7 TFLOP/s (\"tensor (assumed)\"); the FLOP/s reached is "
+          "result.tensor_flop_per_s. Targets (issue 10): d=64 n=65536 <= 6 ms/iter with "
+          "3xTF32 (FlashSinkhorn TF32 7.25); d=3072 runs");
       rows.push_back(std::move(r));
     }
   }

@@ -9,7 +9,9 @@ struct Limits {
   double exp_per_s = 0;
   double fma_flop_per_s = 0;
   double copy_bytes_per_s = 0;
-  double pair_per_s = 0;  ///< CPU only: the solver's row sweep with every exp skipped
+  double pair_per_s = 0;       ///< CPU only: the solver's row sweep with every exp skipped
+  double tf32_flop_per_s = 0;  ///< GPU only: mma.sync TF32 (tensor_probe.h)
+  double bf16_flop_per_s = 0;  ///< GPU only: mma.sync bf16 (tensor_probe.h)
 };
 
 /// CPU limits with all OpenMP threads (fp64 exp, fp64 FMA, memcpy, pair sweep). ~1 s.
@@ -29,7 +31,8 @@ struct GpuInfo {
 /// False (and no exception) when the build has no CUDA or no device is usable.
 bool query_gpu(int device, GpuInfo& info);
 /// GPU limits: ex2.approx.f32 throughput (MUFU), fp32 FMA throughput, copy kernel
-/// bandwidth (bytes read + written). Each is the median of several timed launches.
+/// bandwidth (bytes read + written), mma.sync TF32 and bf16 throughput
+/// (tensor_probe.h). Each is the median of several timed launches.
 Limits measure_gpu_limits(int device);
 
 }  // namespace otgpu::bench

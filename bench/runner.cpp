@@ -132,6 +132,8 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
     ctx.exp_per_s = g.exp_per_s;
     ctx.fma_flop_per_s = g.fma_flop_per_s;
     ctx.copy_bytes_per_s = g.copy_bytes_per_s;
+    ctx.tf32_flop_per_s = g.tf32_flop_per_s;
+    ctx.bf16_flop_per_s = g.bf16_flop_per_s;
   }
   ctx.build = build_info(ctx.has_gpu ? &gpu : nullptr);
 
@@ -412,6 +414,8 @@ nlohmann::json to_json(const Context& ctx, const std::vector<Row>& rows) {
   j["limits"] = {{"gpu_exp_per_s", number_or_null(ctx.exp_per_s)},
                  {"gpu_fma_flop_per_s", number_or_null(ctx.fma_flop_per_s)},
                  {"gpu_copy_bytes_per_s", number_or_null(ctx.copy_bytes_per_s)},
+                 {"gpu_tf32_mma_flop_per_s", number_or_null(ctx.tf32_flop_per_s)},
+                 {"gpu_bf16_mma_flop_per_s", number_or_null(ctx.bf16_flop_per_s)},
                  {"cpu_exp_per_s", number_or_null(ctx.cpu_exp_per_s)},
                  {"cpu_fma_flop_per_s", number_or_null(ctx.cpu_fma_flop_per_s)},
                  {"cpu_copy_bytes_per_s", number_or_null(ctx.cpu_copy_bytes_per_s)},

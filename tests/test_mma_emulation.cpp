@@ -5,6 +5,7 @@
 // measured here are the tolerances of tests/gpu/test_sinkhorn_mma_gpu.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -152,7 +153,8 @@ CostError cost_error(int d, MmaArith arith, bool centre, int n = 24, int m = 24)
     const float nx = norm(xi);
     for (int j = 0; j < m; ++j) {
       const float* yj = yc.data() + static_cast<std::size_t>(j) * d;
-      const float dot = mma_dot_model(xi, yj, d, arith);
+      // As the kernel: the small products apart for streamed rows (padded d > 64).
+      const float dot = mma_dot_model(xi, yj, d, arith, (d + 3) / 4 * 4 > 64);
       const float c = std::fma(-2.f, dot, nx + norm(yj));  // the kernel's epilogue
       float simt = 0.f;
       for (int k = 0; k < d; ++k) {
@@ -174,8 +176,8 @@ CostError cost_error(int d, MmaArith arith, bool centre, int n = 24, int m = 24)
 //   d       16      17      33      64      100     3072
 //   3xTF32  3.7e-7  3.4e-7  4.1e-7  6.2e-7  7.6e-7  3.7e-6
 //   SIMT    3.4e-7  4.3e-7  4.7e-7  5.2e-7  4.6e-7  3.7e-6
-//   TF32    3.2e-4  4.9e-4  2.0e-4  1.0e-4  1.0e-4  1.2e-5
-//   bf16    2.7e-3  3.0e-3  1.5e-3  9.6e-4  7.7e-4  9.5e-5
+//   TF32    3.2e-4  4.9e-4  2.0e-4  1.0e-4  1.0e-4  1.1e-5
+//   bf16    2.7e-3  3.0e-3  1.5e-3  9.6e-4  7.7e-4  9.4e-5
 // Plain TF32 and bf16 are coarser (their per-product errors average out over large d).
 // These bounds, with margin, are the GPU tests' tolerances: an error dC in the cost
 // moves the potentials by about dC and the exponents by dC / eps, so 3xTF32 holds
@@ -195,6 +197,157 @@ TEST(MmaEmulation, ThreeTf32CostIsFp32LevelOnCentredOffsetClouds) {
     EXPECT_GE(t1.model, 2.5 * x3.model);
     EXPECT_LE(b1.model, 5e-3);
     EXPECT_GE(b1.model, 4.0 * t1.model);
+  }
+}
+
+/// The kernel's tile, replayed lane by lane (kernels/src/sinkhorn_online_mma.cu): 16
+/// rows x 8 columns over d coordinates (zero past d), Y stored in swizzled rows of 32
+/// floats (mma_quad_offset), X split once and stored in fragment order (TF32) or in
+/// swizzled rows (bf16); each lane (g, t) takes its registers as the kernel does, the
+/// registers are placed into A and B by the PTX fragment layouts of m16n8k8 .tf32
+/// (a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4], a3 = A[g+8][t+4]; b0 = B[t][g],
+/// b1 = B[t+4][g]) and m16n8k16 .bf16 (pairs at k = 2t, 2t+8), and every mma adds its
+/// exact sum to its fp32 accumulator with one rounding (3xTF32 per k-step: small*big,
+/// big*small, big*big; with small_apart the first two into a second accumulator added
+/// once at the end). Returns D[16][8].
+std::vector<float> replay_tile(const std::vector<float>& x, const std::vector<float>& y, int d,
+                               MmaArith arith, bool small_apart) {
+  using otgpu::detail::mma_quad_offset;
+  const int ld = (d + 31) / 32 * 32, groups = ld / 16;
+  auto at = [d](const std::vector<float>& v, int r, int k) {
+    return k < d ? v[static_cast<std::size_t>(r) * d + k] : 0.f;
+  };
+  // Y rows as the cp.async copies land them, then split in place (big) and to ysm.
+  std::vector<float> yb(static_cast<std::size_t>(8) * ld), ys(yb.size());
+  for (int r = 0; r < 8; ++r)
+    for (int k = 0; k < ld; ++k) {
+      const std::size_t o =
+          static_cast<std::size_t>(r) * ld + mma_quad_offset(k / 4, r, true) + k % 4;
+      const float v = at(y, r, k);
+      yb[o] = arith == MmaArith::bf16 ? v : tf32_split(v).big;
+      ys[o] = tf32_split(v).small;
+    }
+  std::vector<float> acc(16 * 8, 0.f), lo(16 * 8, 0.f);
+  auto mma = [](std::vector<float>& c, const float(&A)[16][16], const float(&B)[16][8], int kk) {
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) {
+        double s = 0;
+        for (int k = 0; k < kk; ++k) s += static_cast<double>(A[i][k]) * B[k][j];
+        c[i * 8 + j] = static_cast<float>(c[i * 8 + j] + s);
+      }
+  };
+  for (int G = 0; G < groups; ++G) {
+    if (arith == MmaArith::bf16) {
+      float A[16][16] = {}, B[16][8] = {};
+      for (int g = 0; g < 8; ++g)
+        for (int t = 0; t < 4; ++t) {
+          const int k = 16 * G + 4 * t;  // the lane's quad of x rows g, g + 8 and y row g
+          const int yo = g * ld + mma_quad_offset(4 * G + t, g, true);
+          const float x0[4] = {at(x, g, k), at(x, g, k + 1), at(x, g, k + 2), at(x, g, k + 3)};
+          const float x1[4] = {at(x, g + 8, k), at(x, g + 8, k + 1), at(x, g + 8, k + 2),
+                               at(x, g + 8, k + 3)};
+          for (int e = 0; e < 2; ++e) {
+            A[g][2 * t + e] = bf16_rn(x0[e]);          // a0
+            A[g + 8][2 * t + e] = bf16_rn(x1[e]);      // a1
+            A[g][2 * t + 8 + e] = bf16_rn(x0[2 + e]);  // a2
+            A[g + 8][2 * t + 8 + e] = bf16_rn(x1[2 + e]);
+            B[2 * t + e][g] = bf16_rn(yb[static_cast<std::size_t>(yo) + e]);  // b0
+            B[2 * t + 8 + e][g] = bf16_rn(yb[static_cast<std::size_t>(yo) + 2 + e]);
+          }
+        }
+      mma(acc, A, B, 16);
+      continue;
+    }
+    for (int st = 0; st < 2; ++st) {
+      float Ab[16][16] = {}, As[16][16] = {}, Bb[16][8] = {}, Bs[16][8] = {};
+      for (int g = 0; g < 8; ++g)
+        for (int t = 0; t < 4; ++t) {
+          // Fragment order: {x[g][k], x[g+8][k], x[g][k+1], x[g+8][k+1]}, k = 16G+4t+2st.
+          const int k = 16 * G + 4 * t + 2 * st;
+          const otgpu::detail::Tf32Split f[4] = {
+              tf32_split(at(x, g, k)), tf32_split(at(x, g + 8, k)), tf32_split(at(x, g, k + 1)),
+              tf32_split(at(x, g + 8, k + 1))};
+          Ab[g][t] = f[0].big, Ab[g + 8][t] = f[1].big, Ab[g][t + 4] = f[2].big,
+          Ab[g + 8][t + 4] = f[3].big;
+          As[g][t] = f[0].small, As[g + 8][t] = f[1].small, As[g][t + 4] = f[2].small,
+          As[g + 8][t + 4] = f[3].small;
+          const std::size_t yo =
+              static_cast<std::size_t>(g) * ld + mma_quad_offset(4 * G + t, g, true) + 2 * st;
+          Bb[t][g] = yb[yo], Bb[t + 4][g] = yb[yo + 1];
+          Bs[t][g] = ys[yo], Bs[t + 4][g] = ys[yo + 1];
+        }
+      if (arith == MmaArith::x3tf32) {
+        mma(small_apart ? lo : acc, As, Bb, 8);
+        mma(small_apart ? lo : acc, Ab, Bs, 8);
+      }
+      mma(acc, Ab, Bb, 8);
+    }
+  }
+  if (small_apart && arith == MmaArith::x3tf32)
+    for (std::size_t k = 0; k < acc.size(); ++k) acc[k] += lo[k];
+  return acc;
+}
+
+/// The order before the fragment permutation: k-step s of 8 consecutive coordinates.
+float consecutive_order_dot(const float* x, const float* y, int d) {
+  float acc = 0.f;
+  for (int k0 = 0; k0 < d; k0 += 8) {
+    double sb = 0, bs = 0, bb = 0;
+    for (int k = k0; k < std::min(k0 + 8, d); ++k) {
+      const auto sx = tf32_split(x[k]), sy = tf32_split(y[k]);
+      sb += static_cast<double>(sx.small) * sy.big;
+      bs += static_cast<double>(sx.big) * sy.small;
+      bb += static_cast<double>(sx.big) * sy.big;
+    }
+    acc = static_cast<float>(acc + sb);
+    acc = static_cast<float>(acc + bs);
+    acc = static_cast<float>(acc + bb);
+  }
+  return acc;
+}
+
+// The model (mma_dot_model) is the kernel's arithmetic bit for bit: the lane-by-lane
+// replay of its shared-memory layout and fragments gives the same fp32 value for every
+// pair, in the three arithmetics, at d a multiple of 32, of 16 and neither (zero-
+// filled). The data spread over 2^-8..2^8 so that orders of summation differ in the
+// last bit; the consecutive order of the previous kernel and the two accumulations of
+// 3xTF32 (one accumulator for resident rows, the small products apart for streamed
+// rows) are told apart (the test pins the order, not just the error bound).
+TEST(MmaEmulation, LaneReplayOfTheKernelTileMatchesTheModelBitForBit) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_int_distribution<int> ex(-8, 8);
+  for (int d : {64, 48, 40, 100}) {
+    SCOPED_TRACE(d);
+    int differs_from_consecutive = 0, apart_differs = 0;
+    // 64 tiles per d: swapping the order of the two small products changes ~0.3% of
+    // the accumulations; over 8192 pairs the test sees it.
+    for (int tile_no = 0; tile_no < 64; ++tile_no) {
+      std::vector<float> x(static_cast<std::size_t>(16) * d), y(static_cast<std::size_t>(8) * d);
+      for (float& v : x) v = std::ldexp(nd(rng), ex(rng));
+      for (float& v : y) v = std::ldexp(nd(rng), ex(rng));
+      for (MmaArith a : {MmaArith::x3tf32, MmaArith::tf32, MmaArith::bf16}) {
+        for (bool apart : {false, true}) {
+          const std::vector<float> tile = replay_tile(x, y, d, a, apart);
+          for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < 8; ++j) {
+              const float* xi = x.data() + static_cast<std::size_t>(i) * d;
+              const float* yj = y.data() + static_cast<std::size_t>(j) * d;
+              const float model = mma_dot_model(xi, yj, d, a, apart);
+              ASSERT_EQ(bits(tile[static_cast<std::size_t>(i) * 8 + j]), bits(model))
+                  << "arith " << static_cast<int>(a) << " apart " << apart << " tile " << tile_no
+                  << " pair " << i << "," << j;
+              if (a == MmaArith::x3tf32 && bits(model) != bits(consecutive_order_dot(xi, yj, d)))
+                ++differs_from_consecutive;
+              if (a == MmaArith::x3tf32 && apart &&
+                  bits(model) != bits(mma_dot_model(xi, yj, d, a, false)))
+                ++apart_differs;
+            }
+        }
+      }
+    }
+    EXPECT_GT(apart_differs, 0);  // the two accumulations are told apart
+    EXPECT_GT(differs_from_consecutive, 0);
   }
 }
 

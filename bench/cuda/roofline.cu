@@ -11,6 +11,7 @@
 #include "otgpu/error.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "roofline.h"
+#include "tensor_probe.h"
 
 namespace otgpu::bench {
 
@@ -144,6 +145,9 @@ Limits measure_gpu_limits(int device) {
   OTGPU_CUDA_CHECK(cudaFree(src));
   OTGPU_CUDA_CHECK(cudaFree(dst));
   OTGPU_CUDA_CHECK(cudaFree(sink));
+  const TensorRates tc = measure_tensor_rates(device);
+  lim.tf32_flop_per_s = tc.tf32_flop_per_s;
+  lim.bf16_flop_per_s = tc.bf16_flop_per_s;
   return lim;
 }
 

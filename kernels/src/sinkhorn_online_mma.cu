@@ -6,8 +6,8 @@
 // coordinates (16 for dp = 16) staged in shared memory by cp.async, double-buffered:
 // the loads of the next (tile, chunk) stage fly while the current one multiplies. Up to
 // dp = 64 the block's rows stay in shared memory for the whole launch and only Y
-// streams; above, X and Y chunks stream together (any dp, the same 46 KB of shared
-// memory: no padding cliff and no size limit).
+// streams; above, X and Y chunks stream together (any dp, the same shared memory: no
+// padding cliff and no size limit).
 //
 // Warp w owns rows [16 w, 16 w + 16) and every column of the tile: 8 accumulator tiles
 // m16n8, 32 floats per thread. Lane (g = lane / 4, t = lane % 4) holds, per tile q,
@@ -15,24 +15,31 @@
 // rows per column tile, pushed into a running base-2 (max, sum) with one rescale per 16
 // scores. The four lanes of a quad share rows and merge their states at the end.
 //
-// Counts per pair (squared Euclidean, folded score): 3 (3xTF32) or 1 (TF32) mma.sync
-// m16n8k8 per 8 coordinates per 16 x 8 pairs; on the SIMT side one FFMA (score), the
-// LSE's max and add and 1 + 1/16 MUFU.EX2. Static SASS (scripts/sass-mma-report,
-// bench/results/sass-sm90-cuda13.0-2026-11-29-mma.md): at dp = 64, 3xTF32, a warp
-// issues ~48 instructions per 32 pairs (the SIMT kernel: 151 per pair and thread),
-// ~7 per HMMA, so the estimate is issue-bound near 2.7 pairs per clock and SM (~12 ms
-// per iteration at n = m = 65536 on an H200) against the tensor bound of 6 dp = 384
-// FLOP per pair (~1.3e12 pairs/s at the published 494.7 TFLOP/s dense TF32, 6.7 ms);
-// TF32 ~29 instructions per 32 pairs. Unmeasured: this machine has no GPU.
+// Operands in shared memory (otgpu/detail/tf32.h: mma_quad_offset, mma_dot_model).
+// Each 16-coordinate group is read by lane quad t as coordinates 4t..4t+3, one LDS.128
+// per row, so a fragment's k index maps to a permuted coordinate (a dot product does not
+// care; the CPU model replays the permutation). Y chunks: rows of KC floats, swizzled
+// (odd rows swap the halves of each 32-float segment) instead of padded, split once per
+// stage for the block (TF32 rounding in place, 3xTF32 remainders beside). X (TF32
+// arithmetics): split once per block (resident rows, read from global memory) or per
+// stage (streamed chunks) into fragment order, so that each A fragment of a k-step is
+// one LDS.128 with no register moves. 3xTF32 with streamed rows accumulates the two
+// small products apart (acc_lo), added to big*big once per tile: shorter dependent
+// HMMA chains where shared memory, not registers, limits the blocks per SM.
+//
+// Counts (static SASS, scripts/sass-mma-report, bench/results/
+// sass-sm90-cuda13.0-2026-11-29-mma-s8.md): at dp = 64 a warp issues 37.7
+// instructions per 32 pairs with 3xTF32 (was 47.8), 24.7 with TF32 (29.3), 23.1 with
+// bf16 (24.8); 6 HMMA per 32 pairs with 3xTF32. At 4 issues and ~1 HMMA.1688 per clock
+// and SM, 3xTF32 stays issue-bound (3.4 pairs per clock and SM against 5.3 for the
+// tensor pipe): ~9.7 ms per iteration at n = m = 65536 on an H200 (the target is 6).
+// Shared memory: 3xTF32 takes 59,136 bytes at dp = 33..64 and above (3 blocks per SM),
+// 42,752 at dp = 32 (4 blocks by its 105 registers). Unmeasured: this machine has no GPU.
 //
 // 3xTF32: the operands are split x = big + small (otgpu/detail/tf32.h: the rounding is
-// two integer instructions, the same code the CPU test proves) and the products
-// small*big, big*small, big*big are issued in that order, so the fp32 accumulator sees
-// the small terms first. Each Y chunk is split once for the block, in place, with the
-// remainders in a third buffer (presplit_chunk); each warp splits its own X rows. The
-// epilogue rounds as the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is
-// bounded by the centring of the staging (tests/test_mma_emulation.cpp measures it on
-// the CPU model).
+// two integer instructions, the same code the CPU test proves). The epilogue rounds as
+// the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is bounded by the
+// centring of the staging (tests/test_mma_emulation.cpp measures it on the CPU model).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -65,7 +72,6 @@ using otgpu::detail::MmaArith;
 constexpr int kThreads = mma_geometry::kThreads;
 constexpr int kBM = mma_geometry::kRowsPerBlock;
 constexpr int kBN = mma_geometry::kTileCols;
-constexpr int kPad = 4;  // row padding (floats) of the shared tiles: conflict-free fragments
 constexpr std::int64_t kMaxGridY = geometry::kMaxBatchPerLaunch;
 
 static_assert(kBN == geometry::kOnlineTileCols, "split spans are whole SIMT tiles");
@@ -106,10 +112,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const std::uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ std::uint32_t tf32_bits(float x) {
-  return __float_as_uint(otgpu::detail::tf32_rna_finite(x));
-}
-
 /// Two fp32 values as one bf16x2 register: lo in bits 0-15 (the lower k index).
 __device__ __forceinline__ std::uint32_t bf16_pair(float2 v) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(v.x, v.y);
@@ -118,133 +120,268 @@ __device__ __forceinline__ std::uint32_t bf16_pair(float2 v) {
 
 // ------------------------------------------------------------------ the tile ----
 
+using otgpu::detail::mma_quad_offset;
+
+__device__ __forceinline__ float4 lds4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+/// The TF32 operand registers of k-step s (0, 1) from a quad of coordinates 4t..4t+3:
+/// coordinates 4t + 2s and 4t + 2s + 1 feed the fragment's k = t and k = t + 4.
+__device__ __forceinline__ std::uint32_t lo_of(float4 v, int s) {
+  return __float_as_uint(s == 0 ? v.x : v.z);
+}
+__device__ __forceinline__ std::uint32_t hi_of(float4 v, int s) {
+  return __float_as_uint(s == 0 ? v.y : v.w);
+}
+
+__device__ __forceinline__ float4 tf32_big4(float4 v) {
+  return make_float4(otgpu::detail::tf32_rna_finite(v.x), otgpu::detail::tf32_rna_finite(v.y),
+                     otgpu::detail::tf32_rna_finite(v.z), otgpu::detail::tf32_rna_finite(v.w));
+}
+__device__ __forceinline__ float4 tf32_small4(float4 v, float4 big) {
+  return make_float4(
+      otgpu::detail::tf32_rna_finite(v.x - big.x), otgpu::detail::tf32_rna_finite(v.y - big.y),
+      otgpu::detail::tf32_rna_finite(v.z - big.z), otgpu::detail::tf32_rna_finite(v.w - big.w));
+}
+
 /// Accumulates one chunk of KC coordinates of the warp's 16 x 64 dot-product tile.
-/// xs: the warp's first row (row stride ldx); ys: the tile's first column (stride ldy).
-/// kPresplit (TF32 arithmetics): ys already holds the TF32 rounding of y and ysm (same
-/// layout) the rounded remainder (3xTF32), done once per chunk for the block by
-/// presplit_chunk; otherwise both are derived here from raw fp32 ys.
-template <MmaArith A, int KC, bool kPresplit = false>
-__device__ __forceinline__ void mma_chunk(const float* xs, int ldx, const float* ys,
-                                          const float* ysm, int ldy, float (&acc)[8][4]) {
+/// xb: the warp's first row at the chunk's first coordinate (row stride ldx); yb: the
+/// tile's first column at the chunk's first coordinate (row stride KC). Layout: rows of
+/// quads, swizzled when kSwz (otgpu::detail::mma_quad_offset); lane (g, t) reads quad t
+/// of each 16-coordinate group with one LDS.128 per row (rows g, g + 8 of the slab;
+/// column 8 q + g of tile q), and the fragments take the coordinates in the permuted
+/// order of otgpu::detail::mma_dot_model (its CPU replay).
+/// kPresplit (TF32 arithmetics): xb and yb hold the TF32 roundings and xsm, ysm (same
+/// layouts) the rounded remainders (3xTF32), split once in shared memory; otherwise
+/// the split is done here from raw fp32 values. kFragX: xb, xsm point at the lane's
+/// fragment-order rows (stage_x_fragments). 3xTF32 issues per k-step small*big, then
+/// big*small into lo and big*big into acc; lo may alias acc (one accumulator), or be
+/// a second one that the caller adds to acc once per tile: shorter dependent HMMA
+/// chains (ptxas pads a chain with NOPs) for 32 more registers.
+template <MmaArith A, int KC, bool kSwz, bool kPresplit, bool kFragX = false>
+__device__ __forceinline__ void mma_chunk(const float* xb, const float* xsm, int ldx,
+                                          const float* yb, const float* ysm, float (&acc)[8][4],
+                                          float (&lo)[8][4]) {
+  static_assert(!kFragX || (kPresplit && A != MmaArith::bf16), "fragment order: split TF32 rows");
+  static_assert(KC % 16 == 0, "whole 16-coordinate groups");
+  constexpr bool k3 = A == MmaArith::x3tf32;
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  if constexpr (A == MmaArith::bf16) {
 #pragma unroll
-    for (int k = 0; k < KC; k += 16) {
-      std::uint32_t a[4];
-      a[0] = bf16_pair(*reinterpret_cast<const float2*>(xs + g * ldx + k + 2 * t));
-      a[1] = bf16_pair(*reinterpret_cast<const float2*>(xs + (g + 8) * ldx + k + 2 * t));
-      a[2] = bf16_pair(*reinterpret_cast<const float2*>(xs + g * ldx + k + 2 * t + 8));
-      a[3] = bf16_pair(*reinterpret_cast<const float2*>(xs + (g + 8) * ldx + k + 2 * t + 8));
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        const float* y = ys + (q * 8 + g) * ldy + k + 2 * t;
-        mma_bf16(acc[q], a, bf16_pair(*reinterpret_cast<const float2*>(y)),
-                 bf16_pair(*reinterpret_cast<const float2*>(y + 8)));
-      }
+  for (int c = 0; c < KC / 16; ++c) {
+    const int off = mma_quad_offset(4 * c + t, g, kSwz);  // rows g, g + 8, 8 q + g: same parity
+    float4 xr0{}, xr1{};
+    if constexpr (!kFragX) {
+      xr0 = lds4(xb + g * ldx + off);
+      xr1 = lds4(xb + (g + 8) * ldx + off);
     }
-  } else {
+    if constexpr (kFragX) {
+      // The A fragments of both k-steps, big and small, as stored (stage_x_fragments).
+      float4 fb[2], fs[2];
 #pragma unroll
-    for (int k = 0; k < KC; k += 8) {
-      const float av[4] = {xs[g * ldx + k + t], xs[(g + 8) * ldx + k + t], xs[g * ldx + k + t + 4],
-                           xs[(g + 8) * ldx + k + t + 4]};
-      std::uint32_t big[4], small[4];
+      for (int st = 0; st < 2; ++st) {
+        fb[st] = lds4(xb + 32 * c + 4 * st);
+        if constexpr (k3) fs[st] = lds4(xsm + 32 * c + 4 * st);
+      }
+      // Column tiles in blocks of kQB: each product is issued for the block's tiles in
+      // turn, so consecutive HMMA write different accumulators (each keeps the order
+      // small*big, big*small, big*big per k-step).
+      constexpr int kQB = 4;
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float bf = otgpu::detail::tf32_rna_finite(av[r]);
-        big[r] = __float_as_uint(bf);
-        if constexpr (A == MmaArith::x3tf32) small[r] = tf32_bits(av[r] - bf);
+      for (int qb = 0; qb < 8; qb += kQB) {
+        float4 yv[kQB], ys[kQB];
+#pragma unroll
+        for (int j = 0; j < kQB; ++j) {
+          const int at = ((qb + j) * 8 + g) * KC + off;
+          yv[j] = lds4(yb + at);
+          if constexpr (k3) ys[j] = lds4(ysm + at);
+        }
+#pragma unroll
+        for (int st = 0; st < 2; ++st) {
+          const std::uint32_t ab[4] = {__float_as_uint(fb[st].x), __float_as_uint(fb[st].y),
+                                       __float_as_uint(fb[st].z), __float_as_uint(fb[st].w)};
+          if constexpr (k3) {
+            const std::uint32_t as[4] = {__float_as_uint(fs[st].x), __float_as_uint(fs[st].y),
+                                         __float_as_uint(fs[st].z), __float_as_uint(fs[st].w)};
+#pragma unroll
+            for (int j = 0; j < kQB; ++j)
+              mma_tf32(lo[qb + j], as, lo_of(yv[j], st), hi_of(yv[j], st));
+#pragma unroll
+            for (int j = 0; j < kQB; ++j)
+              mma_tf32(lo[qb + j], ab, lo_of(ys[j], st), hi_of(ys[j], st));
+          }
+#pragma unroll
+          for (int j = 0; j < kQB; ++j)
+            mma_tf32(acc[qb + j], ab, lo_of(yv[j], st), hi_of(yv[j], st));
+        }
+      }
+    } else if constexpr (A == MmaArith::bf16) {
+      const std::uint32_t a[4] = {
+          bf16_pair(make_float2(xr0.x, xr0.y)), bf16_pair(make_float2(xr1.x, xr1.y)),
+          bf16_pair(make_float2(xr0.z, xr0.w)), bf16_pair(make_float2(xr1.z, xr1.w))};
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const float4 y = lds4(yb + (q * 8 + g) * KC + off);
+        mma_bf16(acc[q], a, bf16_pair(make_float2(y.x, y.y)), bf16_pair(make_float2(y.z, y.w)));
+      }
+    } else {
+      float4 xb0 = xr0, xb1 = xr1, xs0{}, xs1{};
+      if constexpr (kPresplit) {
+        if constexpr (k3) {
+          xs0 = lds4(xsm + g * ldx + off);
+          xs1 = lds4(xsm + (g + 8) * ldx + off);
+        }
+      } else {
+        xb0 = tf32_big4(xr0);
+        xb1 = tf32_big4(xr1);
+        if constexpr (k3) {
+          xs0 = tf32_small4(xr0, xb0);
+          xs1 = tf32_small4(xr1, xb1);
+        }
       }
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
-        const int at = (q * 8 + g) * ldy + k + t;
-        const float y0 = ys[at], y1 = ys[at + 4];
-        float b0 = y0, b1 = y1;
-        if constexpr (!kPresplit) {
-          b0 = otgpu::detail::tf32_rna_finite(y0);
-          b1 = otgpu::detail::tf32_rna_finite(y1);
+        const int at = (q * 8 + g) * KC + off;
+        float4 yv = lds4(yb + at), ys{};
+        if constexpr (kPresplit) {
+          if constexpr (k3) ys = lds4(ysm + at);
+        } else {
+          const float4 raw = yv;
+          yv = tf32_big4(raw);
+          if constexpr (k3) ys = tf32_small4(raw, yv);
         }
-        if constexpr (A == MmaArith::x3tf32) {
-          mma_tf32(acc[q], small, __float_as_uint(b0), __float_as_uint(b1));
-          if constexpr (kPresplit) {
-            mma_tf32(acc[q], big, __float_as_uint(ysm[at]), __float_as_uint(ysm[at + 4]));
-          } else {
-            mma_tf32(acc[q], big, tf32_bits(y0 - b0), tf32_bits(y1 - b1));
+#pragma unroll
+        for (int st = 0; st < 2; ++st) {
+          const std::uint32_t ab[4] = {lo_of(xb0, st), lo_of(xb1, st), hi_of(xb0, st),
+                                       hi_of(xb1, st)};
+          if constexpr (k3) {
+            const std::uint32_t as[4] = {lo_of(xs0, st), lo_of(xs1, st), hi_of(xs0, st),
+                                         hi_of(xs1, st)};
+            mma_tf32(lo[q], as, lo_of(yv, st), hi_of(yv, st));
+            mma_tf32(lo[q], ab, lo_of(ys, st), hi_of(ys, st));
           }
+          mma_tf32(acc[q], ab, lo_of(yv, st), hi_of(yv, st));
         }
-        mma_tf32(acc[q], big, __float_as_uint(b0), __float_as_uint(b1));
       }
     }
   }
 }
 
 /// Once per chunk for the whole block (every thread calls it; no barrier): thread t
-/// takes half a column (column t / 2, coordinates KC/2 (t % 2) + [0, KC/2)), adds
-/// their squares to ny (the column norm, from the raw values) and, for the TF32
-/// arithmetics, replaces them in place by their TF32 rounding and writes the rounded
-/// remainder to ysm (3xTF32): the 4 warps then read ready operands instead of each
-/// converting the same B fragments.
-template <MmaArith A, int KC>
-__device__ __forceinline__ void presplit_chunk(float* ys, float* ysm, int ldy, float& ny) {
-  static_assert(2 * kBN == kThreads, "two threads per column");
-  const int at = (threadIdx.x >> 1) * ldy + (threadIdx.x & 1) * (KC / 2);
+/// takes half a row of the [64][KC] tile (row t / 2, coordinates KC/2 (t % 2) +
+/// [0, KC/2), visited from a row-dependent quad so that an LDS.128 phase spreads over
+/// the banks), adds their squares to ny when kNorm (the column norm, from the raw
+/// values; the layout only permutes a row's quads) and, for the TF32 arithmetics,
+/// replaces them in place by their TF32 rounding and writes the rounded remainder to
+/// sm (3xTF32): the 4 warps then read ready operands instead of each converting them.
+template <MmaArith A, int KC, bool kNorm>
+__device__ __forceinline__ void presplit_chunk(float* v, float* sm, float& ny) {
+  static_assert(2 * kBN == kThreads && kBN == kBM, "two threads per row");
+  constexpr int kQuads = KC / 8;  // per half row
+  const int row = threadIdx.x >> 1;
+  const int base = row * KC + (threadIdx.x & 1) * (KC / 2);
+  const int rot = (KC == 16 ? row >> 1 : row) & (kQuads - 1);
 #pragma unroll
-  for (int k = 0; k < KC / 2; k += 4) {
-    float4 v = *reinterpret_cast<const float4*>(ys + at + k);
-    ny = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ny))));
+  for (int i = 0; i < kQuads; ++i) {
+    const int at = base + 4 * ((i + rot) & (kQuads - 1));
+    const float4 x = lds4(v + at);
+    if constexpr (kNorm) ny = fmaf(x.x, x.x, fmaf(x.y, x.y, fmaf(x.z, x.z, fmaf(x.w, x.w, ny))));
     if constexpr (A != MmaArith::bf16) {
-      const float4 big =
-          make_float4(otgpu::detail::tf32_rna_finite(v.x), otgpu::detail::tf32_rna_finite(v.y),
-                      otgpu::detail::tf32_rna_finite(v.z), otgpu::detail::tf32_rna_finite(v.w));
-      *reinterpret_cast<float4*>(ys + at + k) = big;
-      if constexpr (A == MmaArith::x3tf32) {
-        *reinterpret_cast<float4*>(ysm + at + k) =
-            make_float4(otgpu::detail::tf32_rna_finite(v.x - big.x),
-                        otgpu::detail::tf32_rna_finite(v.y - big.y),
-                        otgpu::detail::tf32_rna_finite(v.z - big.z),
-                        otgpu::detail::tf32_rna_finite(v.w - big.w));
-      }
+      const float4 big = tf32_big4(x);
+      *reinterpret_cast<float4*>(v + at) = big;
+      if constexpr (A == MmaArith::x3tf32)
+        *reinterpret_cast<float4*>(sm + at) = tf32_small4(x, big);
     }
   }
 }
 
+/// Fragment order of the resident rows (TF32 arithmetics): per row pair p = 8 w + g
+/// (rows 16 w + g and 16 w + g + 8 of the block), 16-coordinate group G, lane quad t
+/// and k-step s, the float4 of the A fragment {x[g][k], x[g+8][k], x[g][k+1],
+/// x[g+8][k+1]}, k = 16 G + 4 t + 2 s, at float4 index p * pair_stride + 8 G + 2 t + s:
+/// one LDS.128 per fragment (no register moves to assemble it). pair_stride = 8 NG + 1
+/// float4s (NG groups): the 8 lanes of an LDS.128 phase (g, g + 1; t) hit 32 banks.
+__host__ __device__ __forceinline__ int frag_pair_stride(int ldx) { return 2 * ldx + 4; }
+
+/// Splits rows (3xTF32: big and small; TF32: big) and stores them in fragment order,
+/// big into fb, small into fs, ng 16-coordinate groups per row pair. load(row, k)
+/// returns coordinates [k, k + 4) of row `row` of the block. No barrier.
+template <MmaArith A, class Load>
+__device__ __forceinline__ void store_x_fragments(float* fb, float* fs, int ng, Load&& load) {
+  const int stride = frag_pair_stride(16 * ng);
+  for (int idx = threadIdx.x; idx < 32 * ng * 4; idx += kThreads) {
+    const int tq = idx & 3, G = (idx >> 2) % ng, pr = (idx >> 2) / ng;
+    const int row = (pr >> 3) * 16 + (pr & 7);  // rows row and row + 8
+    const int k = 16 * G + 4 * tq;
+    const float4 v0 = load(row, k), v1 = load(row + 8, k);
+    const float4 big0 = tf32_big4(v0), big1 = tf32_big4(v1);
+    float* db = fb + pr * stride + 4 * (8 * G + 2 * tq);
+    *reinterpret_cast<float4*>(db) = make_float4(big0.x, big1.x, big0.y, big1.y);
+    *reinterpret_cast<float4*>(db + 4) = make_float4(big0.z, big1.z, big0.w, big1.w);
+    if constexpr (A == MmaArith::x3tf32) {
+      const float4 sm0 = tf32_small4(v0, big0), sm1 = tf32_small4(v1, big1);
+      float* ds = fs + (db - fb);
+      *reinterpret_cast<float4*>(ds) = make_float4(sm0.x, sm1.x, sm0.y, sm1.y);
+      *reinterpret_cast<float4*>(ds + 4) = make_float4(sm0.z, sm1.z, sm0.w, sm1.w);
+    }
+  }
+}
+
+/// The resident rows: read from global memory once per block (zero past n and dp).
+template <MmaArith A>
+__device__ __forceinline__ void stage_x_fragments(float* fb, float* fs, int ldx,
+                                                  const float* rows_b, std::int64_t r0,
+                                                  std::int64_t n, int dp) {
+  store_x_fragments<A>(fb, fs, ldx / 16, [&](int row, int k) {
+    const std::int64_t i = r0 + row;
+    return i < n && k < dp ? *reinterpret_cast<const float4*>(rows_b + i * dp + k)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+  });
+}
+
 /// Issues the cp.async copies of rows [r0, r0 + 64) x coordinates [k0, k0 + KC) of a
-/// [n, dp] point array into dst (row stride ld), zero-filling rows past n and
-/// coordinates past dp. Thread t always copies the same quad (t % (KC/4)) of rows
-/// t / (KC/4) + u * (128 / (KC/4)): one 64-bit address per call, no division.
-template <int KC>
-__device__ __forceinline__ void load_chunk(float* dst, int ld, const float* src, std::int64_t r0,
+/// [n, dp] point array into dst (row stride KC, quads placed by mma_quad_offset),
+/// zero-filling rows past n and coordinates past dp. Thread t always copies the same
+/// quad (t % (KC/4)) of rows t / (KC/4) + u * (128 / (KC/4)) (one row parity): one
+/// 64-bit address per call, no division.
+template <int KC, bool kSwz>
+__device__ __forceinline__ void load_chunk(float* dst, const float* src, std::int64_t r0,
                                            std::int64_t n, int dp, int k0) {
   constexpr int kQuads = KC / 4;
   constexpr int kRowsPerPass = kThreads / kQuads;
   constexpr int kPasses = kBM / kRowsPerPass;
   static_assert(kPasses * kRowsPerPass == kBM, "whole rows per pass");
+  static_assert(kRowsPerPass % 2 == 0, "one row parity per thread");
   const int r = threadIdx.x / kQuads, q = threadIdx.x % kQuads;
   const int k = k0 + 4 * q;
-  const std::int64_t row = r0 + r;
+  // Rows left from this thread's first row, clamped: 32-bit tests per pass.
+  const std::int64_t left64 = n - r0 - r;
+  const int left = left64 < kBM ? static_cast<int>(left64) : kBM;
   const bool k_ok = k < dp;
-  const float* s = src + (k_ok && row < n ? row * dp + k : 0);
+  const float* s = src + (r0 + r) * dp + k;  // dereferenced only where valid
   const std::int64_t step = static_cast<std::int64_t>(kRowsPerPass) * dp;
+  float* d = dst + r * KC + mma_quad_offset(q, r, kSwz);
 #pragma unroll
   for (int u = 0; u < kPasses; ++u) {
-    const bool valid = k_ok && row + u * kRowsPerPass < n;
-    cp_async16(dst + (r + u * kRowsPerPass) * ld + 4 * q, valid ? s + u * step : src, valid);
+    const bool valid = k_ok && u * kRowsPerPass < left;
+    cp_async16(d + u * kRowsPerPass * KC, valid ? s + u * step : src, valid);
   }
 }
 
-/// Issues the cp.async copies of rows [r0, r0 + 64) x coordinates [k0, k0 + width) of
-/// a [n, dp] point array into dst (row stride ld); rows past n and coordinates past dp
-/// are zero-filled. dp and k0 are multiples of 4 (16-byte copies).
-template <int kWidth>
+/// Issues the cp.async copies of rows [r0, r0 + 64) x coordinates [0, ld) of a [n, dp]
+/// point array into dst (row stride ld, quads placed by mma_quad_offset); rows past n
+/// and coordinates past dp are zero-filled. dp is a multiple of 4 (16-byte copies).
+template <bool kSwz>
 __device__ __forceinline__ void load_block(float* dst, int ld, const float* src, std::int64_t r0,
-                                           std::int64_t n, int dp, int k0, int width) {
-  const int quads = (kWidth > 0 ? kWidth : width) / 4;
+                                           std::int64_t n, int dp) {
+  const int quads = ld / 4;
   for (int idx = threadIdx.x; idx < 64 * quads; idx += kThreads) {
     const int r = idx / quads, q = idx - r * quads;
-    const int k = k0 + 4 * q;
+    const int k = 4 * q;
     const bool valid = r0 + r < n && k < dp;
     const float* s = valid ? src + (r0 + r) * dp + k : src;
-    cp_async16(dst + r * ld + 4 * q, s, valid);
+    cp_async16(dst + r * ld + mma_quad_offset(q, r, kSwz), s, valid);
   }
 }
 
@@ -289,21 +426,37 @@ struct Args {
   std::uint64_t seed = 0;         // sample
 };
 
-/// Shared memory of the main kernel, in floats: X (resident: all chunks; else two
-/// chunk buffers), two Y chunk buffers, the 3xTF32 remainders of one Y chunk, then
-/// per column / row terms. At most 47,104 bytes: no opt-in above 48 KB.
+/// Shared memory of the main kernel, in floats: X, then its 3xTF32 remainders (resident
+/// TF32 rows: split once, in fragment order, 32 row pairs of frag_pair_stride; resident
+/// bf16 rows: [kBM][ldx]; streamed rows: two raw [kBM][KC] chunk buffers, then the
+/// current chunk split in fragment order, and its remainders), two Y chunk buffers and
+/// the current one's remainders, then per column / row terms. Rows of KC = 32 floats
+/// (and resident bf16 rows, a multiple of 32) are swizzled, not padded. 3xTF32 at
+/// dp = 33..64 and streamed takes 59,136 bytes (opt-in above 48 KB; 3 blocks per SM).
 struct Smem {
-  int ldx, ldy, x_floats, y_floats;
-  __host__ __device__ int floats() const { return x_floats + 3 * y_floats + 3 * kBN + kBM; }
+  int ldx, x_floats, xsm_floats, y_floats, ysm_floats;
+  __host__ __device__ int floats() const {
+    return x_floats + xsm_floats + 2 * y_floats + ysm_floats + 2 * kBN + kBM;
+  }
 };
 
-template <int KC, bool kResident>
+template <MmaArith A, int KC, bool kResident>
 __host__ __device__ __forceinline__ Smem smem_layout(int dp) {
+  constexpr bool k3 = A == MmaArith::x3tf32;
   Smem s;
-  s.ldy = KC + kPad;
-  s.y_floats = kBN * s.ldy;
-  s.ldx = kResident ? (dp + KC - 1) / KC * KC + kPad : KC + kPad;
-  s.x_floats = kResident ? kBM * s.ldx : 2 * kBM * s.ldx;
+  s.y_floats = kBN * KC;
+  s.ysm_floats = k3 ? s.y_floats : 0;
+  s.ldx = kResident ? (dp + KC - 1) / KC * KC : KC;
+  if (A == MmaArith::bf16) {
+    s.x_floats = kResident ? kBM * s.ldx : 2 * kBM * KC;
+    s.xsm_floats = 0;
+  } else {
+    // Resident: the split rows only. Streamed: two raw chunk buffers, then the current
+    // chunk's split in fragment order.
+    const int frag = 32 * frag_pair_stride(s.ldx);
+    s.x_floats = (kResident ? 0 : 2 * kBM * KC) + frag;
+    s.xsm_floats = k3 ? frag : 0;
+  }
   return s;
 }
 
@@ -319,11 +472,15 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   const std::int64_t b = blockIdx.y;
   if (M == Mode::half && p.active != nullptr && p.active[b] == 0) return;  // block-uniform
   const int dp = p.dp;
-  const Smem L = smem_layout<KC, kResident>(dp);
-  float* xs = smem;
-  float* ys = smem + L.x_floats;
-  float* ysm = ys + 2 * L.y_floats;  // [kBN][ldy] 3xTF32 remainders of the current chunk
-  float* hs = ysm + L.y_floats;      // [kBN] column term (folded: minus scale |y_j|^2)
+  constexpr bool kSwz = KC == 32;               // rows of a multiple of 32 floats
+  constexpr bool kFragX = A != MmaArith::bf16;  // X split (fragment order) in xf, xsm
+  const Smem L = smem_layout<A, KC, kResident>(dp);
+  float* xs = smem;              // resident: [kBM][ldx]; else two [kBM][KC] buffers
+  float* xsm = xs + L.x_floats;  // 3xTF32 remainders of the split rows
+  float* xf = kResident ? xs : xs + 2 * kBM * KC;  // the split rows (TF32 arithmetics)
+  float* ys = xsm + L.xsm_floats;                  // two [kBN][KC] buffers
+  float* ysm = ys + 2 * L.y_floats;  // [kBN][KC] 3xTF32 remainders of the current chunk
+  float* hs = ysm + L.ysm_floats;    // [kBN] column term (folded: minus scale |y_j|^2)
   float* nys = hs + kBN;             // [kBN] |y_j|^2
   float* nxs = nys + kBN;            // [kBM] |x_i|^2
   const float eps = p.eps[b];
@@ -346,28 +503,55 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   const std::int64_t stages = tiles * nk;
 
   // Stages run (tile, chunk) in order; stage s lands in buffer s & 1. The next stage to
-  // copy is (nj0, nkc), the one being multiplied (j0, kc): counters, no division.
-  std::int64_t nj0 = j_begin;
+  // copy is chunk nkc of the tile ysrc points into, the one being multiplied (j0, kc):
+  // counters, no division. The Y copies run on per-thread state (a global pointer
+  // advanced per stage, the rows left from the thread's first row): thread t copies
+  // quad t % (KC/4) of rows t / (KC/4) + 16 u, u < kYPasses (one row parity, so one
+  // swizzled shared-memory offset).
   int nkc = 0;
+  constexpr int kYQuads = KC / 4, kYRowsPerPass = kThreads / kYQuads;
+  constexpr int kYPasses = kBN / kYRowsPerPass;
+  static_assert(kYPasses * kYRowsPerPass == kBN && kYRowsPerPass % 2 == 0, "whole rows");
+  const int yr = threadIdx.x / kYQuads, yq = threadIdx.x % kYQuads;
+  const float* ysrc = cols_b + (j_begin + yr) * dp + 4 * yq;  // dereferenced only where valid
+  std::int64_t yleft = j_end - j_begin - yr;
+  float* const ydst = ys + yr * KC + mma_quad_offset(yq, yr, kSwz);
+  const std::int64_t ystep = static_cast<std::int64_t>(kYRowsPerPass) * dp;
   auto issue = [&](int buf) {
-    load_chunk<KC>(ys + buf * L.y_floats, L.ldy, cols_b, nj0, j_end, dp, nkc * KC);
-    if (!kResident)
-      load_chunk<KC>(xs + buf * kBM * L.ldx, L.ldx, rows_b, r0, p.n_rows, dp, nkc * KC);
+    const bool k_ok = nkc * KC + 4 * yq < dp;
+    const int left = yleft < kBN ? static_cast<int>(yleft) : kBN;
+#pragma unroll
+    for (int u = 0; u < kYPasses; ++u) {
+      const bool valid = k_ok && u * kYRowsPerPass < left;
+      cp_async16(ydst + buf * L.y_floats + u * kYRowsPerPass * KC,
+                 valid ? ysrc + u * ystep : cols_b, valid);
+    }
+    if (!kResident) load_chunk<KC, kSwz>(xs + buf * kBM * KC, rows_b, r0, p.n_rows, dp, nkc * KC);
     if (++nkc == nk) {
       nkc = 0;
-      nj0 += kBN;
+      ysrc += static_cast<std::int64_t>(kBN) * dp - (nk - 1) * KC;
+      yleft -= kBN;
+    } else {
+      ysrc += KC;
     }
   };
-  if (kResident) load_block<0>(xs, L.ldx, rows_b, r0, p.n_rows, dp, 0, L.ldx - kPad);
+  if constexpr (kFragX && kResident) {
+    stage_x_fragments<A>(xf, xsm, L.ldx, rows_b, r0, p.n_rows, dp);
+  } else if constexpr (kResident) {
+    load_block<kSwz>(xs, L.ldx, rows_b, r0, p.n_rows, dp);
+  }
   if (stages > 0) issue(0);
   cp_async_commit();
   row_norms(rows_b, r0, p.n_rows, dp, nxs);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  float acc[8][4];
+  float acc[8][4], acc_lo[8][4];  // 3xTF32: big*big, and the small products (mma_chunk)
 #pragma unroll
-  for (int q = 0; q < 8; ++q) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+  for (int q = 0; q < 8; ++q) {
+    acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
+    acc_lo[q][0] = acc_lo[q][1] = acc_lo[q][2] = acc_lo[q][3] = 0.f;
+  }
   Lse2 st[2] = {lse2_empty(), lse2_empty()};
   Stat2 ss[2] = {{-INFINITY, 0.f, 0.f}, {-INFINITY, 0.f, 0.f}};
   float best[2] = {-INFINITY, -INFINITY};
@@ -391,17 +575,47 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
           (threadIdx.x & 1) == 0 && j < j_end ? scaled_term(logw_b[j], pot_b[j], scale) : -INFINITY;
       ny_col = 0.f;
     }
-    presplit_chunk<A, KC>(ysb, ysm, L.ldy, ny_col);
+    // A streamed X chunk is split with its stage (resident rows once, before the loop),
+    // the Y chunk every stage.
+    if constexpr (kFragX && !kResident) {
+      const float* xraw = xs + buf * kBM * KC;
+      store_x_fragments<A>(xf, xsm, KC / 16, [&](int row, int k) {
+        return lds4(xraw + row * KC + mma_quad_offset(k / 4, row, kSwz));
+      });
+    }
+    presplit_chunk<A, KC, true>(ysb, ysm, ny_col);
     if constexpr (A != MmaArith::bf16) __syncthreads();  // the operands are ready
-    const float* xsw =
-        kResident ? xs + warp * 16 * L.ldx + kc * KC : xs + buf * kBM * L.ldx + warp * 16 * L.ldx;
-    mma_chunk<A, KC, true>(xsw, L.ldx, ysb, ysm, L.ldy, acc);
+    if constexpr (kFragX) {
+      const int xo =
+          (warp * 8 + g) * frag_pair_stride(L.ldx) + 8 * t + (kResident ? 2 * KC * kc : 0);
+      // Streamed rows: the small products in acc_lo (shorter HMMA chains; the block
+      // is limited by shared memory, not the 32 extra registers). Resident rows: in
+      // acc (lo aliases it), which keeps dp <= 32 at 5 blocks per SM.
+      if constexpr (kResident) {
+        mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc);
+      } else {
+        mma_chunk<A, KC, kSwz, true, true>(xf + xo, xsm + xo, 0, ysb, ysm, acc, acc_lo);
+      }
+    } else {
+      const int xo = kResident ? warp * 16 * L.ldx + kc * KC : warp * 16 * KC;
+      const float* xsw = kResident ? xs + xo : xs + buf * kBM * KC + xo;
+      mma_chunk<A, KC, kSwz, false>(xsw, nullptr, L.ldx, ysb, nullptr, acc, acc);
+    }
     if (kc != nk - 1) {
       ++kc;
       continue;
     }
     kc = 0;  // the tile's last chunk: its epilogue, then the next tile
 
+    if constexpr (A == MmaArith::x3tf32 && !kResident) {  // big*big + the small terms
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          acc[q][e] += acc_lo[q][e];
+          acc_lo[q][e] = 0.f;
+        }
+    }
     // ---- epilogue of the column tile ----
     {
       const float ny = ny_col + __shfl_xor_sync(0xffffffffu, ny_col, 1);  // both halves
@@ -554,8 +768,8 @@ template <bool kEuclid>
 __global__ void __launch_bounds__(kThreads)
     online_mma_mean_kernel(OnlinePass p, int mode, float* out) {
   constexpr int KC = mma_geometry::kChunk;
-  constexpr int ld = KC + kPad;
-  constexpr int ldu = kBN + kPad;
+  constexpr int ld = KC;        // swizzled rows (mma_quad_offset)
+  constexpr int ldu = kBN + 4;  // padded: the rows of us are written by column
   __shared__ __align__(16) float chunk[(kBM + kBN) * ld];
   float* xs = chunk;
   float* ys = chunk + kBM * ld;
@@ -593,8 +807,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int q = 0; q < 8; ++q) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.f;
     float ny = 0.f;
     for (int kc = 0; kc < dp; kc += KC) {
-      load_chunk<KC>(xs, ld, rows_b, r0, p.n_rows, dp, kc);
-      load_chunk<KC>(ys, ld, cols_b, j0, p.n_cols, dp, kc);
+      load_chunk<KC, true>(xs, rows_b, r0, p.n_rows, dp, kc);
+      load_chunk<KC, true>(ys, cols_b, j0, p.n_cols, dp, kc);
       cp_async_commit();
       cp_async_wait_all();
       __syncthreads();
@@ -603,7 +817,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < KC; ++k)
           ny = fmaf(ys[threadIdx.x * ld + k], ys[threadIdx.x * ld + k], ny);
       }
-      mma_chunk<MmaArith::x3tf32, KC>(xs + warp * 16 * ld, ld, ys, nullptr, ld, acc);
+      mma_chunk<MmaArith::x3tf32, KC, true, false>(xs + warp * 16 * ld, nullptr, ld, ys, nullptr,
+                                                   acc, acc);
       __syncthreads();
     }
     if (threadIdx.x < kBN) {
@@ -712,11 +927,22 @@ void check_mma_pass(const OnlinePass& p, const char* what) {
   }
 }
 
+/// Raises the kernel's dynamic shared-memory limit when it needs more than the
+/// default 48 KB (per device: set before every launch or occupancy query, cheap).
+void allow_smem(const void* fn, std::size_t bytes) {
+  if (bytes > 48 * 1024) {
+    OTGPU_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(bytes)));
+  }
+}
+
 template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
 void launch_main(const Args& args, dim3 grid, cudaStream_t s) {
   const std::size_t smem =
-      static_cast<std::size_t>(smem_layout<KC, kResident>(args.p.dp).floats()) * sizeof(float);
-  online_mma_kernel<A, KC, kResident, M, kEuclid><<<grid, kThreads, smem, s>>>(args);
+      static_cast<std::size_t>(smem_layout<A, KC, kResident>(args.p.dp).floats()) * sizeof(float);
+  auto* fn = &online_mma_kernel<A, KC, kResident, M, kEuclid>;
+  allow_smem(reinterpret_cast<const void*>(fn), smem);
+  fn<<<grid, kThreads, smem, s>>>(args);
 }
 
 /// The configuration for dp: resident rows up to 64 (chunks of 16 at dp <= 16), else
@@ -838,19 +1064,20 @@ OnlineKernelHandle online_half_step_mma_handle(int dp) {
         "online_half_step_mma_handle: padded dimension dp={} must be a positive multiple of 4",
         dp));
   }
+  constexpr MmaArith k3 = MmaArith::x3tf32;
   const auto floats = [dp]() {
-    if (dp <= 16) return smem_layout<16, true>(dp).floats();
-    if (dp <= mma_geometry::kResidentMaxDim) return smem_layout<32, true>(dp).floats();
-    return smem_layout<mma_geometry::kChunk, false>(dp).floats();
+    if (dp <= 16) return smem_layout<k3, 16, true>(dp).floats();
+    if (dp <= mma_geometry::kResidentMaxDim) return smem_layout<k3, 32, true>(dp).floats();
+    return smem_layout<k3, mma_geometry::kChunk, false>(dp).floats();
   }();
   const void* fn =
-      dp <= 16 ? reinterpret_cast<const void*>(
-                     &online_mma_kernel<MmaArith::x3tf32, 16, true, Mode::half, false>)
+      dp <= 16 ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 16, true, Mode::half, false>)
       : dp <= mma_geometry::kResidentMaxDim
-          ? reinterpret_cast<const void*>(
-                &online_mma_kernel<MmaArith::x3tf32, 32, true, Mode::half, false>)
-          : reinterpret_cast<const void*>(&online_mma_kernel<MmaArith::x3tf32, mma_geometry::kChunk,
-                                                             false, Mode::half, false>);
+          ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 32, true, Mode::half, false>)
+          : reinterpret_cast<const void*>(
+                &online_mma_kernel<k3, mma_geometry::kChunk, false, Mode::half, false>);
+  // The occupancy query sees the launch's limit.
+  allow_smem(fn, static_cast<std::size_t>(floats) * sizeof(float));
   return {fn, static_cast<std::size_t>(floats) * sizeof(float)};
 }
 

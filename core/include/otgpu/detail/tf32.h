@@ -107,38 +107,64 @@ enum class MmaArith : std::uint8_t {
 /// The K of one mma.sync: 8 for TF32 (m16n8k8), 16 for bf16 (m16n8k16).
 OTGPU_HOST_DEVICE OTGPU_FORCEINLINE int mma_k(MmaArith a) { return a == MmaArith::bf16 ? 16 : 8; }
 
-/// CPU model of the kernel's dot product <x, y> over d coordinates: per step of
-/// mma_k(a) coordinates, each mma adds its exact sum of exact operand products to the
-/// fp32 accumulator with one rounding (the small products first, as the kernel issues
-/// them). The hardware's internal accumulation order within one mma is not specified
-/// by NVIDIA; the model's error bound (the test's) leaves room for it.
-inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a) {
-  float acc = 0.f;
-  const int kk = mma_k(a);
-  for (int k0 = 0; k0 < d; k0 += kk) {
-    const int k1 = k0 + kk < d ? k0 + kk : d;
-    if (a == MmaArith::x3tf32) {
-      double sb = 0, bs = 0, bb = 0;
-      for (int k = k0; k < k1; ++k) {
-        const Tf32Split sx = tf32_split(x[k]), sy = tf32_split(y[k]);
-        sb += static_cast<double>(sx.small) * sy.big;
-        bs += static_cast<double>(sx.big) * sy.small;
-        bb += static_cast<double>(sx.big) * sy.big;
-      }
-      acc = static_cast<float>(acc + sb);
-      acc = static_cast<float>(acc + bs);
-      acc = static_cast<float>(acc + bb);
-    } else {
+/// Shared-memory layout of the tensor-core tiles (kernels/src/sinkhorn_online_mma.cu):
+/// every row of x or y coordinates is stored as quads of 4 floats; a thread reads one
+/// quad per row and 16-coordinate group with one 16-byte load (LDS.128). Rows whose
+/// stride is a multiple of 32 floats (swizzle) keep their quads in place on even rows
+/// and with bit 2 of the quad index flipped on odd rows: the 8 threads of one LDS.128
+/// phase (lane quads t = 0..3 of two consecutive rows g, g + 1) then cover the 32 banks
+/// once. Returns the float offset of quad `quad` of row `row` within the row.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE constexpr int mma_quad_offset(int quad, int row, bool swizzle) {
+  return 4 * (swizzle ? quad ^ ((row & 1) << 2) : quad);
+}
+
+/// CPU model of the kernel's dot product <x, y> over d coordinates (zero past d, as the
+/// kernel's zero-filled tiles). The coordinates run in groups of 16; lane quad t of
+/// the mma.sync fragments holds coordinates 16 G + 4 t + [0, 4) of group G (one LDS.128)
+/// and the products are permuted accordingly (a dot product is any order of its terms):
+///  - TF32 (m16n8k8, two k-steps per group): k-step s in {0, 1} feeds coordinates
+///    16 G + 4 t + 2 s (as k = t) and 16 G + 4 t + 2 s + 1 (as k = t + 4), t = 0..3;
+///  - bf16 (m16n8k16, one step per group): all 16 coordinates of the group.
+/// Each mma adds its exact sum of exact operand products to an fp32 accumulator with
+/// one rounding. With 3xTF32 each k-step issues small_x*big_y, big_x*small_y, then
+/// big_x*big_y; with small_apart (the kernel's streamed rows, padded d > 64) the two
+/// small products go to a second accumulator, added to the first once after all d
+/// coordinates (one more rounding), else all three to the one accumulator in that
+/// order. The operands are split once (x = big + small by tf32_split); the hardware's
+/// internal order within one mma is not specified by NVIDIA, and the model's error
+/// bound (the test's) leaves room for it.
+inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a,
+                           bool small_apart = false) {
+  float acc = 0.f, lo = 0.f;
+  float& small = small_apart ? lo : acc;
+  auto at = [d](const float* v, int k) { return k < d ? v[k] : 0.f; };
+  for (int g0 = 0; g0 < d; g0 += 16) {
+    if (a == MmaArith::bf16) {
       double s = 0;
-      for (int k = k0; k < k1; ++k) {
-        const float ox = a == MmaArith::tf32 ? tf32_rna_finite(x[k]) : bf16_rn(x[k]);
-        const float oy = a == MmaArith::tf32 ? tf32_rna_finite(y[k]) : bf16_rn(y[k]);
-        s += static_cast<double>(ox) * oy;
-      }
+      for (int k = g0; k < g0 + 16; ++k)
+        s += static_cast<double>(bf16_rn(at(x, k))) * bf16_rn(at(y, k));
       acc = static_cast<float>(acc + s);
+      continue;
+    }
+    for (int step = 0; step < 2; ++step) {
+      double sb = 0, bs = 0, bb = 0;
+      for (int q = 0; q < 4; ++q) {
+        for (int e = 0; e < 2; ++e) {
+          const int k = g0 + 4 * q + 2 * step + e;
+          const Tf32Split sx = tf32_split(at(x, k)), sy = tf32_split(at(y, k));
+          sb += static_cast<double>(sx.small) * sy.big;
+          bs += static_cast<double>(sx.big) * sy.small;
+          bb += static_cast<double>(sx.big) * sy.big;
+        }
+      }
+      if (a == MmaArith::x3tf32) {
+        small = static_cast<float>(small + sb);
+        small = static_cast<float>(small + bs);
+      }
+      acc = static_cast<float>(acc + bb);
     }
   }
-  return acc;
+  return small_apart && a == MmaArith::x3tf32 ? acc + lo : acc;
 }
 
 }  // namespace otgpu::detail
