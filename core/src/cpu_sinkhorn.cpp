@@ -21,6 +21,7 @@
 
 #include "cpu_numeric.h"
 #include "cpu_problem.h"
+#include "dist_status.h"
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/math.h"
 #include "otgpu/detail/sinkhorn_rules.h"
@@ -288,11 +289,18 @@ class ProblemSolver {
     return sharded() ? shard_.comm->allreduce(flag ? 1.0 : 0.0, dist::ReduceOp::max) > 0 : flag;
   }
   /// Reports a check; false when the solve is cancelled (on any rank: the ranks agree,
-  /// so that all of them leave the loop at the same iteration).
+  /// so that all of them leave the loop at the same iteration). Sharded, the agreement
+  /// carries the status word of dist_status.h: a callback that throws on one rank makes
+  /// every rank throw the same CommError naming that rank, here, at this collective.
   bool report(int iterations, double eps_t, double res) {
-    const bool go_on = monitor_.report(p_.index, iterations, eps_t, res);
-    if (!sharded()) return go_on;
-    if (any_rank(!go_on)) {
+    if (!sharded()) return monitor_.report(p_.index, iterations, eps_t, res);
+    dist::detail::RankFailure failure(*shard_.comm);
+    bool go_on = true;
+    failure.run([&] { go_on = monitor_.report(p_.index, iterations, eps_t, res); });
+    double status[2] = {go_on ? 0.0 : 1.0, failure.word()};
+    shard_.comm->allreduce(status, 2, dist::ReduceOp::max);
+    failure.settle(status[1], "dist::sinkhorn", iterations);
+    if (status[0] > 0) {
       monitor_.cancel();
       return false;
     }

@@ -2,9 +2,12 @@
 // case of dist_cases.h over MPI_COMM_WORLD with the single-process solve (each rank
 // solves the whole problem too); `dist_mpi_check bad` gives the last rank a NaN in x
 // and checks that every rank throws one agreed error (the test's TIMEOUT catches a
-// hang). Exit 0 when every check of this rank holds.
+// hang); `dist_mpi_check midsolve` (R >= 2) poisons rank 1's progress callback
+// mid-solve and checks that every rank throws the same CommError. Exit 0 when every check of this
+// rank holds.
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "dist_cases.h"
@@ -49,8 +52,32 @@ int main(int argc, char** argv) {
       ++failures;
     }
     if (rank == 0) std::printf("agreed error: %s\n", got.c_str());
+  } else if (mode == "midsolve") {
+    // Rank 1's progress callback throws at the check of iteration 20: every rank must
+    // throw the same CommError naming rank 1 (one line each), none may hang.
+    const auto k = dist_test::cases()[0];
+    const auto D = dist_test::make_data(k);
+    const auto r = dist::row_range(k.n, rank, size);
+    auto o = dist_test::options_of(k, D, r);
+    o.eps_init = 0;
+    o.acceleration = SinkhornAcceleration::none;
+    o.tol = 1e-14;
+    if (rank == 1) {
+      o.progress = [](const SinkhornProgress& pr) -> bool {
+        if (pr.iteration == 20) throw std::runtime_error("poisoned callback");
+        return true;
+      };
+    }
+    std::string got = "no error";
+    try {
+      dist::sinkhorn(*comm, dist_test::problem_of(k, D, r), o);
+    } catch (const dist::CommError& e) {
+      got = e.what();
+    }
+    std::fprintf(stderr, "rank %d: %s\n", rank, got.c_str());
+    if (got != "dist::sinkhorn: rank 1 failed at iteration 20: poisoned callback") ++failures;
   } else {
-    std::fprintf(stderr, "usage: dist_mpi_check solve|bad\n");
+    std::fprintf(stderr, "usage: dist_mpi_check solve|bad|midsolve\n");
     return 2;
   }
   // Every rank's verdict, so that rank 0's line tells the whole story.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -238,6 +239,39 @@ TEST(DistSinkhorn, ACancellingRankStopsEveryRankAtTheSameCheck) {
     EXPECT_FALSE(res.problems[0].converged);
     EXPECT_EQ(res.problems[0].iterations, 20);
   }
+}
+
+TEST(DistSinkhorn, ARankWhoseCallbackThrowsMidSolveMakesEveryRankThrowTheSameError) {
+  // Rank 1's progress callback throws at its second check: without the status word the
+  // other ranks would wait in the next collective (here the local group's run_local
+  // would wake them with a different, generic error).
+  const Case k = dist_test::cases()[0];
+  const auto D = dist_test::make_data(k);
+  constexpr int G = 3;
+  std::vector<std::string> got(G);
+  dist::run_local(G, [&](dist::Communicator& c) {
+    const auto r = dist::row_range(k.n, c.rank(), G);
+    auto o = dist_test::options_of(k, D, r);
+    o.eps_init = 0;
+    o.acceleration = SinkhornAcceleration::none;
+    o.tol = 1e-14;
+    if (c.rank() == 1) {
+      o.progress = [](const SinkhornProgress& pr) -> bool {
+        if (pr.iteration == 20) throw std::runtime_error("poisoned callback");
+        return true;
+      };
+    }
+    std::string& out = got[static_cast<std::size_t>(c.rank())];
+    try {
+      dist::sinkhorn(c, dist_test::problem_of(k, D, r), o);
+      out = "no error";
+    } catch (const dist::CommError& e) {
+      out = e.what();
+    }
+  });
+  EXPECT_EQ(got[0], "dist::sinkhorn: rank 1 failed at iteration 20: poisoned callback");
+  EXPECT_EQ(got[1], got[0]);
+  EXPECT_EQ(got[2], got[0]);
 }
 
 TEST(DistSinkhorn, MpiAndNcclStubsNameTheBuildOption) {
