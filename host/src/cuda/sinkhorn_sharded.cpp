@@ -16,6 +16,13 @@
 //     verdict, cancellation, stop) is taken ON THE HOST from the allreduced values with
 //     the rule code of the CPU (otgpu/detail/eps_continuation.h, accel.h), so every
 //     shard takes the same branch and issues the same collectives.
+// A shard that fails mid-loop (a CUDA error, a throwing progress callback) follows the
+// rule of dist_status.h, shared with the CPU sharded solve: it stops its device work,
+// keeps issuing the loop's collectives from host memory up to the next check, whose
+// residual allreduce (and the cancellation allreduce after the callback) carries the
+// status word, and there every shard throws the same CommError naming it. A
+// collective call that itself throws leaves the group in an unknown state: the shard
+// then aborts the group (MPI_Abort; the local group wakes its ranks).
 // The loop follows the single-GPU synchronous driver's (sinkhorn_loop.cpp): phase A,
 // the eps continuation (eps_init kAuto) with a check at every iteration; phase B,
 // over-relaxed (or plain) iterations with checks every check_every. Plain launches,
@@ -27,7 +34,12 @@
 // range (fp32 eps check, continuation start) are allreduced before the eps tables.
 #include "../dist/dist_cuda.h"
 
+#include <algorithm>
 #include <exception>
+#include <string>
+#include <utility>
+
+#include "dist_status.h"
 
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/eps_continuation.h"
@@ -151,6 +163,10 @@ class ShardSolve {
       for (std::size_t b = 0; b < B_; ++b)
         if (active_[b] != 0) iters_[b] = stopped_at_;
     }
+    // A failure after the last check (or in a solve without checks) surfaces here.
+    double word = failure_.word();
+    comm_.allreduce(&word, 1, dist::ReduceOp::max);
+    failure_.settle(word, kWhat, at_);
   }
 
   const std::vector<int>& active() const { return active_; }
@@ -165,55 +181,118 @@ class ShardSolve {
     return tab + static_cast<std::size_t>(std::min(t, d_.K)) * B_;
   }
 
+  static constexpr const char* kWhat = "dist::sinkhorn";
+
+  /// This shard's device work (nothing once it has failed; a failure is recorded).
+  template <class F>
+  void local(F&& body) {
+    (void)failure_.run(std::forward<F>(body));
+  }
+
+  /// Ends the whole group after a collective call threw (see the file comment).
+  [[noreturn]] void abandon() {
+    std::string why;
+    try {
+      throw;
+    } catch (const std::exception& e) {
+      why = e.what();
+    } catch (...) {
+      why = "unknown error";
+    }
+    comm_.abort(1, fmt::format("{}: rank {} failed in a collective at iteration {}: {}", kWhat,
+                               comm_.rank(), at_, why));
+    throw dist::CommError(fmt::format("{}: rank {} failed in a collective at iteration {}: {}",
+                                      kWhat, comm_.rank(), at_, why));
+  }
+
+  /// allreduce_device of the g-merge; a failed shard takes part from host memory (the
+  /// same collective: count doubles, the same op), its values never read.
+  void merge(double* data, std::int64_t count, dist::ReduceOp op) {
+    if (!failure_.failed()) {
+      try {
+        comm_.allreduce_device(data, count, DType::f64, op, s_);
+        return;
+      } catch (...) {
+        abandon();
+      }
+    }
+    idle_.assign(static_cast<std::size_t>(count), 0.0);
+    try {
+      comm_.allreduce(idle_.data(), count, op);
+    } catch (...) {
+      abandon();
+    }
+  }
+
   /// The f-half of iteration t at eps row `eps` (reuse: F = lambda_a Ft after a check).
   void f_half(const float* eps, const float* lam_a, bool reuse) {
-    if (reuse) {
-      kernels::loop_reuse_f(d_.Ft, lam_a, d_.active, d_.F, d_.B, d_.n, s_);
-    } else if (d_.points()) {
-      kernels::online_half_step(d_.online(true, eps, d_.active), lam_a, d_.F, s_);
-    } else {
-      kernels::dense_row_update(d_.C, d_.logB, d_.G, eps, lam_a, d_.active, d_.F, d_.B, d_.n, d_.m,
-                                s_);
-    }
+    local([&] {
+      if (reuse) {
+        kernels::loop_reuse_f(d_.Ft, lam_a, d_.active, d_.F, d_.B, d_.n, s_);
+      } else if (d_.points()) {
+        kernels::online_half_step(d_.online(true, eps, d_.active), lam_a, d_.F, s_);
+      } else {
+        kernels::dense_row_update(d_.C, d_.logB, d_.G, eps, lam_a, d_.active, d_.F, d_.B, d_.n,
+                                  d_.m, s_);
+      }
+    });
   }
 
   /// The merged g-half: local partials, max, rescale, sum, finish.
   void g_half(const float* eps, const float* lam_b) {
-    if (d_.points()) {
-      kernels::online_half_step(d_.online(false, eps, d_.active), nullptr, sa_.Gl, s_);
-    } else {
-      kernels::dense_col_update(d_.C, d_.logA, d_.F, eps, nullptr, d_.active, sa_.Gl, d_.col_ws,
-                                d_.col_ws_bytes, d_.B, d_.n, d_.m, s_);
-    }
     const std::int64_t count = d_.B * d_.m;
-    kernels::shard_col_lse(sa_.Gl, eps, sa_.L, d_.B, d_.m, s_);
-    OTGPU_CUDA_CHECK(cudaMemcpyAsync(sa_.Mx, sa_.L,
-                                     static_cast<std::size_t>(count) * sizeof(double),
-                                     cudaMemcpyDeviceToDevice, s_));
-    comm_.allreduce_device(sa_.Mx, count, DType::f64, dist::ReduceOp::max, s_);
-    kernels::shard_col_rescale(sa_.L, sa_.Mx, sa_.S, count, s_);
-    comm_.allreduce_device(sa_.S, count, DType::f64, dist::ReduceOp::sum, s_);
-    kernels::shard_col_finish(sa_.Mx, sa_.S, eps, lam_b, d_.active, d_.G, d_.B, d_.m, s_);
+    local([&] {
+      if (d_.points()) {
+        kernels::online_half_step(d_.online(false, eps, d_.active), nullptr, sa_.Gl, s_);
+      } else {
+        kernels::dense_col_update(d_.C, d_.logA, d_.F, eps, nullptr, d_.active, sa_.Gl, d_.col_ws,
+                                  d_.col_ws_bytes, d_.B, d_.n, d_.m, s_);
+      }
+      kernels::shard_col_lse(sa_.Gl, eps, sa_.L, d_.B, d_.m, s_);
+      OTGPU_CUDA_CHECK(cudaMemcpyAsync(sa_.Mx, sa_.L,
+                                       static_cast<std::size_t>(count) * sizeof(double),
+                                       cudaMemcpyDeviceToDevice, s_));
+    });
+    merge(sa_.Mx, count, dist::ReduceOp::max);
+    local([&] { kernels::shard_col_rescale(sa_.L, sa_.Mx, sa_.S, count, s_); });
+    merge(sa_.S, count, dist::ReduceOp::sum);
+    local([&] {
+      kernels::shard_col_finish(sa_.Mx, sa_.S, eps, lam_b, d_.active, d_.G, d_.B, d_.m, s_);
+    });
   }
 
   /// Ft = the balanced f-update at `eps`; returns the residual per problem summed over
   /// the shards (valid for active problems). Retires nothing on the device (tol -1).
-  std::vector<double> check(const float* eps, const float* lam_a) {
-    if (d_.points()) {
-      kernels::online_half_step(d_.online(true, eps, d_.active), nullptr, d_.Ft, s_);
-    } else {
-      kernels::dense_row_update(d_.C, d_.logB, d_.G, eps, nullptr, d_.active, d_.Ft, d_.B, d_.n,
-                                d_.m, s_);
-    }
-    OTGPU_CUDA_CHECK(cudaMemsetAsync(d_.count, 0, sizeof(int), s_));
-    kernels::loop_check_residual(d_.a, d_.F, d_.Ft, eps, lam_a, -1.0, nullptr, 0, d_.active,
-                                 d_.iters, d_.res, d_.count, nullptr, d_.B, d_.n, s_);
-    std::vector<double> res = download(d_.res, B_, s_);
+  /// The residual allreduce carries the status word (entry B): a shard that failed
+  /// since the last check makes every shard throw here (dist_status.h).
+  std::vector<double> check(const float* eps, const float* lam_a, int iteration) {
+    at_ = iteration;
+    std::vector<double> res(B_ + 1, 0.0);
+    local([&] {
+      if (d_.points()) {
+        kernels::online_half_step(d_.online(true, eps, d_.active), nullptr, d_.Ft, s_);
+      } else {
+        kernels::dense_row_update(d_.C, d_.logB, d_.G, eps, nullptr, d_.active, d_.Ft, d_.B, d_.n,
+                                  d_.m, s_);
+      }
+      OTGPU_CUDA_CHECK(cudaMemsetAsync(d_.count, 0, sizeof(int), s_));
+      kernels::loop_check_residual(d_.a, d_.F, d_.Ft, eps, lam_a, -1.0, nullptr, 0, d_.active,
+                                   d_.iters, d_.res, d_.count, nullptr, d_.B, d_.n, s_);
+      const std::vector<double> mine = download(d_.res, B_, s_);
+      std::copy(mine.begin(), mine.end(), res.begin());
+    });
     // Entries of retired problems are stale on the device: zero them, so the sum is
     // defined (they are never read).
     for (std::size_t b = 0; b < B_; ++b)
-      if (active_[b] == 0) res[b] = 0.0;
-    comm_.allreduce(res.data(), static_cast<std::int64_t>(B_), dist::ReduceOp::sum);
+      if (active_[b] == 0 || failure_.failed()) res[b] = 0.0;
+    res[B_] = failure_.word();
+    try {
+      comm_.allreduce(res.data(), static_cast<std::int64_t>(B_ + 1), dist::ReduceOp::sum);
+    } catch (...) {
+      abandon();
+    }
+    failure_.settle(res[B_], kWhat, iteration);
+    res.pop_back();
     return res;
   }
 
@@ -244,8 +323,7 @@ class ShardSolve {
   /// in the CPU sharded solve). True when the loop ends (cancelled or nothing active).
   bool after_check(int iteration) {
     double stop = 0.0;
-    std::exception_ptr thrown;
-    if (o_.progress) {
+    if (o_.progress && !failure_.failed()) {
       SinkhornProgress pr;
       pr.problem = -1;
       pr.iteration = iteration;
@@ -254,17 +332,16 @@ class ShardSolve {
       pr.elapsed_s =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       pr.active = active_count();
-      try {
+      // A throwing callback is a failure of this shard: the allreduce below carries it
+      // and every shard throws the same CommError.
+      local([&] {
         if (!o_.progress(pr)) stop = 1.0;
-      } catch (...) {
-        // A throwing callback cancels every shard first (none is left waiting in the
-        // collective), then its error surfaces on this rank.
-        thrown = std::current_exception();
-        stop = 1.0;
-      }
+      });
     }
-    if (comm_.allreduce(stop, dist::ReduceOp::max) > 0.0) {
-      if (thrown) std::rethrow_exception(thrown);
+    double status[2] = {stop, failure_.word()};
+    comm_.allreduce(status, 2, dist::ReduceOp::max);
+    failure_.settle(status[1], kWhat, iteration);
+    if (status[0] > 0.0) {
       cancelled_ = true;
       stopped_at_ = iteration;
       return true;
@@ -290,15 +367,18 @@ class ShardSolve {
       lb[b] = static_cast<float>(detail::unbalanced_lambda(o_.rho_b, e));
     }
     if (!scales) return 0;
-    upload(a.eps_cur, lvl, s_);
-    upload(a.lam_a_cur, la, s_);
-    upload(a.lam_b_cur, lb, s_);
+    local([&] {
+      upload(a.eps_cur, lvl, s_);
+      upload(a.lam_a_cur, la, s_);
+      upload(a.lam_b_cur, lb, s_);
+    });
     const int ce = o_.check_every;
     const int phase = std::min(o_.max_iter, detail::eps_continuation_max_iters(o_.eps_decay));
     for (int t = 0; t < phase; ++t) {
+      at_ = t + 1;
       f_half(a.eps_cur, a.lam_a_cur, false);
       g_half(a.eps_cur, a.lam_b_cur);
-      const std::vector<double> res = check(a.eps_cur, a.lam_a_cur);
+      const std::vector<double> res = check(a.eps_cur, a.lam_a_cur, t + 1);
       bool moved = false, retired = false;
       check_max_ = 0.0;
       for (std::size_t b = 0; b < B_; ++b) {
@@ -321,12 +401,14 @@ class ShardSolve {
           retired = true;
         }
       }
-      if (moved) {
-        upload(a.eps_cur, lvl, s_);
-        upload(a.lam_a_cur, la, s_);
-        upload(a.lam_b_cur, lb, s_);
-      }
-      if (retired) upload(d_.active, active_, s_);
+      local([&] {
+        if (moved) {
+          upload(a.eps_cur, lvl, s_);
+          upload(a.lam_a_cur, la, s_);
+          upload(a.lam_b_cur, lb, s_);
+        }
+        if (retired) upload(d_.active, active_, s_);
+      });
       if (ce > 0 && (t + 1) % ce == 0 && after_check(t + 1)) {
         stopped_ = true;
         return t + 1;
@@ -350,13 +432,14 @@ class ShardSolve {
   void plain(int t_begin, int t_end) {
     bool reuse = false;
     for (int t = t_begin; t < t_end; ++t) {
+      at_ = t + 1;
       f_half(row(d_.eps_tab, t), row(d_.lam_a_tab, t), reuse);
       g_half(row(d_.eps_tab, t), row(d_.lam_b_tab, t));
       reuse = o_.check_every > 0 && (t + 1) % o_.check_every == 0 && t >= d_.K;
       if (!reuse) continue;
-      const std::vector<double> res = check(d_.eps_target(), d_.lam_a_target());
+      const std::vector<double> res = check(d_.eps_target(), d_.lam_a_target(), t + 1);
       retire(res, t + 1);
-      upload(d_.active, active_, s_);
+      local([&] { upload(d_.active, active_, s_); });
       if (after_check(t + 1)) return;
     }
   }
@@ -369,7 +452,7 @@ class ShardSolve {
     const int ce = o_.check_every;
     std::vector<detail::OverrelaxState> st(B_);
     std::vector<int> restore(B_, 0);
-    upload(a.omega, omega_, s_);
+    local([&] { upload(a.omega, omega_, s_); });
     relaxed_ran_ = true;
     bool reuse = false;
     int last_check = std::max(t_begin, d_.K);
@@ -378,16 +461,24 @@ class ShardSolve {
       const bool check_now = ce > 0 && (t + 1) % ce == 0 && at_target;
       const bool last = t + 1 == o_.max_iter;
       const bool relax_g = at_target && !check_now && !last;
-      if (at_target) copy_floats(a.F_prev, d_.F, d_.B * d_.n, s_);
+      at_ = t + 1;
+      local([&] {
+        if (at_target) copy_floats(a.F_prev, d_.F, d_.B * d_.n, s_);
+      });
       f_half(row(d_.eps_tab, t), row(d_.lam_a_tab, t), reuse);
-      if (at_target)
-        kernels::sinkhorn_overrelax(d_.F, a.F_prev, a.omega, d_.active, d_.B, d_.n, s_);
-      if (relax_g) copy_floats(a.G_prev, d_.G, d_.B * d_.m, s_);
+      local([&] {
+        if (at_target)
+          kernels::sinkhorn_overrelax(d_.F, a.F_prev, a.omega, d_.active, d_.B, d_.n, s_);
+        if (relax_g) copy_floats(a.G_prev, d_.G, d_.B * d_.m, s_);
+      });
       g_half(row(d_.eps_tab, t), row(d_.lam_b_tab, t));
-      if (relax_g) kernels::sinkhorn_overrelax(d_.G, a.G_prev, a.omega, d_.active, d_.B, d_.m, s_);
+      local([&] {
+        if (relax_g)
+          kernels::sinkhorn_overrelax(d_.G, a.G_prev, a.omega, d_.active, d_.B, d_.m, s_);
+      });
       reuse = check_now;
       if (!check_now) continue;
-      const std::vector<double> res = check(d_.eps_target(), d_.lam_a_target());
+      const std::vector<double> res = check(d_.eps_target(), d_.lam_a_target(), t + 1);
       retire(res, t + 1);
       for (std::size_t b = 0; b < B_; ++b) {
         restore[b] = 0;
@@ -399,19 +490,24 @@ class ShardSolve {
         omega_[b] = st[b].omega;
         failures_[b] = st[b].failures;
       }
-      upload(d_.active, active_, s_);
-      upload(a.omega, omega_, s_);
-      upload(a.restore, restore, s_);
-      kernels::sinkhorn_overrelax_commit(d_.F, d_.G, a.F_saved, a.G_saved, a.restore, d_.active,
-                                         d_.B, d_.n, d_.m, s_);
-      kernels::sinkhorn_overrelax_commit(d_.Ft, nullptr, a.Ft_saved, nullptr, a.restore, d_.active,
-                                         d_.B, d_.n, 0, s_);
+      local([&] {
+        upload(d_.active, active_, s_);
+        upload(a.omega, omega_, s_);
+        upload(a.restore, restore, s_);
+        kernels::sinkhorn_overrelax_commit(d_.F, d_.G, a.F_saved, a.G_saved, a.restore, d_.active,
+                                           d_.B, d_.n, d_.m, s_);
+        kernels::sinkhorn_overrelax_commit(d_.Ft, nullptr, a.Ft_saved, nullptr, a.restore,
+                                           d_.active, d_.B, d_.n, 0, s_);
+      });
       last_check = t + 1;
       if (after_check(t + 1)) return;
     }
   }
 
   dist::Communicator& comm_;
+  dist::detail::RankFailure failure_{comm_};
+  std::vector<double> idle_;  // a failed shard's stand-in for the merged device buffers
+  int at_ = 0;                // the iteration under way (for the failure's message)
   const SinkhornOptions& o_;
   DeviceSolve d_;
   ShardArrays sa_;
