@@ -37,20 +37,53 @@ std::vector<ShardRows> split_rows(std::int64_t n, int ranks) {
   return out;
 }
 
-/// Fills the communication and totals of `p` (shard and whole plans already made).
-void finish(ShardPlan& p, const Request& r) {
+/// What one rank sends in the collectives of a sharded solve, as the drivers issue them
+/// (host/src/cuda/sinkhorn_sharded.cpp, the Shard parts of core/src/cpu_sinkhorn.cpp):
+/// per iteration the g-merge (an allreduce max and one sum of the m column partials in
+/// fp64 per problem; the CUDA driver merges all B problems of a launch in one pair,
+/// the CPU one problem after the other, each also agreeing on finite f with one scalar
+/// allreduce), and per check the residual with its status word and the cancel/status
+/// pair (dist_status.h).
+struct Collectives {
+  double merges = 0;         ///< large allreduces per iteration
+  double merge_doubles = 0;  ///< doubles reduced by them per iteration (all of them)
+  double scalars = 0;        ///< small allreduces per iteration, checks amortized
+  double scalar_doubles = 0;
+};
+
+Collectives collectives(const Request& r, bool cpu) {
+  const double B = static_cast<double>(r.B), m = static_cast<double>(r.m);
+  const double per_check = r.check_every > 0 ? 1.0 / r.check_every : 0.0;
+  Collectives c;
+  if (cpu) {
+    c.merges = 2 * B;
+    c.merge_doubles = 2 * B * m;
+    c.scalars = B + 2 * B * per_check;  // finite flag; residual, cancel+status
+    c.scalar_doubles = B + (B * 1 + B * 2) * per_check;
+  } else {
+    c.merges = 2;
+    c.merge_doubles = 2 * B * m;
+    c.scalars = 2 * per_check;  // residuals+status; cancel+status
+    c.scalar_doubles = ((B + 1) + 2) * per_check;
+  }
+  return c;
+}
+
+/// Fills the communication and totals of `p` (shard and whole plans already made): a
+/// ring allreduce of k bytes sends 2 (R - 1) / R k bytes per rank and costs
+/// 2 (R - 1) latencies.
+void finish(ShardPlan& p, const Request& r, bool cpu) {
   const int R = p.ranks;
   p.nodes = (R + p.net.ranks_per_node - 1) / p.net.ranks_per_node;
   const bool multi_node = p.nodes > 1;
   const double bw = multi_node ? p.net.inter_bytes_per_s : p.net.intra_bytes_per_s;
   const double lat = multi_node ? p.net.inter_latency_s : p.net.intra_latency_s;
-  const double payload =
-      static_cast<double>(r.m) * static_cast<double>(r.B) * static_cast<double>(p.element_bytes);
   if (R > 1) {
+    const Collectives c = collectives(r, cpu);
     const double ring = 2.0 * (R - 1) / R;
-    p.comm_bytes_per_iteration = 2.0 * ring * payload;
-    p.comm_seconds = 2.0 * (ring * payload / bw + 2.0 * (R - 1) * lat);
-    if (r.check_every > 0) p.comm_seconds += 2.0 * 2.0 * (R - 1) * lat / r.check_every;
+    const auto s = static_cast<double>(p.element_bytes);
+    p.comm_bytes_per_iteration = ring * (c.merge_doubles + c.scalar_doubles) * s;
+    p.comm_seconds = p.comm_bytes_per_iteration / bw + (c.merges + c.scalars) * 2.0 * (R - 1) * lat;
   }
   p.compute_seconds = p.shard.roofline.seconds;
   p.iteration_seconds = p.compute_seconds + p.comm_seconds;
@@ -87,8 +120,8 @@ ShardPlan make_sharded_plan(const Request& request, int ranks, const DeviceProps
   p.shard = make_plan(shard_request(request, p.rows), device);
   p.shard.device_count = ranks;
   p.bytes_per_rank = p.shard.workspace_bytes + p.shard.input_bytes;
-  p.element_bytes = 4;  // the device merges fp32 partials
-  finish(p, request);
+  p.element_bytes = 8;  // the CUDA driver merges fp64 column LSE partials
+  finish(p, request, false);
   return p;
 }
 
@@ -103,7 +136,7 @@ ShardPlan make_sharded_cpu_plan(const Request& request, int ranks, const CpuProp
   p.shard = make_cpu_plan(shard_request(request, p.rows), cpu);
   p.bytes_per_rank = p.shard.host_bytes;
   p.element_bytes = 8;  // the CPU merges fp64 partials
-  finish(p, request);
+  finish(p, request, true);
   return p;
 }
 
@@ -126,8 +159,9 @@ std::string describe(const ShardPlan& p) {
                    p.shard.backend == Backend::cpu ? "host memory" : "device workspace + inputs"));
   line(fmt::format("interconnect {} [assumed]", p.net.name));
   line(
-      fmt::format("comm         {:.4g} bytes sent per rank per iteration (2 ring allreduces "
-                  "of m x {} B column partials): {:.4g} ms",
+      fmt::format("comm         {:.4g} bytes sent per rank per iteration (ring allreduces "
+                  "of the m column partials, max and sum, {} B each, and the checks' "
+                  "scalars): {:.4g} ms",
                   p.comm_bytes_per_iteration, p.element_bytes, p.comm_seconds * 1e3));
   line(
       fmt::format("iteration    {:.4g} ms compute (largest shard) + {:.4g} ms comm = {:.4g} ms; "

@@ -301,11 +301,13 @@ struct ShardRows {
 /// split): the per-shard plan of the largest shard, the memory per device, and the
 /// estimated iteration as the largest shard's compute plus the g-update's merge, two
 /// ring allreduces (max, then sum) of the m column partials:
-///   bytes sent per rank = 2 * 2 (R - 1) / R * m * B * s   (s = 4 fp32 GPU, 8 fp64 CPU),
-///   time = 2 [2 (R - 1) / R * m B s / bw + 2 (R - 1) latency]
-/// with bw and latency those of the slowest link the ring crosses (the inter-node ones
-/// when the ranks span more than one node); plus, every check_every iterations, two
-/// scalar allreduces (residual, cancel flag), counted at latency only. Compute and
+///   bytes sent per rank = 2 (R - 1) / R * 8 * (2 m B + the checks' scalars)
+///   (both drivers merge fp64 partials), time = bytes / bw + 2 (R - 1) latency per
+///   allreduce (CUDA: one max/sum pair for the B problems of a launch; CPU: a pair and
+///   a finite-f flag per problem), with bw and latency those of the slowest link the
+///   ring crosses (the inter-node ones when the ranks span more than one node); the
+///   checks' allreduces (residuals + status word, cancel flag + status word) amortized
+///   over check_every (planner_shards.cpp, Collectives). Compute and
 /// communication are not overlapped in this model (the driver does not overlap them).
 struct ShardPlan {
   int ranks = 1;
