@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -495,8 +496,84 @@ NpyInput load_row_slice(const std::string& flag, const std::string& path, dist::
   return in;
 }
 
+/// This rank's rows of every problem of a batched file [B, n, k...] (rows = axis 1):
+/// B contiguous blocks, each read at its own offset (pread; the other ranks' rows are
+/// never read), as [B, n_r, k...], with load_row_slice's value checks. The npy reader
+/// rejects trailing bytes, so the data are the file's last B n k... elements.
+NpyInput load_row_blocks(const std::string& flag, const std::string& path, dist::RowRange rows,
+                         bool weights) {
+  if (path.empty()) throw InvalidArgument(fmt::format("{}: empty file name", flag));
+  const std::vector<std::int64_t> shape = npy::load_shape(path, flag);
+  // Zero rows read: the file's checks, its dtype and byte order.
+  npy::Array a = npy::load_rows(path, flag, 0, 0);
+  const std::size_t item = dtype_size(a.dtype);
+  std::int64_t width = 1;
+  for (std::size_t k = 2; k < shape.size(); ++k) width *= shape[k];
+  const std::int64_t B = shape[0], n = shape[1];
+  const auto row_bytes = static_cast<std::uint64_t>(width) * item;
+  const std::string where = fmt::format("{}: {}", flag, npy::printable_path(path));
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) throw IoError(fmt::format("{}: cannot open", where));
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> guard(file, &std::fclose);
+  // The header's byte order: '>' in its descr ('<' or '|' is little-endian / bytes).
+  char head[12] = {};
+  if (std::fread(head, 1, sizeof head, file) != sizeof head) {
+    throw IoError(fmt::format("{}: cannot read the header", where));
+  }
+  const bool v1 = head[6] == 1;
+  const std::size_t header_len =
+      v1 ? static_cast<std::size_t>(static_cast<unsigned char>(head[8]) |
+                                    (static_cast<unsigned char>(head[9]) << 8))
+         : static_cast<std::size_t>(static_cast<unsigned char>(head[8]) |
+                                    (static_cast<unsigned char>(head[9]) << 8) |
+                                    (static_cast<unsigned char>(head[10]) << 16) |
+                                    (static_cast<unsigned char>(head[11]) << 24));
+  const std::uint64_t data_offset = (v1 ? 10u : 12u) + header_len;
+  std::string header(header_len, '\0');
+  if (std::fseek(file, static_cast<long>(v1 ? 10 : 12), SEEK_SET) != 0 ||
+      std::fread(header.data(), 1, header_len, file) != header_len) {
+    throw IoError(fmt::format("{}: cannot read the header", where));
+  }
+  const bool swap =
+      header.find(">f") != std::string::npos || header.find(">i") != std::string::npos;
+  a.shape = shape;
+  a.shape[1] = rows.size();
+  a.bytes.resize(static_cast<std::size_t>(B) * static_cast<std::size_t>(rows.size()) * row_bytes);
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::uint64_t offset =
+        data_offset + (static_cast<std::uint64_t>(b * n + rows.begin)) * row_bytes;
+    unsigned char* dst = a.bytes.data() + static_cast<std::size_t>(b) *
+                                              static_cast<std::size_t>(rows.size()) *
+                                              static_cast<std::size_t>(row_bytes);
+    const auto len = static_cast<std::size_t>(rows.size()) * static_cast<std::size_t>(row_bytes);
+    if (std::fseek(file, static_cast<long>(offset), SEEK_SET) != 0 ||
+        std::fread(dst, 1, len, file) != len) {
+      throw IoError(fmt::format("{}: the file shrank while being read", where));
+    }
+  }
+  if (swap && item > 1) {
+    for (std::size_t k = 0; k + item <= a.bytes.size(); k += item) {
+      std::reverse(a.bytes.begin() + static_cast<std::ptrdiff_t>(k),
+                   a.bytes.begin() + static_cast<std::ptrdiff_t>(k + item));
+    }
+  }
+  a.source = where;
+  NpyInput in{flag, npy::printable_path(path), std::move(a)};
+  for (std::int64_t k = 0; k < in.array.numel(); ++k) {
+    const double v = in.array.at(k);
+    if (!std::isfinite(v) || (weights && v < 0)) {
+      const std::int64_t row = k / width, b = row / rows.size();
+      throw NonFiniteInput(fmt::format("{}: {}: element (problem {}, row {}, column {}) is {}{}",
+                                       flag, in.path, b, rows.begin + row % rows.size(), k % width,
+                                       v,
+                                       weights && v < 0 ? "; weights must be non-negative" : ""));
+    }
+  }
+  return in;
+}
+
 /// The inputs of this rank: its rows of X (or of the cost matrix) and of a, the whole
-/// of Y and b. Only rank-2 inputs (one problem) are sharded.
+/// of Y and b; a batch [B, n, ...] gives this rank its rows of every problem.
 LoadedProblem load_local_problem(const SinkhornArgs& args, dist::Communicator& comm,
                                  std::int64_t& n_total, dist::RowRange& rows) {
   LoadedProblem lp;
@@ -504,49 +581,173 @@ LoadedProblem load_local_problem(const SinkhornArgs& args, dist::Communicator& c
   const std::string& rows_path = args.cost_matrix.empty() ? args.x : args.cost_matrix;
   const std::string rows_flag = args.cost_matrix.empty() ? "--x" : "--cost-matrix";
   const auto shape = npy::load_shape(rows_path, rows_flag);
-  if (shape.size() != 2) {
+  if (shape.size() != 2 && shape.size() != 3) {
     throw ShapeError(fmt::format(
-        "{}: {} has shape {}; --distributed shards one problem ([n, d] or [n, m]); run a batch "
-        "without --distributed",
+        "{}: {} has shape {}; --distributed takes one problem ([n, d] or [n, m]) or a batch "
+        "([B, n, d] or [B, n, m])",
         rows_flag, npy::printable_path(rows_path), npy::shape_to_string(shape)));
   }
-  n_total = shape[0];
+  lp.batched = shape.size() == 3;
+  lp.batch = lp.batched ? shape[0] : 1;
+  n_total = shape[lp.batched ? 1 : 0];
   rows = dist::row_range(n_total, comm.rank(), comm.size());
+  auto rows_of = [&](const char* flag, const std::string& path, bool weights) {
+    return lp.batched ? load_row_blocks(flag, path, rows, weights)
+                      : load_row_slice(flag, path, rows, weights);
+  };
   if (args.cost_matrix.empty()) {
-    lp.x = load_row_slice("--x", args.x, rows, false);
+    lp.x = rows_of("--x", args.x, false);
     lp.y = load_points("--y", args.y);
-    if (lp.y.rank() != 2 || lp.y.dim(1) != lp.x.dim(1)) {
-      throw ShapeError(fmt::format("{} and {}: --y must be [m, d] with the d of --x ({})",
-                                   lp.x.describe(), lp.y.describe(), lp.x.dim(1)));
+    const int xr = lp.x.rank();
+    if (lp.y.rank() != xr || lp.y.dim(xr - 1) != lp.x.dim(xr - 1) ||
+        (lp.batched && lp.y.dim(0) != lp.batch)) {
+      throw ShapeError(fmt::format(
+          "{} and {}: --y must be {} with the {}d of --x ({})", lp.x.describe(), lp.y.describe(),
+          lp.batched ? "[B, m, d]" : "[m, d]", lp.batched ? "B and " : "", lp.x.dim(xr - 1)));
     }
-    lp.m = lp.y.dim(0);
-    lp.d = lp.x.dim(1);
+    lp.m = lp.y.dim(xr - 2);
+    lp.d = lp.x.dim(xr - 1);
     p.x = lp.x.view();
     p.y = lp.y.view();
     p.cost_kind = parse_point_cost("--cost", args.cost);
   } else {
-    lp.cost = load_row_slice("--cost-matrix", args.cost_matrix, rows, false);
-    lp.m = lp.cost.dim(1);
+    lp.cost = rows_of("--cost-matrix", args.cost_matrix, false);
+    lp.m = lp.cost.dim(lp.cost.rank() - 1);
     p.cost = lp.cost.view();
     p.cost_kind = CostKind::matrix;
   }
   lp.n = rows.size();
   if (!args.a.empty()) {
     const auto a_shape = npy::load_shape(args.a, "--a");
-    if (a_shape.size() != 1 || a_shape[0] != n_total) {
-      throw ShapeError(fmt::format("--a: {} has shape {} but ({},) is expected (n from {})",
-                                   npy::printable_path(args.a), npy::shape_to_string(a_shape),
-                                   n_total, rows_flag));
+    const bool a_batched = a_shape.size() == 2 && lp.batched && a_shape[0] == lp.batch;
+    if (!((a_shape.size() == 1 && a_shape[0] == n_total) || (a_batched && a_shape[1] == n_total))) {
+      throw ShapeError(
+          fmt::format("--a: {} has shape {} but ({},){} is expected (n from {})",
+                      npy::printable_path(args.a), npy::shape_to_string(a_shape), n_total,
+                      lp.batched ? fmt::format(" or ({}, {})", lp.batch, n_total) : "", rows_flag));
     }
-    lp.a = load_row_slice("--a", args.a, rows, true);
+    lp.a = a_batched ? load_row_blocks("--a", args.a, rows, true)
+                     : load_row_slice("--a", args.a, rows, true);
     p.a = lp.a.view();
   }
   if (!args.b.empty()) {
     lp.b = load_weights("--b", args.b);
-    check_weights(lp.b, 1, lp.m, "m", args.cost_matrix.empty() ? "--y" : "--cost-matrix");
+    check_weights(lp.b, lp.batch, lp.m, "m", args.cost_matrix.empty() ? "--y" : "--cost-matrix");
     p.b = lp.b.view();
   }
   return lp;
+}
+
+/// The blocks [B, n_r, width] of the ranks in global row order [B, n, width] on every
+/// rank (one allgather per problem).
+std::vector<double> gather_batch(dist::Communicator& comm, const std::vector<double>& local,
+                                 std::int64_t B, std::int64_t width) {
+  const auto per = local.size() / static_cast<std::size_t>(B);
+  std::vector<double> out;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto first =
+        local.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(b) * per);
+    const std::vector<double> all = dist::allgather_rows(
+        comm, std::vector<double>(first, first + static_cast<std::ptrdiff_t>(per)), width);
+    out.insert(out.end(), all.begin(), all.end());
+  }
+  return out;
+}
+
+/// An input's values as doubles (C order).
+std::vector<double> values_of(const NpyInput& in) {
+  std::vector<double> out(static_cast<std::size_t>(in.array.numel()));
+  for (std::int64_t k = 0; k < in.array.numel(); ++k)
+    out[static_cast<std::size_t>(k)] = in.array.at(k);
+  return out;
+}
+
+/// Problem b's block [rows, width] of a [B, rows, width] (or shared [rows, width]) buffer.
+const double* block_of(const std::vector<double>& v, bool batched, std::int64_t b,
+                       std::int64_t rows, std::int64_t width) {
+  return v.data() + (batched ? b * rows * width : 0);
+}
+
+/// --divergence under --distributed: S(a, b) = OT(a, b) - (OT(a, a) + OT(b, b)) / 2
+/// (+ eps/2 (m_a - m_b)^2 when unbalanced, as sinkhorn_divergence). Both self terms are
+/// sharded like the main solve, by the alternating dist::sinkhorn at the absolute eps
+/// of the (x, y) problem: OT(b, b) splits y's rows over the ranks (y is replicated:
+/// nothing to move); OT(a, a) needs x as its columns, so x (and a) is allgathered:
+/// every rank then holds n x d values, what it holds of y already (no rank ever holds
+/// a cost matrix). The single-process command's symmetric update converges faster; both
+/// reach the same OT_eps to the tolerance.
+std::vector<double> distributed_divergence(dist::Communicator& comm, const LoadedProblem& lp,
+                                           const SinkhornResult& xy, const SinkhornOptions& options,
+                                           std::int64_t n_total, dist::RowRange rows) {
+  const bool balanced = std::isinf(options.rho_a) && std::isinf(options.rho_b);
+  if (!balanced && !(options.rho_a == options.rho_b)) {
+    throw InvalidArgument(fmt::format(
+        "--divergence: rho_a = {} and rho_b = {} differ; the unbalanced divergence needs one "
+        "marginal penalty (--rho)",
+        options.rho_a, options.rho_b));
+  }
+  const std::int64_t B = lp.batch, d = lp.d, m = lp.m, nr = rows.size();
+  const std::vector<double> x_local = values_of(lp.x), y_all = values_of(lp.y);
+  const std::vector<double> x_all = gather_batch(comm, x_local, B, d);
+  const bool a_batched = lp.a.present() && lp.a.rank() == 2;
+  const bool b_batched = lp.b.present() && lp.b.rank() == 2;
+  std::vector<double> a_local, a_all, b_all;
+  if (lp.a.present()) {
+    a_local = values_of(lp.a);
+    a_all = gather_batch(comm, a_local, a_batched ? B : 1, 1);
+  }
+  if (lp.b.present()) b_all = values_of(lp.b);
+  const dist::RowRange yrows = dist::row_range(m, comm.rank(), comm.size());
+  SinkhornOptions self = options;
+  self.eps_relative = false;
+  self.f_init.clear();
+  self.g_init.clear();
+  self.progress = nullptr;
+  std::vector<double> out(static_cast<std::size_t>(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const auto& rep = xy.problems[static_cast<std::size_t>(b)];
+    SinkhornOptions o = self;
+    o.eps = rep.eps;
+    if (options.eps_relative && options.eps_init > 0)
+      o.eps_init = options.eps_init * (rep.eps / options.eps);
+    // OT(a, a): this rank's rows of x against all of x.
+    SinkhornProblem xx;
+    xx.cost_kind = lp.problem.cost_kind;
+    xx.x = TensorView::host(x_local.data() + b * nr * d, {nr, d});
+    xx.y = TensorView::host(x_all.data() + b * n_total * d, {n_total, d});
+    if (lp.a.present()) {
+      xx.a = TensorView::host(block_of(a_local, a_batched, b, nr, 1), {nr});
+      xx.b = TensorView::host(block_of(a_all, a_batched, b, n_total, 1), {n_total});
+    }
+    const double ot_xx = dist::sinkhorn(comm, xx, o).problems[0].ot_eps;
+    // OT(b, b): this rank's rows of y against all of y.
+    SinkhornProblem yy;
+    yy.cost_kind = lp.problem.cost_kind;
+    const double* yb = lp.batched ? y_all.data() + b * m * d : y_all.data();
+    yy.x = TensorView::host(yb + yrows.begin * d, {yrows.size(), d});
+    yy.y = TensorView::host(yb, {m, d});
+    if (lp.b.present()) {
+      const double* bb = block_of(b_all, b_batched, b, m, 1);
+      yy.a = TensorView::host(bb + yrows.begin, {yrows.size()});
+      yy.b = TensorView::host(bb, {m});
+    }
+    const double ot_yy = dist::sinkhorn(comm, yy, o).problems[0].ot_eps;
+    double div = rep.ot_eps - 0.5 * (ot_xx + ot_yy);
+    if (!balanced) {
+      auto mass = [](const double* w, std::int64_t len) {
+        double t = 0;
+        for (std::int64_t k = 0; k < len; ++k) t += w[k];
+        return t;
+      };
+      // Absent weights are uniform: mass 1.
+      const double ma =
+          lp.a.present() ? mass(block_of(a_all, a_batched, b, n_total, 1), n_total) : 1.0;
+      const double mb = lp.b.present() ? mass(block_of(b_all, b_batched, b, m, 1), m) : 1.0;
+      div += 0.5 * rep.eps * (ma - mb) * (ma - mb);
+    }
+    out[static_cast<std::size_t>(b)] = div;
+  }
+  return out;
 }
 
 /// `mpirun -np R otgpu sinkhorn --distributed ...`: every rank loads its rows and the
@@ -558,12 +759,7 @@ void run_distributed(const SinkhornArgs& args) {
   auto comm = dist::mpi_world();
   const int rank = comm->rank();
   try {
-    dist::agree(*comm, [&] {
-      check_flag_combinations(args);
-      if (args.divergence) {
-        throw InvalidArgument("--divergence is not available with --distributed yet");
-      }
-    });
+    dist::agree(*comm, [&] { check_flag_combinations(args); });
     LoadedProblem lp;
     std::int64_t n_total = 0;
     dist::RowRange rows;
@@ -590,57 +786,89 @@ void run_distributed(const SinkhornArgs& args) {
         call_library("sinkhorn", names, [&] { return dist::sinkhorn(*comm, lp.problem, options); });
     progress->finish();
     // Collectives first (every rank), then rank 0 alone writes.
-    const std::vector<double> f = dist::allgather_rows(*comm, result.f, 1);
-    std::vector<double> map, grad, pairs;
+    const std::int64_t B = lp.batch;
+    const std::vector<double> f = gather_batch(*comm, result.f, B, 1);
+    std::vector<double> map, grad, pairs, divergence;
     if (!args.map_out.empty()) {
-      map = dist::allgather_rows(*comm, dist::barycentric_map(*comm, lp.problem, result), lp.d);
+      map = gather_batch(*comm, dist::barycentric_map(*comm, lp.problem, result), B, lp.d);
     }
     if (!args.grad_out.empty()) {
-      grad = dist::allgather_rows(*comm, dist::gradient_x(*comm, lp.problem, result), lp.d);
+      grad = gather_batch(*comm, dist::gradient_x(*comm, lp.problem, result), B, lp.d);
     }
     if (!args.sample_out.empty()) {
       const auto local = dist::sample_partners(*comm, lp.problem, result, seed);
       // Indices below 2^53 travel exactly as doubles.
-      pairs = dist::allgather_rows(*comm, std::vector<double>(local.begin(), local.end()), 1);
+      pairs = gather_batch(*comm, std::vector<double>(local.begin(), local.end()), B, 1);
+    }
+    if (args.divergence) {
+      divergence = call_library("sinkhorn_divergence", names, [&] {
+        return distributed_divergence(*comm, lp, result, options, n_total, rows);
+      });
     }
     if (rank != 0) return;
     const int exit_code = report_unconverged(result, args.strict);
-    if (!args.f_out.empty()) write_output("--f-out", args.f_out, f, {n_total});
-    if (!args.g_out.empty()) write_output("--g-out", args.g_out, result.g, {result.m});
-    if (!args.map_out.empty()) write_output("--map-out", args.map_out, map, {n_total, lp.d});
-    if (!args.grad_out.empty()) write_output("--grad-out", args.grad_out, grad, {n_total, lp.d});
+    const bool bt = lp.batched;
+    if (!args.f_out.empty())
+      write_output("--f-out", args.f_out, f, batched_shape(bt, B, {n_total}));
+    if (!args.g_out.empty()) {
+      write_output("--g-out", args.g_out, result.g, batched_shape(bt, B, {result.m}));
+    }
+    if (!args.map_out.empty()) {
+      write_output("--map-out", args.map_out, map, batched_shape(bt, B, {n_total, lp.d}));
+    }
+    if (!args.grad_out.empty()) {
+      write_output("--grad-out", args.grad_out, grad, batched_shape(bt, B, {n_total, lp.d}));
+    }
     if (!args.sample_out.empty()) {
       write_output("--sample-out", args.sample_out,
-                   std::vector<std::int64_t>(pairs.begin(), pairs.end()), {n_total});
+                   std::vector<std::int64_t>(pairs.begin(), pairs.end()),
+                   batched_shape(bt, B, {n_total}));
     }
-    const SinkhornReport& r = result.problems[0];
     if (args.json.to_stdout || !args.json.file.empty()) {
       nlohmann::json out;
       out["command"] = "sinkhorn";
       out["backend"] = std::string(to_string(result.backend));
       out["distributed"] = {{"ranks", comm->size()}, {"communicator", std::string(comm->name())}};
       out["time_ms"] = result.time_ms;
-      out["B"] = 1;
+      out["B"] = B;
       out["n"] = n_total;
       out["m"] = result.m;
       out["d"] = lp.d > 0 ? nlohmann::json(lp.d) : nlohmann::json(nullptr);
       out["options"] = options_json(args, options, result.tol, lp.cost.present());
       if (!args.sample_out.empty()) out["options"]["seed"] = seed;
-      nlohmann::json pj = report_json(r, result.tol);
-      out["problems"] = nlohmann::json::array({pj});
+      nlohmann::json problems = nlohmann::json::array();
+      for (std::int64_t k = 0; k < B; ++k) {
+        nlohmann::json pj = report_json(result.problems[static_cast<std::size_t>(k)], result.tol);
+        if (args.divergence) pj["sinkhorn_divergence"] = divergence[static_cast<std::size_t>(k)];
+        problems.push_back(pj);
+      }
+      out["problems"] = problems;
       emit_json(args.json, out);
       if (args.json.to_stdout) {
         finish(exit_code);
         return;
       }
     }
-    Table table({"problem", "ot_eps", "transport_cost", "marginal_error", "residual", "iterations",
-                 "converged", "eps"});
-    table.add_row({"0", format_number(r.ot_eps), format_number(r.transport_cost),
-                   format_number(r.marginal_error), format_number(r.residual),
-                   std::to_string(r.iterations), r.converged ? "yes" : "no", format_number(r.eps)});
+    std::vector<std::string> headers = {"problem",        "ot_eps",   "transport_cost",
+                                        "marginal_error", "residual", "iterations",
+                                        "converged",      "eps"};
+    if (args.divergence) headers.emplace_back("sinkhorn_divergence");
+    Table table(headers);
+    for (std::int64_t k = 0; k < B; ++k) {
+      const SinkhornReport& r = result.problems[static_cast<std::size_t>(k)];
+      std::vector<std::string> row = {std::to_string(k),
+                                      format_number(r.ot_eps),
+                                      format_number(r.transport_cost),
+                                      format_number(r.marginal_error),
+                                      format_number(r.residual),
+                                      std::to_string(r.iterations),
+                                      r.converged ? "yes" : "no",
+                                      format_number(r.eps)};
+      if (args.divergence) row.push_back(format_number(divergence[static_cast<std::size_t>(k)]));
+      table.add_row(row);
+    }
     std::fputs(table.render().c_str(), stdout);
-    std::string sizes = fmt::format("B=1 n={} m={}", n_total, result.m);
+    std::string sizes = fmt::format("B={} n={} m={}", B, n_total, result.m);
     if (lp.d > 0) sizes += fmt::format(" d={}", lp.d);
     std::fputs(fmt::format("backend: cpu ({} ranks over {})  time: {:.3f} ms  {}\n", comm->size(),
                            comm->name(), result.time_ms, sizes)

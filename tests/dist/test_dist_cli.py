@@ -1,6 +1,7 @@
 """`mpirun -np R otgpu sinkhorn --distributed ...` against the single-process command:
 the same report and outputs (f gathered, g, map, gradient, sampled partners) to fp64
-round-off for an uneven row split, and one clear error (exit 1, no hang) when one
+round-off for an uneven row split, one problem or a batch [B, n, d], the Sinkhorn
+divergence (self terms sharded), and one clear error (exit 1, no hang) when one
 rank's rows hold a NaN.
 
 Run: OTGPU_BIN=... MPIEXEC=... python3 -m unittest -v test_dist_cli   (skips: exit 77)
@@ -71,6 +72,42 @@ class DistributedCli(unittest.TestCase):
         self.assertTrue(p["converged"])
         for k in ("ot_eps", "transport_cost", "eps"):
             self.assertAlmostEqual(p[k], q[k], delta=1e-10 * abs(q[k]))
+        for k in ("f", "g", "map", "grad"):
+            self.assertEqual(got_out[k].shape, ref_out[k].shape, k)
+            scale = max(1.0, np.abs(ref_out[k]).max())
+            self.assertLess(np.abs(got_out[k] - ref_out[k]).max(), 1e-10 * scale, k)
+        np.testing.assert_array_equal(got_out["sample"], ref_out["sample"])
+
+    def test_divergence_matches_one_process(self):
+        # The self terms: sharded alternating solves under mpirun, the symmetric update in
+        # one process; both to tol 1e-10, so the divergences agree far below its size.
+        ref, _ = self.solve("one", None, ["--divergence"])
+        got, _ = self.solve("mpi", 3, ["--divergence"])
+        q, p = ref["problems"][0]["sinkhorn_divergence"], got["problems"][0]["sinkhorn_divergence"]
+        self.assertGreater(q, 0.0)
+        self.assertAlmostEqual(p, q, delta=1e-7 * max(1.0, abs(q)))
+
+    def test_a_batch_shards_every_problems_rows(self):
+        # [B, n, d] float32 x with batched weights [B, n]: each rank reads its rows of
+        # every problem (blocks at their offsets), the outputs come back [B, n, ...].
+        rng = np.random.default_rng(11)
+        B = 2
+        xb = rng.normal(size=(B, self.n, self.d)).astype(np.float32)
+        yb = rng.normal(size=(B, self.m, self.d)) + 0.3
+        ab = rng.uniform(0.2, 1.0, (B, self.n))
+        np.save(self.paths["x"], xb)
+        np.save(self.paths["y"], yb)
+        np.save(self.paths["a"], ab / ab.sum(axis=1, keepdims=True))
+        ref, ref_out = self.solve("one", None, ["--divergence"])
+        got, got_out = self.solve("mpi", 3, ["--divergence"])
+        self.assertEqual(got["B"], B)
+        self.assertEqual(len(got["problems"]), B)
+        for p, q in zip(got["problems"], ref["problems"]):
+            self.assertEqual(p["iterations"], q["iterations"])
+            for k in ("ot_eps", "transport_cost", "eps"):
+                self.assertAlmostEqual(p[k], q[k], delta=1e-10 * abs(q[k]))
+            self.assertAlmostEqual(p["sinkhorn_divergence"], q["sinkhorn_divergence"],
+                                   delta=1e-7 * max(1.0, abs(q["sinkhorn_divergence"])))
         for k in ("f", "g", "map", "grad"):
             self.assertEqual(got_out[k].shape, ref_out[k].shape, k)
             scale = max(1.0, np.abs(ref_out[k]).max())
