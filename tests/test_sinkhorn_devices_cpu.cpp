@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "otgpu/device.h"
 #include "otgpu/dist.h"
 #include "otgpu/error.h"
 #include "otgpu/sinkhorn.h"
@@ -115,6 +116,27 @@ TEST(SinkhornDevices, HostStagedAllreduceDeviceNeedsCuda) {
         [&] { c.allreduce_device(&v, 1, DType::f64, dist::ReduceOp::sum, nullptr); });
     EXPECT_NE(msg.find("allreduce_device: the local communicator"), std::string::npos) << msg;
   });
+}
+
+TEST(SinkhornDevices, GpuContextOverloadRejectsASplitOverDevices) {
+  // A context is one device: devices beyond it are an InvalidArgument that says what
+  // to call instead (needs a device to make the context).
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  GpuContext ctx(0);
+  std::vector<double> x(8, 0.5), y(6, 0.25);
+  SinkhornProblem p;
+  p.x = TensorView::host(x.data(), {4, 2});
+  p.y = TensorView::host(y.data(), {3, 2});
+  SinkhornOptions o;
+  o.devices = {0, 0};
+  try {
+    (void)sinkhorn(ctx, p, o);
+    FAIL() << "devices accepted by the GpuContext overload";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("without a context"), std::string::npos) << e.what();
+  }
+  o.devices = {0};  // the context's own device: the ordinary solve
+  EXPECT_EQ(sinkhorn(ctx, p, o).problems.size(), 1u);
 }
 
 }  // namespace

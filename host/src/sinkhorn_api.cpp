@@ -53,7 +53,18 @@ SinkhornResult sinkhorn(const SinkhornProblem& problem, const SinkhornOptions& o
 
 SinkhornResult sinkhorn(GpuContext& ctx, const SinkhornProblem& problem,
                         const SinkhornOptions& options) {
+  // A context is one device: a split over devices would ignore it (or silently drop
+  // the split), so only the context's own device is accepted.
+  if (!options.devices.empty() &&
+      !(options.devices.size() == 1 && options.devices[0] == ctx.device())) {
+    throw InvalidArgument(fmt::format(
+        "devices: {} entries given to the GpuContext overload of sinkhorn, which solves on the "
+        "context's device {}; for a split over devices call otgpu::sinkhorn(problem, options) "
+        "without a context",
+        options.devices.size(), ctx.device()));
+  }
   SinkhornOptions o = options;
+  o.devices.clear();
   o.backend = Backend::cuda;
   o.device = ctx.device();
   const auto shape = detail::validate_sinkhorn(problem, o);
