@@ -40,6 +40,12 @@
 // two integer instructions, the same code the CPU test proves). The epilogue rounds as
 // the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is bounded by the
 // centring of the staging (tests/test_mma_emulation.cpp measures it on the CPU model).
+// The Euclidean cost's root would still turn that residue into ~2e-3 |x| at x = y:
+// pairs with c2 < 2^-6 (|x|^2 + |y|^2) are redone by direct fp32 differences from the
+// staged points in global memory, the whole warp per pair (euclid_tile_c2,
+// near_pairs_direct; the rule and its bound in otgpu/detail/tf32.h). Unflagged tiles
+// pay ~2 instructions per 32 pairs for the check (one FMUL, one FSETP.OR per pair and
+// one vote per tile: the epilogue's 659 -> 717 per 1024 pairs in the half-step).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -403,6 +409,88 @@ __device__ __forceinline__ void row_norms(const float* rows_b, std::int64_t r0, 
   }
 }
 
+/// Euclidean cost near x = y (otgpu/detail/tf32.h, kMmaNearRel): c2 holds the warp's
+/// 16 x 64 tile of |x|^2 + |y|^2 - 2<x,y> as formed (lane (g, t): c2[q][2h + e] is row
+/// g + 8h, column 8q + 2t + e), nx the warp's 16 row norms, ny the tile's 64 column
+/// norms. The pairs with c2 < tau (|x|^2 + |y|^2) get their c2 again from direct fp32
+/// differences of the staged (centred) coordinates in global memory, one pair at a
+/// time for the whole warp: the flagged lanes are balloted, the lanes split d (coalesced
+/// loads) and meet by an xor butterfly (otgpu::detail::mma_direct_sq_model replays the
+/// order). rows: the warp's first row (rows_left valid from it), cols: the tile's first
+/// column (cols_left valid). The caller enters only when some lane flagged a pair (a
+/// diagonal tile of a self term: 16 pairs per warp), so the hot loop pays the flag only.
+__device__ __forceinline__ void near_pairs_direct(float (&c2)[8][4], const float* nx,
+                                                  const float* ny, const float* rows,
+                                                  std::int64_t rows_left, const float* cols,
+                                                  std::int64_t cols_left, int dp) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  unsigned near = 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float sum = nx[g + 8 * h] + ny[q * 8 + 2 * t + e];
+        if (otgpu::detail::mma_near_pair(c2[q][2 * h + e], sum)) near |= 1u << (16 * h + 2 * q + e);
+      }
+  for (;;) {
+    const unsigned lanes = __ballot_sync(0xffffffffu, near != 0);
+    if (lanes == 0) break;
+    const int src = __ffs(static_cast<int>(lanes)) - 1;
+    const int bit = __ffs(static_cast<int>(__shfl_sync(0xffffffffu, near, src))) - 1;
+    const int row = (src >> 2) + 8 * (bit >> 4);
+    const int col = ((bit >> 1) & 7) * 8 + 2 * (src & 3) + (bit & 1);
+    float d2 = 0.f;
+    if (row < rows_left && col < cols_left) {  // warp-uniform; else the pair is never used
+      const float* x = rows + static_cast<std::int64_t>(row) * dp;
+      const float* y = cols + static_cast<std::int64_t>(col) * dp;
+#pragma unroll 4
+      for (int k = lane; k < dp; k += 32) {
+        const float df = x[k] - y[k];
+        d2 = fmaf(df, df, d2);
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) d2 += __shfl_xor_sync(0xffffffffu, d2, off);
+    if (lane == src) {
+      near &= near - 1;  // bit was its lowest
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (16 * h + 2 * q + e == bit) c2[q][2 * h + e] = d2;
+    }
+  }
+}
+
+/// The Euclidean tile's c2 in place of the dot products (acc), with the near pairs
+/// redone directly (near_pairs_direct): one FMUL and one predicate-accumulating FSETP
+/// per pair on top of the norm form, one vote per tile. nx: the warp's 16 row norms.
+__device__ __forceinline__ void euclid_tile_c2(float (&acc)[8][4], const float* nx, const float* ny,
+                                               const float* rows, std::int64_t rows_left,
+                                               const float* cols, std::int64_t cols_left, int dp) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bool any = false;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float nxr = nx[g + 8 * h];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float sum = nxr + ny[q * 8 + 2 * t + e];
+        const float c2 = fmaf(-2.f, acc[q][2 * h + e], sum);
+        any = any || otgpu::detail::mma_near_pair(c2, sum);
+        acc[q][2 * h + e] = c2;
+      }
+  }
+  if (__any_sync(0xffffffffu, any))
+    near_pairs_direct(acc, nx, ny, rows, rows_left, cols, cols_left, dp);
+}
+
 /// Running base-2 (max, sum w, sum w c) of the report's row statistics.
 struct Stat2 {
   float max, s0, s1;
@@ -625,6 +713,11 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
       }
     }
     __syncthreads();
+    if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
+      const std::int64_t wr = r0 + warp * 16;
+      euclid_tile_c2(acc, nxs + warp * 16, nys, rows_b + wr * dp, p.n_rows - wr, cols_b + j0 * dp,
+                     j_end - j0, dp);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // row g (h = 0) and g + 8 (h = 1) of the warp's slab
       const int r = warp * 16 + g + 8 * h;
@@ -638,7 +731,7 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
           if (kFold) {
             sc[2 * q + e] = fmaf(two_scale, dot, hs[c]);
           } else {
-            const float c2 = fmaxf(fmaf(-2.f, dot, nxs[r] + nys[c]), 0.f);
+            const float c2 = fmaxf(kEuclid ? dot : fmaf(-2.f, dot, nxs[r] + nys[c]), 0.f);
             // sqrt as c2 rsqrt(c2) (MUFU.RSQ, ~1e-7 relative): sqrtf's IEEE slow-path
             // call spills registers around it in this kernel.
             cost[2 * q + e] = kEuclid ? (c2 > 0.f ? c2 * rsqrtf(c2) : 0.f) : c2;
@@ -835,6 +928,11 @@ __global__ void __launch_bounds__(kThreads)
       yc[idx] = j < p.n_cols && k0 + k < dp ? cols_b[j * dp + k0 + k] : 0.f;
     }
     __syncthreads();
+    if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
+      const std::int64_t wr = r0 + warp * 16;
+      euclid_tile_c2(acc, nxs + warp * 16, nys, rows_b + wr * dp, p.n_rows - wr, cols_b + j0 * dp,
+                     p.n_cols - j0, dp);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = warp * 16 + g + 8 * h;
@@ -843,7 +941,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int q = 0; q < 16; ++q) {
         const int c = (q >> 1) * 8 + 2 * t + (q & 1);
-        const float c2 = fmaxf(fmaf(-2.f, acc[q >> 1][2 * h + (q & 1)], nxs[r] + nys[c]), 0.f);
+        const float a = acc[q >> 1][2 * h + (q & 1)];  // Euclidean: c2 already
+        const float c2 = fmaxf(kEuclid ? a : fmaf(-2.f, a, nxs[r] + nys[c]), 0.f);
         inv_c[q] = c2 > 0.f ? rsqrtf(c2) : 0.f;
         const float cost = kEuclid ? c2 * inv_c[q] : c2;
         sc[q] = fmaf(-scale, cost, hs[c]);
