@@ -468,10 +468,12 @@ __device__ __forceinline__ void near_pairs_direct(float (&c2)[8][4], const float
 
 /// The Euclidean tile's c2 in place of the dot products (acc), with the near pairs
 /// redone directly (near_pairs_direct): one FMUL and one predicate-accumulating FSETP
-/// per pair on top of the norm form, one vote per tile. nx: the warp's 16 row norms.
+/// per pair on top of the norm form, one vote per tile. nx: the warp's 16 row norms;
+/// wr: the warp's first row, j0: the tile's first column, j_end: the columns' end. The
+/// point addresses are formed only on the rare path (fewer live registers in the loop).
 __device__ __forceinline__ void euclid_tile_c2(float (&acc)[8][4], const float* nx, const float* ny,
-                                               const float* rows, std::int64_t rows_left,
-                                               const float* cols, std::int64_t cols_left, int dp) {
+                                               const OnlinePass& p, std::int64_t b, std::int64_t wr,
+                                               std::int64_t j0, std::int64_t j_end) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   bool any = false;
 #pragma unroll
@@ -487,8 +489,11 @@ __device__ __forceinline__ void euclid_tile_c2(float (&acc)[8][4], const float* 
         acc[q][2 * h + e] = c2;
       }
   }
-  if (__any_sync(0xffffffffu, any))
-    near_pairs_direct(acc, nx, ny, rows, rows_left, cols, cols_left, dp);
+  if (__any_sync(0xffffffffu, any)) {
+    const std::int64_t dp = p.dp;
+    near_pairs_direct(acc, nx, ny, p.rows + (b * p.n_rows + wr) * dp, p.n_rows - wr,
+                      p.cols + (b * p.n_cols + j0) * dp, j_end - j0, p.dp);
+  }
 }
 
 /// Running base-2 (max, sum w, sum w c) of the report's row statistics.
@@ -553,7 +558,7 @@ __host__ __device__ __forceinline__ Smem smem_layout(int dp) {
 /// Half-step (any precision), row statistics or Gumbel-max sampling of 64 rows
 /// against a range of columns (a split in the half-step, all columns otherwise).
 template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
-__global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
+__device__ __forceinline__ void online_mma_body(Args args) {
   extern __shared__ __align__(16) float smem[];
   const OnlinePass& p = args.p;
   constexpr bool kFold = M == Mode::half && !kEuclid;  // row constant after the LSE
@@ -714,9 +719,7 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     }
     __syncthreads();
     if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
-      const std::int64_t wr = r0 + warp * 16;
-      euclid_tile_c2(acc, nxs + warp * 16, nys, rows_b + wr * dp, p.n_rows - wr, cols_b + j0 * dp,
-                     j_end - j0, dp);
+      euclid_tile_c2(acc, nxs + warp * 16, nys, p, b, r0 + warp * 16, j0, j_end);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // row g (h = 0) and g + 8 (h = 1) of the warp's slab
@@ -830,6 +833,32 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
   }
 }
 
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+__global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
+  online_mma_body<A, KC, kResident, M, kEuclid>(args);
+}
+
+/// 3xTF32 with streamed rows: its 59,136 bytes of shared memory hold it to 3 blocks per
+/// SM, so asking ptxas for 3 (<= 168 registers) costs no occupancy and lets it
+/// interleave the HMMA chains without NOP padding (scripts/sass-mma-report, dp = 3072
+/// Euclidean half-step: 597 -> 556 chunk instructions, 117 -> 0 NOP per 32 pairs). The
+/// other configurations keep the plain bound: an explicit minimum of 1 changes ptxas's
+/// register target for them (bf16 72 -> 137 registers).
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+__global__ void __launch_bounds__(kThreads, 3) online_mma_kernel_3b(Args args) {
+  online_mma_body<A, KC, kResident, M, kEuclid>(args);
+}
+
+/// The compiled kernel of a configuration.
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+constexpr auto mma_kernel() {
+  if constexpr (A == MmaArith::x3tf32 && !kResident) {
+    return &online_mma_kernel_3b<A, KC, kResident, M, kEuclid>;
+  } else {
+    return &online_mma_kernel<A, KC, kResident, M, kEuclid>;
+  }
+}
+
 /// Merges the splits' partial pairs of each row into the potential (the SIMT kernels'
 /// (max, sum) merge, the same partials layout).
 __global__ void __launch_bounds__(256)
@@ -929,9 +958,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
-      const std::int64_t wr = r0 + warp * 16;
-      euclid_tile_c2(acc, nxs + warp * 16, nys, rows_b + wr * dp, p.n_rows - wr, cols_b + j0 * dp,
-                     p.n_cols - j0, dp);
+      euclid_tile_c2(acc, nxs + warp * 16, nys, p, b, r0 + warp * 16, j0, p.n_cols);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -1039,7 +1066,7 @@ template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
 void launch_main(const Args& args, dim3 grid, cudaStream_t s) {
   const std::size_t smem =
       static_cast<std::size_t>(smem_layout<A, KC, kResident>(args.p.dp).floats()) * sizeof(float);
-  auto* fn = &online_mma_kernel<A, KC, kResident, M, kEuclid>;
+  auto* fn = mma_kernel<A, KC, kResident, M, kEuclid>();
   allow_smem(reinterpret_cast<const void*>(fn), smem);
   fn<<<grid, kThreads, smem, s>>>(args);
 }
@@ -1170,11 +1197,11 @@ OnlineKernelHandle online_half_step_mma_handle(int dp) {
     return smem_layout<k3, mma_geometry::kChunk, false>(dp).floats();
   }();
   const void* fn =
-      dp <= 16 ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 16, true, Mode::half, false>)
+      dp <= 16 ? reinterpret_cast<const void*>(mma_kernel<k3, 16, true, Mode::half, false>())
       : dp <= mma_geometry::kResidentMaxDim
-          ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 32, true, Mode::half, false>)
+          ? reinterpret_cast<const void*>(mma_kernel<k3, 32, true, Mode::half, false>())
           : reinterpret_cast<const void*>(
-                &online_mma_kernel<k3, mma_geometry::kChunk, false, Mode::half, false>);
+                mma_kernel<k3, mma_geometry::kChunk, false, Mode::half, false>());
   // The occupancy query sees the launch's limit.
   allow_smem(fn, static_cast<std::size_t>(floats) * sizeof(float));
   return {fn, static_cast<std::size_t>(floats) * sizeof(float)};
