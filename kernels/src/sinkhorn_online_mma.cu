@@ -45,7 +45,7 @@
 // staged points in global memory, the whole warp per pair (euclid_tile_c2,
 // near_pairs_direct; the rule and its bound in otgpu/detail/tf32.h). Unflagged tiles
 // pay ~2 instructions per 32 pairs for the check (one FMUL, one FSETP.OR per pair and
-// one vote per tile: the epilogue's 659 -> 717 per 1024 pairs in the half-step).
+// one vote per tile: the epilogue's 659 -> 718 per 1024 pairs in the half-step).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
