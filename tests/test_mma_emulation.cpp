@@ -351,6 +351,105 @@ TEST(MmaEmulation, LaneReplayOfTheKernelTileMatchesTheModelBitForBit) {
   }
 }
 
+// The Euclidean cost near x = y (otgpu/detail/tf32.h: kMmaNearRel, mma_euclid_sq_model,
+// the kernels' euclid_tile_c2 / near_pairs_direct). Self-term-like clouds (centred as
+// the staging does, offset 1e4): y_j = x_j (coincident), x_j + 1e-3 z (near: flagged),
+// x_j + a z with |a z|^2 ~ 0.05 s (moderate: above the threshold, norm form kept) and
+// the other points of the cloud (far). With the norm form alone a coincident pair
+// costs ~sqrt(delta s) (~1e-3 |x| here); the replayed rule gives 0 exactly, near pairs
+// the direct fp32 form (gamma_(d/32+5) of the cost), and the pairs the rule leaves to
+// the norm form stay within (delta / (2 sqrt(tau))) sqrt(s) (delta = 6e-6, the 3xTF32
+// bound above).
+TEST(MmaEmulation, EuclideanNearPairsTakeTheDirectForm) {
+  using otgpu::detail::kMmaNearRel;
+  using otgpu::detail::mma_direct_sq_model;
+  using otgpu::detail::mma_euclid_sq_model;
+  using otgpu::detail::mma_near_pair;
+  for (int d : {64, 1000, 3072}) {
+    SCOPED_TRACE(d);
+    const int n = 6;
+    std::mt19937 rng(500 + d);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> x(static_cast<std::size_t>(n) * d);
+    for (float& v : x) v = 1e4f + nd(rng);
+    // y: n coincident copies, n near, n moderate (kinds 0, 1, 2 by j / n).
+    const double mod = std::sqrt(0.05 * 2.0);  // |a z|^2 ~ 0.05 s at s ~ 2 d
+    std::vector<float> y(static_cast<std::size_t>(3 * n) * d);
+    for (int j = 0; j < 3 * n; ++j)
+      for (int k = 0; k < d; ++k) {
+        const float base = x[static_cast<std::size_t>(j % n) * d + k];
+        const double step = j < n ? 0.0 : (j < 2 * n ? 1e-3 : mod);
+        y[static_cast<std::size_t>(j) * d + k] =
+            step == 0.0 ? base : static_cast<float>(base + step * nd(rng));
+      }
+    // Centre on the mean of y (the staging): exact fp32 differences of nearby values.
+    for (int k = 0; k < d; ++k) {
+      double mean = 0;
+      for (int j = 0; j < 3 * n; ++j) mean += y[static_cast<std::size_t>(j) * d + k];
+      const float c = static_cast<float>(mean / (3 * n));
+      for (int i = 0; i < n; ++i) x[static_cast<std::size_t>(i) * d + k] -= c;
+      for (int j = 0; j < 3 * n; ++j) y[static_cast<std::size_t>(j) * d + k] -= c;
+    }
+    auto norm = [d](const float* v) {
+      float s = 0.f;
+      for (int k = 0; k < d; ++k) s = std::fma(v[k], v[k], s);
+      return s;
+    };
+    double coincident_norm_form = 0, near_norm_form_rel = 0;
+    for (int i = 0; i < n; ++i) {
+      const float* xi = x.data() + static_cast<std::size_t>(i) * d;
+      const float nx = norm(xi);
+      for (int j = 0; j < 3 * n; ++j) {
+        const float* yj = y.data() + static_cast<std::size_t>(j) * d;
+        const float ny = norm(yj);
+        const float dot = mma_dot_model(xi, yj, d, MmaArith::x3tf32, true);  // streamed rows
+        const float s = nx + ny;
+        const float c2_norm = std::fma(-2.f, dot, s);
+        const float c2 = mma_euclid_sq_model(xi, yj, d, nx, ny, dot);
+        const double cost = std::sqrt(std::max(c2, 0.f));
+        const double cost_norm = std::sqrt(std::max(c2_norm, 0.f));
+        double exact2 = 0;
+        for (int k = 0; k < d; ++k) {
+          const double df = static_cast<double>(xi[k]) - yj[k];
+          exact2 += df * df;
+        }
+        const double exact = std::sqrt(exact2);
+        const bool same = j % n == i;
+        const int kind = same ? j / n : 3;  // 3: a different point of the cloud
+        const bool flagged = mma_near_pair(c2_norm, s);
+        SCOPED_TRACE(::testing::Message() << "pair " << i << "," << j << " kind " << kind);
+        if (kind == 0) {
+          ASSERT_TRUE(flagged);
+          EXPECT_EQ(cost, 0.0);
+          EXPECT_EQ(mma_direct_sq_model(xi, yj, d), 0.f);
+          // The residue of the cancellation; its sign depends on the orders of the norm
+          // sums (the kernels' differ from this model's), its root is the cost it gives.
+          coincident_norm_form = std::max(coincident_norm_form,
+                                          std::sqrt(std::fabs(static_cast<double>(c2_norm)) / s));
+        } else if (kind == 1) {
+          ASSERT_TRUE(flagged);
+          EXPECT_EQ(c2, mma_direct_sq_model(xi, yj, d));
+          // The direct form's fp32 bound: gamma_(d/32 + 5) of c2, half of it in the root.
+          EXPECT_LE(std::fabs(cost - exact), (d / 32 + 8) * 0x1p-24 * exact + 1e-30);
+          near_norm_form_rel = std::max(near_norm_form_rel, std::fabs(cost_norm - exact) / exact);
+        } else {
+          // Moderate and far pairs: above the threshold, the norm form is kept and its
+          // root's error stays within the bound the threshold was derived for.
+          EXPECT_FALSE(flagged) << c2_norm / s;
+          EXPECT_EQ(c2, c2_norm);
+          EXPECT_LE(std::fabs(cost - exact),
+                    6e-6 / (2.0 * std::sqrt(static_cast<double>(kMmaNearRel))) * std::sqrt(s));
+        }
+      }
+    }
+    // The fix matters: without it the coincident pairs cost up to ~1e-3 sqrt(s) (d = 64:
+    // 7e-4, 1000: 1.2e-3, 3072: 2e-3 measured) and the near pairs are off by far more
+    // than fp32 (the assertions above would fail).
+    EXPECT_GT(coincident_norm_form, 1e-5);
+    EXPECT_GT(near_norm_form_rel, 5e-2);  // 0.1 to 1.8 measured
+  }
+}
+
 // Why the staging centres: without it, |x|^2 + |y|^2 ~ 2 d 1e8 cancels to C ~ 2 d and
 // even exact products leave the fp32 rounding of the norms, ~1e8 x 2^-24 per term.
 TEST(MmaEmulation, UncentredOffsetCloudsCancel) {

@@ -40,6 +40,12 @@
 // two integer instructions, the same code the CPU test proves). The epilogue rounds as
 // the SIMT kernels do; the cancellation of |x|^2 + |y|^2 - 2<x,y> is bounded by the
 // centring of the staging (tests/test_mma_emulation.cpp measures it on the CPU model).
+// The Euclidean cost's root would still turn that residue into ~2e-3 |x| at x = y:
+// pairs with c2 < 2^-6 (|x|^2 + |y|^2) are redone by direct fp32 differences from the
+// staged points in global memory, the whole warp per pair (euclid_tile_c2,
+// near_pairs_direct; the rule and its bound in otgpu/detail/tf32.h). Unflagged tiles
+// pay ~2 instructions per 32 pairs for the check (one FMUL, one FSETP.OR per pair and
+// one vote per tile: the epilogue's 659 -> 718 per 1024 pairs in the half-step).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -403,6 +409,93 @@ __device__ __forceinline__ void row_norms(const float* rows_b, std::int64_t r0, 
   }
 }
 
+/// Euclidean cost near x = y (otgpu/detail/tf32.h, kMmaNearRel): c2 holds the warp's
+/// 16 x 64 tile of |x|^2 + |y|^2 - 2<x,y> as formed (lane (g, t): c2[q][2h + e] is row
+/// g + 8h, column 8q + 2t + e), nx the warp's 16 row norms, ny the tile's 64 column
+/// norms. The pairs with c2 < tau (|x|^2 + |y|^2) get their c2 again from direct fp32
+/// differences of the staged (centred) coordinates in global memory, one pair at a
+/// time for the whole warp: the flagged lanes are balloted, the lanes split d (coalesced
+/// loads) and meet by an xor butterfly (otgpu::detail::mma_direct_sq_model replays the
+/// order). rows: the warp's first row (rows_left valid from it), cols: the tile's first
+/// column (cols_left valid). The caller enters only when some lane flagged a pair (a
+/// diagonal tile of a self term: 16 pairs per warp), so the hot loop pays the flag only.
+__device__ __forceinline__ void near_pairs_direct(float (&c2)[8][4], const float* nx,
+                                                  const float* ny, const float* rows,
+                                                  std::int64_t rows_left, const float* cols,
+                                                  std::int64_t cols_left, int dp) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  unsigned near = 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float sum = nx[g + 8 * h] + ny[q * 8 + 2 * t + e];
+        if (otgpu::detail::mma_near_pair(c2[q][2 * h + e], sum)) near |= 1u << (16 * h + 2 * q + e);
+      }
+  for (;;) {
+    const unsigned lanes = __ballot_sync(0xffffffffu, near != 0);
+    if (lanes == 0) break;
+    const int src = __ffs(static_cast<int>(lanes)) - 1;
+    const int bit = __ffs(static_cast<int>(__shfl_sync(0xffffffffu, near, src))) - 1;
+    const int row = (src >> 2) + 8 * (bit >> 4);
+    const int col = ((bit >> 1) & 7) * 8 + 2 * (src & 3) + (bit & 1);
+    float d2 = 0.f;
+    if (row < rows_left && col < cols_left) {  // warp-uniform; else the pair is never used
+      const float* x = rows + static_cast<std::int64_t>(row) * dp;
+      const float* y = cols + static_cast<std::int64_t>(col) * dp;
+#pragma unroll 4
+      for (int k = lane; k < dp; k += 32) {
+        const float df = x[k] - y[k];
+        d2 = fmaf(df, df, d2);
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) d2 += __shfl_xor_sync(0xffffffffu, d2, off);
+    if (lane == src) {
+      near &= near - 1;  // bit was its lowest
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (16 * h + 2 * q + e == bit) c2[q][2 * h + e] = d2;
+    }
+  }
+}
+
+/// The Euclidean tile's c2 in place of the dot products (acc), with the near pairs
+/// redone directly (near_pairs_direct): one FMUL and one predicate-accumulating FSETP
+/// per pair on top of the norm form, one vote per tile. nx: the warp's 16 row norms;
+/// wr: the warp's first row, j0: the tile's first column, j_end: the columns' end. The
+/// point addresses are formed only on the rare path (fewer live registers in the loop).
+__device__ __forceinline__ void euclid_tile_c2(float (&acc)[8][4], const float* nx, const float* ny,
+                                               const OnlinePass& p, std::int64_t b, std::int64_t wr,
+                                               std::int64_t j0, std::int64_t j_end) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  bool any = false;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float nxr = nx[g + 8 * h];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float sum = nxr + ny[q * 8 + 2 * t + e];
+        const float c2 = fmaf(-2.f, acc[q][2 * h + e], sum);
+        any = any || otgpu::detail::mma_near_pair(c2, sum);
+        acc[q][2 * h + e] = c2;
+      }
+  }
+  if (__any_sync(0xffffffffu, any)) {
+    const std::int64_t dp = p.dp;
+    near_pairs_direct(acc, nx, ny, p.rows + (b * p.n_rows + wr) * dp, p.n_rows - wr,
+                      p.cols + (b * p.n_cols + j0) * dp, j_end - j0, p.dp);
+  }
+}
+
 /// Running base-2 (max, sum w, sum w c) of the report's row statistics.
 struct Stat2 {
   float max, s0, s1;
@@ -465,7 +558,7 @@ __host__ __device__ __forceinline__ Smem smem_layout(int dp) {
 /// Half-step (any precision), row statistics or Gumbel-max sampling of 64 rows
 /// against a range of columns (a split in the half-step, all columns otherwise).
 template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
-__global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
+__device__ __forceinline__ void online_mma_body(Args args) {
   extern __shared__ __align__(16) float smem[];
   const OnlinePass& p = args.p;
   constexpr bool kFold = M == Mode::half && !kEuclid;  // row constant after the LSE
@@ -625,6 +718,9 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
       }
     }
     __syncthreads();
+    if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
+      euclid_tile_c2(acc, nxs + warp * 16, nys, p, b, r0 + warp * 16, j0, j_end);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {  // row g (h = 0) and g + 8 (h = 1) of the warp's slab
       const int r = warp * 16 + g + 8 * h;
@@ -638,7 +734,7 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
           if (kFold) {
             sc[2 * q + e] = fmaf(two_scale, dot, hs[c]);
           } else {
-            const float c2 = fmaxf(fmaf(-2.f, dot, nxs[r] + nys[c]), 0.f);
+            const float c2 = fmaxf(kEuclid ? dot : fmaf(-2.f, dot, nxs[r] + nys[c]), 0.f);
             // sqrt as c2 rsqrt(c2) (MUFU.RSQ, ~1e-7 relative): sqrtf's IEEE slow-path
             // call spills registers around it in this kernel.
             cost[2 * q + e] = kEuclid ? (c2 > 0.f ? c2 * rsqrtf(c2) : 0.f) : c2;
@@ -734,6 +830,32 @@ __global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
     } else {
       args.idx[o] = arg[h];
     }
+  }
+}
+
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+__global__ void __launch_bounds__(kThreads) online_mma_kernel(Args args) {
+  online_mma_body<A, KC, kResident, M, kEuclid>(args);
+}
+
+/// 3xTF32 with streamed rows: its 59,136 bytes of shared memory hold it to 3 blocks per
+/// SM, so asking ptxas for 3 (<= 168 registers) costs no occupancy and lets it
+/// interleave the HMMA chains without NOP padding (scripts/sass-mma-report, dp = 3072
+/// Euclidean half-step: 597 -> 556 chunk instructions, 117 -> 0 NOP per 32 pairs). The
+/// other configurations keep the plain bound: an explicit minimum of 1 changes ptxas's
+/// register target for them (bf16 72 -> 137 registers).
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+__global__ void __launch_bounds__(kThreads, 3) online_mma_kernel_3b(Args args) {
+  online_mma_body<A, KC, kResident, M, kEuclid>(args);
+}
+
+/// The compiled kernel of a configuration.
+template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
+constexpr auto mma_kernel() {
+  if constexpr (A == MmaArith::x3tf32 && !kResident) {
+    return &online_mma_kernel_3b<A, KC, kResident, M, kEuclid>;
+  } else {
+    return &online_mma_kernel<A, KC, kResident, M, kEuclid>;
   }
 }
 
@@ -835,6 +957,9 @@ __global__ void __launch_bounds__(kThreads)
       yc[idx] = j < p.n_cols && k0 + k < dp ? cols_b[j * dp + k0 + k] : 0.f;
     }
     __syncthreads();
+    if constexpr (kEuclid) {  // c2 in place of the dot products, near pairs redone
+      euclid_tile_c2(acc, nxs + warp * 16, nys, p, b, r0 + warp * 16, j0, p.n_cols);
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = warp * 16 + g + 8 * h;
@@ -843,7 +968,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int q = 0; q < 16; ++q) {
         const int c = (q >> 1) * 8 + 2 * t + (q & 1);
-        const float c2 = fmaxf(fmaf(-2.f, acc[q >> 1][2 * h + (q & 1)], nxs[r] + nys[c]), 0.f);
+        const float a = acc[q >> 1][2 * h + (q & 1)];  // Euclidean: c2 already
+        const float c2 = fmaxf(kEuclid ? a : fmaf(-2.f, a, nxs[r] + nys[c]), 0.f);
         inv_c[q] = c2 > 0.f ? rsqrtf(c2) : 0.f;
         const float cost = kEuclid ? c2 * inv_c[q] : c2;
         sc[q] = fmaf(-scale, cost, hs[c]);
@@ -940,7 +1066,7 @@ template <MmaArith A, int KC, bool kResident, Mode M, bool kEuclid>
 void launch_main(const Args& args, dim3 grid, cudaStream_t s) {
   const std::size_t smem =
       static_cast<std::size_t>(smem_layout<A, KC, kResident>(args.p.dp).floats()) * sizeof(float);
-  auto* fn = &online_mma_kernel<A, KC, kResident, M, kEuclid>;
+  auto* fn = mma_kernel<A, KC, kResident, M, kEuclid>();
   allow_smem(reinterpret_cast<const void*>(fn), smem);
   fn<<<grid, kThreads, smem, s>>>(args);
 }
@@ -1071,11 +1197,11 @@ OnlineKernelHandle online_half_step_mma_handle(int dp) {
     return smem_layout<k3, mma_geometry::kChunk, false>(dp).floats();
   }();
   const void* fn =
-      dp <= 16 ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 16, true, Mode::half, false>)
+      dp <= 16 ? reinterpret_cast<const void*>(mma_kernel<k3, 16, true, Mode::half, false>())
       : dp <= mma_geometry::kResidentMaxDim
-          ? reinterpret_cast<const void*>(&online_mma_kernel<k3, 32, true, Mode::half, false>)
+          ? reinterpret_cast<const void*>(mma_kernel<k3, 32, true, Mode::half, false>())
           : reinterpret_cast<const void*>(
-                &online_mma_kernel<k3, mma_geometry::kChunk, false, Mode::half, false>);
+                mma_kernel<k3, mma_geometry::kChunk, false, Mode::half, false>());
   // The occupancy query sees the launch's limit.
   allow_smem(fn, static_cast<std::size_t>(floats) * sizeof(float));
   return {fn, static_cast<std::size_t>(floats) * sizeof(float)};

@@ -22,6 +22,7 @@
 // bf16_rn(x): round to nearest even to bf16 (8 significant bits), returned as fp32.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -165,6 +166,54 @@ inline float mma_dot_model(const float* x, const float* y, int d, MmaArith a,
     }
   }
   return small_apart && a == MmaArith::x3tf32 ? acc + lo : acc;
+}
+
+/// Near-coincident pairs of the Euclidean cost (kernels/src/sinkhorn_online_mma.cu).
+/// The tile forms c2 = |x|^2 + |y|^2 - 2<x,y> with an absolute error E <= delta s,
+/// s = |x|^2 + |y|^2, delta the 3xTF32 bound of the cost (tests/test_mma_emulation.cpp:
+/// <= 1.5e-6 up to d = 100, 6e-6 at d = 3072, ~2^-18). The root turns it into
+/// |sqrt(c2 + E) - sqrt(c2)| <= E / (2 sqrt(c2)): at c2 ~ s that is delta sqrt(s) / 2,
+/// but at x = y (c2 = 0) it is sqrt(delta s) ~ 2e-3 |x|. A pair is flagged when
+/// c2 < tau s; for the others the root's error stays below
+/// delta s / (2 sqrt(tau s)) = (delta / (2 sqrt(tau))) sqrt(s), i.e. within a factor
+/// 1 / sqrt(tau) = 8 of the error of a typical pair (c2 ~ s); a flagged pair
+/// (|x - y| < sqrt(s) / 8) gets its c2 again from direct differences in fp32
+/// (mma_direct_sq_model), relative error ~ d 2^-24 of c2 itself, 0 at x = y exactly.
+/// Only the Euclidean cost (always 3xTF32) checks: the squared cost has no root and
+/// keeps the absolute error delta s in every precision (TF32/bf16 are opt-ins for it).
+inline constexpr float kMmaNearRel = 0x1p-6f;
+
+/// The flag rule, c2 as formed (before the clamp at 0) and s = |x|^2 + |y|^2 as summed.
+OTGPU_HOST_DEVICE OTGPU_FORCEINLINE bool mma_near_pair(float c2, float s) {
+  return c2 < kMmaNearRel * s;
+}
+
+/// CPU replay of the kernels' warp-cooperative direct form of a flagged pair: lane l
+/// sums (x_k - y_k)^2 for k = l, l + 32, ... in fp32 (fma), then the 32 lane sums
+/// meet by an xor butterfly (offsets 16, 8, 4, 2, 1; every lane ends with the same
+/// value, addition being commutative).
+inline float mma_direct_sq_model(const float* x, const float* y, int d) {
+  float lane_sum[32] = {};
+  for (int l = 0; l < 32; ++l)
+    for (int k = l; k < d; k += 32) {
+      const float df = x[k] - y[k];
+      lane_sum[l] = std::fma(df, df, lane_sum[l]);
+    }
+  for (int off = 16; off > 0; off >>= 1) {
+    float next[32];
+    for (int l = 0; l < 32; ++l) next[l] = lane_sum[l] + lane_sum[l ^ off];
+    for (int l = 0; l < 32; ++l) lane_sum[l] = next[l];
+  }
+  return lane_sum[0];
+}
+
+/// The Euclidean cost tile's c2 for one pair given the norms and the model's dot
+/// product: the norm form, replaced by the direct form when flagged (as the kernels).
+inline float mma_euclid_sq_model(const float* x, const float* y, int d, float nx, float ny,
+                                 float dot) {
+  const float s = nx + ny;
+  const float c2 = std::fma(-2.f, dot, s);
+  return mma_near_pair(c2, s) ? mma_direct_sq_model(x, y, d) : c2;
 }
 
 }  // namespace otgpu::detail
