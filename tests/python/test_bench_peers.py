@@ -94,6 +94,35 @@ class BenchPeers(CliTestCase):
             self.assertEqual(bad.returncode, 1, bad.stderr)
             self.assertIn("not an otgpu bench report", bad.stderr)
 
+    def test_roofline_takes_rows_without_n(self):
+        # W4/W4e rows are sized by bs (and K), limit-like rows by nothing: the chart must
+        # still draw them (it raised KeyError 'n' on every CPU quick report).
+        if subprocess.run([sys.executable, "-c", "import matplotlib"], capture_output=True,
+                          check=False).returncode != 0:
+            self.skipTest("matplotlib is not installed")
+        rows = [
+            {"workload": "W4", "solver": "cpu-jv", "params": {"bs": 256, "d": 64},
+             "status": "ok", "time_ms": 2.0, "bound_ms": 0.5, "time_unit": "ms/call"},
+            {"workload": "W4", "solver": "cpu-jv", "params": {"K": 64, "bs": 256, "d": 64},
+             "status": "ok", "time_ms": 70.0, "bound_ms": 9.0, "time_unit": "ms/call"},
+            {"workload": "W6", "solver": "cpu-local-G2", "params": {"G": 2, "d": 64},
+             "status": "ok", "time_ms": 10.0, "bound_ms": 1.5, "time_unit": "ms/iter"},
+            {"workload": "W1", "solver": "cpu-reference",
+             "params": {"n": 1024, "m": 1024, "d": 2}, "status": "ok", "time_ms": 15.0,
+             "bound_ms": 2.4, "time_unit": "ms/iter"},
+        ]
+        jpath = self.save_text("rows.json", json.dumps({"suite": "quick", "device": "none",
+                                                        "rows": rows}))
+        base = self.path("roof-w4")
+        plot = subprocess.run([sys.executable, PLOT_BENCH, "--roofline", jpath, base],
+                              capture_output=True, text=True, check=False)
+        self.assertEqual(plot.returncode, 0, plot.stderr)
+        with open(base + ".png", "rb") as fh:
+            self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+        plain = subprocess.run([sys.executable, PLOT_BENCH, jpath, self.path("w4.png")],
+                               capture_output=True, text=True, check=False)
+        self.assertEqual(plain.returncode, 0, plain.stderr)
+
     def test_without_peers_no_peer_columns(self):
         jpath = self.path("b.json")
         self.run_ok(["bench", "--backend", "cpu", "--repeats", "1", "--workload", "W5",
