@@ -105,13 +105,16 @@ TEST(SinkhornDevicesDerived, StateOfOtherViewsIsRefused) {
 }
 
 TEST(SinkhornDevicesDerived, MatchingStateRunsTheShardsNotARestage) {
-  // With the matching problem the call goes to the shards, whose (absent) device state
-  // cannot serve it: an error of the shard path (without CUDA: its DeviceUnavailable;
-  // with CUDA and no device: no usable device), never a silent restage on devices[0].
+  // With the matching problem the call goes to the shards' own entry points, whose
+  // (absent) device state cannot serve it: their error, which names the shard function
+  // (without CUDA: its DeviceUnavailable; with CUDA: the missing kept state), never
+  // that of a restage of the whole problem on devices[0].
   const Data d = data(5, 4);
   const SinkhornResult r = devices_result(d.problem, 5, 4);
-  EXPECT_THROW((void)gradient_x(d.problem, r), Error);
-  EXPECT_THROW((void)sample_partners(d.problem, r, 3), Error);
+  const std::string grad = message_of<Error>([&] { (void)gradient_x(d.problem, r); });
+  EXPECT_EQ(grad.rfind("dist::gradient_x: ", 0), 0u) << grad;
+  const std::string pairs = message_of<Error>([&] { (void)sample_partners(d.problem, r, 3); });
+  EXPECT_EQ(pairs.rfind("dist::sample_partners: ", 0), 0u) << pairs;
 }
 
 TEST(SinkhornDevicesDerived, PartsAreConcatenatedInRowOrderPerProblem) {
