@@ -110,6 +110,11 @@ detail::SinkhornShape validate_derived(const SinkhornProblem& problem, const Sin
 
 std::vector<double> barycentric_map(const SinkhornProblem& problem, const SinkhornResult& result) {
   const auto shape = validate_derived(problem, result, true, "barycentric_map");
+  // A solve over SinkhornOptions::devices kept one state per shard: each shard maps its
+  // own rows on its own device (never the whole problem restaged on one).
+  if (const auto* st = dist::devices_state(result)) {
+    return dist::barycentric_map_devices(problem, *st, shape);
+  }
   if (result.backend == Backend::cuda) {
     return cuda_backend::barycentric_map(problem, result, shape, result.device);
   }
@@ -118,6 +123,9 @@ std::vector<double> barycentric_map(const SinkhornProblem& problem, const Sinkho
 
 std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornResult& result) {
   const auto shape = validate_derived(problem, result, true, "gradient_x");
+  if (const auto* st = dist::devices_state(result)) {
+    return dist::gradient_x_devices(problem, *st, shape);
+  }
   if (result.backend == Backend::cuda) {
     return cuda_backend::gradient_x(problem, result, shape, result.device);
   }
@@ -127,6 +135,9 @@ std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornRes
 std::vector<std::int64_t> sample_partners(const SinkhornProblem& problem,
                                           const SinkhornResult& result, std::uint64_t seed) {
   const auto shape = validate_derived(problem, result, false, "sample_partners");
+  if (const auto* st = dist::devices_state(result)) {
+    return dist::sample_partners_devices(problem, *st, shape, seed);
+  }
   if (result.backend == Backend::cuda) {
     return cuda_backend::sample_partners(problem, result, shape, seed, result.device);
   }
@@ -140,6 +151,14 @@ void require_cuda_result(const SinkhornResult& result, const char* what) {
     throw InvalidArgument(fmt::format(
         "{}: the GpuContext overload needs a result of the cuda backend, got backend {}", what,
         to_string(result.backend)));
+  }
+  // Its state is one per shard, each on its shard's device: a context is one device.
+  if (dist::devices_state(result) != nullptr) {
+    throw InvalidArgument(fmt::format(
+        "{}: result comes from a solve over several devices (SinkhornOptions::devices); the "
+        "GpuContext overload runs on one device: call otgpu::{}(problem, result) without a "
+        "context",
+        what, what));
   }
 }
 

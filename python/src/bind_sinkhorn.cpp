@@ -68,6 +68,26 @@ struct ParsedOptions {
   std::shared_ptr<ProgressBridge> progress;
 };
 
+/// options.devices from a list or tuple of ints (None or []: one device). The values
+/// are the library's to check (backend, ordinals, host arrays, n): its typed errors
+/// name the argument and the value.
+std::vector<int> opt_devices(nb::handle v, const char* fn) {
+  std::vector<int> out;
+  if (v.is_none()) return out;
+  if (!PyList_Check(v.ptr()) && !PyTuple_Check(v.ptr())) {
+    throw nb::type_error(fmt::format("{}: option devices must be a list of CUDA device ordinals "
+                                     "(ints), got {}",
+                                     fn, nb::type_name(v.type()).c_str())
+                             .c_str());
+  }
+  std::size_t k = 0;
+  for (nb::handle item : v) {
+    const std::string name = fmt::format("devices[{}]", k++);
+    out.push_back(opt_int(item, fn, name.c_str()));
+  }
+  return out;
+}
+
 otgpu::SinkhornAcceleration parse_acceleration(const std::string& s) {
   if (s == "overrelax") return otgpu::SinkhornAcceleration::overrelax;
   if (s == "none") return otgpu::SinkhornAcceleration::none;
@@ -108,6 +128,8 @@ ParsedOptions parse_options(const nb::kwargs& kw, const char* fn) {
       o.backend = otgpu::parse_backend(opt_str(value, fn, "backend"), "backend");
     } else if (k == "device") {
       p.device = value.is_none() ? -1 : opt_int(value, fn, "device");
+    } else if (k == "devices") {
+      o.devices = opt_devices(value, fn);
     } else if (k == "cpu_threads") {
       o.cpu_threads = opt_int(value, fn, "cpu_threads");
     } else if (k == "cost_kind") {
@@ -156,6 +178,9 @@ struct PySinkhorn {
   SinkhornResult r;
   bool batched = false;
   bool float32 = false;
+  /// Solved over options.devices: the derived outputs run per shard on the shards'
+  /// devices (the public overloads without a context), never on one leased context.
+  bool split = false;
 
   nb::object potential(const std::vector<double>& v, std::int64_t len, bool float64) const {
     std::vector<double> copy(v);
@@ -220,10 +245,14 @@ PySinkhorn run_sinkhorn(nb::handle x, nb::handle y, nb::handle cost, nb::handle 
   const StreamArg s = read_stream(stream);
   BoundProblem bp = bind_problem(x, y, cost, a, b, p.cost_kind, fn);
   p.options.device = resolve_device(bp.where, p.device, fn);
-  const bool ctx = use_context(bp.where, s.given, p.options.backend, fn);
+  // A split over devices takes host arrays and runs one context per shard: never the
+  // leased one (device arrays reach the library, which names the fault).
+  const bool split = !p.options.devices.empty();
+  const bool ctx = !split && use_context(bp.where, s.given, p.options.backend, fn);
   PySinkhorn out;
   out.batched = bp.batched;
   out.float32 = bp.where.float32;
+  out.split = split && p.options.devices.size() > 1;
   {
     nb::gil_scoped_release nogil;
     if (ctx) {
@@ -271,7 +300,7 @@ nb::object run_derived(Derived what, nb::handle x, nb::handle y, nb::handle a, n
     flipped = swapped(res.r);
     r = &flipped;
   }
-  const bool ctx = r->backend == Backend::cuda && (bp.where.any_device || s.given);
+  const bool ctx = r->backend == Backend::cuda && !res.split && (bp.where.any_device || s.given);
   std::vector<double> out;
   {
     nb::gil_scoped_release nogil;
@@ -298,7 +327,7 @@ nb::object run_partners(nb::handle x, nb::handle y, nb::handle cost, nb::handle 
   const StreamArg s = read_stream(stream);
   const CostKind kind = otgpu::parse_cost_kind(cost_kind, "cost_kind");
   BoundProblem bp = bind_problem(x, y, cost, a, b, kind, fn);
-  const bool ctx = res.r.backend == Backend::cuda && (bp.where.any_device || s.given);
+  const bool ctx = res.r.backend == Backend::cuda && !res.split && (bp.where.any_device || s.given);
   std::vector<std::int64_t> out;
   {
     nb::gil_scoped_release nogil;
@@ -354,6 +383,12 @@ ParsedOptions async_options(const nb::kwargs& kw, const char* fn) {
   if (p.progress) {
     throw otgpu::InvalidArgument(
         fmt::format("{}: progress needs the synchronous path (sync=True)", fn));
+  }
+  if (!p.options.devices.empty()) {
+    throw otgpu::InvalidArgument(fmt::format(
+        "{}: devices splits a solve of host arrays over several devices; the stream-ordered "
+        "path runs on the device arrays' own device",
+        fn));
   }
   if (!p.options.f_init.empty() || !p.options.g_init.empty()) {
     throw otgpu::InvalidArgument(
@@ -493,6 +528,7 @@ nb::dict sinkhorn_defaults() {
   d["progress"] = nb::none();
   d["backend"] = std::string(otgpu::to_string(o.backend));
   d["device"] = nb::none();
+  d["devices"] = nb::none();
   d["cpu_threads"] = o.cpu_threads;
   d["cost_kind"] = std::string(otgpu::to_string(CostKind::sqeuclidean));
   return d;

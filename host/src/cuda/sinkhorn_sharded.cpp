@@ -33,6 +33,7 @@
 // quantities: the mass of a (balancing b), the mean cost (relative eps) and the cost
 // range (fp32 eps check, continuation start) are allreduced before the eps tables.
 #include "../dist/dist_cuda.h"
+#include "../dist/multi_device.h"
 
 #include <algorithm>
 #include <exception>
@@ -723,9 +724,21 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   r.problems.insert(r.problems.end(), part.problems.begin(), part.problems.end());
 }
 
+/// A result of a solve over SinkhornOptions::devices holds a dist::DevicesState, not a
+/// SolveState: told apart by its owner's type, before any cast of the opaque pointer.
+void reject_devices_state(const SinkhornResult& result, const char* what) {
+  if (dist::devices_state(result) != nullptr) {
+    throw InvalidArgument(fmt::format(
+        "{}: local_result comes from otgpu::sinkhorn with SinkhornOptions::devices, not from "
+        "dist::sinkhorn on this rank; call otgpu::{}(problem, result) for it",
+        what, std::string(what).substr(6)));
+  }
+}
+
 /// The kept state of a sharded result when it belongs to this rank's problem.
 const SolveState& kept_state(const SinkhornProblem& local, const SinkhornResult& result,
                              const char* what) {
+  reject_devices_state(result, what);
   const auto* st = result.state ? static_cast<const SolveState*>(result.state.get()) : nullptr;
   if (st == nullptr || result.backend != Backend::cuda || st->device != result.device ||
       !same_problem(st->key, local)) {
@@ -778,6 +791,7 @@ std::vector<double> barycentric_map_sharded(const SinkhornProblem& local,
                                             const detail::SinkhornShape& shape) {
   // Per row: the softmax over the replicated columns needs no other shard; the kept
   // state (or, without it, a restaging of the shard's rows) serves it.
+  reject_devices_state(result, "dist::barycentric_map");
   return barycentric_map(local, result, shape, result.device);
 }
 

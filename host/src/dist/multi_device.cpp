@@ -1,15 +1,19 @@
 // SinkhornOptions::devices (multi_device.h): the rows split over the listed devices,
 // one thread and one rank per entry, NCCL between distinct devices when built, the
 // host-staged local group otherwise (and always for logical shards on one device).
+// The result keeps every shard's state (DevicesState); its derived outputs run each
+// shard's rows on that shard's device, one thread per shard, as the solve does.
 #include "multi_device.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <exception>
+#include <functional>
 #include <set>
 #include <thread>
 
+#include "dist_cuda.h"
 #include "otgpu/dist.h"
 #include "otgpu/error.h"
 #include "otgpu_host/cuda_backend.h"
@@ -105,11 +109,19 @@ SinkhornResult sinkhorn_devices(const SinkhornProblem& problem, const SinkhornOp
     o.devices.clear();
     return otgpu::sinkhorn(problem, o);
   }
-  std::vector<double> a_uniform;
+  // The shard views must outlive the solve: the kept shard states are matched against
+  // them (pointers included) when the derived outputs run.
+  auto st = std::make_unique<DevicesState>();
+  st->key = problem;
+  st->devices = options.devices;
   SinkhornProblem whole = problem;
   if (!problem.a.present()) {
-    a_uniform = uniform_a(shape.n);
-    whole.a = TensorView::host(a_uniform.data(), {shape.n});
+    st->a_uniform = uniform_a(shape.n);
+    whole.a = TensorView::host(st->a_uniform.data(), {shape.n});
+  }
+  for (int r = 0; r < G; ++r) {
+    st->rows.push_back(row_range(shape.n, r, G));
+    st->local.push_back(shard_problem(whole, st->rows.back()));
   }
   const auto B = static_cast<std::size_t>(shape.batch);
   const auto n = static_cast<std::size_t>(shape.n);
@@ -133,7 +145,8 @@ SinkhornResult sinkhorn_devices(const SinkhornProblem& problem, const SinkhornOp
         o.f_init.insert(o.f_init.end(), first, first + static_cast<std::ptrdiff_t>(rows.size()));
       }
     }
-    parts[static_cast<std::size_t>(r)] = dist::sinkhorn(comm, shard_problem(whole, rows), o);
+    const auto k = static_cast<std::size_t>(r);
+    parts[k] = dist::sinkhorn(comm, st->local[k], o);
   };
   std::set<int> distinct(options.devices.begin(), options.devices.end());
   if (static_cast<int>(distinct.size()) == G && nccl_built()) {
@@ -169,14 +182,138 @@ SinkhornResult sinkhorn_devices(const SinkhornProblem& problem, const SinkhornOp
           f.begin() + static_cast<std::ptrdiff_t>(b * n + static_cast<std::size_t>(rows.begin)));
     }
   }
-  SinkhornResult out = std::move(parts[0]);
+  SinkhornResult out = parts[0];
   out.f = std::move(f);
   out.n = shape.n;
   out.device = options.devices[0];
-  // The shard's kept state belongs to its rows: derived outputs of the whole problem
-  // restage it (on devices[0]) from f, g and eps.
-  out.state.reset();
+  // Each shard's own state stays on its device; the combined one replaces shard 0's.
+  st->shards = std::move(parts);
+  out.state = wrap_devices_state(std::move(st));
   return out;
+}
+
+namespace {
+
+/// The deleter type that tags a DevicesState (devices_state()).
+struct DevicesStateOwner {
+  const DevicesState* state = nullptr;
+  void operator()(const void*) const noexcept { delete state; }
+};
+
+const DevicesState& matching(const SinkhornProblem& problem, const DevicesState& st,
+                             const char* what) {
+  if (!cuda_backend::same_problem(st.key, problem)) {
+    throw InvalidArgument(fmt::format(
+        "{}: result comes from a solve over devices [{}] of other views than this problem (its "
+        "kept shard states hold that problem's rows); pass the very problem it was solved for, "
+        "or solve this one",
+        what, list_of(st.devices)));
+  }
+  return st;
+}
+
+}  // namespace
+
+std::shared_ptr<const void> wrap_devices_state(std::unique_ptr<DevicesState> st) {
+  const DevicesState* p = st.release();
+  return std::shared_ptr<const void>(p, DevicesStateOwner{p});
+}
+
+const DevicesState* devices_state(const SinkhornResult& result) noexcept {
+  const auto* owner = std::get_deleter<DevicesStateOwner>(result.state);
+  return owner != nullptr ? owner->state : nullptr;
+}
+
+template <class Out>
+std::vector<Out> concat_shards(const std::vector<RowRange>& rows, std::int64_t batch,
+                               std::int64_t n, std::int64_t per,
+                               const std::function<std::vector<Out>(std::size_t)>& part) {
+  const std::size_t G = rows.size();
+  std::vector<std::vector<Out>> parts(G);
+  std::vector<std::exception_ptr> errors(G);
+  {
+    std::vector<std::thread> threads;
+    threads.reserve(G);
+    for (std::size_t r = 0; r < G; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          parts[r] = part(r);
+        } catch (...) {
+          errors[r] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  const auto B = static_cast<std::size_t>(batch);
+  const auto row = static_cast<std::size_t>(per);
+  const auto total = static_cast<std::size_t>(n) * row;
+  std::vector<Out> out(B * total);
+  for (std::size_t r = 0; r < G; ++r) {
+    const auto len = static_cast<std::size_t>(rows[r].size()) * row;
+    const auto begin = static_cast<std::size_t>(rows[r].begin) * row;
+    if (parts[r].size() != B * len) {
+      throw Error(fmt::format("devices: shard {} returned {} values for its {} rows, expected {}",
+                              r, parts[r].size(), rows[r].size(), B * len));
+    }
+    for (std::size_t b = 0; b < B; ++b) {
+      std::copy(parts[r].begin() + static_cast<std::ptrdiff_t>(b * len),
+                parts[r].begin() + static_cast<std::ptrdiff_t>((b + 1) * len),
+                out.begin() + static_cast<std::ptrdiff_t>(b * total + begin));
+    }
+  }
+  return out;
+}
+
+template std::vector<double> concat_shards<double>(
+    const std::vector<RowRange>&, std::int64_t, std::int64_t, std::int64_t,
+    const std::function<std::vector<double>(std::size_t)>&);
+template std::vector<std::int64_t> concat_shards<std::int64_t>(
+    const std::vector<RowRange>&, std::int64_t, std::int64_t, std::int64_t,
+    const std::function<std::vector<std::int64_t>(std::size_t)>&);
+
+namespace {
+
+/// Shard r's shape: the whole problem's with its rows.
+detail::SinkhornShape shard_shape(const detail::SinkhornShape& shape, const DevicesState& st,
+                                  std::size_t r) {
+  detail::SinkhornShape sh = shape;
+  sh.n = st.rows[r].size();
+  return sh;
+}
+
+}  // namespace
+
+std::vector<double> barycentric_map_devices(const SinkhornProblem& problem, const DevicesState& st,
+                                            const detail::SinkhornShape& shape) {
+  (void)matching(problem, st, "barycentric_map");
+  return concat_shards<double>(st.rows, shape.batch, shape.n, shape.d, [&](std::size_t r) {
+    return cuda_backend::barycentric_map_sharded(st.local[r], st.shards[r],
+                                                 shard_shape(shape, st, r));
+  });
+}
+
+std::vector<double> gradient_x_devices(const SinkhornProblem& problem, const DevicesState& st,
+                                       const detail::SinkhornShape& shape) {
+  (void)matching(problem, st, "gradient_x");
+  return concat_shards<double>(st.rows, shape.batch, shape.n, shape.d, [&](std::size_t r) {
+    return cuda_backend::gradient_x_sharded(st.local[r], st.shards[r], shard_shape(shape, st, r));
+  });
+}
+
+std::vector<std::int64_t> sample_partners_devices(const SinkhornProblem& problem,
+                                                  const DevicesState& st,
+                                                  const detail::SinkhornShape& shape,
+                                                  std::uint64_t seed) {
+  (void)matching(problem, st, "sample_partners");
+  // Partners are drawn from the Philox stream of the GLOBAL row (row_offset + i): the
+  // single-GPU solve's pairs.
+  return concat_shards<std::int64_t>(st.rows, shape.batch, shape.n, 1, [&](std::size_t r) {
+    return cuda_backend::sample_partners_sharded(st.local[r], st.shards[r],
+                                                 shard_shape(shape, st, r), seed, st.rows[r].begin);
+  });
 }
 
 }  // namespace otgpu::dist
