@@ -297,7 +297,8 @@ TEST(ShardedSinkhornGpu, DevicesOptionSplitsInOneCall) {
   EXPECT_LE(max_diff(r.f, s.f), 1e-5 * scale);
   EXPECT_LE(max_diff(r.g, s.parts[0].g), 1e-5 * scale);
   EXPECT_EQ(r.problems[0].iterations, ref.problems[0].iterations);
-  // Derived outputs of the whole result restage it on devices[0].
+  // Derived outputs of the whole result: each shard computes its rows from its own kept
+  // state, concatenated in row order (dist::DevicesState).
   const auto map = barycentric_map(p, r);
   EXPECT_LE(max_diff(map, barycentric_map(p, ref)), 1e-3 * (1 + max_abs(map)));
   o.devices = {0, 0, 0, 0};
