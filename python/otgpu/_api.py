@@ -118,7 +118,10 @@ def sinkhorn(x=None, y=None, *, cost=None, a=None, b=None, stream=None, sync=Fal
     eps_init=None (automatic), eps_decay=0.5, rho_a=rho_b=inf (balanced), f_init,
     g_init (warm start, [B*n] and [B*m] values), acceleration="overrelax",
     progress=None (a callable given a dict at each check; returning False cancels),
-    backend="auto", device=None, cpu_threads=0. ``stream``: see the module docs.
+    backend="auto", device=None, cpu_threads=0, precision="fp32" (the CUDA tensor-core
+    tile: "fp32" = 3xTF32, "tf32", "bf16"), devices=None (a list of CUDA ordinals: the
+    rows of x split over them, one shard each, a repeated ordinal giving several shards
+    on one device; host arrays only). ``stream``: see the module docs.
 
     torch CUDA tensors and CuPy arrays (every array of the call on the device, no
     ``progress``, backend not "cpu") take the stream-ordered path unless
