@@ -85,6 +85,10 @@ class SinkhornResult:
     tol = property(lambda self: self._native.tol)
     time_ms = property(lambda self: self._native.time_ms)
     cancelled = property(lambda self: self._native.cancelled)
+    #: The arithmetic that ran: "fp64" (CPU), "fp32" (CUDA SIMT or 3xTF32), "tf32", "bf16".
+    precision = property(lambda self: self._native.precision)
+    #: True when the CUDA online half-steps ran on tensor cores (mma.sync).
+    tensor_cores = property(lambda self: self._native.tensor_cores)
     batch = property(lambda self: self._native.batch)
     n = property(lambda self: self._native.n)
     m = property(lambda self: self._native.m)

@@ -132,6 +132,8 @@ ParsedOptions parse_options(const nb::kwargs& kw, const char* fn) {
       o.devices = opt_devices(value, fn);
     } else if (k == "cpu_threads") {
       o.cpu_threads = opt_int(value, fn, "cpu_threads");
+    } else if (k == "precision") {
+      o.precision = otgpu::parse_precision(opt_str(value, fn, "precision"), "precision");
     } else if (k == "cost_kind") {
       p.cost_kind = otgpu::parse_cost_kind(opt_str(value, fn, "cost_kind"), "cost_kind");
     } else if (k == "progress") {
@@ -530,6 +532,7 @@ nb::dict sinkhorn_defaults() {
   d["device"] = nb::none();
   d["devices"] = nb::none();
   d["cpu_threads"] = o.cpu_threads;
+  d["precision"] = std::string(otgpu::to_string(o.precision));
   d["cost_kind"] = std::string(otgpu::to_string(CostKind::sqeuclidean));
   return d;
 }
@@ -574,6 +577,9 @@ void bind_sinkhorn(nb::module_& m) {
       .def_prop_ro("cancelled", [](const PySinkhorn& s) { return s.r.cancelled; })
       .def_prop_ro("batched", [](const PySinkhorn& s) { return s.batched; })
       .def_prop_ro("float32", [](const PySinkhorn& s) { return s.float32; })
+      .def_prop_ro("precision",
+                   [](const PySinkhorn& s) { return std::string(otgpu::to_string(s.r.precision)); })
+      .def_prop_ro("tensor_cores", [](const PySinkhorn& s) { return s.r.tensor_cores; })
       .def_prop_ro("has_state", [](const PySinkhorn& s) { return s.r.state != nullptr; })
       .def("release_state", [](PySinkhorn& s) { s.r.state.reset(); });
 

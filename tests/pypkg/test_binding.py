@@ -330,3 +330,16 @@ def test_same_potentials_as_the_command(rng, tmp_path):
     np.testing.assert_array_equal(f, np.load(tmp_path / "f.npy"))
     np.testing.assert_array_equal(g, np.load(tmp_path / "g.npy"))
     np.testing.assert_array_equal(otgpu.barycentric_map(x, y, r), np.load(tmp_path / "t.npy"))
+
+
+def test_precision_option_and_report(rng):
+    # The tensor-core arithmetic option (SinkhornOptions::precision): the CPU ignores it
+    # and reports fp64; a bad name is the library's InvalidArgument naming the argument.
+    x, y = clouds(rng)
+    r = otgpu.sinkhorn(x, y, eps=0.2, backend="cpu", precision="bf16")
+    assert r.precision == "fp64" and r.tensor_cores is False
+    with pytest.raises(otgpu.InvalidArgument, match="precision: unknown precision 'fp16'"):
+        otgpu.sinkhorn(x, y, eps=0.2, backend="cpu", precision="fp16")
+    with pytest.raises(TypeError, match="option precision must be a str"):
+        otgpu.sinkhorn(x, y, eps=0.2, backend="cpu", precision=32)
+    assert otgpu.sinkhorn_defaults()["precision"] == "fp32"
