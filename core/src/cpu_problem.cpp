@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "cpu_exp.h"
 #include "cpu_numeric.h"
 #include "otgpu/detail/math.h"
 
@@ -217,24 +218,12 @@ RowLse row_lse(const double* c, const double* log_w, const double* pot, std::int
     return r;
   }
   // Terms below exp(-60) ~ 1e-26 of the largest (which contributes 1 to the sum)
-  // cannot move the double sum unless there are ~1e10 of them: skip their exp. At
-  // small eps most of a row is below that, so this is the main saving there.
+  // cannot move the double sum unless there are ~1e10 of them: they are dropped. The
+  // sums use the library's vectorized exp (cpu_exp.h) in a fixed order of 8 partial
+  // sums, so they are the same bits on every x86-64 build and thread count.
   constexpr double kNegligible = -60.0;
-  double sum = 0.0, wc = 0.0;
-  if (with_cost) {
-    for (std::int64_t j = 0; j < len; ++j) {
-      const double t = s[j] - mx;
-      if (t < kNegligible) continue;
-      const double e = std::exp(t);
-      sum += e;
-      wc += e * c[j];
-    }
-  } else {
-    for (std::int64_t j = 0; j < len; ++j) {
-      const double t = s[j] - mx;
-      if (t >= kNegligible) sum += std::exp(t);
-    }
-  }
+  const ExpSums e = exp_sums(s, with_cost ? c : nullptr, len, mx, kNegligible);
+  const double sum = e.sum, wc = e.weighted;
   r.sum = sum;
   r.weighted_cost = wc;
   return r;
