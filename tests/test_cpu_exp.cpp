@@ -172,3 +172,42 @@ TEST(CpuExp, LseSumsFollowTheirOrderInEveryBuild) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CpuExp, LseScoresInEveryBuildAreThePlainFormula) {
+  std::mt19937_64 g(11);
+  std::normal_distribution<double> nd(0.0, 3.0);
+  for (std::int64_t len : {0, 1, 7, 8, 9, 63, 1001}) {
+    const auto n = static_cast<std::size_t>(len);
+    std::vector<double> c(n), lw(n), pot(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      c[j] = std::fabs(nd(g));
+      lw[j] = j % 5 == 2 ? -kInf : nd(g);
+      pot[j] = nd(g);
+    }
+    const double inv = 1.0 / 0.037;
+    std::vector<double> want(n);
+    double mx = -kInf;
+    for (std::size_t j = 0; j < n; ++j) {
+      want[j] = lw[j] + (pot[j] - c[j]) * inv;
+      mx = std::max(mx, want[j]);
+    }
+    for (int poison = 0; poison < 2; ++poison) {
+      if (poison && len > 0) lw[n - 1] = std::numeric_limits<double>::quiet_NaN();
+      for (ExpIsa isa : kIsas) {
+        if (!otgpu::cpu::exp_isa_supported(isa)) continue;
+        std::vector<double> s(n);
+        bool nan = false;
+        const double got = otgpu::cpu::lse_scores_isa(isa, c.data(), lw.data(), pot.data(), len,
+                                                      inv, s.data(), nan);
+        EXPECT_EQ(nan, poison && len > 0) << "isa " << static_cast<int>(isa) << " len " << len;
+        if (poison) continue;
+        EXPECT_TRUE(same_bits(got, mx)) << "isa " << static_cast<int>(isa) << " len " << len;
+        for (std::size_t j = 0; j < n; ++j) ASSERT_TRUE(same_bits(s[j], want[j]));
+      }
+    }
+  }
+}
+
+}  // namespace

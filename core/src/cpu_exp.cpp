@@ -181,6 +181,54 @@ template <class V>
   return v;
 }
 
+/// True when every lane of the comparison mask m is set.
+template <class I>
+[[gnu::always_inline]] inline bool all_lanes(I m) {
+  long long a[sizeof(I) / sizeof(long long)];
+  std::memcpy(a, &m, sizeof a);
+  long long all = -1;
+#pragma GCC unroll 8
+  for (std::size_t l = 0; l < sizeof a / sizeof a[0]; ++l) all &= a[l];
+  return all != 0;
+}
+[[gnu::target("avx512f")]] inline bool all_lanes(v8i m) {
+  return _mm512_cmpneq_epi64_mask(__builtin_bit_cast(__m512i, m), _mm512_setzero_si512()) == 0xFF;
+}
+
+/// s_j = log_w_j + (pot_j - c_j) inv_eps, their max (over every lane, then the lanes:
+/// max is exact, so the order does not matter; a -0 max is returned as +0) and whether
+/// any s_j is NaN.
+template <class V, class I>
+[[gnu::always_inline]] inline double scores_kernel(const double* c, const double* log_w,
+                                                   const double* pot, std::int64_t len,
+                                                   double inv_eps, double* s, bool& nan) {
+  constexpr int W = static_cast<int>(sizeof(V) / sizeof(double));
+  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+  V vmx = V{} + kNegInf;
+  I vnan = I{};
+  std::int64_t j = 0;
+  for (; j + W <= len; j += W) {
+    const V v = load<V>(log_w + j) + (load<V>(pot + j) - load<V>(c + j)) * inv_eps;
+    std::memcpy(s + j, &v, sizeof v);
+    vmx = v > vmx ? v : vmx;
+    vnan |= v != v;
+  }
+  double mx = kNegInf;
+  bool any_nan = false;
+  for (int l = 0; l < W; ++l) {
+    mx = vmx[l] > mx ? vmx[l] : mx;
+    any_nan = any_nan || vnan[l] != 0;
+  }
+  for (; j < len; ++j) {
+    const double v = log_w[j] + (pot[j] - c[j]) * inv_eps;
+    s[j] = v;
+    mx = v > mx ? v : mx;
+    any_nan = any_nan || v != v;
+  }
+  nan = any_nan;
+  return mx + 0.0;
+}
+
 template <class V, class I>
 [[gnu::always_inline]] inline void shifted_kernel(const double* in, std::int64_t len, double shift,
                                                   double* out) {
@@ -189,10 +237,7 @@ template <class V, class I>
   for (; j + W <= len; j += W) {
     const V x = load<V>(in + j) - shift;
     const I fast = (x >= kFastMin) & (x <= kFastMax);  // false for NaN
-    bool all = true;
-#pragma GCC unroll 8
-    for (int l = 0; l < W; ++l) all = all && fast[l] != 0;
-    if (all) {
+    if (all_lanes(fast)) {
       const V e = exp_fast<V, I>(x);
       std::memcpy(out + j, &e, sizeof e);
     } else {
@@ -270,6 +315,22 @@ ExpSums sums_sse2(const double* s, const double* c, std::int64_t len, double mx,
   return sums_kernel<v2d, v2i, 4>(s, c, len, mx, cut);
 }
 
+[[gnu::target("avx512f"), gnu::flatten]] double scores_avx512(const double* c, const double* log_w,
+                                                              const double* pot, std::int64_t len,
+                                                              double inv_eps, double* s,
+                                                              bool& nan) {
+  return scores_kernel<v8d, v8i>(c, log_w, pot, len, inv_eps, s, nan);
+}
+[[gnu::target("avx2"), gnu::flatten]] double scores_avx2(const double* c, const double* log_w,
+                                                         const double* pot, std::int64_t len,
+                                                         double inv_eps, double* s, bool& nan) {
+  return scores_kernel<v4d, v4i>(c, log_w, pot, len, inv_eps, s, nan);
+}
+double scores_sse2(const double* c, const double* log_w, const double* pot, std::int64_t len,
+                   double inv_eps, double* s, bool& nan) {
+  return scores_kernel<v2d, v2i>(c, log_w, pot, len, inv_eps, s, nan);
+}
+
 ExpIsa best_isa() noexcept {
   static const ExpIsa isa = exp_isa_supported(ExpIsa::avx512) ? ExpIsa::avx512
                             : exp_isa_supported(ExpIsa::avx2) ? ExpIsa::avx2
@@ -339,6 +400,24 @@ void exp_shifted(const double* in, std::int64_t len, double shift, double* out) 
 ExpSums exp_sums(const double* s, const double* c, std::int64_t len, double mx,
                  double cut) noexcept {
   return exp_sums_isa(best_isa(), s, c, len, mx, cut);
+}
+
+double lse_scores_isa(ExpIsa isa, const double* c, const double* log_w, const double* pot,
+                      std::int64_t len, double inv_eps, double* s, bool& nan) noexcept {
+  switch (isa) {
+    case ExpIsa::avx512:
+      return scores_avx512(c, log_w, pot, len, inv_eps, s, nan);
+    case ExpIsa::avx2:
+      return scores_avx2(c, log_w, pot, len, inv_eps, s, nan);
+    case ExpIsa::sse2:
+      return scores_sse2(c, log_w, pot, len, inv_eps, s, nan);
+  }
+  return 0.0;
+}
+
+double lse_scores(const double* c, const double* log_w, const double* pot, std::int64_t len,
+                  double inv_eps, double* s, bool& nan) noexcept {
+  return lse_scores_isa(best_isa(), c, log_w, pot, len, inv_eps, s, nan);
 }
 
 }  // namespace otgpu::cpu

@@ -40,6 +40,12 @@ struct ExpSums {
 ExpSums exp_sums(const double* s, const double* c, std::int64_t len, double mx,
                  double cut) noexcept;
 
+/// The scores of a log-sum-exp row, s_j = log_w_j + (pot_j - c_j) inv_eps (one multiply
+/// and two adds each, unfused), written to s [len]; returns max_j s_j (-inf when len =
+/// 0 or every s_j is -inf; a zero max as +0) and sets nan when some s_j is NaN.
+double lse_scores(const double* c, const double* log_w, const double* pot, std::int64_t len,
+                  double inv_eps, double* s, bool& nan) noexcept;
+
 /// The instruction-set builds of the vector kernels, for tests (each must give the
 /// same bits) and measurements. The unqualified functions above use the widest one
 /// the CPU supports.
@@ -47,6 +53,8 @@ enum class ExpIsa { sse2, avx2, avx512 };
 bool exp_isa_supported(ExpIsa isa) noexcept;
 void exp_shifted_isa(ExpIsa isa, const double* in, std::int64_t len, double shift,
                      double* out) noexcept;
+double lse_scores_isa(ExpIsa isa, const double* c, const double* log_w, const double* pot,
+                      std::int64_t len, double inv_eps, double* s, bool& nan) noexcept;
 ExpSums exp_sums_isa(ExpIsa isa, const double* s, const double* c, std::int64_t len, double mx,
                      double cut) noexcept;
 

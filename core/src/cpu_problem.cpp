@@ -202,15 +202,8 @@ ProblemData load_problem(const SinkhornProblem& problem, const detail::SinkhornS
 RowLse row_lse(const double* c, const double* log_w, const double* pot, std::int64_t len,
                double inv_eps, double* s, bool with_cost) noexcept {
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-  double mx = kNegInf;
-  int nan = 0;
-#pragma omp simd reduction(max : mx) reduction(| : nan)
-  for (std::int64_t j = 0; j < len; ++j) {
-    const double v = log_w[j] + (pot[j] - c[j]) * inv_eps;
-    s[j] = v;
-    mx = v > mx ? v : mx;
-    nan |= static_cast<int>(v != v);
-  }
+  bool nan = false;
+  const double mx = lse_scores(c, log_w, pot, len, inv_eps, s, nan);
   RowLse r{mx, 0.0, 0.0};
   if (nan || mx == kNegInf || !std::isfinite(mx)) {
     // No finite term (or a NaN): let the caller see a non-finite LSE and stop.
