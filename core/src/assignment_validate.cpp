@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "cpu_numeric.h"
 #include "otgpu/error.h"
@@ -63,27 +64,30 @@ std::int64_t row_offset(const TensorView& v, bool batched, std::int64_t b, std::
 /// compiler vectorizes (the costs of a large problem are read once here).
 template <class T>
 bool no_nan_or_neg_inf(const T* p, std::int64_t len) {
-  int bad = 0;
+  // A flag as wide as T keeps the compare and the reduction in the same lanes (an int
+  // flag on doubles is not vectorized).
+  using Flag = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  Flag bad = 0;
 #pragma omp simd reduction(| : bad)
-  for (std::int64_t j = 0; j < len; ++j) bad |= static_cast<int>(!(p[j] > -INFINITY));
+  for (std::int64_t j = 0; j < len; ++j) bad |= static_cast<Flag>(!(p[j] > -INFINITY));
   return bad == 0;
 }
 
-/// Sum of squares of the run p[0..len) into sq; true when every element is finite
-/// (x - x is NaN exactly for NaN and +-inf). Vectorized, so sq's rounding order is
-/// the compiler's; it only feeds the overflow bound below.
+/// Sum of squares of the run p[0..len) into sq; true when every element is finite:
+/// x * 0 is 0 for finite x and NaN for NaN and +-inf, so the sum of those is 0 exactly
+/// when all are finite. Vectorized, so sq's rounding order is the compiler's; it only
+/// feeds the overflow bound below.
 template <class T>
 bool finite_sum_sq(const T* p, std::int64_t len, double& sq) {
-  int bad = 0;
-  double s = 0;
-#pragma omp simd reduction(| : bad) reduction(+ : s)
+  double s = 0, z = 0;
+#pragma omp simd reduction(+ : s, z)
   for (std::int64_t k = 0; k < len; ++k) {
     const double e = static_cast<double>(p[k]);
-    bad |= static_cast<int>(!(e - e == 0));
+    z += e * 0.0;
     s += e * e;
   }
   sq = s;
-  return bad == 0;
+  return z == 0;
 }
 
 /// Runs `fn(pointer, len)` on row (b, i) when its last dimension is contiguous (f32 or
