@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "cpu_numeric.h"
 #include "otgpu/error.h"
@@ -54,10 +55,63 @@ std::string where(bool batched, std::int64_t b, std::int64_t i, std::int64_t j) 
   return batched ? fmt::format("[{}, {}, {}]", b, i, j) : fmt::format("[{}, {}]", i, j);
 }
 
-/// Cost entries: finite or +inf (a forbidden pair); NaN and -inf are errors.
+/// Element offset of row (b, i) of a [K, rows, cols] (batched) or [rows, cols] view.
+std::int64_t row_offset(const TensorView& v, bool batched, std::int64_t b, std::int64_t i) {
+  return batched ? b * v.stride(0) + i * v.stride(1) : i * v.stride(0);
+}
+
+/// True when no element of the run p[0..len) is NaN or -inf: one branch-free pass the
+/// compiler vectorizes (the costs of a large problem are read once here).
+template <class T>
+bool no_nan_or_neg_inf(const T* p, std::int64_t len) {
+  // A flag as wide as T keeps the compare and the reduction in the same lanes (an int
+  // flag on doubles is not vectorized).
+  using Flag = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  Flag bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (std::int64_t j = 0; j < len; ++j) bad |= static_cast<Flag>(!(p[j] > -INFINITY));
+  return bad == 0;
+}
+
+/// Sum of squares of the run p[0..len) into sq; true when every element is finite:
+/// x * 0 is 0 for finite x and NaN for NaN and +-inf, so the sum of those is 0 exactly
+/// when all are finite. Vectorized, so sq's rounding order is the compiler's; it only
+/// feeds the overflow bound below.
+template <class T>
+bool finite_sum_sq(const T* p, std::int64_t len, double& sq) {
+  double s = 0, z = 0;
+#pragma omp simd reduction(+ : s, z)
+  for (std::int64_t k = 0; k < len; ++k) {
+    const double e = static_cast<double>(p[k]);
+    z += e * 0.0;
+    s += e * e;
+  }
+  sq = s;
+  return z == 0;
+}
+
+/// Runs `fn(pointer, len)` on row (b, i) when its last dimension is contiguous (f32 or
+/// f64), returning its result; `fallback()` otherwise.
+template <class Fn, class Fallback>
+bool on_row(const TensorView& v, bool batched, std::int64_t b, std::int64_t i, std::int64_t len,
+            Fn&& fn, Fallback&& fallback) {
+  if (v.stride(v.rank - 1) != 1) return fallback();
+  const std::int64_t off = row_offset(v, batched, b, i);
+  if (v.dtype == DType::f64) return fn(static_cast<const double*>(v.data) + off, len);
+  return fn(static_cast<const float*>(v.data) + off, len);
+}
+
+/// Cost entries: finite or +inf (a forbidden pair); NaN and -inf are errors. Each row
+/// is scanned by one vectorized pass; the element-wise loop only runs to name the
+/// offending element of a row that failed it.
 void check_cost_values(const TensorView& c, const AssignmentShape& s) {
   for (std::int64_t b = 0; b < s.batch; ++b) {
     for (std::int64_t i = 0; i < s.n; ++i) {
+      const bool clean = on_row(
+          c, s.batched, b, i, s.m,
+          [](const auto* p, std::int64_t len) { return no_nan_or_neg_inf(p, len); },
+          [] { return false; });
+      if (clean) continue;
       for (std::int64_t j = 0; j < s.m; ++j) {
         const double x = cpu::load_problem_element(c, s.batched, b, i, j);
         if (std::isnan(x) || x == -INFINITY) {
@@ -81,6 +135,15 @@ void check_point_values(const AssignmentProblem& p, const AssignmentShape& s) {
       double& r = v == &p.x ? rx : ry;
       for (std::int64_t i = 0; i < rows; ++i) {
         double sq = 0;
+        const bool clean = on_row(
+            *v, s.batched, b, i, s.d,
+            [&sq](const auto* row, std::int64_t len) { return finite_sum_sq(row, len, sq); },
+            [] { return false; });
+        if (clean) {
+          r = std::fmax(r, std::sqrt(sq));
+          continue;
+        }
+        sq = 0;
         for (std::int64_t k = 0; k < s.d; ++k) {
           const double e = cpu::load_problem_element(*v, s.batched, b, i, k);
           if (!std::isfinite(e)) {

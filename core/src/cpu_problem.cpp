@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 
+#include "cpu_exp.h"
 #include "cpu_numeric.h"
 #include "otgpu/detail/math.h"
 
@@ -201,15 +202,8 @@ ProblemData load_problem(const SinkhornProblem& problem, const detail::SinkhornS
 RowLse row_lse(const double* c, const double* log_w, const double* pot, std::int64_t len,
                double inv_eps, double* s, bool with_cost) noexcept {
   constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-  double mx = kNegInf;
-  int nan = 0;
-#pragma omp simd reduction(max : mx) reduction(| : nan)
-  for (std::int64_t j = 0; j < len; ++j) {
-    const double v = log_w[j] + (pot[j] - c[j]) * inv_eps;
-    s[j] = v;
-    mx = v > mx ? v : mx;
-    nan |= static_cast<int>(v != v);
-  }
+  bool nan = false;
+  const double mx = lse_scores(c, log_w, pot, len, inv_eps, s, nan);
   RowLse r{mx, 0.0, 0.0};
   if (nan || mx == kNegInf || !std::isfinite(mx)) {
     // No finite term (or a NaN): let the caller see a non-finite LSE and stop.
@@ -217,24 +211,12 @@ RowLse row_lse(const double* c, const double* log_w, const double* pot, std::int
     return r;
   }
   // Terms below exp(-60) ~ 1e-26 of the largest (which contributes 1 to the sum)
-  // cannot move the double sum unless there are ~1e10 of them: skip their exp. At
-  // small eps most of a row is below that, so this is the main saving there.
+  // cannot move the double sum unless there are ~1e10 of them: they are dropped. The
+  // sums use the library's vectorized exp (cpu_exp.h) in a fixed order of 8 partial
+  // sums, so they are the same bits on every x86-64 build and thread count.
   constexpr double kNegligible = -60.0;
-  double sum = 0.0, wc = 0.0;
-  if (with_cost) {
-    for (std::int64_t j = 0; j < len; ++j) {
-      const double t = s[j] - mx;
-      if (t < kNegligible) continue;
-      const double e = std::exp(t);
-      sum += e;
-      wc += e * c[j];
-    }
-  } else {
-    for (std::int64_t j = 0; j < len; ++j) {
-      const double t = s[j] - mx;
-      if (t >= kNegligible) sum += std::exp(t);
-    }
-  }
+  const ExpSums e = exp_sums(s, with_cost ? c : nullptr, len, mx, kNegligible);
+  const double sum = e.sum, wc = e.weighted;
   r.sum = sum;
   r.weighted_cost = wc;
   return r;

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <utility>
 
+#include "cpu_exp.h"
 #include "cpu_numeric.h"
 #include "cpu_problem.h"
 #include "dist_status.h"
@@ -403,7 +404,7 @@ class ProblemSolver {
       if (colmax_[k] == -kInf && !std::isnan(s)) {
         colsum_[k] = 0.0;
       } else if (std::isfinite(gmax[k])) {
-        colsum_[k] = s * std::exp(colmax_[k] - gmax[k]);
+        colsum_[k] = s * exp_det(colmax_[k] - gmax[k]);
       }
     }
     shard_.comm->allreduce(colsum_.data(), m, dist::ReduceOp::sum);
@@ -735,6 +736,10 @@ ProblemData derived_problem(const SinkhornProblem& problem, const detail::Sinkho
   return p;
 }
 
+/// Weights w_j = exp(s_j - max) of a derived output are evaluated this many at a time
+/// (vectorized, cpu_exp.h) into a buffer on the stack.
+constexpr std::int64_t kWeightChunk = 256;
+
 /// Calls row(p, i, c, s, lse, inv_eps, g) for every row of every problem, in parallel
 /// over rows, after computing the row's scores s_j = log b_j + (g_j - C_ij)/eps.
 template <class Row>
@@ -876,11 +881,16 @@ std::vector<double> barycentric_map(const SinkhornProblem& problem, const Sinkho
                           const RowLse& lse, double) {
                         double* t = out.data() + (p.index * n + i) * d;
                         std::fill(t, t + d, 0.0);
-                        for (std::int64_t j = 0; j < m; ++j) {
-                          const double w = std::exp(s[j] - lse.max);
-                          if (w == 0) continue;
-                          for (std::int64_t k = 0; k < d; ++k)
-                            t[k] += w * p.y[static_cast<std::size_t>(j * d + k)];
+                        double wb[kWeightChunk];
+                        for (std::int64_t j0 = 0; j0 < m; j0 += kWeightChunk) {
+                          const std::int64_t len = std::min(kWeightChunk, m - j0);
+                          exp_shifted(s + j0, len, lse.max, wb);
+                          for (std::int64_t j = j0; j < j0 + len; ++j) {
+                            const double w = wb[j - j0];
+                            if (w == 0) continue;
+                            for (std::int64_t k = 0; k < d; ++k)
+                              t[k] += w * p.y[static_cast<std::size_t>(j * d + k)];
+                          }
                         }
                         for (std::int64_t k = 0; k < d; ++k) t[k] /= lse.sum;
                       });
@@ -904,17 +914,23 @@ std::vector<double> gradient_x(const SinkhornProblem& problem, const SinkhornRes
                         const double r =
                             p.a[ii] * std::exp(f_i * inv + lse.max + std::log(lse.sum));
                         const double* xi = p.x.data() + i * d;
-                        for (std::int64_t j = 0; j < m; ++j) {
-                          const double w = std::exp(s[j] - lse.max);
-                          if (w == 0) continue;
-                          const double* yj = p.y.data() + j * d;
-                          if (p.kind == CostKind::sqeuclidean) {
-                            for (std::int64_t k = 0; k < d; ++k) grad[k] += w * yj[k];
-                          } else if (c[j] > 0) {
-                            // grad_x |x - y| = (x - y) / |x - y|; at x = y the subgradient 0 is
-                            // used.
-                            const double scale = w / c[j];
-                            for (std::int64_t k = 0; k < d; ++k) grad[k] += scale * (xi[k] - yj[k]);
+                        double wb[kWeightChunk];
+                        for (std::int64_t j0 = 0; j0 < m; j0 += kWeightChunk) {
+                          const std::int64_t len = std::min(kWeightChunk, m - j0);
+                          exp_shifted(s + j0, len, lse.max, wb);
+                          for (std::int64_t j = j0; j < j0 + len; ++j) {
+                            const double w = wb[j - j0];
+                            if (w == 0) continue;
+                            const double* yj = p.y.data() + j * d;
+                            if (p.kind == CostKind::sqeuclidean) {
+                              for (std::int64_t k = 0; k < d; ++k) grad[k] += w * yj[k];
+                            } else if (c[j] > 0) {
+                              // grad_x |x - y| = (x - y) / |x - y|; at x = y the subgradient 0
+                              // is used.
+                              const double scale = w / c[j];
+                              for (std::int64_t k = 0; k < d; ++k)
+                                grad[k] += scale * (xi[k] - yj[k]);
+                            }
                           }
                         }
                         if (p.kind == CostKind::sqeuclidean) {
