@@ -909,8 +909,9 @@ void add_sinkhorn_command(CLI::App& app) {
   args->check_every_opt =
       sub->add_option("--check-every", args->check_every,
                       "check convergence every K iterations (default 10; 0 = never)");
-  sub->add_option("--acceleration", args->acceleration,
-                  "CPU iteration: overrelax (default, adaptive over-relaxation) or none");
+  sub->add_option(
+      "--acceleration", args->acceleration,
+      "overrelax (default: adaptive over-relaxation, CPU and the synchronous GPU loop) or none");
   sub->add_option("--precision", args->precision,
                   "GPU cost tile for d >= 16: fp32 (default: 3xTF32 tensor cores, fp32-level), "
                   "tf32 or bf16 (faster, coarser); the CPU ignores it");
