@@ -600,13 +600,15 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     const auto cdim = B * static_cast<std::size_t>(pl.dp);
     const std::vector<double> centre = download(c.center, cdim, s);
     std::vector<double> ends(2 * cdim);
-    double size = 1.0;
     for (std::size_t k = 0; k < cdim; ++k) {
       ends[k] = centre[k];
       ends[cdim + k] = -centre[k];
-      size = std::max(size, std::fabs(centre[k]));
     }
     comm.allreduce(ends.data(), static_cast<std::int64_t>(ends.size()), dist::ReduceOp::max);
+    // The scale from the allreduced ends, not from this shard's centre: every shard
+    // must reach the same verdict, or the ones that do not throw wait forever.
+    double size = 1.0;
+    for (const double e : ends) size = std::max(size, std::fabs(e));
     for (std::size_t k = 0; k < cdim; ++k) {
       const double spread = ends[k] + ends[cdim + k];  // max - min over the shards
       if (!(spread <= 1e-9 * size)) {
