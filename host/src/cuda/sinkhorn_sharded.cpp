@@ -555,7 +555,7 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   Carved c;
   ShardArrays sa;
   RawUpload up;
-  std::vector<double> mean, mass;
+  std::vector<double> mean, mass, centre;
   std::vector<unsigned> range;
   // Everything that can reject this shard's data, agreed over the shards: a shard with
   // bad input makes every shard throw, none is left waiting in a collective.
@@ -591,6 +591,9 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     init_potentials(o.f_init.empty() ? nullptr : up.device(f_slot),
                     o.g_init.empty() ? nullptr : up.device(g_slot), c.d, s);
     OTGPU_CUDA_CHECK(cudaMemsetAsync(sa.Gl, 0, mB * sizeof(float), s));
+    // Inside the agreement: a CUDA error here on one shard must not leave the others
+    // waiting in the centre allreduce below.
+    if (c.d.points()) centre = download(c.center, B * static_cast<std::size_t>(pl.dp), s);
   });
 
   // Every shard centred its points on the mean of y, which is replicated: the centres
@@ -598,7 +601,6 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   // different y. One allreduce of the centres and their negatives.
   if (c.d.points()) {
     const auto cdim = B * static_cast<std::size_t>(pl.dp);
-    const std::vector<double> centre = download(c.center, cdim, s);
     std::vector<double> ends(2 * cdim);
     for (std::size_t k = 0; k < cdim; ++k) {
       ends[k] = centre[k];
@@ -659,21 +661,26 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   }
 
   // The schedule (stage_schedule with the merged mass and mean).
+  // Agreed too: a shard throwing here alone (a CUDA error, an allocation) would leave
+  // the others waiting in the loop's first merge.
   const DeviceSolve& d = c.d;
-  if (balanced) {
-    upload(sa.ratio, ratio, s);
-    kernels::shard_scale_weights(const_cast<double*>(d.b), const_cast<float*>(d.logB), sa.ratio,
-                                 shape.batch, shape.m, s);
-  }
-  if (o.eps_relative) upload(c.mean, mean, s);
-  kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, o.eps_init, o.eps_decay,
-                           o.rho_a, o.rho_b, pl.K, const_cast<float*>(d.eps_tab),
-                           const_cast<float*>(d.lam_a_tab), const_cast<float*>(d.lam_b_tab),
-                           const_cast<float*>(d.small_eps), const_cast<float*>(d.small_eps_init),
-                           shape.batch, s);
-  kernels::fill_ints(d.active, 1, shape.batch, s);
-  kernels::fill_ints(d.iters, o.max_iter, shape.batch, s);
-  std::vector<float> eps_target = download(d.eps_target(), B, s);
+  std::vector<float> eps_target;
+  dist::agree(comm, [&] {
+    if (balanced) {
+      upload(sa.ratio, ratio, s);
+      kernels::shard_scale_weights(const_cast<double*>(d.b), const_cast<float*>(d.logB), sa.ratio,
+                                   shape.batch, shape.m, s);
+    }
+    if (o.eps_relative) upload(c.mean, mean, s);
+    kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, o.eps_init, o.eps_decay,
+                             o.rho_a, o.rho_b, pl.K, const_cast<float*>(d.eps_tab),
+                             const_cast<float*>(d.lam_a_tab), const_cast<float*>(d.lam_b_tab),
+                             const_cast<float*>(d.small_eps), const_cast<float*>(d.small_eps_init),
+                             shape.batch, s);
+    kernels::fill_ints(d.active, 1, shape.batch, s);
+    kernels::fill_ints(d.iters, o.max_iter, shape.batch, s);
+    eps_target = download(d.eps_target(), B, s);
+  });
 
   ShardSolve loop(ctx, comm, o, d, sa, std::move(eps_target));
   const double progress_eps =
