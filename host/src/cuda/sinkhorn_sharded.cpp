@@ -165,7 +165,11 @@ class ShardSolve {
     }
     // A failure after the last check (or in a solve without checks) surfaces here.
     double word = failure_.word();
-    comm_.allreduce(&word, 1, dist::ReduceOp::max);
+    try {
+      comm_.allreduce(&word, 1, dist::ReduceOp::max);
+    } catch (...) {
+      abandon();
+    }
     failure_.settle(word, kWhat, at_);
   }
 
@@ -339,7 +343,11 @@ class ShardSolve {
       });
     }
     double status[2] = {stop, failure_.word()};
-    comm_.allreduce(status, 2, dist::ReduceOp::max);
+    try {
+      comm_.allreduce(status, 2, dist::ReduceOp::max);
+    } catch (...) {
+      abandon();
+    }
     failure_.settle(status[1], kWhat, iteration);
     if (status[0] > 0.0) {
       cancelled_ = true;
