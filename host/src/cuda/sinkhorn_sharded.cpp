@@ -760,8 +760,14 @@ SinkhornResult sinkhorn_sharded(dist::Communicator& comm, const SinkhornProblem&
                                 const SinkhornOptions& o, const detail::SinkhornShape& shape,
                                 std::int64_t row_offset, std::int64_t total_rows) {
   (void)row_offset;  // the iteration needs no global index; sampling does (its own call)
-  runtime::Context& ctx = runtime::context_or_thread(nullptr, o.device);
-  ctx.activate();
+  // The thread's context is made on first use (a stream, CUDA calls that may fail on
+  // this shard alone): agreed, or the other shards would wait in the first collective.
+  runtime::Context* ctxp = nullptr;
+  dist::agree(comm, [&] {
+    ctxp = &runtime::context_or_thread(nullptr, o.device);
+    ctxp->activate();
+  });
+  runtime::Context& ctx = *ctxp;
   SinkhornResult r;
   r.backend = Backend::cuda;
   r.device = ctx.device();
