@@ -187,5 +187,32 @@ TEST(ShardedSinkhornReviewGpu, ZeroWeightRowsInAShardMatchTheSingleGpu) {
   expect_matches_single_gpu(k, D, 3);
 }
 
+TEST(ShardedSinkhornReviewGpu, RanksWithDifferentBAllThrowTheSameError) {
+  REQUIRE_GPU();
+  // Rank 1's b carries 1% more mass: before the agreement on mass(b), rank 1 alone
+  // failed the balanced mass check and the others waited in the next collective.
+  const Case k = dist_test::cases()[2];  // weighted, balanced
+  const auto D = dist_test::make_data(k);
+  std::vector<double> b1 = D.b;
+  for (double& v : b1) v *= 1.01;
+  constexpr int G = 3;
+  std::vector<std::string> got(G);
+  dist::run_local(G, [&](dist::Communicator& c) {
+    const auto r = dist::row_range(k.n, c.rank(), G);
+    SinkhornProblem p = dist_test::problem_of(k, D, r);
+    if (c.rank() == 1) p.b = TensorView::host(b1.data(), {k.m});
+    std::string& out = got[static_cast<std::size_t>(c.rank())];
+    try {
+      dist::sinkhorn(c, p, cuda_options(k, D, r));
+      out = "no error";
+    } catch (const InvalidArgument& e) {
+      out = e.what();
+    }
+  });
+  EXPECT_NE(got[0].find("every rank must pass the same b"), std::string::npos) << got[0];
+  EXPECT_EQ(got[1], got[0]);
+  EXPECT_EQ(got[2], got[0]);
+}
+
 }  // namespace
 }  // namespace otgpu

@@ -638,10 +638,29 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     merged[B + b] = mean[b] * static_cast<double>(shape.n) / static_cast<double>(total_rows);
   comm.allreduce(merged.data(), static_cast<std::int64_t>(merged.size()), dist::ReduceOp::sum);
   for (std::size_t b = 0; b < mean.size(); ++b) mean[b] = merged[B + b];
+  // b is replicated, but each shard decides the mass check from its own copy: ranks
+  // given different b would decide differently and the ones that go on wait forever.
+  // Its mass is agreed first (max and -min in one allreduce; 1e-12 absorbs the order
+  // of the device reduction), and the check reads the agreed value.
+  std::vector<double> bends(2 * B);
+  for (std::size_t b = 0; b < B; ++b) {
+    bends[b] = mass[B + b];
+    bends[B + b] = -mass[B + b];
+  }
+  comm.allreduce(bends.data(), static_cast<std::int64_t>(bends.size()), dist::ReduceOp::max);
+  for (std::size_t b = 0; b < B; ++b) {
+    const double hi = bends[b], lo = -bends[B + b];
+    if (!(hi - lo <= 1e-12 * std::fabs(hi))) {
+      throw InvalidArgument(fmt::format(
+          "b: the ranks passed different b (problem {} has mass(b) from {:.17g} to {:.17g} over "
+          "the ranks); every rank must pass the same b",
+          begin + static_cast<std::int64_t>(b), lo, hi));
+    }
+  }
   std::vector<double> ratio(B, 1.0);
   for (std::size_t b = 0; b < B; ++b) {
     const double ma = merged[b], mb = mass[B + b];
-    if (balanced && !detail::masses_match(ma, mb)) {
+    if (balanced && !detail::masses_match(ma, bends[b])) {
       throw InvalidArgument(
           fmt::format("a, b: problem {} has mass(a) = {} (over all shards) and mass(b) = {}; a "
                       "balanced problem (rho_a = rho_b = inf) needs equal masses (relative 1e-5); "
