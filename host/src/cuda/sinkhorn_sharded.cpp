@@ -163,7 +163,12 @@ class ShardSolve {
       for (std::size_t b = 0; b < B_; ++b)
         if (active_[b] != 0) iters_[b] = stopped_at_;
     }
-    // A failure after the last check (or in a solve without checks) surfaces here.
+    // A failure after the last check (or in a solve without checks) surfaces here;
+    // the synchronization also surfaces an asynchronous kernel error of the last
+    // iterations, and makes the last device merges complete before the host
+    // collective (NCCL runs it on another stream of the same communicator).
+    local([&] { OTGPU_CUDA_CHECK(cudaStreamSynchronize(s_)); });
+    drain();
     double word = failure_.word();
     try {
       comm_.allreduce(&word, 1, dist::ReduceOp::max);
@@ -209,6 +214,14 @@ class ShardSolve {
                                       kWhat, comm_.rank(), at_, why));
   }
 
+  /// A failed shard's device merges issued before its failure may still be queued on
+  /// its stream: they must run before the host collectives it issues from now on,
+  /// which NCCL runs on the communicator's own stream (the same order on every rank).
+  /// The stream's error, if any, is already this shard's failure.
+  void drain() {
+    if (failure_.failed()) (void)cudaStreamSynchronize(s_);
+  }
+
   /// allreduce_device of the g-merge; a failed shard takes part from host memory (the
   /// same collective: count doubles, the same op), its values never read.
   void merge(double* data, std::int64_t count, dist::ReduceOp op) {
@@ -220,6 +233,7 @@ class ShardSolve {
         abandon();
       }
     }
+    drain();
     idle_.assign(static_cast<std::size_t>(count), 0.0);
     try {
       comm_.allreduce(idle_.data(), count, op);
@@ -290,6 +304,7 @@ class ShardSolve {
     for (std::size_t b = 0; b < B_; ++b)
       if (active_[b] == 0 || failure_.failed()) res[b] = 0.0;
     res[B_] = failure_.word();
+    drain();
     try {
       comm_.allreduce(res.data(), static_cast<std::int64_t>(B_ + 1), dist::ReduceOp::sum);
     } catch (...) {
