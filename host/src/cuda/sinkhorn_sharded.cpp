@@ -164,9 +164,18 @@ class ShardSolve {
       for (std::size_t b = 0; b < B_; ++b)
         if (active_[b] != 0) iters_[b] = stopped_at_;
     }
-    // A failure after the last check (or in a solve without checks) surfaces here.
+    // A failure after the last check (or in a solve without checks) surfaces here;
+    // the synchronization also surfaces an asynchronous kernel error of the last
+    // iterations, and makes the last device merges complete before the host
+    // collective (NCCL runs it on another stream of the same communicator).
+    local([&] { OTGPU_CUDA_CHECK(cudaStreamSynchronize(s_)); });
+    drain();
     double word = failure_.word();
-    comm_.allreduce(&word, 1, dist::ReduceOp::max);
+    try {
+      comm_.allreduce(&word, 1, dist::ReduceOp::max);
+    } catch (...) {
+      abandon();
+    }
     failure_.settle(word, kWhat, at_);
   }
 
@@ -206,6 +215,14 @@ class ShardSolve {
                                       kWhat, comm_.rank(), at_, why));
   }
 
+  /// A failed shard's device merges issued before its failure may still be queued on
+  /// its stream: they must run before the host collectives it issues from now on,
+  /// which NCCL runs on the communicator's own stream (the same order on every rank).
+  /// The stream's error, if any, is already this shard's failure.
+  void drain() {
+    if (failure_.failed()) (void)cudaStreamSynchronize(s_);
+  }
+
   /// allreduce_device of the g-merge; a failed shard takes part from host memory (the
   /// same collective: count doubles, the same op), its values never read.
   void merge(double* data, std::int64_t count, dist::ReduceOp op) {
@@ -217,6 +234,7 @@ class ShardSolve {
         abandon();
       }
     }
+    drain();
     idle_.assign(static_cast<std::size_t>(count), 0.0);
     try {
       comm_.allreduce(idle_.data(), count, op);
@@ -287,6 +305,7 @@ class ShardSolve {
     for (std::size_t b = 0; b < B_; ++b)
       if (active_[b] == 0 || failure_.failed()) res[b] = 0.0;
     res[B_] = failure_.word();
+    drain();
     try {
       comm_.allreduce(res.data(), static_cast<std::int64_t>(B_ + 1), dist::ReduceOp::sum);
     } catch (...) {
@@ -340,7 +359,11 @@ class ShardSolve {
       });
     }
     double status[2] = {stop, failure_.word()};
-    comm_.allreduce(status, 2, dist::ReduceOp::max);
+    try {
+      comm_.allreduce(status, 2, dist::ReduceOp::max);
+    } catch (...) {
+      abandon();
+    }
     failure_.settle(status[1], kWhat, iteration);
     if (status[0] > 0.0) {
       cancelled_ = true;
@@ -556,7 +579,7 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   Carved c;
   ShardArrays sa;
   RawUpload up;
-  std::vector<double> mean, mass;
+  std::vector<double> mean, mass, centre;
   std::vector<unsigned> range;
   // Everything that can reject this shard's data, agreed over the shards: a shard with
   // bad input makes every shard throw, none is left waiting in a collective.
@@ -592,6 +615,9 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     init_potentials(o.f_init.empty() ? nullptr : up.device(f_slot),
                     o.g_init.empty() ? nullptr : up.device(g_slot), c.d, s);
     OTGPU_CUDA_CHECK(cudaMemsetAsync(sa.Gl, 0, mB * sizeof(float), s));
+    // Inside the agreement: a CUDA error here on one shard must not leave the others
+    // waiting in the centre allreduce below.
+    if (c.d.points()) centre = download(c.center, B * static_cast<std::size_t>(pl.dp), s);
   });
 
   // Every shard centred its points on the mean of y, which is replicated: the centres
@@ -599,15 +625,16 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   // different y. One allreduce of the centres and their negatives.
   if (c.d.points()) {
     const auto cdim = B * static_cast<std::size_t>(pl.dp);
-    const std::vector<double> centre = download(c.center, cdim, s);
     std::vector<double> ends(2 * cdim);
-    double size = 1.0;
     for (std::size_t k = 0; k < cdim; ++k) {
       ends[k] = centre[k];
       ends[cdim + k] = -centre[k];
-      size = std::max(size, std::fabs(centre[k]));
     }
     comm.allreduce(ends.data(), static_cast<std::int64_t>(ends.size()), dist::ReduceOp::max);
+    // The scale from the allreduced ends, not from this shard's centre: every shard
+    // must reach the same verdict, or the ones that do not throw wait forever.
+    double size = 1.0;
+    for (const double e : ends) size = std::max(size, std::fabs(e));
     for (std::size_t k = 0; k < cdim; ++k) {
       const double spread = ends[k] + ends[cdim + k];  // max - min over the shards
       if (!(spread <= 1e-9 * size)) {
@@ -627,10 +654,29 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
     merged[B + b] = mean[b] * static_cast<double>(shape.n) / static_cast<double>(total_rows);
   comm.allreduce(merged.data(), static_cast<std::int64_t>(merged.size()), dist::ReduceOp::sum);
   for (std::size_t b = 0; b < mean.size(); ++b) mean[b] = merged[B + b];
+  // b is replicated, but each shard decides the mass check from its own copy: ranks
+  // given different b would decide differently and the ones that go on wait forever.
+  // Its mass is agreed first (max and -min in one allreduce; 1e-12 absorbs the order
+  // of the device reduction), and the check reads the agreed value.
+  std::vector<double> bends(2 * B);
+  for (std::size_t b = 0; b < B; ++b) {
+    bends[b] = mass[B + b];
+    bends[B + b] = -mass[B + b];
+  }
+  comm.allreduce(bends.data(), static_cast<std::int64_t>(bends.size()), dist::ReduceOp::max);
+  for (std::size_t b = 0; b < B; ++b) {
+    const double hi = bends[b], lo = -bends[B + b];
+    if (!(hi - lo <= 1e-12 * std::fabs(hi))) {
+      throw InvalidArgument(fmt::format(
+          "b: the ranks passed different b (problem {} has mass(b) from {:.17g} to {:.17g} over "
+          "the ranks); every rank must pass the same b",
+          begin + static_cast<std::int64_t>(b), lo, hi));
+    }
+  }
   std::vector<double> ratio(B, 1.0);
   for (std::size_t b = 0; b < B; ++b) {
     const double ma = merged[b], mb = mass[B + b];
-    if (balanced && !detail::masses_match(ma, mb)) {
+    if (balanced && !detail::masses_match(ma, bends[b])) {
       throw InvalidArgument(
           fmt::format("a, b: problem {} has mass(a) = {} (over all shards) and mass(b) = {}; a "
                       "balanced problem (rho_a = rho_b = inf) needs equal masses (relative 1e-5); "
@@ -658,21 +704,26 @@ void solve_chunk(runtime::Context& ctx, dist::Communicator& comm, const Sinkhorn
   }
 
   // The schedule (stage_schedule with the merged mass and mean).
+  // Agreed too: a shard throwing here alone (a CUDA error, an allocation) would leave
+  // the others waiting in the loop's first merge.
   const DeviceSolve& d = c.d;
-  if (balanced) {
-    upload(sa.ratio, ratio, s);
-    kernels::shard_scale_weights(const_cast<double*>(d.b), const_cast<float*>(d.logB), sa.ratio,
-                                 shape.batch, shape.m, s);
-  }
-  if (o.eps_relative) upload(c.mean, mean, s);
-  kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, o.eps_init, o.eps_decay,
-                           o.rho_a, o.rho_b, pl.K, const_cast<float*>(d.eps_tab),
-                           const_cast<float*>(d.lam_a_tab), const_cast<float*>(d.lam_b_tab),
-                           const_cast<float*>(d.small_eps), const_cast<float*>(d.small_eps_init),
-                           shape.batch, s);
-  kernels::fill_ints(d.active, 1, shape.batch, s);
-  kernels::fill_ints(d.iters, o.max_iter, shape.batch, s);
-  std::vector<float> eps_target = download(d.eps_target(), B, s);
+  std::vector<float> eps_target;
+  dist::agree(comm, [&] {
+    if (balanced) {
+      upload(sa.ratio, ratio, s);
+      kernels::shard_scale_weights(const_cast<double*>(d.b), const_cast<float*>(d.logB), sa.ratio,
+                                   shape.batch, shape.m, s);
+    }
+    if (o.eps_relative) upload(c.mean, mean, s);
+    kernels::make_eps_tables(o.eps_relative ? c.mean : nullptr, o.eps, o.eps_init, o.eps_decay,
+                             o.rho_a, o.rho_b, pl.K, const_cast<float*>(d.eps_tab),
+                             const_cast<float*>(d.lam_a_tab), const_cast<float*>(d.lam_b_tab),
+                             const_cast<float*>(d.small_eps), const_cast<float*>(d.small_eps_init),
+                             shape.batch, s);
+    kernels::fill_ints(d.active, 1, shape.batch, s);
+    kernels::fill_ints(d.iters, o.max_iter, shape.batch, s);
+    eps_target = download(d.eps_target(), B, s);
+  });
 
   ShardSolve loop(ctx, comm, o, d, sa, std::move(eps_target));
   const double progress_eps =
@@ -756,8 +807,14 @@ SinkhornResult sinkhorn_sharded(dist::Communicator& comm, const SinkhornProblem&
                                 const SinkhornOptions& o, const detail::SinkhornShape& shape,
                                 std::int64_t row_offset, std::int64_t total_rows) {
   (void)row_offset;  // the iteration needs no global index; sampling does (its own call)
-  runtime::Context& ctx = runtime::context_or_thread(nullptr, o.device);
-  ctx.activate();
+  // The thread's context is made on first use (a stream, CUDA calls that may fail on
+  // this shard alone): agreed, or the other shards would wait in the first collective.
+  runtime::Context* ctxp = nullptr;
+  dist::agree(comm, [&] {
+    ctxp = &runtime::context_or_thread(nullptr, o.device);
+    ctxp->activate();
+  });
+  runtime::Context& ctx = *ctxp;
   SinkhornResult r;
   r.backend = Backend::cuda;
   r.device = ctx.device();

@@ -51,15 +51,16 @@ detail::SinkhornShape validate_local(const SinkhornProblem& local, const Sinkhor
 /// allreduce of the values and their negatives; all ranks throw the same error.
 void check_same_problem(Communicator& comm, const detail::SinkhornShape& s,
                         const SinkhornProblem& local, const SinkhornOptions& o, const char* what) {
-  const double v[] = {static_cast<double>(s.batch),
-                      static_cast<double>(s.m),
-                      static_cast<double>(s.d),
-                      static_cast<double>(local.cost_kind),
-                      o.eps,
-                      static_cast<double>(o.max_iter),
-                      static_cast<double>(o.check_every),
-                      o.eps_relative ? 1.0 : 0.0,
-                      static_cast<double>(o.backend)};
+  const double v[] = {static_cast<double>(s.batch), static_cast<double>(s.m),
+                      static_cast<double>(s.d), static_cast<double>(local.cost_kind), o.eps,
+                      static_cast<double>(o.max_iter), static_cast<double>(o.check_every),
+                      o.eps_relative ? 1.0 : 0.0, static_cast<double>(o.backend),
+                      // Each rank takes its loop decisions (retirement, continuation
+                      // levels, over-relaxation, balancing) from these with the
+                      // allreduced values: ranks that differ here leave the loop at
+                      // different iterations and the others wait in a collective forever.
+                      o.tol, o.eps_init, o.eps_decay, o.rho_a, o.rho_b,
+                      static_cast<double>(o.acceleration)};
   constexpr int kCount = sizeof v / sizeof v[0];
   double both[2 * kCount];
   for (int k = 0; k < kCount; ++k) {
@@ -67,8 +68,22 @@ void check_same_problem(Communicator& comm, const detail::SinkhornShape& s,
     both[kCount + k] = -v[k];
   }
   comm.allreduce(both, 2 * kCount, ReduceOp::max);
-  static constexpr const char* kNames[] = {
-      "batch", "m", "d", "cost kind", "eps", "max_iter", "check_every", "eps_relative", "backend"};
+  static constexpr const char* kNames[] = {"batch",
+                                           "m",
+                                           "d",
+                                           "cost kind",
+                                           "eps",
+                                           "max_iter",
+                                           "check_every",
+                                           "eps_relative",
+                                           "backend",
+                                           "tol",
+                                           "eps_init (after a warm start sets it to 0)",
+                                           "eps_decay",
+                                           "rho_a",
+                                           "rho_b",
+                                           "acceleration"};
+  static_assert(sizeof kNames / sizeof kNames[0] == kCount);
   for (int k = 0; k < kCount; ++k) {
     if (both[k] != -both[kCount + k]) {
       throw InvalidArgument(fmt::format(
