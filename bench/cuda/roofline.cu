@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "event_timing.cuh"
 #include "otgpu/error.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "roofline.h"
@@ -66,30 +67,6 @@ __global__ void copy_kernel(const float4* __restrict__ src, float4* __restrict__
   }
 }
 
-template <class Launch>
-double median_kernel_ms(Launch&& launch, int repeats) {
-  cudaEvent_t t0, t1;
-  OTGPU_CUDA_CHECK(cudaEventCreate(&t0));
-  OTGPU_CUDA_CHECK(cudaEventCreate(&t1));
-  launch();  // warm-up
-  OTGPU_LAUNCH_CHECK();
-  std::vector<double> ms;
-  for (int r = 0; r < repeats; ++r) {
-    OTGPU_CUDA_CHECK(cudaEventRecord(t0));
-    launch();
-    OTGPU_CUDA_CHECK(cudaEventRecord(t1));
-    OTGPU_CUDA_CHECK(cudaEventSynchronize(t1));
-    OTGPU_LAUNCH_CHECK();
-    float e = 0;
-    OTGPU_CUDA_CHECK(cudaEventElapsedTime(&e, t0, t1));
-    ms.push_back(e);
-  }
-  OTGPU_CUDA_CHECK(cudaEventDestroy(t0));
-  OTGPU_CUDA_CHECK(cudaEventDestroy(t1));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 }  // namespace
 
 bool query_gpu(int device, GpuInfo& info) {
@@ -128,9 +105,9 @@ Limits measure_gpu_limits(int device) {
   const double per_launch =
       static_cast<double>(blocks) * kThreads * kChains * static_cast<double>(kSteps);
   const double exp_ms =
-      median_kernel_ms([&] { exp_throughput_kernel<<<blocks, kThreads>>>(sink, 0.5f); }, 5);
+      detail::median_kernel_ms([&] { exp_throughput_kernel<<<blocks, kThreads>>>(sink, 0.5f); }, 5);
   lim.exp_per_s = per_launch / (exp_ms * 1e-3);
-  const double fma_ms = median_kernel_ms(
+  const double fma_ms = detail::median_kernel_ms(
       [&] { fma_throughput_kernel<<<blocks, kThreads>>>(sink, 0.999f, 0.001f); }, 5);
   lim.fma_flop_per_s = 2.0 * per_launch / (fma_ms * 1e-3);
 
@@ -140,7 +117,8 @@ Limits measure_gpu_limits(int device) {
   OTGPU_CUDA_CHECK(cudaMalloc(&dst, bytes));
   OTGPU_CUDA_CHECK(cudaMemset(src, 0, bytes));
   const std::size_t n4 = bytes / sizeof(float4);
-  const double copy_ms = median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
+  const double copy_ms =
+      detail::median_kernel_ms([&] { copy_kernel<<<sms * 8, 512>>>(src, dst, n4); }, 5);
   lim.copy_bytes_per_s = 2.0 * static_cast<double>(bytes) / (copy_ms * 1e-3);
   OTGPU_CUDA_CHECK(cudaFree(src));
   OTGPU_CUDA_CHECK(cudaFree(dst));

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "event_timing.cuh"
 #include "otgpu_kernels/cuda_check.h"
 #include "tensor_probe.h"
 
@@ -57,30 +58,6 @@ __global__ void __launch_bounds__(kThreads) mma_throughput_kernel(float* sink, s
   if (sum == -1.f) sink[threadIdx.x] = sum;  // never true; keeps the accumulators alive
 }
 
-template <class Launch>
-double median_ms(Launch&& launch, int repeats) {
-  cudaEvent_t t0, t1;
-  OTGPU_CUDA_CHECK(cudaEventCreate(&t0));
-  OTGPU_CUDA_CHECK(cudaEventCreate(&t1));
-  launch();  // warm-up
-  OTGPU_LAUNCH_CHECK();
-  std::vector<double> ms;
-  for (int r = 0; r < repeats; ++r) {
-    OTGPU_CUDA_CHECK(cudaEventRecord(t0));
-    launch();
-    OTGPU_CUDA_CHECK(cudaEventRecord(t1));
-    OTGPU_CUDA_CHECK(cudaEventSynchronize(t1));
-    OTGPU_LAUNCH_CHECK();
-    float e = 0;
-    OTGPU_CUDA_CHECK(cudaEventElapsedTime(&e, t0, t1));
-    ms.push_back(e);
-  }
-  OTGPU_CUDA_CHECK(cudaEventDestroy(t0));
-  OTGPU_CUDA_CHECK(cudaEventDestroy(t1));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 }  // namespace
 
 TensorRates measure_tensor_rates(int device) {
@@ -92,11 +69,11 @@ TensorRates measure_tensor_rates(int device) {
   const int blocks = sms * 8;
   const double warp_mmas = static_cast<double>(blocks) * (kThreads / 32) * kSteps * kAcc;
   TensorRates r;
-  const double tf32_ms =
-      median_ms([&] { mma_throughput_kernel<false><<<blocks, kThreads>>>(sink, 1u); }, 5);
+  const double tf32_ms = detail::median_kernel_ms(
+      [&] { mma_throughput_kernel<false><<<blocks, kThreads>>>(sink, 1u); }, 5);
   r.tf32_flop_per_s = warp_mmas * (2.0 * 16 * 8 * 8) / (tf32_ms * 1e-3);
-  const double bf16_ms =
-      median_ms([&] { mma_throughput_kernel<true><<<blocks, kThreads>>>(sink, 1u); }, 5);
+  const double bf16_ms = detail::median_kernel_ms(
+      [&] { mma_throughput_kernel<true><<<blocks, kThreads>>>(sink, 1u); }, 5);
   r.bf16_flop_per_s = warp_mmas * (2.0 * 16 * 8 * 16) / (bf16_ms * 1e-3);
   OTGPU_CUDA_CHECK(cudaFree(sink));
   return r;
