@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kBlock)
     dense_sample_kernel(const float* __restrict__ C, const float* __restrict__ logB,
                         const float* __restrict__ G, const float* __restrict__ eps,
                         std::uint64_t seed, std::int64_t* __restrict__ out, std::int64_t n,
-                        std::int64_t m, std::int64_t batch_offset) {
+                        std::int64_t m, std::int64_t batch_offset, std::int64_t row_offset) {
   const std::int64_t b = blockIdx.y;
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (i >= n) return;
@@ -89,10 +89,10 @@ __global__ void __launch_bounds__(kBlock)
   for (std::int64_t j = 0; j < m; ++j) {
     const float lw = logB[b * m + j];
     if (lw == -INFINITY) continue;
-    const double s =
-        lw + (static_cast<double>(G[b * m + j]) - row[j]) / e +
-        otgpu::detail::gumbel(seed, static_cast<std::uint64_t>(batch_offset + b),
-                              static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j));
+    const double s = lw + (static_cast<double>(G[b * m + j]) - row[j]) / e +
+                     otgpu::detail::gumbel(seed, static_cast<std::uint64_t>(batch_offset + b),
+                                           static_cast<std::uint64_t>(row_offset + i),
+                                           static_cast<std::uint64_t>(j));
     if (s > best) {
       best = s;
       arg = j;
@@ -242,11 +242,13 @@ void sinkhorn_finalize(const double* a, const double* b, const float* F, const f
 
 void dense_sample(const float* C, const float* logB, const float* G, const float* eps,
                   std::uint64_t seed, std::int64_t* out, std::int64_t B, std::int64_t n,
-                  std::int64_t m, cudaStream_t stream, std::int64_t batch_offset) {
+                  std::int64_t m, cudaStream_t stream, std::int64_t batch_offset,
+                  std::int64_t row_offset) {
   check_sizes(B, n, m, "dense_sample");
   if (B > 65535) throw InvalidArgument(fmt::format("dense_sample: batch B={} exceeds 65535", B));
   const dim3 grid(static_cast<unsigned>((n + kBlock - 1) / kBlock), static_cast<unsigned>(B));
-  dense_sample_kernel<<<grid, kBlock, 0, stream>>>(C, logB, G, eps, seed, out, n, m, batch_offset);
+  dense_sample_kernel<<<grid, kBlock, 0, stream>>>(C, logB, G, eps, seed, out, n, m, batch_offset,
+                                                   row_offset);
   OTGPU_LAUNCH_CHECK();
 }
 

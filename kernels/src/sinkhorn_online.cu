@@ -599,7 +599,8 @@ __global__ void __launch_bounds__(kThreads)
         const float s = fmaf(-scale, c, hs[jj]) +
                         kLog2e * static_cast<float>(otgpu::detail::gumbel(
                                      seed, static_cast<std::uint64_t>(p.batch_offset + b),
-                                     static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)));
+                                     static_cast<std::uint64_t>(p.row_offset + i),
+                                     static_cast<std::uint64_t>(j)));
         if (s > best) {
           best = s;
           arg = j;

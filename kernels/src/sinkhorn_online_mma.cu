@@ -770,7 +770,8 @@ __device__ __forceinline__ void online_mma_body(Args args) {
           const float v =
               sc[q] + kLog2e * static_cast<float>(otgpu::detail::gumbel(
                                    args.seed, static_cast<std::uint64_t>(p.batch_offset + b),
-                                   static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(j)));
+                                   static_cast<std::uint64_t>(p.row_offset + i),
+                                   static_cast<std::uint64_t>(j)));
           if (v > best[h] || (v == best[h] && j < arg[h])) {
             best[h] = v;
             arg[h] = j;

@@ -1,6 +1,5 @@
 // The sharded Sinkhorn's own kernels (otgpu_kernels/sinkhorn_shard.h): element-wise
-// pieces of the cross-shard g-merge and a row-keyed sampler. O(B m) work each, except
-// the sampler (O(n m dp) per shard, once per call).
+// pieces of the cross-shard g-merge, O(B m) work each.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -8,7 +7,6 @@
 #include <cstdint>
 
 #include "grid.cuh"
-#include "otgpu/detail/math.h"
 #include "otgpu/error.h"
 #include "otgpu_kernels/cuda_check.h"
 #include "otgpu_kernels/sinkhorn_shard.h"
@@ -73,47 +71,6 @@ __global__ void scale_weights_kernel(double* __restrict__ bw, float* __restrict_
   }
 }
 
-__global__ void __launch_bounds__(kBlock)
-    sample_kernel(int cost, const float* __restrict__ X, const float* __restrict__ Y,
-                  const float* __restrict__ C, const float* __restrict__ logB,
-                  const float* __restrict__ G, const float* __restrict__ eps, std::uint64_t seed,
-                  std::int64_t row_offset, std::int64_t batch_offset,
-                  std::int64_t* __restrict__ out, std::int64_t n, std::int64_t m, int dp) {
-  const std::int64_t b = blockIdx.y;
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x;
-  if (i >= n) return;
-  const double e = eps[b];
-  const float* x = X != nullptr ? X + (b * n + i) * dp : nullptr;
-  const float* crow = C != nullptr ? C + (b * n + i) * m : nullptr;
-  double best = -INFINITY;
-  std::int64_t arg = -1;
-  for (std::int64_t j = 0; j < m; ++j) {
-    const float lw = logB[b * m + j];
-    if (lw == -INFINITY) continue;  // zero weight: never sampled
-    double c;
-    if (crow != nullptr) {
-      c = crow[j];
-    } else {
-      const float* y = Y + (b * m + j) * dp;
-      float acc = 0.f;
-      for (int k = 0; k < dp; ++k) {
-        const float dlt = x[k] - y[k];
-        acc = fmaf(dlt, dlt, acc);
-      }
-      c = cost == static_cast<int>(CostKind::euclidean) ? sqrtf(acc) : acc;
-    }
-    const double s = lw + (static_cast<double>(G[b * m + j]) - c) / e +
-                     otgpu::detail::gumbel(seed, static_cast<std::uint64_t>(batch_offset + b),
-                                           static_cast<std::uint64_t>(row_offset + i),
-                                           static_cast<std::uint64_t>(j));
-    if (s > best) {
-      best = s;
-      arg = j;
-    }
-  }
-  out[b * n + i] = arg;
-}
-
 void check_bm(std::int64_t B, std::int64_t m, const char* what) {
   if (B < 0 || m < 0) {
     throw InvalidArgument(fmt::format("{}: sizes must be >= 0 (B={}, m={})", what, B, m));
@@ -156,27 +113,6 @@ void shard_scale_weights(double* b, float* logB, const double* ratio, std::int64
   if (B * m == 0) return;
   scale_weights_kernel<<<detail::grid_stride_blocks(B * m, kBlock), kBlock, 0, stream>>>(
       b, logB, ratio, B, m);
-  OTGPU_LAUNCH_CHECK();
-}
-
-void shard_sample(CostKind cost, const float* X, const float* Y, const float* C, const float* logB,
-                  const float* G, const float* eps, std::uint64_t seed, std::int64_t row_offset,
-                  std::int64_t batch_offset, std::int64_t* out, std::int64_t B, std::int64_t n,
-                  std::int64_t m, int dp, cudaStream_t stream) {
-  if (B <= 0 || n <= 0 || m <= 0 || B > 65535) {
-    throw InvalidArgument(fmt::format(
-        "shard_sample: sizes must be positive with B <= 65535 (B={}, n={}, m={})", B, n, m));
-  }
-  const bool matrix = cost == CostKind::matrix;
-  if (matrix ? C == nullptr : (X == nullptr || Y == nullptr || dp <= 0)) {
-    throw InvalidArgument(fmt::format("shard_sample: missing {} for cost {}",
-                                      matrix ? "the cost rows C" : "points X, Y (or dp)",
-                                      matrix ? "matrix" : "of points"));
-  }
-  const dim3 grid(static_cast<unsigned>((n + kBlock - 1) / kBlock), static_cast<unsigned>(B));
-  sample_kernel<<<grid, kBlock, 0, stream>>>(static_cast<int>(cost), matrix ? nullptr : X,
-                                             matrix ? nullptr : Y, matrix ? C : nullptr, logB, G,
-                                             eps, seed, row_offset, batch_offset, out, n, m, dp);
   OTGPU_LAUNCH_CHECK();
 }
 

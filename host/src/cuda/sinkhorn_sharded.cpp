@@ -44,6 +44,8 @@
 
 #include "otgpu/detail/accel.h"
 #include "otgpu/detail/eps_continuation.h"
+#include "otgpu_kernels/sinkhorn_aux.h"
+#include "otgpu_kernels/sinkhorn_online.h"
 #include "otgpu_kernels/sinkhorn_shard.h"
 #include "sinkhorn_internal.h"
 
@@ -875,8 +877,28 @@ std::vector<std::int64_t> sample_partners_sharded(const SinkhornProblem& local,
   auto* dev = static_cast<std::int64_t*>(
       ctx.workspace(static_cast<std::size_t>(most * shape.n) * sizeof(std::int64_t)));
   for (const auto& ch : st.chunks) {
-    kernels::shard_sample(local.cost_kind, ch.X, ch.Y, ch.C, ch.logB, ch.G, ch.eps, seed,
-                          row_offset, ch.begin, dev, ch.count, shape.n, shape.m, dp, s);
+    // The single-GPU samplers (enqueue_derived), keyed by the shard's GLOBAL rows
+    // row_offset + i: a shard draws, bit for bit, what the whole problem draws from
+    // the same potentials.
+    if (local.cost_kind == CostKind::matrix) {
+      kernels::dense_sample(ch.C, ch.logB, ch.G, ch.eps, seed, dev, ch.count, shape.n, shape.m, s,
+                            ch.begin, row_offset);
+    } else {
+      kernels::OnlinePass p;
+      p.cost = local.cost_kind;
+      p.rows = ch.X;
+      p.cols = ch.Y;
+      p.col_logw = ch.logB;
+      p.col_pot = ch.G;
+      p.eps = ch.eps;
+      p.B = ch.count;
+      p.n_rows = shape.n;
+      p.n_cols = shape.m;
+      p.dp = dp;
+      p.batch_offset = ch.begin;
+      p.row_offset = row_offset;
+      kernels::online_sample(p, seed, dev, s);
+    }
     OTGPU_CUDA_CHECK(
         cudaMemcpyAsync(out.data() + static_cast<std::size_t>(ch.begin * shape.n), dev,
                         static_cast<std::size_t>(ch.count * shape.n) * sizeof(std::int64_t),

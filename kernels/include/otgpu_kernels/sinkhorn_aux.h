@@ -25,11 +25,15 @@ void sinkhorn_finalize(const double* a, const double* b, const float* F, const f
                        cudaStream_t stream);
 
 /// Gumbel-max sampling on a dense cost: out[b,i] = argmax_j logB_j + (G_j - C_ij)/eps
-/// + gumbel(seed, batch_offset + b, i, j), skipping zero weights (batch_offset: index
-/// of problem 0 in the caller's batch, so that chunks draw what the whole batch would).
+/// + gumbel(seed, batch_offset + b, row_offset + i, j), skipping zero weights
+/// (batch_offset: index of problem 0 in the caller's batch, so that chunks draw what
+/// the whole batch would; row_offset: index of row 0 in the whole problem, so that a
+/// shard of the sharded solve, C its rows [B, n, m], draws what the whole problem
+/// would). The one cost-matrix sampler of the single-GPU and the sharded solves.
 void dense_sample(const float* C, const float* logB, const float* G, const float* eps,
                   std::uint64_t seed, std::int64_t* out, std::int64_t B, std::int64_t n,
-                  std::int64_t m, cudaStream_t stream, std::int64_t batch_offset = 0);
+                  std::int64_t m, cudaStream_t stream, std::int64_t batch_offset = 0,
+                  std::int64_t row_offset = 0);
 
 /// Mean Euclidean cost sum_{i,j} |x_i - y_j| / (n m) per problem, in double, for
 /// eps_relative (the squared Euclidean mean has a closed form on the host).

@@ -36,6 +36,9 @@ struct OnlinePass {
   float* partials = nullptr;      ///< [B, splits, n_rows] float2 pairs
                                   ///< (geometry::online_partials_floats)
   std::int64_t batch_offset = 0;  ///< sampling: problem b draws with key batch_offset + b
+  /// Sampling: row i draws with key row_offset + i, its row in the whole problem (a
+  /// shard of the sharded solve holds rows row_offset.. of x; 0 otherwise).
+  std::int64_t row_offset = 0;
   /// Tensor cores (sinkhorn_mma.h): the half-step runs online_half_step_mma in
   /// `precision` (the planner's choice, planner::Plan::tensor_cores).
   bool tensor_cores = false;
@@ -75,7 +78,9 @@ void online_weighted_mean(const OnlinePass& p, int mode, float* out, cudaStream_
                           float* potential_out = nullptr);
 
 /// Gumbel-max sampling: out[b,i] = argmax_j col_logw_j + (col_pot_j - C_ij)/eps +
-/// gumbel(seed, b, i, j) (otgpu/detail/math.h, the CPU's key), int64.
+/// gumbel(seed, batch_offset + b, row_offset + i, j) (otgpu/detail/math.h, the CPU's
+/// key), int64. The one point sampler of the single-GPU and the sharded solves: a
+/// shard's rows draw what the same rows of the whole problem draw.
 void online_sample(const OnlinePass& p, std::uint64_t seed, std::int64_t* out, cudaStream_t stream);
 
 }  // namespace otgpu::kernels

@@ -1,6 +1,7 @@
 // Launchers of the sharded CUDA Sinkhorn (host/src/cuda/sinkhorn_sharded.cpp): the
-// cross-shard merge of the g-update and the sampling of a shard's rows keyed by their
-// global index. Plain C++ header: includable from .cpp files.
+// cross-shard merge of the g-update. (A shard's rows are sampled by the single-GPU
+// samplers, online_sample and dense_sample, with their row_offset.) Plain C++ header:
+// includable from .cpp files.
 //
 // The merge. Shard r holds rows I_r of x. Its balanced local g-half-step (the online
 // or dense column update with lambda = 1 over its own rows only) gives per column j
@@ -46,16 +47,5 @@ void shard_col_finish(const double* M, const double* S, const float* eps, const 
 /// the mass of the whole a (ratio [B] on the device, summed over the shards).
 void shard_scale_weights(double* b, float* logB, const double* ratio, std::int64_t B,
                          std::int64_t m, cudaStream_t stream);
-
-/// Gumbel-max sampling of a shard's rows: out[b, i] = argmax_j logB_j + (G_j - C_ij) /
-/// eps_b + gumbel(seed, batch_offset + b, row_offset + i, j), with C_ij from the
-/// centred points X [B, n, dp], Y [B, m, dp] (cost sqeuclidean or euclidean) or from
-/// the cost rows C [B, n, m] (cost matrix; X, Y unused). The Philox key uses the
-/// GLOBAL row row_offset + i, so the pairs are those of the unsharded problem. One
-/// thread per row, columns streamed (it reads the m columns once per row). int64 out.
-void shard_sample(CostKind cost, const float* X, const float* Y, const float* C, const float* logB,
-                  const float* G, const float* eps, std::uint64_t seed, std::int64_t row_offset,
-                  std::int64_t batch_offset, std::int64_t* out, std::int64_t B, std::int64_t n,
-                  std::int64_t m, int dp, cudaStream_t stream);
 
 }  // namespace otgpu::kernels
