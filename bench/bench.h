@@ -103,6 +103,13 @@ void add_mma_workloads(std::vector<Workload>& out);         // mma_workloads.cpp
 Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver,
                     nlohmann::json params);
 
+/// Time per iteration from a run of `iters` iterations and a run of one (the
+/// difference cancels the per-call setup): (t_iters - t_1) / (iters - 1). When noise
+/// makes that difference non-positive (a loaded machine delaying the short run), the
+/// long run's mean, t_iters / iters, an upper bound, is returned instead: a bench row
+/// never reports a time <= 0.
+double per_iteration_ms(double t_iters, double t_1, int iters);
+
 /// Median of timed runs of fn (milliseconds), after ctx.warmup untimed runs.
 double median_ms(const Context& ctx, const std::function<double()>& timed_run_ms);
 

@@ -71,7 +71,10 @@ void run_w1tc(const Context& ctx, std::vector<Row>& rows) {
         tensor_cores = r.tensor_cores;
         return r.time_ms;
       };
-      const double ms = median_ms(ctx, [&] { return (solve(iters) - solve(1)) / (iters - 1); });
+      const double ms = median_ms(ctx, [&] {
+        const double t_long = solve(iters);
+        return per_iteration_ms(t_long, solve(1), iters);
+      });
       const double pairs = 2.0 * static_cast<double>(s.n) * static_cast<double>(s.n);
       const double fpp = flop_per_pair(s.d, prec);
       Row r;

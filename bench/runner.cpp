@@ -43,6 +43,11 @@ Row skipped_gpu_row(const Context& ctx, std::string workload, std::string solver
   return r;
 }
 
+double per_iteration_ms(double t_iters, double t_1, int iters) {
+  const double diff = (t_iters - t_1) / (iters - 1);
+  return diff > 0 ? diff : t_iters / iters;
+}
+
 double median_ms(const Context& ctx, const std::function<double()>& timed_run_ms) {
   for (int k = 0; k < ctx.warmup; ++k) timed_run_ms();
   std::vector<double> ms;

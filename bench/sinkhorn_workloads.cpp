@@ -73,7 +73,10 @@ double ms_per_iter(const Context& ctx, const SinkhornProblem& p, double eps, Bac
     o.max_iter = k;
     return sinkhorn(p, o).time_ms;
   };
-  return median_ms(ctx, [&] { return (solve(iters) - solve(1)) / (iters - 1); });
+  return median_ms(ctx, [&] {
+    const double t_long = solve(iters);
+    return per_iteration_ms(t_long, solve(1), iters);
+  });
 }
 
 #ifdef OTGPU_WITH_CUDA
@@ -152,7 +155,10 @@ double gpu_ms_per_iter(const Context& ctx, const SinkhornProblem& p, std::int64_
       check(cudaEventElapsedTime(&elapsed, t.start, t.stop), "cudaEventElapsedTime");
       return static_cast<double>(elapsed);
     };
-    ms = median_ms(ctx, [&] { return (timed(iters) - timed(1)) / (iters - 1); });
+    ms = median_ms(ctx, [&] {
+      const double t_long = timed(iters);
+      return per_iteration_ms(t_long, timed(1), iters);
+    });
   }
   return ms;
 }
