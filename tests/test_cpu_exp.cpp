@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -206,6 +207,106 @@ TEST(CpuExp, LseScoresInEveryBuildAreThePlainFormula) {
         EXPECT_TRUE(same_bits(got, mx)) << "isa " << static_cast<int>(isa) << " len " << len;
         for (std::size_t j = 0; j < n; ++j) ASSERT_TRUE(same_bits(s[j], want[j]));
       }
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+using otgpu::cpu::expm1_det;
+using otgpu::cpu::kExpm1Cut;
+
+/// |y - expm1(t)| / |expm1(t)| in units of u = 2^-53, expm1(t) from expm1l.
+double expm1_rel_error_u(double t, double y) {
+  const long double ref = expm1l(static_cast<long double>(t));
+  if (std::isinf(static_cast<double>(ref))) return std::isinf(y) && y > 0 ? 0.0 : kInf;
+  return static_cast<double>(fabsl(static_cast<long double>(y) - ref) / fabsl(ref) *
+                             std::ldexp(1.0L, 53));
+}
+
+TEST(CpuExpm1, WithinItsBoundOfLongDoubleOverAMillionArguments) {
+  // Above the cut: the bound of cpu_exp.h, 1.02 e^t / |e^t - 1| + 1 in units of u
+  // (<= 2.02 for t <= -0.7, <= 3.03 for t >= 0.7). Below it: std::expm1's own bits.
+  std::mt19937_64 rng(20261129);
+  std::uniform_real_distribution<double> near(-8.0, 8.0), mag(std::log(1e-300), std::log(709.7));
+  std::uniform_int_distribution<int> coin(0, 3);
+  std::vector<double> ts;
+  for (int i = 0; i < 1'000'000; ++i) {
+    const int kind = coin(rng);
+    double t = kind < 2 ? near(rng) : std::exp(mag(rng));
+    if (kind == 3) t = -t;
+    ts.push_back(t);
+  }
+  for (const double c : {kExpm1Cut, -kExpm1Cut, std::nextafter(kExpm1Cut, 0.0),
+                         std::nextafter(-kExpm1Cut, 0.0), 709.7, -709.7, -745.0, -800.0})
+    ts.push_back(c);
+  std::vector<double> out(ts.size());
+  expm1_det(ts.data(), static_cast<std::int64_t>(ts.size()), out.data());
+  double worst_pos = 0, worst_neg = 0;
+  std::int64_t fast = 0;
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    const double t = ts[i], y = out[i];
+    if (std::fabs(t) < kExpm1Cut) {
+      ASSERT_TRUE(same_bits(y, std::expm1(t))) << "t = " << t;
+      continue;
+    }
+    ++fast;
+    const double bound = 1.02 * std::exp(t) / std::fabs(std::expm1(t)) + 1.0;
+    const double err = expm1_rel_error_u(t, y);
+    ASSERT_LE(err, bound) << "t = " << t << " y = " << y;
+    (t > 0 ? worst_pos : worst_neg) = std::max(t > 0 ? worst_pos : worst_neg, err);
+  }
+  EXPECT_GT(fast, 400'000);
+  std::printf("expm1_det above the cut: worst %.3f u (t > 0), %.3f u (t < 0)\n", worst_pos,
+              worst_neg);
+  EXPECT_LE(worst_pos, 3.03);
+  EXPECT_LE(worst_neg, 2.02);
+}
+
+TEST(CpuExpm1, SpecialValuesAndAliasing) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> t = {0.0, -0.0, 1e-300, -1e-20, kInf, -kInf, nan, 710.0, 0.7, -0.7};
+  std::vector<double> y(t.size());
+  expm1_det(t.data(), static_cast<std::int64_t>(t.size()), y.data());
+  EXPECT_TRUE(same_bits(y[0], 0.0));
+  EXPECT_TRUE(same_bits(y[1], -0.0));
+  EXPECT_EQ(y[2], 1e-300);
+  EXPECT_EQ(y[3], -1e-20);
+  EXPECT_EQ(y[4], kInf);
+  EXPECT_EQ(y[5], -1.0);
+  EXPECT_TRUE(std::isnan(y[6]));
+  EXPECT_EQ(y[7], kInf);
+  EXPECT_EQ(y[8], exp_det(0.7) - 1.0);
+  EXPECT_EQ(y[9], exp_det(-0.7) - 1.0);
+  // In place, over more than one internal block of 256: the same bits as out of place.
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> d(-3.0, 3.0);
+  std::vector<double> a(1000), b(1000);
+  for (double& x : a) x = d(rng);
+  expm1_det(a.data(), 1000, b.data());
+  expm1_det(a.data(), 1000, a.data());
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(same_bits(a[i], b[i])) << i;
+}
+
+TEST(CpuExpm1, EveryBuildGivesTheSameBits) {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> d(-40.0, 40.0);
+  for (const std::int64_t len : {1, 7, 8, 255, 256, 257, 1001}) {
+    std::vector<double> t(static_cast<std::size_t>(len));
+    for (double& x : t) x = d(rng);
+    std::vector<double> ref(t.size()), y(t.size());
+    otgpu::cpu::expm1_det_isa(ExpIsa::sse2, t.data(), len, ref.data());
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      const double want = std::fabs(t[i]) >= kExpm1Cut ? exp_det(t[i]) - 1.0 : std::expm1(t[i]);
+      ASSERT_TRUE(same_bits(ref[i], want)) << "t = " << t[i];
+    }
+    for (const ExpIsa isa : kIsas) {
+      if (!otgpu::cpu::exp_isa_supported(isa)) continue;
+      otgpu::cpu::expm1_det_isa(isa, t.data(), len, y.data());
+      for (std::size_t i = 0; i < t.size(); ++i)
+        ASSERT_TRUE(same_bits(y[i], ref[i])) << "isa " << static_cast<int>(isa) << " t = " << t[i];
     }
   }
 }

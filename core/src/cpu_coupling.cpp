@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_cost.h"
+#include "cpu_exp.h"
 #include "cpu_numeric.h"
 #include "cpu_problem.h"
 #include "otgpu/detail/coupling_math.h"
@@ -158,6 +159,75 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+}  // namespace
+
+/// The uniform behind detail::stream_gumbel(seed, problem, i, j): the same Philox block
+/// and the same 32 bits, so that -log(-log(u)) gives its bits (pinned by a test).
+double gumbel_uniform(std::uint64_t seed, std::uint64_t problem, std::uint64_t i,
+                      std::uint64_t j) noexcept {
+  const detail::Philox4 ctr{{static_cast<std::uint32_t>(j), static_cast<std::uint32_t>(j >> 32),
+                             static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(problem)}};
+  const detail::Philox4 r = detail::philox4x32_10(
+      ctr, static_cast<std::uint32_t>(seed),
+      static_cast<std::uint32_t>(seed >> 32) ^ static_cast<std::uint32_t>(i >> 32));
+  return (static_cast<double>(r.v[0]) + 0.5) * (1.0 / 4294967296.0);
+}
+
+std::int64_t draw_column(const double* log_b, const double* g, const double* c, std::int64_t m,
+                         double inv, std::uint64_t col_seed, std::uint64_t problem, std::uint64_t t,
+                         double* a, double* thresh) {
+  // The draw is argmax_j v_j, v_j = a_j + G_j, a_j = log b_j + (g_j - C_ij) / eps, G_j =
+  // -log(-log u_j) (libm), the first j on ties, columns with b_j = 0 left out. The two
+  // logs are spent only where they can matter: with L = v at argmax_j a_j (a lower
+  // bound of max_j v_j), column j can reach L only if its exact Gumbel
+  // -ln(-ln u_j) >= x_j = L - a_j - 1e-6 (1 + |L| + |a_j|) (the margin covers the
+  // roundings of v_j and the libm logs, < 1e-13 in all), i.e. only if
+  // u_j >= exp(-exp(-x_j)); that threshold computed by exp_det twice is within 2.3e-16
+  // of its value (absolute: the error is e^-e (e + 1) 2^-52 with e = exp(-x_j)), so a
+  // column with u_j < T_j - 1e-15 has v_j < L and cannot be the argmax. Its draw is
+  // therefore the one of the plain scan, bit for bit, on every ISA.
+  double amax = -kInf;
+  std::int64_t jmax = -1;
+  for (std::int64_t j = 0; j < m; ++j) {
+    const double lb = log_b[j];
+    a[j] = lb == -kInf ? -kInf : lb + (g[j] - c[j]) * inv;
+    if (a[j] > amax) {
+      amax = a[j];
+      jmax = j;
+    }
+  }
+  const auto gumbel_at = [&](std::int64_t j) {
+    return -std::log(
+        -std::log(gumbel_uniform(col_seed, problem, t, static_cast<std::uint64_t>(j))));
+  };
+  const double low = jmax >= 0 ? amax + gumbel_at(jmax) : -kInf;
+  const bool prune = std::isfinite(low);
+  if (prune) {
+    for (std::int64_t j = 0; j < m; ++j) {
+      const double x = low - a[j] - 1e-6 * (1.0 + std::fabs(low) + std::fabs(a[j]));
+      thresh[j] = -x;
+    }
+    exp_shifted(thresh, m, 0.0, thresh);  // exp(-x_j)
+    for (std::int64_t j = 0; j < m; ++j) thresh[j] = -thresh[j];
+    exp_shifted(thresh, m, 0.0, thresh);  // exp(-exp(-x_j)); NaN x_j: NaN, never pruned
+  }
+  double best = -kInf;
+  std::int64_t arg = -1;
+  for (std::int64_t j = 0; j < m; ++j) {
+    if (log_b[j] == -kInf) continue;
+    const double u = gumbel_uniform(col_seed, problem, t, static_cast<std::uint64_t>(j));
+    if (prune && u < thresh[j] - 1e-15) continue;
+    const double v = a[j] + -std::log(-std::log(u));
+    if (v > best) {
+      best = v;
+      arg = j;
+    }
+  }
+  return arg;
+}
+
+namespace {
+
 /// One problem's joint draws. s is a scratch row of length m.
 void sample_problem(const ProblemData& p, const double* f, const double* g, double eps,
                     std::int64_t num_pairs, bool replacement, std::uint64_t seed,
@@ -188,6 +258,7 @@ void sample_problem(const ProblemData& p, const double* f, const double* g, doub
       cdf[static_cast<std::size_t>(i)] = acc;
     }
     const std::uint64_t col_seed = detail::stream_seed(seed, detail::kStreamJointColumn);
+    std::vector<double> thresh(static_cast<std::size_t>(m));
     for (std::int64_t t = 0; t < num_pairs; ++t) {
       const double u =
           detail::keyed_uniform(seed, detail::kStreamRowUniform, k, static_cast<std::uint64_t>(t)) *
@@ -195,21 +266,9 @@ void sample_problem(const ProblemData& p, const double* f, const double* g, doub
       auto it = std::upper_bound(cdf.begin(), cdf.end(), u);
       std::int64_t i = std::min<std::int64_t>(it - cdf.begin(), last);
       const double* c = p.cost_row(i, scratch.data());
-      double best = -kInf;
-      std::int64_t arg = -1;
-      for (std::int64_t j = 0; j < m; ++j) {
-        const double lb = p.log_b[static_cast<std::size_t>(j)];
-        if (lb == -kInf) continue;
-        const double v = lb + (g[j] - c[j]) * inv +
-                         detail::stream_gumbel(col_seed, k, static_cast<std::uint64_t>(t),
-                                               static_cast<std::uint64_t>(j));
-        if (v > best) {
-          best = v;
-          arg = j;
-        }
-      }
       i_out[t] = i;
-      j_out[t] = arg;
+      j_out[t] = draw_column(p.log_b.data(), g, c, m, inv, col_seed, k,
+                             static_cast<std::uint64_t>(t), s.data(), thresh.data());
     }
     return;
   }

@@ -41,6 +41,18 @@ void sample_joint_pairs(const SinkhornProblem& problem, const SinkhornResult& re
                         bool replacement, std::uint64_t seed, std::int64_t* i_out,
                         std::int64_t* j_out);
 
+/// The uniform u of detail::stream_gumbel(seed, problem, i, j) = -log(-log u).
+double gumbel_uniform(std::uint64_t seed, std::uint64_t problem, std::uint64_t i,
+                      std::uint64_t j) noexcept;
+
+/// Draw t's column of row C_i (length m) with replacement: argmax_j of log b_j +
+/// (g_j - C_ij) inv + stream_gumbel(col_seed, problem, t, j) (first j on ties, -1 when
+/// none is > -inf), the Gumbels' logs skipped where they provably cannot win.
+/// a and thresh are scratch rows of length m.
+std::int64_t draw_column(const double* log_b, const double* g, const double* c, std::int64_t m,
+                         double inv, std::uint64_t col_seed, std::uint64_t problem, std::uint64_t t,
+                         double* a, double* thresh);
+
 /// The fp64 cost matrices [K, bs0, bs1] of host points x0, x1 (cost_kind sqeuclidean
 /// or euclidean) by the assignment reference's kernels (cpu_cost.h: coordinate
 /// differences at small d, the Gram form on centred points at large d, within its

@@ -7,6 +7,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -378,6 +380,26 @@ void exp_shifted_isa(ExpIsa isa, const double* in, std::int64_t len, double shif
     case ExpIsa::sse2:
       return shifted_sse2(in, len, shift, out);
   }
+}
+
+void expm1_det_isa(ExpIsa isa, const double* in, std::int64_t len, double* out) noexcept {
+  // In blocks through a stack copy, so that in may equal out: the exp of the block
+  // overwrites out, and the small |t| still need their argument.
+  constexpr std::int64_t kBlock = 256;
+  double t[kBlock];
+  for (std::int64_t j0 = 0; j0 < len; j0 += kBlock) {
+    const std::int64_t nb = std::min(kBlock, len - j0);
+    std::memcpy(t, in + j0, static_cast<std::size_t>(nb) * sizeof(double));
+    exp_shifted_isa(isa, t, nb, 0.0, out + j0);
+    for (std::int64_t l = 0; l < nb; ++l) {
+      // !(>=) sends NaN to std::expm1 as well (exp_det would give NaN too).
+      out[j0 + l] = std::fabs(t[l]) >= kExpm1Cut ? out[j0 + l] - 1.0 : std::expm1(t[l]);
+    }
+  }
+}
+
+void expm1_det(const double* in, std::int64_t len, double* out) noexcept {
+  expm1_det_isa(best_isa(), in, len, out);
 }
 
 ExpSums exp_sums_isa(ExpIsa isa, const double* s, const double* c, std::int64_t len, double mx,

@@ -452,11 +452,15 @@ class ProblemSolver {
       out.row_cost[k] = mass > 0 ? mass * (r.weighted_cost / r.sum) : 0.0;
       double defect = 0.0;
       if (p_.a[k] > 0) {
+        // The scores are free once row_lse has returned: they take the exponents, then
+        // their expm1 (std::expm1 only near 0, cpu_exp.h), summed in increasing j.
+        double* e = scratch_.scores();
+        for (std::int64_t j = 0; j < m; ++j)
+          e[j] = (f[k] + g[static_cast<std::size_t>(j)] - c[j]) * inv;
+        expm1_det(e, m, e);
         for (std::int64_t j = 0; j < m; ++j) {
           const double bj = p_.b[static_cast<std::size_t>(j)];
-          if (bj > 0)
-            defect +=
-                bj * (eps_ * std::expm1((f[k] + g[static_cast<std::size_t>(j)] - c[j]) * inv));
+          if (bj > 0) defect += bj * (eps_ * e[j]);
         }
       }
       out.row_defect[k] = p_.a[k] * defect;
