@@ -184,8 +184,7 @@ void cpu_cost_rows(const Context& ctx, std::vector<Row>& rows, std::int64_t bs, 
         "differences (3 bs^2 d FLOP) or the Gram form |x'|^2 + |y'|^2 - 2<x', y'> on centred "
         "points (2 bs^2 d FLOP; packed register-tiled kernel, AVX-512/AVX2/SSE2 by run-time "
         "dispatch); result: the largest |gram - direct| and the bound delta the certificate "
-        "uses. W5's cpu-fma limit is measured at the build's baseline (SSE2, no FMA): the Gram "
-        "kernel's AVX-512 path can exceed it");
+        "uses; against W5's cpu-fma limit, measured in the same widest vector build");
     rows.push_back(std::move(row));
   }
 }

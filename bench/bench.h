@@ -25,6 +25,7 @@ struct Context {
   double bf16_flop_per_s = 0;       ///< GPU: measured mma.sync bf16 FLOP/s (W5), 0 if not run
   double cpu_exp_per_s = 0;         ///< CPU: measured fp64 std::exp throughput, all threads
   double cpu_fma_flop_per_s = 0;    ///< CPU: measured fp64 FMA FLOP/s, all threads
+  std::string cpu_fma_isa;          ///< CPU: the vector build of that probe (AVX-512, ...)
   double cpu_copy_bytes_per_s = 0;  ///< CPU: measured memcpy bandwidth (read + write bytes)
   /// CPU: pairs (i, j) per second of the reference solver's row sweep with every exp
   /// skipped (score, max, threshold test), all threads: the most pairs per second the

@@ -1,6 +1,8 @@
 // W5: CPU limits measured here; GPU limits in cuda/roofline.cu. The W5 rows report
 // them so every other row's ratio can be checked against the same run.
 #include "roofline.h"
+
+#include <fmt/format.h>
 #include "tensor_probe.h"
 
 #include <omp.h>
@@ -16,6 +18,8 @@
 #include <vector>
 
 #include "bench.h"
+#include "cpu_exp.h"
+#include "cpu_problem.h"
 
 namespace otgpu::bench {
 
@@ -30,6 +34,46 @@ double best_of(int runs, F&& f) {
   double best = 1e300;
   for (int r = 0; r < runs; ++r) best = std::min(best, f());
   return best;
+}
+
+/// kChains independent fp64 FMA chains per step, kSteps steps: each chain is
+/// v = fma(v, a, b), 2 FLOP. Built for AVX-512, AVX2+FMA and the baseline, picked at run
+/// time like the solver's own kernels (cpu_cost, cpu_exp), so the limit is that of the
+/// widest vector unit the library uses on this CPU, not of the build's baseline.
+constexpr int kFmaChains = 32;
+constexpr long kFmaSteps = 1 << 20;
+template <int kChains>
+inline double fma_chains(long steps) {
+  double v[kChains];
+  for (int c = 0; c < kChains; ++c) v[c] = 1.0 + c;
+  for (long s = 0; s < steps; ++s) {
+#pragma omp simd
+    for (int c = 0; c < kChains; ++c) v[c] = __builtin_fma(v[c], 0.999999, 1e-7);
+  }
+  double acc = 0;
+  for (double x : v) acc += x;
+  return acc;
+}
+[[gnu::target("avx512f,fma")]] double fma_chains_avx512(long steps) {
+  return fma_chains<kFmaChains>(steps);
+}
+[[gnu::target("avx2,fma")]] double fma_chains_avx2(long steps) {
+  return fma_chains<kFmaChains>(steps);
+}
+double fma_chains_base(long steps) { return fma_chains<kFmaChains>(steps); }
+
+/// The widest build this CPU runs, and its name for the W5 note.
+double (*fma_probe(const char** isa))(long) {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+    *isa = "AVX-512";
+    return fma_chains_avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    *isa = "AVX2+FMA";
+    return fma_chains_avx2;
+  }
+  *isa = "baseline";
+  return fma_chains_base;
 }
 
 }  // namespace
@@ -52,17 +96,20 @@ Limits measure_cpu_limits() {
   Limits lim;
   const int threads = omp_get_max_threads();
 
-  // exp: the CPU reference's inner loop is a double exp per pair.
-  constexpr int kExpN = 1 << 16, kExpReps = 32;
+  // exp: the CPU reference's inner loop, the library's own vectorized exp and sum of a
+  // log-sum-exp row (cpu::exp_sums, widest instruction set), every term evaluated.
+  constexpr int kExpN = 1 << 14, kExpReps = 128;
   std::vector<double> sums(static_cast<std::size_t>(threads), 0.0);
   const double exp_s = best_of(3, [&] {
     const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel
     {
-      double acc = 0;
+      std::vector<double> t(static_cast<std::size_t>(kExpN));
       const double base = -1.0 - 1e-3 * omp_get_thread_num();
+      for (int k = 0; k < kExpN; ++k) t[static_cast<std::size_t>(k)] = base - 1e-4 * k;
+      double acc = 0;
       for (int r = 0; r < kExpReps; ++r) {
-        for (int k = 0; k < kExpN; ++k) acc += std::exp(base - 1e-5 * k - 1e-3 * r);
+        acc += cpu::exp_sums(t.data(), nullptr, kExpN, 1e-3 * r, -700.0).sum;
       }
       sums[static_cast<std::size_t>(omp_get_thread_num())] = acc;
     }
@@ -70,28 +117,16 @@ Limits measure_cpu_limits() {
   });
   lim.exp_per_s = static_cast<double>(threads) * kExpN * kExpReps / exp_s;
 
-  // fp64 multiply-add: kFmaChains independent chains per thread (2 FLOP each), in the
-  // vector width the build targets.
-  // 32 chains: enough independent vector operations to cover the mul and add latencies
-  // (8 chains measured the latency, not the throughput, and vector code exceeded it).
-  constexpr int kFmaChains = 32;
-  constexpr long kFmaSteps = 1 << 20;
+  // fp64 FMA: kFmaChains independent chains per thread in the widest vector build
+  // (fma_probe). 32 chains cover the FMA latency (8 measured the latency, not the
+  // throughput, and the solvers' vector code exceeded it).
+  const char* fma_isa = "";
+  double (*const chains)(long) = fma_probe(&fma_isa);
+  lim.fma_isa = fma_isa;
   const double fma_s = best_of(3, [&] {
     const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel
-    {
-      double v[kFmaChains];
-      for (int c = 0; c < kFmaChains; ++c) v[c] = 1.0 + c;
-      for (long s = 0; s < kFmaSteps; ++s) {
-        // Vectorized like the solvers' own simd loops.
-#pragma omp simd
-        for (int c = 0; c < kFmaChains; ++c)
-          v[c] = v[c] * 0.999999 + 1e-7;  // mul+add (fused where the ISA allows)
-      }
-      double acc = 0;
-      for (double x : v) acc += x;
-      sums[static_cast<std::size_t>(omp_get_thread_num())] += acc;
-    }
+    { sums[static_cast<std::size_t>(omp_get_thread_num())] += chains(kFmaSteps); }
     return seconds_since(t0);
   });
   lim.fma_flop_per_s = 2.0 * kFmaChains * static_cast<double>(kFmaSteps) * threads / fma_s;
@@ -112,12 +147,13 @@ Limits measure_cpu_limits() {
   lim.copy_bytes_per_s = 2.0 * static_cast<double>(bytes) / copy_s;
   if (dst[bytes / 2] != 1 || sums[0] == -1.0) lim.copy_bytes_per_s = 0;  // keep the work alive
 
-  // Pair sweep: the CPU reference's half-step over one row of a cost matrix is a
-  // score pass s_j = log w_j + (g_j - C_ij) / eps with a running max, then a pass that
-  // evaluates exp(s_j - max) only where s_j - max >= -60. Here every term but the
-  // row max lies far below -60, so no exp but one per row runs: the rate is what the
-  // solver reaches when it skips every exp it can, an upper bound on its pairs/s. The
-  // matrix (1024 x 1024 doubles, 8 MiB) is the size of the W1 CPU rows' cost matrix.
+  // Pair sweep: the CPU reference's half-step over one row of a cost matrix is
+  // cpu::row_lse: a score pass s_j = log w_j + (g_j - C_ij) / eps with a running max,
+  // then exp(s_j - max) only where s_j - max >= -60. Here every term but the row max
+  // lies far below -60, so no exp but one per row runs: the rate is what the solver
+  // reaches when it skips every exp it can, an upper bound on its pairs/s. The same
+  // function the solver calls, so the same instruction set. The matrix (1024 x 1024
+  // doubles, 8 MiB) is the size of the W1 CPU rows' cost matrix.
   constexpr std::int64_t kRows = 1024, kCols = 1024;
   constexpr int kSweeps = 8;
   std::vector<double> cost(static_cast<std::size_t>(kRows * kCols));
@@ -137,21 +173,9 @@ Limits measure_cpu_limits() {
         std::vector<double> s(static_cast<std::size_t>(kCols));
 #pragma omp for schedule(static)
         for (std::int64_t i = 0; i < kRows; ++i) {
-          const double* c = cost.data() + i * kCols;
-          double mx = -1e300;
-#pragma omp simd reduction(max : mx)
-          for (std::int64_t j = 0; j < kCols; ++j) {
-            const double v = log_w[static_cast<std::size_t>(j)] +
-                             (pot[static_cast<std::size_t>(j)] - c[j]) * inv_eps;
-            s[static_cast<std::size_t>(j)] = v;
-            mx = v > mx ? v : mx;
-          }
-          double sum = 0;
-          for (std::int64_t j = 0; j < kCols; ++j) {
-            const double t = s[static_cast<std::size_t>(j)] - mx;
-            if (t >= -60.0) sum += std::exp(t);
-          }
-          row_sums[static_cast<std::size_t>(i)] += sum;
+          const cpu::RowLse lse = cpu::row_lse(cost.data() + i * kCols, log_w.data(), pot.data(),
+                                               kCols, inv_eps, s.data(), false);
+          row_sums[static_cast<std::size_t>(i)] += lse.sum;
         }
       }
     }
@@ -215,14 +239,19 @@ void add_roofline_workloads(std::vector<Workload>& out) {
               "dense TF32 when it does not run");
           rows.push_back(std::move(t));
         }
-        add("cpu", "exp", ctx.cpu_exp_per_s, "exp/s", "fp64 std::exp, all threads");
+        add("cpu", "exp", ctx.cpu_exp_per_s, "exp/s",
+            "fp64 exp and sum of a log-sum-exp row by the CPU solver's own vectorized exp "
+            "(cpu::exp_sums, widest instruction set), all threads");
         add("cpu", "fma", ctx.cpu_fma_flop_per_s, "FLOP/s",
-            "fp64 multiply-add chains, vectorized as the build targets, all threads");
+            fmt::format("fp64 FMA chains in the widest vector build this CPU runs ({}), all "
+                        "threads: the peak of the solvers' own vector kernels",
+                        ctx.cpu_fma_isa));
         add("cpu", "copy", ctx.cpu_copy_bytes_per_s, "B/s",
             "memcpy of 256 MiB; bytes read + written");
         add("cpu", "pair", ctx.cpu_pair_per_s, "pair/s",
-            "the CPU solver's row sweep (scores, row max, exp only within e^-60 of the max) "
-            "over an 8 MiB cost matrix with every exp but the max skipped: the most pairs/s "
+            "the CPU solver's row sweep (cpu::row_lse: scores, row max, exp only within e^-60 of "
+            "the max) over an 8 MiB cost matrix with every exp but the max skipped: the most "
+            "pairs/s "
             "the CPU solver can reach. Limits are the best of several short runs in this "
             "process; on a busy machine they can still come out low, and a row above 100% "
             "says so");

@@ -12,6 +12,7 @@ struct Limits {
   double pair_per_s = 0;       ///< CPU only: the solver's row sweep with every exp skipped
   double tf32_flop_per_s = 0;  ///< GPU only: mma.sync TF32 (tensor_probe.h)
   double bf16_flop_per_s = 0;  ///< GPU only: mma.sync bf16 (tensor_probe.h)
+  const char* fma_isa = "";    ///< CPU only: the vector build the FMA probe ran
 };
 
 /// CPU limits with all OpenMP threads (fp64 exp, fp64 FMA, memcpy, pair sweep). ~1 s.

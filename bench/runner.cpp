@@ -129,6 +129,7 @@ std::vector<Row> run(Context& ctx, const std::vector<std::string>& only) {
   const Limits cpu = measure_cpu_limits();
   ctx.cpu_exp_per_s = cpu.exp_per_s;
   ctx.cpu_fma_flop_per_s = cpu.fma_flop_per_s;
+  ctx.cpu_fma_isa = cpu.fma_isa;
   ctx.cpu_copy_bytes_per_s = cpu.copy_bytes_per_s;
   ctx.cpu_pair_per_s = cpu.pair_per_s;
   if (ctx.has_gpu) {
