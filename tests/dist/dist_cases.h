@@ -41,13 +41,14 @@ inline std::vector<Case> cases() {
   };
 }
 
-/// The whole data of a case (seeded; every rank builds the same).
+/// The whole data of a case (seeded; every rank builds the same). `seed` 0: the
+/// case's own seed (the local-group and MPI suites); other suites pass theirs.
 struct Data {
   std::vector<double> x, y, a, b, c, f0, g0;
 };
 
-inline Data make_data(const Case& k) {
-  std::mt19937_64 gen(1234 + static_cast<std::uint64_t>(k.n * 7 + k.m));
+inline Data make_data(const Case& k, std::uint64_t seed = 0) {
+  std::mt19937_64 gen(seed != 0 ? seed : 1234 + static_cast<std::uint64_t>(k.n * 7 + k.m));
   std::normal_distribution<double> normal;
   std::uniform_real_distribution<double> unif(0.2, 1.0);
   Data D;

@@ -13,10 +13,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <random>
 #include <string>
 #include <vector>
 
+#include "../dist/dist_cases.h"
 #include "gpu_test_util.h"
 #include "otgpu/dist.h"
 #include "otgpu/error.h"
@@ -62,69 +62,20 @@ std::vector<Case> cases() {
   };
 }
 
-struct Data {
-  std::vector<double> x, y, a, b, c, f0, g0;
-};
+/// The case as the shared dist suites describe it (tests/dist/dist_cases.h): their data
+/// generator and row slicing serve this suite too, with this suite's own seed.
+dist_test::Case base_case(const Case& k) {
+  return {k.name, k.n, k.m, k.d, k.weighted, k.rho, k.eps, true, k.eps_init, k.matrix, k.warm};
+}
+
+using dist_test::Data;
 
 Data make_data(const Case& k) {
-  std::mt19937_64 gen(77 + static_cast<std::uint64_t>(k.n * 3 + k.m));
-  std::normal_distribution<double> normal;
-  std::uniform_real_distribution<double> unif(0.2, 1.0);
-  Data D;
-  const std::int64_t d = k.matrix ? 2 : k.d;
-  std::vector<double> x(static_cast<std::size_t>(k.n * d)), y(static_cast<std::size_t>(k.m * d));
-  for (auto& v : x) v = normal(gen);
-  for (auto& v : y) v = normal(gen) + 0.5;
-  if (k.matrix) {
-    D.c.resize(static_cast<std::size_t>(k.n * k.m));
-    for (std::int64_t i = 0; i < k.n; ++i) {
-      for (std::int64_t j = 0; j < k.m; ++j) {
-        double s = 0;
-        for (std::int64_t t = 0; t < d; ++t) {
-          const double u =
-              x[static_cast<std::size_t>(i * d + t)] - y[static_cast<std::size_t>(j * d + t)];
-          s += u * u;
-        }
-        D.c[static_cast<std::size_t>(i * k.m + j)] = std::pow(s, 0.75);
-      }
-    }
-  } else {
-    D.x = x;
-    D.y = y;
-  }
-  if (k.weighted) {
-    D.a.resize(static_cast<std::size_t>(k.n));
-    D.b.resize(static_cast<std::size_t>(k.m));
-    double sa = 0, sb = 0;
-    for (auto& v : D.a) sa += (v = unif(gen));
-    for (auto& v : D.b) sb += (v = unif(gen));
-    for (auto& v : D.a) v /= sa;
-    const double mass_b = std::isinf(k.rho) ? 1.0 : 1.3;
-    for (auto& v : D.b) v *= mass_b / sb;
-  }
-  if (k.warm) {
-    for (std::int64_t i = 0; i < k.n; ++i) D.f0.push_back(0.1 * std::sin(static_cast<double>(i)));
-    for (std::int64_t j = 0; j < k.m; ++j) D.g0.push_back(0.1 * std::cos(static_cast<double>(j)));
-  }
-  return D;
+  return dist_test::make_data(base_case(k), 77 + static_cast<std::uint64_t>(k.n * 3 + k.m));
 }
 
 SinkhornProblem problem_of(const Case& k, const Data& D, dist::RowRange r) {
-  SinkhornProblem p;
-  const std::int64_t rows = r.size();
-  if (k.matrix) {
-    p.cost = TensorView::host(D.c.data() + r.begin * k.m, {rows, k.m});
-    p.cost_kind = CostKind::matrix;
-  } else {
-    p.x = TensorView::host(D.x.data() + r.begin * k.d, {rows, k.d});
-    p.y = TensorView::host(D.y.data(), {k.m, k.d});
-  }
-  // Uniform weights stay absent: a shard must read them as 1/n of the whole problem.
-  if (k.weighted) {
-    p.a = TensorView::host(D.a.data() + r.begin, {rows});
-    p.b = TensorView::host(D.b.data(), {k.m});
-  }
-  return p;
+  return dist_test::problem_of(base_case(k), D, r);
 }
 
 SinkhornOptions options_of(const Case& k, const Data& D, dist::RowRange r, Backend backend) {
